@@ -1,0 +1,116 @@
+"""``deepfusion`` command line: a thin layer over ``deepfusion.runs`` and the other job modules.
+
+User errors (a bad folder, a missing column, an unknown option value) print one clear message and exit 2;
+they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .catalog import CatalogError
+from .predictor import ModelLoadError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="DeepFusion: categorize catalog products from image, metadata and title.")
+
+DataOpt = Annotated[str, typer.Option("--data", help="Folder with styles.csv (or .parquet) and images/, "
+                                      "or kaggle:OWNER/NAME to download through kagglehub.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (CatalogError, ModelLoadError, ValueError, FileNotFoundError) as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+@app.command()
+@_user_errors
+def train(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+    model: Annotated[str, typer.Option("--model", help="metadata | image | fusion | all")] = "metadata",
+    preset: Annotated[str, typer.Option("--preset", help="small | overfit | regularized")] = "regularized",
+    modalities: Annotated[str | None, typer.Option(
+        "--modalities", help="Fusion inputs, comma-separated subset of metadata,title,image.")] = None,
+    combiner: Annotated[str | None, typer.Option("--combiner", help="concat | gated")] = None,
+    balance: Annotated[str | None, typer.Option("--balance", help="none | sqrt | inverse | sampler")] = None,
+    backbone: Annotated[str, typer.Option("--backbone", help="Image backbone name.")] = "efficientnet_lite0",
+    weights: Annotated[Path | None, typer.Option("--weights", help="Your own backbone weights file.")] = None,
+    augment_views: Annotated[int | None, typer.Option("--augment-views",
+                                                      help="Augmented image views per training image.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 42,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model (or all three) on a catalog; each model is evaluated on the held-out test split."""
+    from .runs import train_run
+
+    options: dict[str, Any] = {"backbone": backbone, "weights": weights, "combiner": combiner, "balance": balance}
+    if augment_views is not None:
+        options["augment_views"] = augment_views
+    results = train_run(data, out, model=model, preset=preset, seed=seed, modalities=modalities,
+                        predictor_options=options, progress=not quiet)
+    for name, m in results.items():
+        typer.echo(f"{name:9s} test accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  "
+                   f"weighted-F1 {m['weighted_f1']:.4f}  -> {out / name}")
+    if (out / "report.html").exists():
+        typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by train, e.g. RUN/metadata.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and summary.md.")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a saved model on a labelled catalog."""
+    from .runs import evaluate_model
+
+    m = evaluate_model(model_dir, data, out, progress=not quiet)
+    typer.echo(f"accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  on {m['n']:,} products "
+               f"-> {out / 'metrics.json'}")
+
+
+@app.command()
+@_user_errors
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by train.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="predictions.csv or predictions.parquet")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per product.")] = 3,
+    quiet: QuietOpt = False,
+) -> None:
+    """Predict the category of every product in a catalog (labels not needed)."""
+    from .runs import predict_catalog
+
+    preds, catalog = predict_catalog(model_dir, data, out, top_k=top_k, progress=not quiet)
+    typer.echo(f"{len(preds):,} predictions -> {out}; {catalog.summary()}")
+
+
+if __name__ == "__main__":
+    app()

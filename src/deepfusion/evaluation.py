@@ -1,0 +1,144 @@
+"""Metrics a catalog team can act on: overall and per-class quality, frequent vs rare categories, the pairs
+the model confuses, calibration, and what the numbers mean at catalog scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+RARE_THRESHOLD = 100  # a class with fewer training examples than this counts as rare
+PRECISION_TARGETS = (0.95, 0.98, 0.99)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: the gap between confidence and accuracy, weighted by bin size."""
+    if len(confidence) == 0:
+        return float("nan")
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> list[dict[str, float]]:
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            rows.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": int(mask.sum()),
+                         "confidence": float(confidence[mask].mean()), "accuracy": float(correct[mask].mean())})
+    return rows
+
+
+def coverage_at_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> dict[str, float]:
+    """Largest share of products that can be auto-approved (highest confidence first) while the approved set
+    keeps at least ``target`` precision, and the confidence threshold that achieves it."""
+    if len(confidence) == 0:
+        return {"target_precision": target, "coverage": 0.0, "threshold": 1.0, "precision": float("nan")}
+    order = np.argsort(-confidence, kind="stable")
+    conf = confidence[order]
+    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    # Products tied on confidence are approved together, so only cut where the confidence changes.
+    cut_ok = np.r_[conf[:-1] != conf[1:], True]
+    ok = np.flatnonzero((precision >= target) & cut_ok)
+    if len(ok) == 0:
+        return {"target_precision": target, "coverage": 0.0, "threshold": 1.0, "precision": float("nan")}
+    k = ok[-1]
+    return {"target_precision": target, "coverage": float((k + 1) / len(order)), "threshold": float(conf[k]),
+            "precision": float(precision[k])}
+
+
+def evaluate_predictions(
+    y_true: Sequence[str], y_pred: Sequence[str], confidence: np.ndarray, train_counts: dict[str, int],
+    *, rare_threshold: int = RARE_THRESHOLD, top_pairs: int = 20,
+) -> dict[str, Any]:
+    """All metrics for one model on one labelled set. Labels are class names."""
+    y_true = np.asarray(y_true, dtype=object)
+    y_pred = np.asarray(y_pred, dtype=object)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = (y_true == y_pred).astype(float)
+    labels = sorted(set(y_true))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    per_class = [
+        {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s),
+         "train_count": int(train_counts.get(c, 0))}
+        for c, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+    ]
+
+    def subset(mask: np.ndarray) -> dict[str, Any]:
+        if not mask.any():
+            return {"n": 0, "classes": 0, "accuracy": None, "macro_f1": None}
+        present = sorted(set(y_true[mask]))
+        return {
+            "n": int(mask.sum()),
+            "classes": len(present),
+            "accuracy": float(correct[mask].mean()),
+            # F1 of each class in the group, computed on all predictions (a rare class hurt by false positives
+            # from frequent ones counts as hurt).
+            "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        }
+
+    is_frequent = np.array([train_counts.get(c, 0) >= rare_threshold for c in y_true])
+    confusions = (
+        pd.DataFrame({"true": y_true[correct == 0], "predicted": y_pred[correct == 0]})
+        .value_counts().head(top_pairs).reset_index(name="count")
+    )
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "frequent": {"definition": f">= {rare_threshold} training examples", **subset(is_frequent)},
+        "rare": {"definition": f"< {rare_threshold} training examples", **subset(~is_frequent)},
+        "ece": expected_calibration_error(confidence, correct),
+        "mean_confidence": float(confidence.mean()) if len(confidence) else float("nan"),
+        "reliability": reliability_bins(confidence, correct),
+        "auto_approval": [coverage_at_precision(confidence, correct, t) for t in PRECISION_TARGETS],
+        "per_100k_correct": float(correct.mean() * 100_000) if len(correct) else float("nan"),
+        "confused_pairs": confusions.to_dict(orient="records"),
+        "per_class": per_class,
+    }
+
+
+def summary_markdown(metrics: dict[str, Any], title: str) -> str:
+    """A readable one-page summary of ``evaluate_predictions`` output."""
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}%"
+
+    lines = [
+        f"# {title}", "",
+        f"Evaluated on {metrics['n']:,} products.", "",
+        "| metric | value |", "|---|---|",
+        f"| accuracy | {pct(metrics['accuracy'])} |",
+        f"| macro-F1 | {metrics['macro_f1']:.4f} |",
+        f"| weighted-F1 | {metrics['weighted_f1']:.4f} |",
+        f"| frequent classes ({metrics['frequent']['definition']}): accuracy / macro-F1 | "
+        f"{pct(metrics['frequent']['accuracy'])} / {metrics['frequent']['macro_f1'] or 0:.4f} |",
+        f"| rare classes ({metrics['rare']['definition']}): accuracy / macro-F1 | "
+        f"{pct(metrics['rare']['accuracy'])} / {metrics['rare']['macro_f1'] or 0:.4f} |",
+        f"| expected calibration error | {metrics['ece']:.4f} |",
+        f"| correct per 100,000 products | {metrics['per_100k_correct']:,.0f} |",
+        "",
+        "## Auto-approval", "",
+        "| target precision | share auto-approved | confidence threshold |", "|---|---|---|",
+    ]
+    for row in metrics["auto_approval"]:
+        lines.append(f"| {pct(row['target_precision'])} | {pct(row['coverage'])} | {row['threshold']:.3f} |")
+    lines += ["", "## Most confused pairs", "", "| true | predicted | count |", "|---|---|---|"]
+    lines += [f"| {r['true']} | {r['predicted']} | {r['count']} |" for r in metrics["confused_pairs"][:15]]
+    worst = sorted(metrics["per_class"], key=lambda r: (r["f1"], -r["support"]))[:15]
+    lines += ["", "## Weakest classes", "", "| class | precision | recall | F1 | support | train examples |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} | "
+              f"{r['train_count']} |" for r in worst]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,187 @@
+"""Turn catalog rows into model inputs. Every encoder is fitted on the training split only and saves its
+fitted state as plain JSON (no pickle), so a saved model can be loaded safely.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from .catalog import CATEGORICAL, NUMERIC, TITLE
+
+UNKNOWN = "Unknown"
+_NON_ALNUM = re.compile(r"[^a-z0-9 ]+")
+_SPACES = re.compile(r"\s+")
+
+
+def clean_title(text: object) -> str:
+    """Lowercase, drop special characters, collapse and trim spaces. Missing titles become ''."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return ""
+    lowered = str(text).lower().replace("-", " ")
+    return _SPACES.sub(" ", _NON_ALNUM.sub(" ", lowered)).strip()
+
+
+def name_length(titles: pd.Series) -> np.ndarray:
+    """Word count of the cleaned title (0 when it is missing)."""
+    return np.array([len(clean_title(t).split()) for t in titles], dtype=np.float64)
+
+
+class MetadataEncoder:
+    """Structured attributes -> dense float matrix.
+
+    Year is median-imputed, missing categoricals become "Unknown", ``name_length`` is the title's word count;
+    categoricals are one-hot encoded (a value unseen in training encodes as all zeros) and numerics scaled.
+    """
+
+    def __init__(self, categorical: list[str] | None = None, numeric: list[str] | None = None) -> None:
+        self.categorical = list(CATEGORICAL if categorical is None else categorical)
+        self.numeric = list(NUMERIC if numeric is None else numeric)
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [*self.numeric, "name_length"]
+
+    def _numeric_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        cols = [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in self.numeric]
+        values = np.column_stack([*cols, name_length(frame[TITLE])]) if len(frame) else np.zeros((0, len(cols) + 1))
+        for j, c in enumerate(self.numeric):
+            values[np.isnan(values[:, j]), j] = self.medians_[c]
+        return values
+
+    def _categorical_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        cats = frame[self.categorical].astype(object)
+        return cats.where(cats.notna(), UNKNOWN).astype(str).to_numpy()
+
+    def fit(self, frame: pd.DataFrame) -> MetadataEncoder:
+        self.medians_ = {}
+        for c in self.numeric:
+            median = pd.to_numeric(frame[c], errors="coerce").median()
+            self.medians_[c] = float(median) if pd.notna(median) else 0.0
+        self.onehot_ = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
+        self.onehot_.fit(self._categorical_frame(frame))
+        self.scaler_ = StandardScaler().fit(self._numeric_frame(frame))
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        onehot = self.onehot_.transform(self._categorical_frame(frame))
+        numeric = self.scaler_.transform(self._numeric_frame(frame)).astype(np.float32)
+        return np.hstack([onehot, numeric]).astype(np.float32)
+
+    @property
+    def n_features(self) -> int:
+        return sum(len(c) for c in self.onehot_.categories_) + len(self.numeric_features)
+
+    def feature_names(self) -> list[str]:
+        return [*self.onehot_.get_feature_names_out(self.categorical), *self.numeric_features]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "categorical": self.categorical,
+            "numeric": self.numeric,
+            "medians": self.medians_,
+            "categories": [list(map(str, c)) for c in self.onehot_.categories_],
+            "scaler_mean": self.scaler_.mean_.tolist(),
+            "scaler_scale": self.scaler_.scale_.tolist(),
+            "scaler_var": self.scaler_.var_.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> MetadataEncoder:
+        enc = cls(state["categorical"], state["numeric"])
+        enc.medians_ = {k: float(v) for k, v in state["medians"].items()}
+        cats = [np.array(c, dtype=object) for c in state["categories"]]
+        enc.onehot_ = OneHotEncoder(categories=cats, handle_unknown="ignore", sparse_output=False, dtype=np.float32)
+        # Fitting on the category lists themselves reproduces the saved encoder exactly.
+        width = max(len(c) for c in cats)
+        enc.onehot_.fit(np.array([[c[min(i, len(c) - 1)] for c in cats] for i in range(width)], dtype=object))
+        enc.scaler_ = StandardScaler()
+        enc.scaler_.mean_ = np.array(state["scaler_mean"])
+        enc.scaler_.scale_ = np.array(state["scaler_scale"])
+        enc.scaler_.var_ = np.array(state["scaler_var"])
+        enc.scaler_.n_features_in_ = len(enc.scaler_.mean_)
+        enc.scaler_.n_samples_seen_ = 1
+        return enc
+
+
+class TitleEncoder:
+    """Product title -> sparse TF-IDF of word uni/bi-grams and character 2-4 grams of the cleaned title.
+
+    Character n-grams make the encoder robust to typos and brand-glued words (``tshirt`` vs ``t shirt``).
+    """
+
+    def __init__(self, max_word_features: int = 20000, max_char_features: int = 30000) -> None:
+        self.max_word_features = max_word_features
+        self.max_char_features = max_char_features
+
+    def _vectorizers(self) -> list[TfidfVectorizer]:
+        return [
+            TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=self.max_word_features,
+                            sublinear_tf=True, dtype=np.float32),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=3, max_features=self.max_char_features,
+                            sublinear_tf=True, dtype=np.float32),
+        ]
+
+    def fit(self, frame: pd.DataFrame) -> TitleEncoder:
+        titles = [clean_title(t) for t in frame[TITLE]]
+        self.vectorizers_ = [v.fit(titles) for v in self._vectorizers()]
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> sp.csr_matrix:
+        titles = [clean_title(t) for t in frame[TITLE]]
+        return sp.hstack([v.transform(titles) for v in self.vectorizers_], format="csr", dtype=np.float32)
+
+    @property
+    def n_features(self) -> int:
+        return sum(len(v.vocabulary_) for v in self.vectorizers_)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_word_features": self.max_word_features,
+            "max_char_features": self.max_char_features,
+            "vocabularies": [{k: int(i) for k, i in v.vocabulary_.items()} for v in self.vectorizers_],
+            "idfs": [v.idf_.tolist() for v in self.vectorizers_],
+        }
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> TitleEncoder:
+        enc = cls(state["max_word_features"], state["max_char_features"])
+        enc.vectorizers_ = []
+        for template, vocab, idf in zip(enc._vectorizers(), state["vocabularies"], state["idfs"], strict=True):
+            vec = TfidfVectorizer(**{**template.get_params(), "vocabulary": vocab, "max_features": None})
+            vec.fit([""] if not vocab else list(vocab)[:1])  # sets vocabulary_ from the fixed vocabulary
+            vec.idf_ = np.array(idf, dtype=np.float32)
+            enc.vectorizers_.append(vec)
+        return enc
+
+
+class LabelEncoder:
+    """Category names <-> integer ids, sorted for a stable order."""
+
+    def fit(self, labels: pd.Series) -> LabelEncoder:
+        self.classes_ = sorted(map(str, pd.Series(labels).dropna().unique()))
+        self._index = {c: i for i, c in enumerate(self.classes_)}
+        return self
+
+    def transform(self, labels: pd.Series) -> np.ndarray:
+        """Unknown labels map to -1 (callers decide whether that is an error)."""
+        return np.array([self._index.get(str(v), -1) for v in labels], dtype=np.int64)
+
+    def inverse_transform(self, ids: np.ndarray) -> np.ndarray:
+        return np.array(self.classes_, dtype=object)[np.asarray(ids)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": self.classes_}
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> LabelEncoder:
+        enc = cls()
+        enc.classes_ = list(state["classes"])
+        enc._index = {c: i for i, c in enumerate(enc.classes_)}
+        return enc

@@ -1,0 +1,296 @@
+"""``Predictor``: the one object a user needs, in the scikit-learn / AutoGluon shape.
+
+    predictor = Predictor(modalities=["metadata", "title", "image"]).fit(train_df, val_df)
+    predictor.predict(df); predictor.predict_proba(df); predictor.evaluate(df)
+    predictor.save("model/"); Predictor.load("model/")
+
+A DataFrame holds the catalog columns (``gender``, ``productDisplayName``, ...) and, for the image modality, an
+``image_path`` column. Saved models are ``model.safetensors`` + JSON; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from safetensors.torch import load_file, save_file
+
+from .catalog import CATEGORICAL, ID, NUMERIC, TARGET, TITLE, catalog_from_frame
+from .evaluation import evaluate_predictions, expected_calibration_error
+from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
+from .models import FusionNet, HeadConfig, ModalitySpec, make_config
+from .training import ModalityData, fit_temperature, predict_logits, softmax, train_network
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODALITIES = ("metadata", "title", "image")
+MODEL_KINDS: dict[str, tuple[str, ...]] = {
+    "metadata": ("metadata",),
+    "image": ("image",),
+    "fusion": ("metadata", "title", "image"),
+}
+
+
+class ModelLoadError(Exception):
+    """A model folder that cannot be loaded; the message says what is missing."""
+
+
+def parse_modalities(text: str | Sequence[str]) -> tuple[str, ...]:
+    items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    unknown = [m for m in items if m not in MODALITIES]
+    if unknown or not items:
+        raise ValueError(f"Unknown modalities {unknown or items}. Choose from: {', '.join(MODALITIES)}")
+    return tuple(m for m in MODALITIES if m in items)  # canonical order
+
+
+class Predictor:
+    """Categorize products from any subset of {metadata, title, image}."""
+
+    def __init__(
+        self,
+        modalities: Sequence[str] = ("metadata",),
+        *,
+        preset: str = "regularized",
+        seed: int = 42,
+        backbone: str = "efficientnet_lite0",
+        weights: str | Path | None = None,
+        image_size: tuple[int, int] | None = None,
+        augment_views: int = 0,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        **head_overrides: Any,
+    ) -> None:
+        self.modalities = parse_modalities(modalities)
+        self.config = make_config(preset, **head_overrides)
+        self.seed = seed
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.augment_views = augment_views
+        self.cache_dir = cache_dir
+        self.progress = progress
+
+    # ----------------------------------------------------------------- features
+    def _embedder(self):  # noqa: ANN202 - imported lazily: metadata-only use never loads the backbone
+        from .embeddings import ImageEmbedder
+
+        if getattr(self, "_embedder_obj", None) is None:
+            self._embedder_obj = ImageEmbedder(self.backbone, weights=self.weights, image_size=self.image_size,
+                                               cache_dir=self.cache_dir, progress=self.progress)
+        return self._embedder_obj
+
+    def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        emb, ok = self._embedder().embed(list(products["image_path"]), view=view)
+        return (emb - self.image_mean_) / self.image_std_, ok
+
+    def _encode(self, products: pd.DataFrame, image: tuple[np.ndarray, np.ndarray] | None = None) -> ModalityData:
+        features: dict[str, Any] = {}
+        present: dict[str, np.ndarray] = {}
+        if "metadata" in self.modalities:
+            features["metadata"] = self.metadata_encoder_.transform(products)
+            attrs = products[CATEGORICAL + NUMERIC]
+            present["metadata"] = attrs.notna().any(axis=1).to_numpy()
+        if "title" in self.modalities:
+            features["title"] = self.title_encoder_.transform(products)
+            present["title"] = np.array([bool(clean_title(t)) for t in products[TITLE]])
+        if "image" in self.modalities:
+            emb, ok = image if image is not None else self._image_features(products)
+            features["image"] = emb.astype(np.float32)
+            present["image"] = ok
+        return ModalityData(features, present)
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, train: pd.DataFrame, val: pd.DataFrame | None = None, *, image_column: str | None = None) -> Predictor:
+        """Fit encoders on ``train`` only, train the network (early stopping on ``val``), calibrate on ``val``."""
+        train = catalog_from_frame(train, require_target=True, image_column=image_column)
+        train = train[train[TARGET].notna()].reset_index(drop=True)
+        val = catalog_from_frame(val, require_target=True, image_column=image_column) if val is not None else None
+        self.labels_ = LabelEncoder().fit(train[TARGET])
+        self.train_counts_ = {str(k): int(v) for k, v in train[TARGET].value_counts().items()}
+        if "metadata" in self.modalities:
+            self.metadata_encoder_ = MetadataEncoder().fit(train)
+        if "title" in self.modalities:
+            self.title_encoder_ = TitleEncoder().fit(train)
+        train_image = val_image = None
+        if "image" in self.modalities:
+            raw, ok = self._embedder().embed(list(train["image_path"]))
+            self.image_mean_ = raw[ok].mean(axis=0) if ok.any() else np.zeros(raw.shape[1], np.float32)
+            self.image_std_ = raw[ok].std(axis=0) + 1e-6 if ok.any() else np.ones(raw.shape[1], np.float32)
+            train_image = ((raw - self.image_mean_) / self.image_std_, ok)
+        y_train = self.labels_.transform(train[TARGET])
+        train_data = self._encode(train, train_image)
+        if "image" in self.modalities and self.augment_views > 0:
+            train_data, y_train = self._with_augmented_views(train, train_data, y_train)
+
+        val_data = y_val = None
+        if val is not None and len(val):
+            y_all = self.labels_.transform(val[TARGET])
+            known = y_all >= 0
+            if (~known).any():
+                log.info("%d validation products have a class unseen in training; left out of early stopping",
+                         int((~known).sum()))
+            val = val[known].reset_index(drop=True)
+            y_val = y_all[known]
+            val_data = self._encode(val)
+
+        n_classes = len(self.labels_.classes_)
+        result = train_network(train_data, y_train, val_data, y_val, n_classes, self.config, seed=self.seed,
+                               progress=self.progress)
+        self.net_ = result.net
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
+        self.train_seconds_ = result.seconds
+        self.temperature_ = 1.0
+        if val_data is not None and y_val is not None and len(y_val):
+            self.val_logits_ = predict_logits(self.net_, val_data)
+            self.temperature_ = fit_temperature(self.val_logits_, y_val)
+        log.info("trained %s in %.1fs (best epoch %d, temperature %.3f)", "+".join(self.modalities),
+                 self.train_seconds_, self.best_epoch_, self.temperature_)
+        return self
+
+    def _with_augmented_views(self, train: pd.DataFrame, data: ModalityData, y: np.ndarray) -> tuple[ModalityData, np.ndarray]:
+        """Add one extra copy of the training set per augmented image view (the backbone is frozen, so
+        augmentation happens on cached embeddings of augmented images)."""
+        feats = {k: [v] for k, v in data.features.items()}
+        present = {k: [v] for k, v in data.present.items()}
+        for view in range(1, self.augment_views + 1):
+            emb, ok = self._image_features(train, view=view)
+            for k in feats:
+                feats[k].append(emb.astype(np.float32) if k == "image" else data.features[k])
+                present[k].append(ok & data.present["image"] if k == "image" else data.present[k])
+        stacked = {k: sp.vstack(v, format="csr") if sp.issparse(v[0]) else np.concatenate(v) for k, v in feats.items()}
+        return ModalityData(stacked, {k: np.concatenate(v) for k, v in present.items()}), np.tile(y, self.augment_views + 1)
+
+    # ----------------------------------------------------------------- predict
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise RuntimeError("This Predictor is not fitted yet: call fit(...) or Predictor.load(path).")
+
+    def predict_proba(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
+        """Calibrated class probabilities, columns in ``self.classes_`` order."""
+        self._check_fitted()
+        products = catalog_from_frame(frame, image_column=image_column)
+        logits = predict_logits(self.net_, self._encode(products))
+        return softmax(logits, self.temperature_)
+
+    def predict(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
+        return self.labels_.inverse_transform(self.predict_proba(frame, image_column=image_column).argmax(axis=1))
+
+    def predict_frame(self, frame: pd.DataFrame, *, top_k: int = 3, image_column: str | None = None) -> pd.DataFrame:
+        """``id, prediction, confidence`` plus the top-k labels and probabilities, one row per product."""
+        proba = self.predict_proba(frame, image_column=image_column)
+        top_k = max(1, min(top_k, proba.shape[1]))
+        top = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
+        ids = catalog_from_frame(frame)[ID].to_numpy()
+        out = pd.DataFrame({ID: ids, "prediction": self.labels_.inverse_transform(top[:, 0]),
+                            "confidence": proba[np.arange(len(proba)), top[:, 0]]})
+        for k in range(1, top_k + 1):
+            out[f"top{k}_label"] = self.labels_.inverse_transform(top[:, k - 1])
+            out[f"top{k}_confidence"] = proba[np.arange(len(proba)), top[:, k - 1]]
+        return out
+
+    def evaluate(self, frame: pd.DataFrame, *, image_column: str | None = None) -> dict[str, Any]:
+        """Metrics against the ``articleType`` column. Products of a class the model never learned count as
+        errors (the model cannot predict them)."""
+        products = catalog_from_frame(frame, require_target=True, image_column=image_column)
+        products = products[products[TARGET].notna()].reset_index(drop=True)
+        proba = self.predict_proba(products)
+        pred = self.labels_.inverse_transform(proba.argmax(axis=1))
+        raw_conf = softmax(np.log(np.clip(proba, 1e-12, None)) * self.temperature_).max(axis=1)
+        metrics = evaluate_predictions(products[TARGET].to_numpy(), pred, proba.max(axis=1), self.train_counts_)
+        correct = (pred == products[TARGET].to_numpy()).astype(float)
+        metrics["ece_uncalibrated"] = expected_calibration_error(raw_conf, correct)
+        metrics["temperature"] = self.temperature_
+        metrics["unknown_classes"] = sorted(set(products[TARGET]) - set(self.labels_.classes_))
+        metrics["modalities_present"] = {k: float(v.mean()) for k, v in self._encode(products).present.items()}
+        return metrics
+
+    @property
+    def classes_(self) -> list[str]:
+        self._check_fitted()
+        return list(self.labels_.classes_)
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(path / "model.safetensors"))
+        config = {
+            "format_version": FORMAT_VERSION,
+            "modalities": list(self.modalities),
+            "head": self.config.to_json(),
+            "seed": self.seed,
+            "temperature": self.temperature_,
+            "best_epoch": self.best_epoch_,
+            "train_seconds": self.train_seconds_,
+            "train_counts": self.train_counts_,
+            "history": self.history_,
+            "backbone": self.backbone if "image" in self.modalities else None,
+            "image_size": list(self.image_size) if self.image_size else None,
+            "augment_views": self.augment_views,
+            "input_dims": {s.name: s.dim for s in self._specs},
+            "sparse_inputs": [s.name for s in self._specs if s.sparse],
+        }
+        prep: dict[str, Any] = {"labels": self.labels_.to_json()}
+        if "metadata" in self.modalities:
+            prep["metadata"] = self.metadata_encoder_.to_json()
+        if "title" in self.modalities:
+            prep["title"] = self.title_encoder_.to_json()
+        if "image" in self.modalities:
+            prep["image"] = {"mean": self.image_mean_.tolist(), "std": self.image_std_.tolist()}
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+        (path / "preprocessing.json").write_text(json.dumps(prep))
+        return path
+
+    @property
+    def _specs(self) -> list[ModalitySpec]:
+        return [ModalitySpec(n, e.project.num_embeddings if e.sparse else e.project.in_features, e.sparse)
+                for n, e in self.net_.encoders.items()]
+
+    @classmethod
+    def load(cls, path: str | Path, *, cache_dir: str | Path | None = None, weights: str | Path | None = None,
+             progress: bool = True) -> Predictor:
+        path = Path(path)
+        needed = ["config.json", "preprocessing.json", "model.safetensors"]
+        missing = [n for n in needed if not (path / n).is_file()]
+        if missing:
+            raise ModelLoadError(
+                f"{path} is not a DeepFusion model folder (missing {', '.join(missing)}). Pass the folder that "
+                "`deepfusion train` wrote, e.g. RUN_DIR/metadata, RUN_DIR/image or RUN_DIR/fusion.")
+        config = json.loads((path / "config.json").read_text())
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ModelLoadError(f"{path} has model format {config.get('format_version')}, this DeepFusion "
+                                 f"reads format {FORMAT_VERSION}. Retrain the model with this version.")
+        prep = json.loads((path / "preprocessing.json").read_text())
+        head = HeadConfig.from_json(config["head"])
+        self = cls(config["modalities"], preset=head.preset, seed=config["seed"],
+                   backbone=config.get("backbone") or "efficientnet_lite0", weights=weights,
+                   image_size=tuple(config["image_size"]) if config.get("image_size") else None,
+                   augment_views=config.get("augment_views", 0), cache_dir=cache_dir, progress=progress)
+        self.config = head
+        self.labels_ = LabelEncoder.from_json(prep["labels"])
+        if "metadata" in prep:
+            self.metadata_encoder_ = MetadataEncoder.from_json(prep["metadata"])
+        if "title" in prep:
+            self.title_encoder_ = TitleEncoder.from_json(prep["title"])
+        if "image" in prep:
+            self.image_mean_ = np.array(prep["image"]["mean"], dtype=np.float32)
+            self.image_std_ = np.array(prep["image"]["std"], dtype=np.float32)
+        specs = [ModalitySpec(n, config["input_dims"][n], n in config["sparse_inputs"]) for n in self.modalities]
+        self.net_ = FusionNet(specs, len(self.labels_.classes_), head)
+        self.net_.load_state_dict(load_file(str(path / "model.safetensors")))
+        self.net_.eval()
+        self.temperature_ = float(config["temperature"])
+        self.best_epoch_ = config.get("best_epoch", 0)
+        self.train_seconds_ = config.get("train_seconds", 0.0)
+        self.train_counts_ = config["train_counts"]
+        self.history_ = config.get("history", [])
+        return self

@@ -1,0 +1,172 @@
+"""Jobs on a catalog folder: train a run, evaluate a saved model, predict a catalog. The CLI calls these.
+
+A run folder holds ``split.csv``, ``rejects.csv``, ``split.json`` and one sub-folder per model
+(``metadata/``, ``image/``, ``fusion/``), each a loadable model with its ``metrics.json`` on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .catalog import ID, METADATA, TARGET, TITLE, Catalog, load_catalog
+from .evaluation import summary_markdown
+from .predictor import MODEL_KINDS, Predictor, parse_modalities
+from .split import Split, split_by_duplicate_groups
+
+log = logging.getLogger(__name__)
+
+
+def _json_default(o: object) -> object:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=True))
+    return path
+
+
+def required_columns(modalities: Sequence[str]) -> list[str]:
+    cols: list[str] = []
+    if "metadata" in modalities:
+        cols += [*METADATA, TITLE]  # name_length comes from the title
+    if "title" in modalities:
+        cols.append(TITLE)
+    return cols
+
+
+@dataclass
+class ModelSpec:
+    """One model of a run: its folder name and its inputs."""
+
+    name: str
+    modalities: tuple[str, ...]
+
+
+def model_specs(model: str, modalities: str | Sequence[str] | None = None) -> list[ModelSpec]:
+    if model == "all":
+        fusion = parse_modalities(modalities) if modalities else MODEL_KINDS["fusion"]
+        return [ModelSpec("metadata", MODEL_KINDS["metadata"]), ModelSpec("image", MODEL_KINDS["image"]),
+                ModelSpec("fusion", fusion)]
+    if model not in MODEL_KINDS:
+        raise ValueError(f"Unknown model '{model}'. Choose one of: {', '.join([*MODEL_KINDS, 'all'])}")
+    mods = parse_modalities(modalities) if modalities and model == "fusion" else MODEL_KINDS[model]
+    return [ModelSpec(model, mods)]
+
+
+def train_model(
+    spec: ModelSpec, catalog: Catalog, split: Split, out_dir: Path, *, preset: str = "regularized",
+    seed: int = 42, predictor_options: dict[str, Any] | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Fit one model on the train split (early stopping on val), evaluate on test, save to ``out_dir``."""
+    products = catalog.products.set_index(ID, drop=False)
+    parts = {name: products.loc[split.ids(name)].reset_index(drop=True) for name in ("train", "val", "test")}
+    predictor = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress,
+                          **(predictor_options or {}))
+    start = time.perf_counter()
+    predictor.fit(parts["train"], parts["val"])
+    fit_seconds = time.perf_counter() - start
+    metrics = predictor.evaluate(parts["test"])
+    train_metrics = predictor.evaluate(parts["train"])
+    metrics.update({
+        "model": spec.name,
+        "modalities": list(spec.modalities),
+        "preset": preset,
+        "split": "test",
+        "train_accuracy": train_metrics["accuracy"],
+        "train_macro_f1": train_metrics["macro_f1"],
+        "train_accuracy_ceiling": label_ceiling(parts["train"], predictor),
+        "fit_seconds": fit_seconds,
+        "train_loop_seconds": predictor.train_seconds_,
+        "best_epoch": predictor.best_epoch_,
+        "epochs_run": len(predictor.history_),
+        # Peak resident memory of the whole process so far (Linux reports KiB).
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    })
+    predictor.save(out_dir)
+    write_json(out_dir / "metrics.json", metrics)
+    (out_dir / "summary.md").write_text(summary_markdown(metrics, f"{spec.name} model ({preset}) on the test split"))
+    log.info("%s: test accuracy %.4f, macro-F1 %.4f", spec.name, metrics["accuracy"], metrics["macro_f1"])
+    return metrics
+
+
+def label_ceiling(train: pd.DataFrame, predictor: Predictor) -> float | None:
+    """Highest train accuracy any model can reach on these inputs: products with identical inputs but different
+    labels cannot all be right. Only computed for the structured-metadata model, where such clashes are common."""
+    if tuple(predictor.modalities) != ("metadata",):
+        return None
+    x = pd.DataFrame(predictor.metadata_encoder_.transform(train)).round(6)
+    key = pd.util.hash_pandas_object(x, index=False)
+    majority = pd.DataFrame({"key": key.to_numpy(), "y": train[TARGET].to_numpy()}).value_counts()
+    return float(majority.groupby(level=0).max().sum() / len(train))
+
+
+def train_run(
+    data: str | Path, out: str | Path, *, model: str = "metadata", preset: str = "regularized", seed: int = 42,
+    modalities: str | Sequence[str] | None = None, predictor_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Load and validate the catalog, split it, train each requested model; returns metrics per model."""
+    out = Path(out)
+    specs = model_specs(model, modalities)
+    needs_images = any("image" in s.modalities for s in specs)
+    cols = sorted({c for s in specs for c in required_columns(s.modalities)})
+    catalog = load_catalog(data, require_target=True, required_columns=cols, progress=progress)
+    catalog.write_rejects(out / "rejects.csv")
+    split = split_by_duplicate_groups(catalog.products, seed=seed)
+    split.to_frame().to_csv(out / "split.csv", index=False)
+    write_json(out / "split.json", {**split.report(), "catalog": catalog.summary(), "notes": catalog.notes})
+    if needs_images:
+        log.info("products without a readable image are kept; image models treat the image as absent")
+    results = {}
+    for spec in specs:
+        results[spec.name] = train_model(spec, catalog, split, out / spec.name, preset=preset, seed=seed,
+                                         predictor_options=predictor_options, progress=progress)
+    return results
+
+
+def _catalog_for(predictor: Predictor, data: str | Path, *, require_target: bool, progress: bool) -> Catalog:
+    images_only = predictor.modalities == ("image",)
+    return load_catalog(data, require_target=require_target, require_images=images_only,
+                        required_columns=required_columns(predictor.modalities),
+                        check_image_files="image" in predictor.modalities, progress=progress)
+
+
+def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path, *, progress: bool = True) -> dict:
+    predictor = Predictor.load(model_dir, progress=progress)
+    catalog = _catalog_for(predictor, data, require_target=True, progress=progress)
+    out = Path(out)
+    catalog.write_rejects(out / "rejects.csv")
+    metrics = predictor.evaluate(catalog.products)
+    metrics.update({"model_dir": str(model_dir), "data": str(data), "catalog": catalog.summary()})
+    write_json(out / "metrics.json", metrics)
+    (out / "summary.md").write_text(summary_markdown(metrics, f"{Path(model_dir).name} model on {data}"))
+    return metrics
+
+
+def predict_catalog(model_dir: str | Path, data: str | Path, out: str | Path, *, top_k: int = 3,
+                    progress: bool = True) -> tuple[pd.DataFrame, Catalog]:
+    predictor = Predictor.load(model_dir, progress=progress)
+    catalog = _catalog_for(predictor, data, require_target=False, progress=progress)
+    preds = predictor.predict_frame(catalog.products, top_k=top_k)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".parquet":
+        preds.to_parquet(out, index=False)
+    else:
+        preds.to_csv(out, index=False)
+    catalog.write_rejects(out.with_name(out.stem + ".rejects.csv"))
+    return preds, catalog

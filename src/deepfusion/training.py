@@ -1,0 +1,193 @@
+"""Training loop for ``FusionNet``: seeded mini-batches, class balancing, modality dropout, early stopping on
+validation, and temperature scaling for calibrated confidences.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models import Batch, FusionNet, HeadConfig, ModalitySpec, SparseBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModalityData:
+    """Inputs of every modality for a set of products, row-aligned, plus which modality each product has."""
+
+    features: dict[str, np.ndarray | sp.csr_matrix]
+    present: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return next(iter(self.features.values())).shape[0]
+
+    def specs(self) -> list[ModalitySpec]:
+        return [ModalitySpec(n, f.shape[1], sp.issparse(f)) for n, f in self.features.items()]
+
+    def batch(self, idx: np.ndarray, drop: dict[str, np.ndarray] | None = None) -> Batch:
+        inputs: dict[str, torch.Tensor | SparseBatch] = {}
+        present: dict[str, torch.Tensor] = {}
+        for name, feats in self.features.items():
+            rows = feats[idx]
+            if sp.issparse(rows):
+                rows = rows.tocsr()
+                inputs[name] = SparseBatch(
+                    torch.from_numpy(rows.indices.astype(np.int64)),
+                    torch.from_numpy(rows.indptr[:-1].astype(np.int64)),
+                    torch.from_numpy(rows.data.astype(np.float32)),
+                )
+            else:
+                inputs[name] = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+            mask = self.present[name][idx]
+            if drop is not None and name in drop:
+                mask = mask & ~drop[name]
+            present[name] = torch.from_numpy(mask.astype(bool))
+        return Batch(inputs, present)
+
+
+@dataclass
+class TrainResult:
+    net: FusionNet
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def class_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    counts[counts == 0] = 1.0
+    if mode == "inverse":
+        w = 1.0 / counts
+    elif mode in ("sqrt", "sampler"):
+        w = 1.0 / np.sqrt(counts)
+    else:
+        w = np.ones(n_classes)
+    return w / (w[y].mean() if len(y) else 1.0)
+
+
+def _modality_dropout(rng: np.random.Generator, data: ModalityData, idx: np.ndarray, p: float) -> dict | None:
+    names = list(data.features)
+    if p <= 0 or len(names) < 2:
+        return None
+    drop = {n: rng.random(len(idx)) < p for n in names}
+    # Never hide every modality a product has: keep the first one that is present.
+    present = np.column_stack([data.present[n][idx] & ~drop[n] for n in names])
+    none_left = ~present.any(axis=1)
+    if none_left.any():
+        for n in names:
+            restore = none_left & data.present[n][idx]
+            drop[n] &= ~restore
+            none_left &= ~restore
+    return drop
+
+
+def predict_logits(net: FusionNet, data: ModalityData, batch_size: int = 1024) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(data)))
+            out.append(net(data.batch(idx)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, net.classifier[-1].out_features), dtype=np.float32)
+
+
+def train_network(
+    train: ModalityData, y_train: np.ndarray, val: ModalityData | None, y_val: np.ndarray | None,
+    n_classes: int, cfg: HeadConfig, *, seed: int = 42, progress: bool = True,
+) -> TrainResult:
+    """Train with AdamW; keep the weights of the epoch with the lowest validation loss when early stopping."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = FusionNet(train.specs(), n_classes, cfg)
+    weights = class_weights(y_train, n_classes, cfg.balance)
+    loss_weights = torch.tensor(weights if cfg.balance in ("sqrt", "inverse") else np.ones(n_classes), dtype=torch.float32)
+    criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
+    plain_loss = nn.CrossEntropyLoss()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, int(np.ceil(len(train) / cfg.batch_size)))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    sample_p = weights[y_train] / weights[y_train].sum() if cfg.balance == "sampler" else None
+
+    result = TrainResult(net)
+    best_loss, best_state, bad_epochs = np.inf, None, 0
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc=f"training ({cfg.preset})", disable=not progress, leave=False)
+    for epoch in bar:
+        net.train()
+        order = rng.choice(len(train), len(train), p=sample_p) if sample_p is not None else rng.permutation(len(train))
+        total, correct, seen = 0.0, 0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            if len(idx) < 2:  # batch norm needs two rows
+                continue
+            batch = train.batch(idx, _modality_dropout(rng, train, idx, cfg.modality_dropout))
+            target = torch.from_numpy(y_train[idx])
+            logits = net(batch)
+            loss = criterion(logits, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == target).sum())
+            seen += len(idx)
+        row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        if val is not None and y_val is not None and len(val):
+            logits = torch.from_numpy(predict_logits(net, val))
+            row["val_loss"] = float(plain_loss(logits, torch.from_numpy(y_val)))
+            row["val_accuracy"] = float((logits.argmax(1).numpy() == y_val).mean())
+        result.history.append(row)
+        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+        log.debug("epoch %s", row)
+        if cfg.patience is not None and "val_loss" in row:
+            if row["val_loss"] < best_loss - 1e-4:
+                best_loss, best_state, bad_epochs = row["val_loss"], copy.deepcopy(net.state_dict()), 0
+                result.best_epoch = epoch + 1
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    log.info("early stopping after epoch %d (best %d)", epoch + 1, result.best_epoch)
+                    break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    else:
+        result.best_epoch = len(result.history)
+    result.seconds = time.perf_counter() - start
+    net.eval()
+    return result
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): one scalar T minimising validation NLL of softmax(logits / T)."""
+    if len(y) == 0:
+        return 1.0
+    z = torch.from_numpy(logits.astype(np.float32))
+    target = torch.from_numpy(y)
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(z / log_t.exp(), target)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
