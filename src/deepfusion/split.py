@@ -89,7 +89,8 @@ def split_by_duplicate_groups(
     """
     if not 0 < test_fraction < 0.5 or not 0 < val_fraction < 0.5:
         raise ValueError("test_fraction and val_fraction must be between 0 and 0.5")
-    frame = products.reset_index(drop=True)
+    # Sorting by id makes the split depend on the products, not on the order of the rows in the file.
+    frame = products.sort_values(ID, kind="stable").reset_index(drop=True)
     groups = duplicate_groups(frame)
     y = frame[TARGET].astype(str).to_numpy()
     # A group's class is its most common label; groups rarely mix labels, and when they do they still stay whole.
