@@ -18,19 +18,24 @@ CLASSES = {
 }
 COLOURS = ["Black", "White", "Blue", "Red"]
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
-REAL_DATA = Path(os.environ.get("DEEPFUSION_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
-                                / "fashion-product-images-small"))
+REAL_DATA = Path(
+    os.environ.get(
+        "DEEPFUSION_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
+    )
+)
 
 
-def draw_product(article: str, rng: random.Random, mode: str = "RGB") -> Image.Image:
+def draw_product(article: str, rng: random.Random, mode: str = "RGB", mark: int = 0) -> Image.Image:
     colour, shape = CLASSES[article][3], CLASSES[article][4]
     im = Image.new("RGB", (60, 80), (245, 245, 245))
     d = ImageDraw.Draw(im)
     jitter = rng.randint(-4, 4)
-    box = {"rect": (10, 15, 50, 60), "tall": (20, 5, 40, 75), "ellipse": (5, 40, 55, 70),
-           "circle": (12, 22, 48, 58)}[shape]
+    box = {"rect": (10, 15, 50, 60), "tall": (20, 5, 40, 75), "ellipse": (5, 40, 55, 70), "circle": (12, 22, 48, 58)}[
+        shape
+    ]
     box = tuple(v + jitter for v in box)
     (d.ellipse if shape in ("ellipse", "circle") else d.rectangle)(box, fill=colour)
+    d.text((2, 68), str(mark), fill=(90, 90, 90))  # makes each product's photo unique
     return im.convert(mode)
 
 
@@ -46,7 +51,9 @@ def make_catalog(root: Path, n_per_class: int = 12, seed: int = 0, messy: bool =
             colour = COLOURS[i % len(COLOURS)]
             title = f"Brand{i % 3} {gender} {colour} {article.rstrip('s')} {i}"
             lines.append(f"{pid},{gender},{master},{sub},{article},{colour},Summer,{2010 + i % 5},Casual,{title}")
-            draw_product(article, rng, "L" if i == 0 else "RGB").save(root / "images" / f"{pid}.jpg", quality=90)
+            draw_product(article, rng, "L" if i == 0 else "RGB", mark=pid).save(
+                root / "images" / f"{pid}.jpg", quality=90
+            )
     if messy:
         # Unquoted commas in the title (as in the real Kaggle file): must be recovered, not dropped.
         lines.append("5001,Men,Apparel,Topwear,Tshirts,White,Summer,2011,Casual,Myntra Men's Yes, its all about me Tee")
@@ -93,6 +100,8 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA / "styles.csv").is_file():
-        pytest.skip(f"real catalog not found at {REAL_DATA}; set DEEPFUSION_DATA to the folder holding "
-                    "styles.csv and images/ of Kaggle's fashion-product-images-small to run this test")
+        pytest.skip(
+            f"real catalog not found at {REAL_DATA}; set DEEPFUSION_DATA to the folder holding "
+            "styles.csv and images/ of Kaggle's fashion-product-images-small to run this test"
+        )
     return REAL_DATA

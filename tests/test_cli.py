@@ -22,8 +22,9 @@ def run(*args: str) -> str:
 
 def test_train_evaluate_predict_metadata(catalog_dir: Path, clean_catalog_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    text = run("train", "--data", str(catalog_dir), "--model", "metadata", "--preset", "small", "--out", str(out),
-               "--quiet")
+    text = run(
+        "train", "--data", str(catalog_dir), "--model", "metadata", "--preset", "small", "--out", str(out), "--quiet"
+    )
     assert "metadata  test accuracy" in text
     model = out / "metadata"
     for name in ("model.safetensors", "config.json", "preprocessing.json", "metrics.json", "summary.md"):
@@ -72,6 +73,7 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
 def test_bad_option_values(catalog_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--data", str(catalog_dir), "--preset", "huge", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Unknown preset 'huge'" in result.output
-    result = runner.invoke(app, ["train", "--data", str(catalog_dir), "--model", "fusion", "--modalities", "smell",
-                                 "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["train", "--data", str(catalog_dir), "--model", "fusion", "--modalities", "smell", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "Unknown modalities" in result.output

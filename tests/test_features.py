@@ -9,16 +9,18 @@ from deepfusion.features import LabelEncoder, MetadataEncoder, TitleEncoder, cle
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({
-        "gender": ["Men", "Women", None, "Men"],
-        "masterCategory": ["Apparel", "Footwear", "Apparel", "Apparel"],
-        "subCategory": ["Topwear", "Shoes", "Topwear", "Bottomwear"],
-        "baseColour": ["Blue", "Black", "Red", None],
-        "season": ["Summer", None, "Fall", "Summer"],
-        "usage": ["Casual", "Casual", "Formal", "Casual"],
-        "year": [2011.0, np.nan, 2015.0, 2013.0],
-        "productDisplayName": ["Puma Men's T-Shirt!", None, "  Red   Formal Shirt ", "Levis Jeans"],
-    })
+    return pd.DataFrame(
+        {
+            "gender": ["Men", "Women", None, "Men"],
+            "masterCategory": ["Apparel", "Footwear", "Apparel", "Apparel"],
+            "subCategory": ["Topwear", "Shoes", "Topwear", "Bottomwear"],
+            "baseColour": ["Blue", "Black", "Red", None],
+            "season": ["Summer", None, "Fall", "Summer"],
+            "usage": ["Casual", "Casual", "Formal", "Casual"],
+            "year": [2011.0, np.nan, 2015.0, 2013.0],
+            "productDisplayName": ["Puma Men's T-Shirt!", None, "  Red   Formal Shirt ", "Levis Jeans"],
+        }
+    )
 
 
 def test_clean_title_and_name_length() -> None:

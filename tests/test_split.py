@@ -12,18 +12,42 @@ def products(n_per_class: int = 40, classes: int = 6, seed: int = 0) -> pd.DataF
     rows = []
     for c in range(classes):
         for i in range(n_per_class):
-            rows.append({"id": f"{c}-{i}", "articleType": f"class{c}", "productDisplayName": f"title {c} {i}",
-                         "gender": "Men", "masterCategory": "Apparel", "subCategory": "Topwear",
-                         "baseColour": "Blue", "season": "Summer", "usage": "Casual",
-                         "image_sha1": f"sha-{c}-{i}"})
+            rows.append(
+                {
+                    "id": f"{c}-{i}",
+                    "articleType": f"class{c}",
+                    "productDisplayName": f"title {c} {i}",
+                    "gender": "Men",
+                    "masterCategory": "Apparel",
+                    "subCategory": "Topwear",
+                    "baseColour": "Blue",
+                    "season": "Summer",
+                    "usage": "Casual",
+                    "image_sha1": f"sha-{c}-{i}",
+                }
+            )
     frame = pd.DataFrame(rows)
     # Same photo under three ids, and the same title + attributes under two ids.
     frame.loc[[0, 1, 2], "image_sha1"] = "shared-photo"
     frame.loc[[40, 41], "productDisplayName"] = "Same Title"
     frame.loc[5, "image_sha1"] = None  # a product without an image
     # A class too small to appear in all three splits.
-    frame = pd.concat([frame, pd.DataFrame([{**rows[0], "id": "tiny-1", "articleType": "tiny",
-                                             "image_sha1": "t1", "productDisplayName": "tiny one"}])])
+    frame = pd.concat(
+        [
+            frame,
+            pd.DataFrame(
+                [
+                    {
+                        **rows[0],
+                        "id": "tiny-1",
+                        "articleType": "tiny",
+                        "image_sha1": "t1",
+                        "productDisplayName": "tiny one",
+                    }
+                ]
+            ),
+        ]
+    )
     return frame.sample(frac=1, random_state=int(rng.integers(1000))).reset_index(drop=True)
 
 
@@ -60,4 +84,5 @@ def test_small_classes_go_to_train_and_are_reported() -> None:
 def test_different_seeds_give_different_splits() -> None:
     frame = products()
     assert not split_by_duplicate_groups(frame, seed=1).assignment.equals(
-        split_by_duplicate_groups(frame, seed=2).assignment)
+        split_by_duplicate_groups(frame, seed=2).assignment
+    )

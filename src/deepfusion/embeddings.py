@@ -26,11 +26,18 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from tqdm.auto import tqdm
 
-from .backbones import BackboneSpec, default_cache_dir, file_digest, get_backbone, onnx_model_path, weights_path
+from .backbones import (
+    BackboneSpec,
+    default_cache_dir,
+    file_digest,
+    get_backbone,
+    onnx_model_path,
+    weights_path,
+)
 
 log = logging.getLogger(__name__)
 
-TRANSFORM_VERSION = 1  # bump when preprocessing or augmentation changes, so old cache entries are not reused
+TRANSFORM_VERSION = 2  # bump when preprocessing or augmentation changes, so old cache entries are not reused
 SHARD_SIZE = 4096
 
 
@@ -99,9 +106,15 @@ class ImageEmbedder:
     threads while the current one runs."""
 
     def __init__(
-        self, backbone: str = "efficientnet_lite0", *, weights: str | Path | None = None,
-        image_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
-        batch_size: int = 64, progress: bool = True, threads: int | None = None,
+        self,
+        backbone: str = "efficientnet_lite0",
+        *,
+        weights: str | Path | None = None,
+        image_size: tuple[int, int] | None = None,
+        cache_dir: str | Path | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+        threads: int | None = None,
     ) -> None:
         self.spec: BackboneSpec = get_backbone(backbone)
         self.weights = weights
@@ -113,8 +126,9 @@ class ImageEmbedder:
         self._session = None
         self._stores: dict[int, EmbeddingStore] = {}
         wdigest = file_digest(weights_path(self.spec, weights))
-        self.transform_key = (f"{self.spec.name}-{wdigest}-{self.image_size[0]}x{self.image_size[1]}"
-                              f"-t{TRANSFORM_VERSION}")
+        self.transform_key = (
+            f"{self.spec.name}-{wdigest}-{self.image_size[0]}x{self.image_size[1]}-t{TRANSFORM_VERSION}"
+        )
 
     @property
     def dim(self) -> int:
@@ -126,9 +140,18 @@ class ImageEmbedder:
             self._stores[view] = EmbeddingStore(folder)
             meta = folder / "transform.json"
             if not meta.exists():
-                meta.write_text(json.dumps({"backbone": self.spec.name, "image_size": self.image_size,
-                                            "mean": self.spec.mean, "std": self.spec.std, "view": view,
-                                            "transform_version": TRANSFORM_VERSION}))
+                meta.write_text(
+                    json.dumps(
+                        {
+                            "backbone": self.spec.name,
+                            "image_size": self.image_size,
+                            "mean": self.spec.mean,
+                            "std": self.spec.std,
+                            "view": view,
+                            "transform_version": TRANSFORM_VERSION,
+                        }
+                    )
+                )
         return self._stores[view]
 
     def session(self):  # noqa: ANN201
@@ -188,8 +211,13 @@ class ImageEmbedder:
             if vec is not None:
                 out[i] = vec
                 ok[i] = True
-        log.info("embedded %d images: %d computed, %d reused (cache or duplicate), %d without a readable image",
-                 len(paths), len(todo), int(ok.sum()) - len(todo), int((~ok).sum()))
+        log.info(
+            "embedded %d images: %d computed, %d reused (cache or duplicate), %d without a readable image",
+            len(paths),
+            len(todo),
+            int(ok.sum()) - len(todo),
+            int((~ok).sum()),
+        )
         return out, ok
 
     def _batches(self, paths: list[str], view: int, pool: ThreadPoolExecutor) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -213,8 +241,12 @@ class ImageEmbedder:
         session = self.session()
         pending_keys: list[str] = []
         pending: list[np.ndarray] = []
-        bar = tqdm(total=len(paths), desc=f"embedding images ({self.spec.name}, view {view})",
-                   disable=not self.progress, unit="img")
+        bar = tqdm(
+            total=len(paths),
+            desc=f"embedding images ({self.spec.name}, view {view})",
+            disable=not self.progress,
+            unit="img",
+        )
         with ThreadPoolExecutor(max(1, self.threads - 1)) as pool:
             for keys, batch in self._batches(paths, view, pool):
                 pending.append(session.run(None, {"images": batch})[0])

@@ -34,8 +34,15 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
     for b in range(n_bins):
         mask = bins == b
         if mask.any():
-            rows.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": int(mask.sum()),
-                         "confidence": float(confidence[mask].mean()), "accuracy": float(correct[mask].mean())})
+            rows.append(
+                {
+                    "lower": b / n_bins,
+                    "upper": (b + 1) / n_bins,
+                    "count": int(mask.sum()),
+                    "confidence": float(confidence[mask].mean()),
+                    "accuracy": float(correct[mask].mean()),
+                }
+            )
     return rows
 
 
@@ -53,13 +60,22 @@ def coverage_at_precision(confidence: np.ndarray, correct: np.ndarray, target: f
     if len(ok) == 0:
         return {"target_precision": target, "coverage": 0.0, "threshold": 1.0, "precision": float("nan")}
     k = ok[-1]
-    return {"target_precision": target, "coverage": float((k + 1) / len(order)), "threshold": float(conf[k]),
-            "precision": float(precision[k])}
+    return {
+        "target_precision": target,
+        "coverage": float((k + 1) / len(order)),
+        "threshold": float(conf[k]),
+        "precision": float(precision[k]),
+    }
 
 
 def evaluate_predictions(
-    y_true: Sequence[str], y_pred: Sequence[str], confidence: np.ndarray, train_counts: dict[str, int],
-    *, rare_threshold: int = RARE_THRESHOLD, top_pairs: int = 20,
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    confidence: np.ndarray,
+    train_counts: dict[str, int],
+    *,
+    rare_threshold: int = RARE_THRESHOLD,
+    top_pairs: int = 20,
 ) -> dict[str, Any]:
     """All metrics for one model on one labelled set. Labels are class names."""
     y_true = np.asarray(y_true, dtype=object)
@@ -67,11 +83,16 @@ def evaluate_predictions(
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = (y_true == y_pred).astype(float)
     labels = sorted(set(y_true))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_class = [
-        {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s),
-         "train_count": int(train_counts.get(c, 0))}
+        {
+            "class": c,
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f),
+            "support": int(s),
+            "train_count": int(train_counts.get(c, 0)),
+        }
         for c, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
     ]
 
@@ -91,7 +112,9 @@ def evaluate_predictions(
     is_frequent = np.array([train_counts.get(c, 0) >= rare_threshold for c in y_true])
     confusions = (
         pd.DataFrame({"true": y_true[correct == 0], "predicted": y_pred[correct == 0]})
-        .value_counts().head(top_pairs).reset_index(name="count")
+        .value_counts()
+        .head(top_pairs)
+        .reset_index(name="count")
     )
     return {
         "n": int(len(y_true)),
@@ -112,13 +135,17 @@ def evaluate_predictions(
 
 def summary_markdown(metrics: dict[str, Any], title: str) -> str:
     """A readable one-page summary of ``evaluate_predictions`` output."""
+
     def pct(v: float | None) -> str:
         return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}%"
 
     lines = [
-        f"# {title}", "",
-        f"Evaluated on {metrics['n']:,} products.", "",
-        "| metric | value |", "|---|---|",
+        f"# {title}",
+        "",
+        f"Evaluated on {metrics['n']:,} products.",
+        "",
+        "| metric | value |",
+        "|---|---|",
         f"| accuracy | {pct(metrics['accuracy'])} |",
         f"| macro-F1 | {metrics['macro_f1']:.4f} |",
         f"| weighted-F1 | {metrics['weighted_f1']:.4f} |",
@@ -129,16 +156,26 @@ def summary_markdown(metrics: dict[str, Any], title: str) -> str:
         f"| expected calibration error | {metrics['ece']:.4f} |",
         f"| correct per 100,000 products | {metrics['per_100k_correct']:,.0f} |",
         "",
-        "## Auto-approval", "",
-        "| target precision | share auto-approved | confidence threshold |", "|---|---|---|",
+        "## Auto-approval",
+        "",
+        "| target precision | share auto-approved | confidence threshold |",
+        "|---|---|---|",
     ]
     for row in metrics["auto_approval"]:
         lines.append(f"| {pct(row['target_precision'])} | {pct(row['coverage'])} | {row['threshold']:.3f} |")
     lines += ["", "## Most confused pairs", "", "| true | predicted | count |", "|---|---|---|"]
     lines += [f"| {r['true']} | {r['predicted']} | {r['count']} |" for r in metrics["confused_pairs"][:15]]
     worst = sorted(metrics["per_class"], key=lambda r: (r["f1"], -r["support"]))[:15]
-    lines += ["", "## Weakest classes", "", "| class | precision | recall | F1 | support | train examples |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} | "
-              f"{r['train_count']} |" for r in worst]
+    lines += [
+        "",
+        "## Weakest classes",
+        "",
+        "| class | precision | recall | F1 | support | train examples |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} | "
+        f"{r['train_count']} |"
+        for r in worst
+    ]
     return "\n".join(lines) + "\n"

@@ -122,10 +122,17 @@ class TitleEncoder:
 
     def _vectorizers(self) -> list[TfidfVectorizer]:
         return [
-            TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=self.max_word_features,
-                            sublinear_tf=True, dtype=np.float32),
-            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=3, max_features=self.max_char_features,
-                            sublinear_tf=True, dtype=np.float32),
+            TfidfVectorizer(
+                ngram_range=(1, 2), min_df=2, max_features=self.max_word_features, sublinear_tf=True, dtype=np.float32
+            ),
+            TfidfVectorizer(
+                analyzer="char_wb",
+                ngram_range=(2, 4),
+                min_df=3,
+                max_features=self.max_char_features,
+                sublinear_tf=True,
+                dtype=np.float32,
+            ),
         ]
 
     def fit(self, frame: pd.DataFrame) -> TitleEncoder:

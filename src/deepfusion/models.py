@@ -22,14 +22,14 @@ class HeadConfig:
     preset: str = "regularized"
     encoder_dim: int = 256
     hidden: tuple[int, ...] = (512,)
-    dropout: float = 0.3
-    input_dropout: float = 0.1
+    dropout: float = 0.25
+    input_dropout: float = 0.0
     batch_norm: bool = True
     weight_decay: float = 1e-4
     lr: float = 2e-3
     epochs: int = 40
     batch_size: int = 256
-    patience: int | None = 6
+    patience: int | None = 8
     label_smoothing: float = 0.05
     modality_dropout: float = 0.15
     combiner: str = "concat"
@@ -45,13 +45,35 @@ class HeadConfig:
 
 PRESETS: dict[str, HeadConfig] = {
     # End-to-end check: a narrow network trained briefly.
-    "small": HeadConfig(preset="small", encoder_dim=32, hidden=(64,), dropout=0.0, input_dropout=0.0,
-                        batch_norm=False, weight_decay=0.0, epochs=8, patience=None, label_smoothing=0.0,
-                        modality_dropout=0.0),
+    "small": HeadConfig(
+        preset="small",
+        encoder_dim=32,
+        hidden=(64,),
+        dropout=0.0,
+        input_dropout=0.0,
+        batch_norm=False,
+        weight_decay=0.0,
+        epochs=8,
+        patience=None,
+        label_smoothing=0.0,
+        modality_dropout=0.0,
+    ),
     # Diagnostic: large and unregularized; it should (nearly) memorise the training set.
-    "overfit": HeadConfig(preset="overfit", encoder_dim=512, hidden=(1024, 512), dropout=0.0, input_dropout=0.0,
-                          batch_norm=False, weight_decay=0.0, lr=1e-3, epochs=80, patience=None,
-                          label_smoothing=0.0, modality_dropout=0.0, balance="none"),
+    "overfit": HeadConfig(
+        preset="overfit",
+        encoder_dim=512,
+        hidden=(1024, 512),
+        dropout=0.0,
+        input_dropout=0.0,
+        batch_norm=False,
+        weight_decay=0.0,
+        lr=1e-3,
+        epochs=80,
+        patience=None,
+        label_smoothing=0.0,
+        modality_dropout=0.0,
+        balance="none",
+    ),
     # The model to use: dropout, batch norm, weight decay, early stopping on validation.
     "regularized": HeadConfig(),
 }
@@ -134,8 +156,12 @@ class FusionNet(nn.Module):
             width = cfg.encoder_dim * len(modalities)
         layers: list[nn.Module] = []
         for h in cfg.hidden:
-            layers += [nn.Linear(width, h), *([nn.BatchNorm1d(h)] if cfg.batch_norm else []), nn.ReLU(),
-                       nn.Dropout(cfg.dropout)]
+            layers += [
+                nn.Linear(width, h),
+                *([nn.BatchNorm1d(h)] if cfg.batch_norm else []),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+            ]
             width = h
         layers.append(nn.Linear(width, n_classes))
         self.classifier = nn.Sequential(*layers)

@@ -82,15 +82,23 @@ class Predictor:
         from .embeddings import ImageEmbedder
 
         if getattr(self, "_embedder_obj", None) is None:
-            self._embedder_obj = ImageEmbedder(self.backbone, weights=self.weights, image_size=self.image_size,
-                                               cache_dir=self.cache_dir, progress=self.progress)
+            self._embedder_obj = ImageEmbedder(
+                self.backbone,
+                weights=self.weights,
+                image_size=self.image_size,
+                cache_dir=self.cache_dir,
+                progress=self.progress,
+            )
         return self._embedder_obj
 
     def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
         emb, ok = self._embedder().embed(list(products["image_path"]), view=view)
         return (emb - self.image_mean_) / self.image_std_, ok
 
-    def _encode(self, products: pd.DataFrame, image: tuple[np.ndarray, np.ndarray] | None = None) -> ModalityData:
+    def _encode(
+        self, products: pd.DataFrame, image: tuple[np.ndarray, np.ndarray] | None = None, absent: Sequence[str] = ()
+    ) -> ModalityData:
+        """Model inputs for ``products``; modalities named in ``absent`` are withheld (treated as missing)."""
         features: dict[str, Any] = {}
         present: dict[str, np.ndarray] = {}
         if "metadata" in self.modalities:
@@ -101,13 +109,21 @@ class Predictor:
             features["title"] = self.title_encoder_.transform(products)
             present["title"] = np.array([bool(clean_title(t)) for t in products[TITLE]])
         if "image" in self.modalities:
-            emb, ok = image if image is not None else self._image_features(products)
+            if "image" in absent:
+                emb, ok = np.zeros((len(products), self.image_mean_.shape[0])), np.zeros(len(products), bool)
+            else:
+                emb, ok = image if image is not None else self._image_features(products)
             features["image"] = emb.astype(np.float32)
             present["image"] = ok
+        for name in absent:
+            if name in present:
+                present[name] = np.zeros(len(products), dtype=bool)
         return ModalityData(features, present)
 
     # ----------------------------------------------------------------- fit
-    def fit(self, train: pd.DataFrame, val: pd.DataFrame | None = None, *, image_column: str | None = None) -> Predictor:
+    def fit(
+        self, train: pd.DataFrame, val: pd.DataFrame | None = None, *, image_column: str | None = None
+    ) -> Predictor:
         """Fit encoders on ``train`` only, train the network (early stopping on ``val``), calibrate on ``val``."""
         train = catalog_from_frame(train, require_target=True, image_column=image_column)
         train = train[train[TARGET].notna()].reset_index(drop=True)
@@ -118,7 +134,7 @@ class Predictor:
             self.metadata_encoder_ = MetadataEncoder().fit(train)
         if "title" in self.modalities:
             self.title_encoder_ = TitleEncoder().fit(train)
-        train_image = val_image = None
+        train_image = None
         if "image" in self.modalities:
             raw, ok = self._embedder().embed(list(train["image_path"]))
             self.image_mean_ = raw[ok].mean(axis=0) if ok.any() else np.zeros(raw.shape[1], np.float32)
@@ -134,15 +150,18 @@ class Predictor:
             y_all = self.labels_.transform(val[TARGET])
             known = y_all >= 0
             if (~known).any():
-                log.info("%d validation products have a class unseen in training; left out of early stopping",
-                         int((~known).sum()))
+                log.info(
+                    "%d validation products have a class unseen in training; left out of early stopping",
+                    int((~known).sum()),
+                )
             val = val[known].reset_index(drop=True)
             y_val = y_all[known]
             val_data = self._encode(val)
 
         n_classes = len(self.labels_.classes_)
-        result = train_network(train_data, y_train, val_data, y_val, n_classes, self.config, seed=self.seed,
-                               progress=self.progress)
+        result = train_network(
+            train_data, y_train, val_data, y_val, n_classes, self.config, seed=self.seed, progress=self.progress
+        )
         self.net_ = result.net
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
@@ -151,11 +170,18 @@ class Predictor:
         if val_data is not None and y_val is not None and len(y_val):
             self.val_logits_ = predict_logits(self.net_, val_data)
             self.temperature_ = fit_temperature(self.val_logits_, y_val)
-        log.info("trained %s in %.1fs (best epoch %d, temperature %.3f)", "+".join(self.modalities),
-                 self.train_seconds_, self.best_epoch_, self.temperature_)
+        log.info(
+            "trained %s in %.1fs (best epoch %d, temperature %.3f)",
+            "+".join(self.modalities),
+            self.train_seconds_,
+            self.best_epoch_,
+            self.temperature_,
+        )
         return self
 
-    def _with_augmented_views(self, train: pd.DataFrame, data: ModalityData, y: np.ndarray) -> tuple[ModalityData, np.ndarray]:
+    def _with_augmented_views(
+        self, train: pd.DataFrame, data: ModalityData, y: np.ndarray
+    ) -> tuple[ModalityData, np.ndarray]:
         """Add one extra copy of the training set per augmented image view (the backbone is frozen, so
         augmentation happens on cached embeddings of augmented images)."""
         feats = {k: [v] for k, v in data.features.items()}
@@ -166,18 +192,23 @@ class Predictor:
                 feats[k].append(emb.astype(np.float32) if k == "image" else data.features[k])
                 present[k].append(ok & data.present["image"] if k == "image" else data.present[k])
         stacked = {k: sp.vstack(v, format="csr") if sp.issparse(v[0]) else np.concatenate(v) for k, v in feats.items()}
-        return ModalityData(stacked, {k: np.concatenate(v) for k, v in present.items()}), np.tile(y, self.augment_views + 1)
+        return ModalityData(stacked, {k: np.concatenate(v) for k, v in present.items()}), np.tile(
+            y, self.augment_views + 1
+        )
 
     # ----------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):
             raise RuntimeError("This Predictor is not fitted yet: call fit(...) or Predictor.load(path).")
 
-    def predict_proba(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
-        """Calibrated class probabilities, columns in ``self.classes_`` order."""
+    def predict_proba(
+        self, frame: pd.DataFrame, *, image_column: str | None = None, absent: Sequence[str] = ()
+    ) -> np.ndarray:
+        """Calibrated class probabilities, columns in ``self.classes_`` order. ``absent`` withholds modalities
+        (e.g. ``["image"]``) to see how the model does without them."""
         self._check_fitted()
         products = catalog_from_frame(frame, image_column=image_column)
-        logits = predict_logits(self.net_, self._encode(products))
+        logits = predict_logits(self.net_, self._encode(products, absent=absent))
         return softmax(logits, self.temperature_)
 
     def predict(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
@@ -189,19 +220,32 @@ class Predictor:
         top_k = max(1, min(top_k, proba.shape[1]))
         top = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
         ids = catalog_from_frame(frame)[ID].to_numpy()
-        out = pd.DataFrame({ID: ids, "prediction": self.labels_.inverse_transform(top[:, 0]),
-                            "confidence": proba[np.arange(len(proba)), top[:, 0]]})
+        out = pd.DataFrame(
+            {
+                ID: ids,
+                "prediction": self.labels_.inverse_transform(top[:, 0]),
+                "confidence": proba[np.arange(len(proba)), top[:, 0]],
+            }
+        )
         for k in range(1, top_k + 1):
             out[f"top{k}_label"] = self.labels_.inverse_transform(top[:, k - 1])
             out[f"top{k}_confidence"] = proba[np.arange(len(proba)), top[:, k - 1]]
         return out
 
-    def evaluate(self, frame: pd.DataFrame, *, image_column: str | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        frame: pd.DataFrame,
+        *,
+        image_column: str | None = None,
+        absent: Sequence[str] = (),
+        return_predictions: bool = False,
+    ) -> dict[str, Any]:
         """Metrics against the ``articleType`` column. Products of a class the model never learned count as
-        errors (the model cannot predict them)."""
+        errors (the model cannot predict them). With ``return_predictions`` the per-product predictions are
+        added under ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
         products = catalog_from_frame(frame, require_target=True, image_column=image_column)
         products = products[products[TARGET].notna()].reset_index(drop=True)
-        proba = self.predict_proba(products)
+        proba = self.predict_proba(products, absent=absent)
         pred = self.labels_.inverse_transform(proba.argmax(axis=1))
         raw_conf = softmax(np.log(np.clip(proba, 1e-12, None)) * self.temperature_).max(axis=1)
         metrics = evaluate_predictions(products[TARGET].to_numpy(), pred, proba.max(axis=1), self.train_counts_)
@@ -209,7 +253,10 @@ class Predictor:
         metrics["ece_uncalibrated"] = expected_calibration_error(raw_conf, correct)
         metrics["temperature"] = self.temperature_
         metrics["unknown_classes"] = sorted(set(products[TARGET]) - set(self.labels_.classes_))
-        metrics["modalities_present"] = {k: float(v.mean()) for k, v in self._encode(products).present.items()}
+        if return_predictions:
+            metrics["predictions"] = pd.DataFrame(
+                {ID: products[ID], "true": products[TARGET], "predicted": pred, "confidence": proba.max(axis=1)}
+            )
         return metrics
 
     @property
@@ -252,29 +299,47 @@ class Predictor:
 
     @property
     def _specs(self) -> list[ModalitySpec]:
-        return [ModalitySpec(n, e.project.num_embeddings if e.sparse else e.project.in_features, e.sparse)
-                for n, e in self.net_.encoders.items()]
+        return [
+            ModalitySpec(n, e.project.num_embeddings if e.sparse else e.project.in_features, e.sparse)
+            for n, e in self.net_.encoders.items()
+        ]
 
     @classmethod
-    def load(cls, path: str | Path, *, cache_dir: str | Path | None = None, weights: str | Path | None = None,
-             progress: bool = True) -> Predictor:
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        cache_dir: str | Path | None = None,
+        weights: str | Path | None = None,
+        progress: bool = True,
+    ) -> Predictor:
         path = Path(path)
         needed = ["config.json", "preprocessing.json", "model.safetensors"]
         missing = [n for n in needed if not (path / n).is_file()]
         if missing:
             raise ModelLoadError(
                 f"{path} is not a DeepFusion model folder (missing {', '.join(missing)}). Pass the folder that "
-                "`deepfusion train` wrote, e.g. RUN_DIR/metadata, RUN_DIR/image or RUN_DIR/fusion.")
+                "`deepfusion train` wrote, e.g. RUN_DIR/metadata, RUN_DIR/image or RUN_DIR/fusion."
+            )
         config = json.loads((path / "config.json").read_text())
         if config.get("format_version") != FORMAT_VERSION:
-            raise ModelLoadError(f"{path} has model format {config.get('format_version')}, this DeepFusion "
-                                 f"reads format {FORMAT_VERSION}. Retrain the model with this version.")
+            raise ModelLoadError(
+                f"{path} has model format {config.get('format_version')}, this DeepFusion "
+                f"reads format {FORMAT_VERSION}. Retrain the model with this version."
+            )
         prep = json.loads((path / "preprocessing.json").read_text())
         head = HeadConfig.from_json(config["head"])
-        self = cls(config["modalities"], preset=head.preset, seed=config["seed"],
-                   backbone=config.get("backbone") or "efficientnet_lite0", weights=weights,
-                   image_size=tuple(config["image_size"]) if config.get("image_size") else None,
-                   augment_views=config.get("augment_views", 0), cache_dir=cache_dir, progress=progress)
+        self = cls(
+            config["modalities"],
+            preset=head.preset,
+            seed=config["seed"],
+            backbone=config.get("backbone") or "efficientnet_lite0",
+            weights=weights,
+            image_size=tuple(config["image_size"]) if config.get("image_size") else None,
+            augment_views=config.get("augment_views", 0),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
         self.config = head
         self.labels_ = LabelEncoder.from_json(prep["labels"])
         if "metadata" in prep:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import resource
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +59,11 @@ class ModelSpec:
 def model_specs(model: str, modalities: str | Sequence[str] | None = None) -> list[ModelSpec]:
     if model == "all":
         fusion = parse_modalities(modalities) if modalities else MODEL_KINDS["fusion"]
-        return [ModelSpec("metadata", MODEL_KINDS["metadata"]), ModelSpec("image", MODEL_KINDS["image"]),
-                ModelSpec("fusion", fusion)]
+        return [
+            ModelSpec("metadata", MODEL_KINDS["metadata"]),
+            ModelSpec("image", MODEL_KINDS["image"]),
+            ModelSpec("fusion", fusion),
+        ]
     if model not in MODEL_KINDS:
         raise ValueError(f"Unknown model '{model}'. Choose one of: {', '.join([*MODEL_KINDS, 'all'])}")
     mods = parse_modalities(modalities) if modalities and model == "fusion" else MODEL_KINDS[model]
@@ -68,39 +71,73 @@ def model_specs(model: str, modalities: str | Sequence[str] | None = None) -> li
 
 
 def train_model(
-    spec: ModelSpec, catalog: Catalog, split: Split, out_dir: Path, *, preset: str = "regularized",
-    seed: int = 42, predictor_options: dict[str, Any] | None = None, progress: bool = True,
+    spec: ModelSpec,
+    catalog: Catalog,
+    split: Split,
+    out_dir: Path,
+    *,
+    preset: str = "regularized",
+    seed: int = 42,
+    predictor_options: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Fit one model on the train split (early stopping on val), evaluate on test, save to ``out_dir``."""
     products = catalog.products.set_index(ID, drop=False)
     parts = {name: products.loc[split.ids(name)].reset_index(drop=True) for name in ("train", "val", "test")}
-    predictor = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress,
-                          **(predictor_options or {}))
+    predictor = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress, **(predictor_options or {}))
     start = time.perf_counter()
     predictor.fit(parts["train"], parts["val"])
     fit_seconds = time.perf_counter() - start
-    metrics = predictor.evaluate(parts["test"])
+    metrics = predictor.evaluate(parts["test"], return_predictions=True)
+    predictions = metrics.pop("predictions")
+    if len(spec.modalities) > 1:
+        metrics["ablation"] = modality_ablation(predictor, parts["test"])
     train_metrics = predictor.evaluate(parts["train"])
-    metrics.update({
-        "model": spec.name,
-        "modalities": list(spec.modalities),
-        "preset": preset,
-        "split": "test",
-        "train_accuracy": train_metrics["accuracy"],
-        "train_macro_f1": train_metrics["macro_f1"],
-        "train_accuracy_ceiling": label_ceiling(parts["train"], predictor),
-        "fit_seconds": fit_seconds,
-        "train_loop_seconds": predictor.train_seconds_,
-        "best_epoch": predictor.best_epoch_,
-        "epochs_run": len(predictor.history_),
-        # Peak resident memory of the whole process so far (Linux reports KiB).
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    })
+    metrics.update(
+        {
+            "model": spec.name,
+            "modalities": list(spec.modalities),
+            "preset": preset,
+            "split": "test",
+            "train_accuracy": train_metrics["accuracy"],
+            "train_macro_f1": train_metrics["macro_f1"],
+            "train_accuracy_ceiling": label_ceiling(parts["train"], predictor),
+            "fit_seconds": fit_seconds,
+            "train_loop_seconds": predictor.train_seconds_,
+            "best_epoch": predictor.best_epoch_,
+            "epochs_run": len(predictor.history_),
+            # Peak resident memory of the whole process so far (Linux reports KiB).
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
     predictor.save(out_dir)
+    predictions.to_csv(out_dir / "test_predictions.csv", index=False)
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / "summary.md").write_text(summary_markdown(metrics, f"{spec.name} model ({preset}) on the test split"))
     log.info("%s: test accuracy %.4f, macro-F1 %.4f", spec.name, metrics["accuracy"], metrics["macro_f1"])
     return metrics
+
+
+def modality_ablation(predictor: Predictor, test: pd.DataFrame) -> list[dict[str, Any]]:
+    """Test accuracy of one trained fusion model for every non-empty subset of its modalities, the others
+    withheld at prediction time (what happens to a product that lacks them)."""
+    rows = []
+    mods = list(predictor.modalities)
+    for mask in range(1, 2 ** len(mods)):
+        kept = [m for i, m in enumerate(mods) if mask >> i & 1]
+        absent = [m for m in mods if m not in kept]
+        m = predictor.evaluate(test, absent=absent)
+        rows.append(
+            {
+                "modalities": kept,
+                "withheld": absent,
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "weighted_f1": m["weighted_f1"],
+                "ece": m["ece"],
+            }
+        )
+    return rows
 
 
 def label_ceiling(train: pd.DataFrame, predictor: Predictor) -> float | None:
@@ -115,8 +152,14 @@ def label_ceiling(train: pd.DataFrame, predictor: Predictor) -> float | None:
 
 
 def train_run(
-    data: str | Path, out: str | Path, *, model: str = "metadata", preset: str = "regularized", seed: int = 42,
-    modalities: str | Sequence[str] | None = None, predictor_options: dict[str, Any] | None = None,
+    data: str | Path,
+    out: str | Path,
+    *,
+    model: str = "metadata",
+    preset: str = "regularized",
+    seed: int = 42,
+    modalities: str | Sequence[str] | None = None,
+    predictor_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Load and validate the catalog, split it, train each requested model; returns metrics per model."""
@@ -133,16 +176,32 @@ def train_run(
         log.info("products without a readable image are kept; image models treat the image as absent")
     results = {}
     for spec in specs:
-        results[spec.name] = train_model(spec, catalog, split, out / spec.name, preset=preset, seed=seed,
-                                         predictor_options=predictor_options, progress=progress)
+        results[spec.name] = train_model(
+            spec,
+            catalog,
+            split,
+            out / spec.name,
+            preset=preset,
+            seed=seed,
+            predictor_options=predictor_options,
+            progress=progress,
+        )
+    from .reports import write_report
+
+    write_report(out)
     return results
 
 
 def _catalog_for(predictor: Predictor, data: str | Path, *, require_target: bool, progress: bool) -> Catalog:
     images_only = predictor.modalities == ("image",)
-    return load_catalog(data, require_target=require_target, require_images=images_only,
-                        required_columns=required_columns(predictor.modalities),
-                        check_image_files="image" in predictor.modalities, progress=progress)
+    return load_catalog(
+        data,
+        require_target=require_target,
+        require_images=images_only,
+        required_columns=required_columns(predictor.modalities),
+        check_image_files="image" in predictor.modalities,
+        progress=progress,
+    )
 
 
 def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path, *, progress: bool = True) -> dict:
@@ -157,8 +216,9 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path, *, 
     return metrics
 
 
-def predict_catalog(model_dir: str | Path, data: str | Path, out: str | Path, *, top_k: int = 3,
-                    progress: bool = True) -> tuple[pd.DataFrame, Catalog]:
+def predict_catalog(
+    model_dir: str | Path, data: str | Path, out: str | Path, *, top_k: int = 3, progress: bool = True
+) -> tuple[pd.DataFrame, Catalog]:
     predictor = Predictor.load(model_dir, progress=progress)
     catalog = _catalog_for(predictor, data, require_target=False, progress=progress)
     preds = predictor.predict_frame(catalog.products, top_k=top_k)

@@ -79,7 +79,11 @@ class Split:
 
 
 def split_by_duplicate_groups(
-    products: pd.DataFrame, *, seed: int = 42, test_fraction: float = 0.1, val_fraction: float = 0.1,
+    products: pd.DataFrame,
+    *,
+    seed: int = 42,
+    test_fraction: float = 0.1,
+    val_fraction: float = 0.1,
     min_groups_per_class: int = 3,
 ) -> Split:
     """Stratified (by target) group split; deterministic for a seed.
@@ -119,7 +123,11 @@ def split_by_duplicate_groups(
         train_only_classes=small,
     )
     if small:
-        log.info("%d classes have fewer than %d distinct products and are kept in train only: %s",
-                 len(small), min_groups_per_class, ", ".join(small))
+        log.info(
+            "%d classes have fewer than %d distinct products and are kept in train only: %s",
+            len(small),
+            min_groups_per_class,
+            ", ".join(small),
+        )
     log.info("split sizes %s", split.report()["sizes"])
     return split

@@ -1,0 +1,186 @@
+"""DeepFusion benchmark on the real catalog: accuracy, speed and memory of every model, measured in one run.
+
+    python benchmarks/run.py                      # everything, writes benchmarks/RESULTS.md + results.json
+    python benchmarks/run.py --sections metadata  # one part only (results of other parts are kept)
+
+All models share one catalog load and one leakage-safe split (seed 42), so their numbers are comparable.
+Speeds are reported as ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deepfusion import load_catalog
+from deepfusion.runs import ModelSpec, train_model
+from deepfusion.split import split_by_duplicate_groups
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = Path(
+    os.environ.get("DEEPFUSION_DATA", HERE.parents[1] / "shared" / "data" / "fashion-product-images-small")
+)
+log = logging.getLogger("benchmark")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Bench:
+    def __init__(self, data: Path, out: Path, cache_dir: Path | None) -> None:
+        self.data = data
+        self.out = out
+        self.cache_dir = cache_dir
+        self.results: dict[str, Any] = (
+            json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+        )
+        start = time.perf_counter()
+        self.catalog = load_catalog(data, require_target=True, progress=True)
+        self.load_seconds = time.perf_counter() - start
+        self.split = split_by_duplicate_groups(self.catalog.products, seed=42)
+        self.results["environment"] = {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"),
+            "catalog": self.catalog.summary(),
+            "catalog_load_seconds": round(self.load_seconds, 1),
+            "split": self.split.report()["sizes"],
+        }
+
+    def train(
+        self, key: str, name: str, modalities: tuple[str, ...], preset: str = "regularized", **options: Any
+    ) -> dict[str, Any]:
+        log.info("training %s", key)
+        if "image" in modalities and self.cache_dir:
+            options.setdefault("cache_dir", self.cache_dir)
+        m = train_model(
+            ModelSpec(name, modalities),
+            self.catalog,
+            self.split,
+            self.out / key,
+            preset=preset,
+            predictor_options=options,
+            progress=True,
+        )
+        row = {
+            k: m.get(k)
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "weighted_f1",
+                "train_accuracy",
+                "train_accuracy_ceiling",
+                "fit_seconds",
+                "train_loop_seconds",
+                "best_epoch",
+                "epochs_run",
+                "ece",
+                "ece_uncalibrated",
+                "peak_rss_mb",
+            )
+        }
+        row.update(
+            {
+                "rare_macro_f1": m["rare"]["macro_f1"],
+                "frequent_macro_f1": m["frequent"]["macro_f1"],
+                "rare_accuracy": m["rare"]["accuracy"],
+                "modalities": list(modalities),
+                "preset": preset,
+                "options": {k: str(v) for k, v in options.items() if k != "cache_dir"},
+                "auto_approval": m["auto_approval"],
+            }
+        )
+        self.results.setdefault("models", {})[key] = row
+        self.save()
+        return row
+
+    def save(self) -> None:
+        (HERE / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
+        (HERE / "RESULTS.md").write_text(render(self.results))
+
+
+def metadata_section(b: Bench) -> None:
+    for preset in ("small", "overfit", "regularized"):
+        b.train(f"metadata/{preset}", "metadata", ("metadata",), preset)
+    for balance in ("none", "inverse", "sampler"):  # "sqrt" is the regularized default above
+        b.train(f"metadata/regularized-balance-{balance}", "metadata", ("metadata",), balance=balance)
+
+
+SECTIONS: dict[str, Callable[[Bench], None]] = {"metadata": metadata_section}
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f}%"
+
+
+def render(r: dict[str, Any]) -> str:
+    env = r.get("environment", {})
+    lines = [
+        "# DeepFusion benchmark results",
+        "",
+        f"Measured by `python benchmarks/run.py` on {env.get('date')} ({env.get('cpus')} CPUs, "
+        f"Python {env.get('python')}, {env.get('machine')}). Catalog: {env.get('catalog')}. "
+        f"Leakage-safe split (duplicate products kept on one side), seed 42: {env.get('split')}. "
+        "All accuracies are on the held-out test split.",
+        "",
+    ]
+    models = r.get("models", {})
+    if models:
+        lines += [
+            "## Models",
+            "",
+            "| model | preset / option | test accuracy | macro-F1 | weighted-F1 | rare-class macro-F1 | "
+            "train accuracy (ceiling) | ECE | fit seconds | epochs (best) | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key, m in models.items():
+            ceiling = f" ({pct(m['train_accuracy_ceiling'])})" if m.get("train_accuracy_ceiling") else ""
+            opts = ", ".join(f"{k}={v}" for k, v in m.get("options", {}).items() if v not in ("None", ""))
+            lines.append(
+                f"| {key.split('/')[0]} | {m['preset']}{' ' + opts if opts else ''} | {pct(m['accuracy'])} | "
+                f"{m['macro_f1']:.4f} | {m['weighted_f1']:.4f} | {m['rare_macro_f1']:.4f} | "
+                f"{pct(m['train_accuracy'])}{ceiling} | {m['ece']:.3f} | {m['fit_seconds']:.0f} | "
+                f"{m['epochs_run']} ({m['best_epoch']}) | {m['peak_rss_mb']:.0f} |"
+            )
+        lines += [
+            "",
+            "Train accuracy ceiling: the best any model can do on these inputs, since products with "
+            "identical inputs but different labels cannot all be right.",
+            "",
+        ]
+    for extra in ("embedding", "fusion_analysis", "prediction"):
+        if extra in r:
+            lines += [r[extra]["markdown"], ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=HERE / "runs")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (args.data / "styles.csv").is_file() and not (args.data / "styles.parquet").is_file():
+        sys.exit(f"No catalog at {args.data}; pass --data or set DEEPFUSION_DATA.")
+    bench = Bench(args.data, args.out, args.cache_dir)
+    for name in args.sections.split(","):
+        SECTIONS[name.strip()](bench)
+    bench.save()
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

