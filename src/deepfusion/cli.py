@@ -54,6 +54,16 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     )
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--image-size must look like 224x168 (height x width), got '{text}'") from None
+    if not (32 <= h <= 1024 and 32 <= w <= 1024):
+        raise ValueError(f"--image-size {text}: each side must be between 32 and 1024 pixels")
+    return h, w
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
@@ -72,6 +82,9 @@ def train(
     balance: Annotated[str | None, typer.Option("--balance", help="none | sqrt | inverse | sampler")] = None,
     backbone: Annotated[str, typer.Option("--backbone", help="Image backbone name.")] = "efficientnet_lite0",
     weights: Annotated[Path | None, typer.Option("--weights", help="Your own backbone weights file.")] = None,
+    image_size: Annotated[
+        str | None, typer.Option("--image-size", help="Backbone input HEIGHTxWIDTH, e.g. 224x168 (the default).")
+    ] = None,
     augment_views: Annotated[
         int | None, typer.Option("--augment-views", help="Augmented image views per training image.")
     ] = None,
@@ -82,6 +95,8 @@ def train(
     from .runs import train_run
 
     options: dict[str, Any] = {"backbone": backbone, "weights": weights, "combiner": combiner, "balance": balance}
+    if image_size:
+        options["image_size"] = _parse_size(image_size)
     if augment_views is not None:
         options["augment_views"] = augment_views
     results = train_run(
@@ -153,6 +168,20 @@ def eda(
         f"{o['rows']:,} products, {t['n_classes']} classes, {o['rejects']['dropped']:,} rows dropped, "
         f"{o['images']['without_image']:,} without a usable image -> {out / 'eda.html'}"
     )
+
+
+@app.command()
+@_user_errors
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by train.")],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    max_items: Annotated[int, typer.Option("--max-items", help="Most products per request.")] = 256,
+) -> None:
+    """Serve a model over HTTP: POST /v1/predict, GET /healthz, GET /v1/model, docs at /docs."""
+    from .service import serve as run_server
+
+    run_server(model_dir, host=host, port=port, max_items=max_items)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,20 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
+IMAGE_CLIP = 8.0  # standardised image features are clipped, so one odd image cannot blow up the head
+
+
+def image_scaling(train_embeddings: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of training embeddings. Pooled ReLU6 features are often (almost) constant
+    on a small catalog; their std is floored at a tenth of the median std so they are not blown up."""
+    if len(train_embeddings) == 0:
+        return np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    mean = train_embeddings.mean(axis=0)
+    std = train_embeddings.std(axis=0)
+    floor = max(float(np.median(std)) * 0.1, 1e-3)
+    return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32)
+
+
 class ModelLoadError(Exception):
     """A model folder that cannot be loaded; the message says what is missing."""
 
@@ -93,7 +107,10 @@ class Predictor:
 
     def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
         emb, ok = self._embedder().embed(list(products["image_path"]), view=view)
-        return (emb - self.image_mean_) / self.image_std_, ok
+        return self._scale_image(emb), ok
+
+    def _scale_image(self, emb: np.ndarray) -> np.ndarray:
+        return np.clip((emb - self.image_mean_) / self.image_std_, -IMAGE_CLIP, IMAGE_CLIP).astype(np.float32)
 
     def _encode(
         self, products: pd.DataFrame, image: tuple[np.ndarray, np.ndarray] | None = None, absent: Sequence[str] = ()
@@ -137,9 +154,8 @@ class Predictor:
         train_image = None
         if "image" in self.modalities:
             raw, ok = self._embedder().embed(list(train["image_path"]))
-            self.image_mean_ = raw[ok].mean(axis=0) if ok.any() else np.zeros(raw.shape[1], np.float32)
-            self.image_std_ = raw[ok].std(axis=0) + 1e-6 if ok.any() else np.ones(raw.shape[1], np.float32)
-            train_image = ((raw - self.image_mean_) / self.image_std_, ok)
+            self.image_mean_, self.image_std_ = image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
+            train_image = (self._scale_image(raw), ok)
         y_train = self.labels_.transform(train[TARGET])
         train_data = self._encode(train, train_image)
         if "image" in self.modalities and self.augment_views > 0:

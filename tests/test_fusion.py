@@ -1,0 +1,80 @@
+"""Fusion model, the three-way run with its report, missing modalities and the Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from deepfusion import Predictor, load_catalog
+from deepfusion.cli import app
+
+SMALL = (64, 48)
+
+
+def test_train_all_writes_three_models_and_a_report(catalog_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--data", str(catalog_dir), "--model", "all", "--preset", "small",
+                                      "--image-size", "64x48", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    for name in ("metadata", "image", "fusion"):
+        assert (out / name / "model.safetensors").is_file()
+        assert (out / name / "test_predictions.csv").is_file()
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert set(comparison["models"]) == {"metadata", "image", "fusion"}
+    assert comparison["reference_study_accuracy"] == {"metadata": 0.81, "image": 0.857, "fusion": 0.864}
+    assert comparison["models"]["fusion"]["modalities"] == ["metadata", "title", "image"]
+    ablation = {"+".join(r["modalities"]): r for r in comparison["ablation"]}
+    assert len(ablation) == 7 and "image" in ablation and "metadata+title+image" in ablation
+    impact = comparison["business_impact"]["fusion"]
+    assert [a["target_precision"] for a in impact["auto_approval"]] == [0.95, 0.98, 0.99]
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "reference study" in page
+
+    # The fusion model still predicts a product whose image is missing or corrupt.
+    preds_path = tmp_path / "preds.csv"
+    result = CliRunner().invoke(app, ["predict", str(out / "fusion"), "--data", str(catalog_dir),
+                                      "--out", str(preds_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    preds = pd.read_csv(preds_path, dtype={"id": str}).set_index("id")
+    assert {"5003", "5004", "5005"} <= set(preds.index)
+    # The image-only model cannot: those products are rejected with their reason.
+    result = CliRunner().invoke(app, ["predict", str(out / "image"), "--data", str(catalog_dir),
+                                      "--out", str(tmp_path / "img.csv"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    image_preds = pd.read_csv(tmp_path / "img.csv", dtype={"id": str})
+    assert not {"5003", "5004", "5005"} & set(image_preds["id"])
+    rejects = pd.read_csv(tmp_path / "img.rejects.csv", dtype=str).set_index("id")
+    assert "missing image" in rejects.loc["5003", "reason"] and rejects.loc["5003", "action"] == "dropped"
+
+
+@pytest.mark.parametrize("combiner", ["concat", "gated"])
+def test_python_api_fit_predict_save_load(clean_catalog_dir: Path, cache_dir: Path, tmp_path: Path,
+                                          combiner: str) -> None:
+    frame = load_catalog(clean_catalog_dir, progress=False).products
+    frame = frame.rename(columns={"image_path": "picture"})[
+        ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year", "usage",
+         "productDisplayName", "picture"]]
+    train, val = frame.iloc[::2], frame.iloc[1::2]
+    predictor = Predictor(["metadata", "title", "image"], preset="small", image_size=SMALL, progress=False,
+                          combiner=combiner, epochs=150, modality_dropout=0.2)
+    predictor.fit(train, val, image_column="picture")
+    proba = predictor.predict_proba(val, image_column="picture")
+    assert proba.shape == (len(val), 4) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert predictor.evaluate(val, image_column="picture")["accuracy"] >= 0.9  # the toy classes are easy
+
+    predictor.save(tmp_path / "model")
+    assert not list((tmp_path / "model").glob("*.pkl"))
+    loaded = Predictor.load(tmp_path / "model")
+    np.testing.assert_allclose(loaded.predict_proba(val, image_column="picture"), proba, atol=1e-6)
+
+    # Missing modalities: no image and no title still give a prediction.
+    bare = val.assign(picture=None, productDisplayName=None)
+    labels = loaded.predict(bare, image_column="picture")
+    assert len(labels) == len(val) and set(labels) <= set(loaded.classes_)
+    only_image = val.drop(columns=["gender", "masterCategory", "subCategory", "productDisplayName"])
+    assert (loaded.predict(only_image, image_column="picture") == val["articleType"].to_numpy()).mean() >= 0.75
