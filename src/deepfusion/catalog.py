@@ -320,7 +320,9 @@ def catalog_from_frame(
     for col in COLUMNS:
         if col not in products.columns:
             products[col] = np.nan
-    products[ID] = products[ID].astype(str)
+    missing_id = products[ID].isna() | (products[ID].astype(str).str.strip() == "")
+    products[ID] = products[ID].astype(str).str.strip()
+    products.loc[missing_id, ID] = [str(i) for i in np.flatnonzero(missing_id.to_numpy())]
     products["year"] = pd.to_numeric(products["year"], errors="coerce").astype("float64")
     for col in CATEGORICAL + [TARGET, TITLE]:
         values = products[col].astype(object)

@@ -148,8 +148,8 @@ def predict(
     """Predict the category of every product in a catalog (labels not needed)."""
     from .runs import predict_catalog
 
-    preds, catalog = predict_catalog(model_dir, data, out, top_k=top_k, progress=not quiet)
-    typer.echo(f"{len(preds):,} predictions -> {out}; {catalog.summary()}")
+    n, catalog = predict_catalog(model_dir, data, out, top_k=top_k, progress=not quiet)
+    typer.echo(f"{n:,} predictions -> {out}; {catalog.summary()}")
 
 
 @app.command()

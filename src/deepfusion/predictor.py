@@ -223,7 +223,9 @@ class Predictor:
         """Calibrated class probabilities, columns in ``self.classes_`` order. ``absent`` withholds modalities
         (e.g. ``["image"]``) to see how the model does without them."""
         self._check_fitted()
-        products = catalog_from_frame(frame, image_column=image_column)
+        return self._proba(catalog_from_frame(frame, image_column=image_column), absent)
+
+    def _proba(self, products: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
         logits = predict_logits(self.net_, self._encode(products, absent=absent))
         return softmax(logits, self.temperature_)
 
@@ -232,10 +234,12 @@ class Predictor:
 
     def predict_frame(self, frame: pd.DataFrame, *, top_k: int = 3, image_column: str | None = None) -> pd.DataFrame:
         """``id, prediction, confidence`` plus the top-k labels and probabilities, one row per product."""
-        proba = self.predict_proba(frame, image_column=image_column)
+        self._check_fitted()
+        products = catalog_from_frame(frame, image_column=image_column)
+        proba = self._proba(products)
         top_k = max(1, min(top_k, proba.shape[1]))
         top = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
-        ids = catalog_from_frame(frame)[ID].to_numpy()
+        ids = products[ID].to_numpy()
         out = pd.DataFrame(
             {
                 ID: ids,
@@ -261,7 +265,7 @@ class Predictor:
         added under ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
         products = catalog_from_frame(frame, require_target=True, image_column=image_column)
         products = products[products[TARGET].notna()].reset_index(drop=True)
-        proba = self.predict_proba(products, absent=absent)
+        proba = self._proba(products, absent)
         pred = self.labels_.inverse_transform(proba.argmax(axis=1))
         raw_conf = softmax(np.log(np.clip(proba, 1e-12, None)) * self.temperature_).max(axis=1)
         metrics = evaluate_predictions(products[TARGET].to_numpy(), pred, proba.max(axis=1), self.train_counts_)

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from .catalog import ID, METADATA, TARGET, TITLE, Catalog, load_catalog
 from .evaluation import summary_markdown
@@ -217,16 +220,37 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path, *, 
 
 
 def predict_catalog(
-    model_dir: str | Path, data: str | Path, out: str | Path, *, top_k: int = 3, progress: bool = True
-) -> tuple[pd.DataFrame, Catalog]:
+    model_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    top_k: int = 3,
+    chunk_size: int = 8192,
+    progress: bool = True,
+) -> tuple[int, Catalog]:
+    """Predict every product of a catalog into ``out`` (.csv or .parquet), in chunks so memory stays flat
+    however large the catalog; returns (number of predictions, catalog)."""
     predictor = Predictor.load(model_dir, progress=progress)
     catalog = _catalog_for(predictor, data, require_target=False, progress=progress)
-    preds = predictor.predict_frame(catalog.products, top_k=top_k)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".parquet":
-        preds.to_parquet(out, index=False)
-    else:
-        preds.to_csv(out, index=False)
+    products = catalog.products
+    writer = None
+    n = 0
+    chunks = range(0, max(len(products), 1), chunk_size)
+    try:
+        for start in tqdm(chunks, desc="predicting", unit="chunk", disable=not progress or len(chunks) < 2):
+            preds = predictor.predict_frame(products.iloc[start : start + chunk_size], top_k=top_k)
+            n += len(preds)
+            if out.suffix.lower() == ".parquet":
+                table = pa.Table.from_pandas(preds, preserve_index=False)
+                writer = writer or pq.ParquetWriter(out, table.schema)
+                writer.write_table(table)
+            else:
+                preds.to_csv(out, index=False, mode="w" if start == 0 else "a", header=start == 0)
+    finally:
+        if writer is not None:
+            writer.close()
     catalog.write_rejects(out.with_name(out.stem + ".rejects.csv"))
-    return preds, catalog
+    log.info("wrote %d predictions to %s", n, out)
+    return n, catalog
