@@ -120,7 +120,12 @@ def build_torch_extractor(
     size = image_size or spec.input_size
     try:
         net = EfficientNet.from_name(spec.arch, image_size=list(size))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":  # e.g. a backbone fine-tuned with --finetune
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
         missing, _ = net.load_state_dict(state, strict=False)
     except Exception as exc:
         raise BackboneError(f"Cannot load weights {path} into {spec.name}: {exc}") from exc

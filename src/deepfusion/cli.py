@@ -88,6 +88,11 @@ def train(
     augment_views: Annotated[
         int | None, typer.Option("--augment-views", help="Augmented image views per training image.")
     ] = None,
+    finetune: Annotated[
+        bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
+    ] = False,
+    finetune_blocks: Annotated[int, typer.Option("--finetune-blocks")] = 2,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 42,
     quiet: QuietOpt = False,
 ) -> None:
@@ -99,6 +104,8 @@ def train(
         options["image_size"] = _parse_size(image_size)
     if augment_views is not None:
         options["augment_views"] = augment_views
+    if finetune:
+        options.update(finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs)
     results = train_run(
         data,
         out,
@@ -168,6 +175,27 @@ def eda(
         f"{o['rows']:,} products, {t['n_classes']} classes, {o['rejects']['dropped']:,} rows dropped, "
         f"{o['images']['without_image']:,} without a usable image -> {out / 'eda.html'}"
     )
+
+
+@app.command()
+@_user_errors
+def audit(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Folder for audit.csv, audit.html and audit.json.")],
+    folds: Annotated[int, typer.Option("--folds", help="Out-of-fold predictions from this many folds.")] = 5,
+    modalities: Annotated[str, typer.Option("--modalities", help="Inputs of the auditing model.")] = (
+        "metadata,title,image"
+    ),
+    seed: Annotated[int, typer.Option("--seed")] = 42,
+    quiet: QuietOpt = False,
+) -> None:
+    """Find products whose current category is probably wrong (a ranked review queue)."""
+    from .audit import audit_catalog
+    from .predictor import parse_modalities
+
+    queue = audit_catalog(data, out, modalities=parse_modalities(modalities), folds=folds, seed=seed,
+                          progress=not quiet)
+    typer.echo(f"{len(queue):,} products queued for review -> {out / 'audit.csv'}, {out / 'audit.html'}")
 
 
 @app.command()

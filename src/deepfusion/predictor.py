@@ -11,6 +11,7 @@ A DataFrame holds the catalog columns (``gender``, ``productDisplayName``, ...) 
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +78,8 @@ class Predictor:
         weights: str | Path | None = None,
         image_size: tuple[int, int] | None = None,
         augment_views: int = 0,
+        finetune_blocks: int = 0,
+        finetune_epochs: int = 3,
         cache_dir: str | Path | None = None,
         progress: bool = True,
         **head_overrides: Any,
@@ -88,6 +91,8 @@ class Predictor:
         self.weights = weights
         self.image_size = image_size
         self.augment_views = augment_views
+        self.finetune_blocks = finetune_blocks
+        self.finetune_epochs = finetune_epochs
         self.cache_dir = cache_dir
         self.progress = progress
 
@@ -152,6 +157,8 @@ class Predictor:
         if "title" in self.modalities:
             self.title_encoder_ = TitleEncoder().fit(train)
         train_image = None
+        if "image" in self.modalities and self.finetune_blocks > 0:
+            self._finetune(train)
         if "image" in self.modalities:
             raw, ok = self._embedder().embed(list(train["image_path"]))
             self.image_mean_, self.image_std_ = image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
@@ -194,6 +201,24 @@ class Predictor:
             self.temperature_,
         )
         return self
+
+    def _finetune(self, train: pd.DataFrame) -> None:
+        """Fine-tune the backbone's last blocks on the training images; later steps embed with those weights."""
+        import tempfile
+
+        from .backbones import default_cache_dir
+        from .finetune import finetune_backbone
+
+        has_image = train["image_path"].notna().to_numpy()
+        folder = Path(self.cache_dir or default_cache_dir()) / "finetuned"
+        folder.mkdir(parents=True, exist_ok=True)
+        out = Path(tempfile.mkstemp(suffix=".safetensors", dir=folder)[1])
+        self.weights = finetune_backbone(
+            self.backbone, list(train.loc[has_image, "image_path"]), self.labels_.transform(train.loc[has_image, TARGET]),
+            out, weights=self.weights, image_size=self.image_size, blocks=self.finetune_blocks,
+            epochs=self.finetune_epochs, seed=self.seed, progress=self.progress)
+        self._embedder_obj = None
+        self.finetuned_ = True
 
     def _with_augmented_views(
         self, train: pd.DataFrame, data: ModalityData, y: np.ndarray
@@ -313,6 +338,9 @@ class Predictor:
             prep["title"] = self.title_encoder_.to_json()
         if "image" in self.modalities:
             prep["image"] = {"mean": self.image_mean_.tolist(), "std": self.image_std_.tolist()}
+        if getattr(self, "finetuned_", False):
+            shutil.copyfile(self.weights, path / "backbone.safetensors")
+            config["backbone_weights"] = "backbone.safetensors"
         (path / "config.json").write_text(json.dumps(config, indent=2))
         (path / "preprocessing.json").write_text(json.dumps(prep))
         return path
@@ -354,7 +382,7 @@ class Predictor:
             preset=head.preset,
             seed=config["seed"],
             backbone=config.get("backbone") or "efficientnet_lite0",
-            weights=weights,
+            weights=path / config["backbone_weights"] if config.get("backbone_weights") else weights,
             image_size=tuple(config["image_size"]) if config.get("image_size") else None,
             augment_views=config.get("augment_views", 0),
             cache_dir=cache_dir,

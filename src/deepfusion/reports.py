@@ -94,7 +94,7 @@ def _bar_chart(models: dict[str, dict[str, Any]]) -> str:
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("score on the test split")
     ax.set_title("Model comparison")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _png(fig)
 
 
@@ -321,10 +321,12 @@ def write_report(run_dir: str | Path) -> Path:
     cards_html = "".join(
         f'<div class="card"><div class="v">{v}</div><div class="l">{html.escape(lab)}</div></div>' for v, lab in cards
     )
+    sizes = " · ".join(f"{k} {v:,}" for k, v in split.get("sizes", {}).items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DeepFusion run report</title>
 <style>{CSS}</style></head><body>
 <header><h1>DeepFusion — model comparison</h1><div>{html.escape(str(split.get("catalog", "")))}</div>
-<div>Split (duplicates kept on one side, seed {split.get("seed", "")}): {split.get("sizes", "")}</div></header>
+<div>Leakage-safe split (duplicate products kept on one side, seed {split.get("seed", "")}): {sizes}</div>
+</header>
 <main>
 <div class="cards" style="margin-top:18px">{cards_html}</div>
 <section><h2>In plain words</h2>{words}</section>

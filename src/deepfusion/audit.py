@@ -1,0 +1,575 @@
+"""Catalog audit: find products whose current label is probably wrong, and metadata that breaks the hierarchy.
+
+Two independent checks feed one ranked review queue:
+
+* **Label issues** (model-based). Every product gets an *out-of-fold* prediction: the catalog is cut into k folds
+  with ``StratifiedGroupKFold`` over the duplicate groups of ``split.duplicate_groups``, so neither a product nor any
+  duplicate of it (same image bytes, or same title and attributes) is in the training data of the model that judges
+  it. Inside each fold a small validation part (group-aware, stratified) is carved out of the training folds for
+  early stopping and temperature calibration. The out-of-fold probabilities go to cleanlab's confident learning
+  (``cleanlab.filter.find_label_issues``, pruned by noise rate: per-class thresholds are the mean self-confidence,
+  products counted off-diagonal in the confident joint are the issues), ranked by self-confidence (the probability
+  the model gives the current label; low is suspicious).
+* **Hierarchy breaks** (rule-based). For each articleType the dominant (masterCategory, subCategory) pair is the
+  most common one; a product under a pair that holds at most ``hierarchy_max_share`` of its articleType's products
+  is flagged ("articleType Heels under subCategory Sandal (usually Shoes)"). ArticleTypes genuinely split between
+  two pairs (e.g. 68% / 32%) are therefore not flagged.
+
+Classes too rare to judge: a class with fewer than ``min_class_groups`` distinct duplicate groups cannot be
+learned from a few training products, so the model's verdict on it would mostly flag the class for being rare.
+Its products stay in *every* training fold (so the class can still be suggested for other products) and are not
+judged by the model; they are still checked for hierarchy breaks. The classes are listed in ``audit.json``.
+
+Outputs in ``out``: ``audit.csv`` (the whole queue, most suspicious first), ``audit.html`` (self-contained review
+page for the top ``top_n``), ``rejects.csv`` (catalog rows that could not be used) and ``audit.json`` (summary).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm.auto import tqdm
+
+from .catalog import ID, TARGET, TITLE, load_catalog
+from .predictor import Predictor, parse_modalities
+from .runs import required_columns, write_json
+from .split import duplicate_groups
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_N = 200
+MIN_CLASS_GROUPS = 10
+HIERARCHY_MAX_SHARE = 0.1
+VAL_FRACTION = 0.1
+QUEUE_COLUMNS = [
+    "rank",
+    ID,
+    "current_label",
+    "suggested_label",
+    "confidence",
+    "reason",
+    "issue",
+    "score",
+    "label_probability",
+    "masterCategory",
+    "subCategory",
+    "expected_masterCategory",
+    "expected_subCategory",
+    TITLE,
+]
+
+
+# --------------------------------------------------------------------------------------------------- folds
+@dataclass
+class FoldPlan:
+    """Which fold holds each product out (-1: always in training) and which products the model judges."""
+
+    fold: np.ndarray  # int per product; -1 = in every training fold
+    judged: np.ndarray  # bool per product
+    groups: np.ndarray  # duplicate group per product
+    rare_classes: list[str] = field(default_factory=list)
+
+
+def _quiet_split(splitter: StratifiedGroupKFold, y: np.ndarray, groups: np.ndarray) -> list[np.ndarray]:
+    """Held-out indices of each split; sklearn's "least populated class" warning is expected here (rare labels
+    inside otherwise judged duplicate groups) and not useful to a user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return [test for _, test in splitter.split(np.zeros(len(y)), y, groups)]
+
+
+def plan_folds(products: pd.DataFrame, folds: int, seed: int, min_class_groups: int = MIN_CLASS_GROUPS) -> FoldPlan:
+    """Group-aware stratified k-fold assignment; ``products`` must have a RangeIndex."""
+    if folds < 2:
+        raise ValueError("folds must be at least 2 (each product is judged by a model trained on the other folds)")
+    groups = duplicate_groups(products)
+    y = products[TARGET].astype(str).to_numpy()
+    groups_per_class = pd.DataFrame({"y": y, "g": groups}).drop_duplicates().value_counts("y")
+    rare = sorted(groups_per_class.index[groups_per_class < min_class_groups])
+    eligible_label = ~np.isin(y, rare)
+    # A duplicate group is held out as a whole; it is held out if any member has a judgeable label. Rare-labelled
+    # members of such a group are held out with it (no duplicate leaks into training) but not judged.
+    eligible_groups = np.unique(groups[eligible_label])
+    held = np.isin(groups, eligible_groups)
+    fold = np.full(len(products), -1, dtype=int)
+    idx = np.flatnonzero(held)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, test in enumerate(_quiet_split(splitter, y[idx], groups[idx])):
+        fold[idx[test]] = k
+    if rare:
+        log.info(
+            "%d classes have fewer than %d distinct products: kept in every training fold, not judged: %s",
+            len(rare),
+            min_class_groups,
+            ", ".join(rare),
+        )
+    return FoldPlan(fold=fold, judged=(fold >= 0) & eligible_label, groups=groups, rare_classes=rare)
+
+
+def carve_validation(
+    pool: np.ndarray, products: pd.DataFrame, plan: FoldPlan, seed: int, val_fraction: float = VAL_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split the training positions ``pool`` into (train, val), group-aware and stratified. Products of rare
+    classes (fold -1) always stay in train."""
+    candidates = pool[plan.fold[pool] >= 0]
+    n_splits = max(2, round(1 / val_fraction))
+    if len(np.unique(plan.groups[candidates])) < n_splits:
+        return pool, pool[:0]
+    y = products[TARGET].astype(str).to_numpy()[candidates]
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    val = candidates[_quiet_split(splitter, y, plan.groups[candidates])[0]]
+    return np.setdiff1d(pool, val), val
+
+
+def out_of_fold_probabilities(
+    products: pd.DataFrame,
+    plan: FoldPlan,
+    classes: list[str],
+    *,
+    modalities: Sequence[str],
+    preset: str,
+    seed: int,
+    progress: bool,
+    predictor_options: dict[str, Any],
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Probabilities (n, len(classes)) for every held-out product from the model that did not see it; rows of
+    products in every training fold stay zero. Also returns per-fold statistics."""
+    proba = np.zeros((len(products), len(classes)), dtype=np.float64)
+    column = {c: j for j, c in enumerate(classes)}
+    n_folds = int(plan.fold.max()) + 1
+    stats: list[dict[str, Any]] = []
+    shared_embedder = None
+    bar = tqdm(range(n_folds), desc="audit folds", unit="fold", disable=not progress)
+    for k in bar:
+        start = time.perf_counter()
+        held = np.flatnonzero(plan.fold == k)
+        train_idx, val_idx = carve_validation(np.flatnonzero(plan.fold != k), products, plan, seed + k + 1)
+        predictor = Predictor(modalities, preset=preset, seed=seed, progress=progress, **predictor_options)
+        if shared_embedder is not None:
+            # One embedder (and its loaded cache) for all folds, instead of re-reading the cache every fold.
+            predictor._embedder_obj = shared_embedder
+        predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
+        if "image" in predictor.modalities:
+            shared_embedder = predictor._embedder()
+        fold_proba = predictor.predict_proba(products.iloc[held])
+        cols = [column[c] for c in predictor.classes_]
+        proba[np.ix_(held, cols)] = fold_proba
+        judged = plan.judged[held]
+        given = products[TARGET].to_numpy()[held]
+        pred = np.asarray(predictor.classes_)[fold_proba.argmax(axis=1)]
+        acc = float((pred[judged] == given[judged]).mean()) if judged.any() else float("nan")
+        stats.append(
+            {
+                "fold": k,
+                "train": len(train_idx),
+                "val": len(val_idx),
+                "held_out": len(held),
+                "judged": int(judged.sum()),
+                "accuracy": acc,
+                "best_epoch": predictor.best_epoch_,
+                "temperature": predictor.temperature_,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+        bar.set_postfix(accuracy=round(acc, 4))
+        log.info("fold %d/%d: out-of-fold accuracy %.4f on %d products", k + 1, n_folds, acc, int(judged.sum()))
+    return proba, stats
+
+
+# --------------------------------------------------------------------------------------------------- label issues
+def label_issues(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Confident learning (cleanlab) on out-of-fold probabilities of the judged products.
+
+    Returns one row per product: ``is_issue``, ``quality`` (self-confidence), ``p_given``, ``suggested`` (the most
+    likely other label for issues, the top label otherwise) and ``p_suggested``."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    column = {c: j for j, c in enumerate(classes)}
+    y = np.array([column[c] for c in labels], dtype=int)
+    proba = np.clip(proba, 0.0, None)
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    with warnings.catch_warnings():
+        # Classes that are never a judged label (too rare) have a column but no examples; cleanlab warns about it.
+        warnings.filterwarnings("ignore", message="May not flag all label issues", category=UserWarning)
+        is_issue = find_label_issues(y, proba, filter_by="prune_by_noise_rate", n_jobs=1)
+    quality = get_label_quality_scores(y, proba, method="self_confidence")
+    rows = np.arange(len(y))
+    p_given = proba[rows, y]
+    others = proba.copy()
+    others[rows, y] = -1.0
+    top = proba.argmax(axis=1)
+    alt = np.where(is_issue | (top != y), others.argmax(axis=1), top)
+    return pd.DataFrame(
+        {
+            "is_issue": is_issue,
+            "quality": quality,
+            "p_given": p_given,
+            "suggested": np.asarray(classes, dtype=object)[alt],
+            "p_suggested": proba[rows, alt],
+            "top": np.asarray(classes, dtype=object)[top],
+            "p_top": proba[rows, top],
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------------- hierarchy
+def hierarchy_breaks(products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SHARE) -> pd.DataFrame:
+    """Products whose (masterCategory, subCategory) is a rare placement for their articleType.
+
+    Returns, indexed like ``products``, only the flagged rows with ``expected_masterCategory``,
+    ``expected_subCategory``, ``dominant_share`` (share of the articleType under the dominant pair), ``n_dominant``,
+    ``n_class`` and ``reason``."""
+    keys = [TARGET, "masterCategory", "subCategory"]
+    frame = products[keys].astype(object).where(products[keys].notna(), "(empty)")
+    counts = frame.value_counts().rename("n").reset_index()
+    counts["n_class"] = counts.groupby(TARGET)["n"].transform("sum")
+    counts = counts.sort_values([TARGET, "n", "masterCategory", "subCategory"], ascending=[True, False, True, True])
+    dominant = counts.groupby(TARGET).head(1).set_index(TARGET)
+    n_pair = counts.set_index(keys)["n"].reindex(pd.MultiIndex.from_frame(frame)).to_numpy()
+    dom = dominant.reindex(frame[TARGET])
+    dom_master, dom_sub = dom["masterCategory"].to_numpy(), dom["subCategory"].to_numpy()
+    n_dom, n_class = dom["n"].to_numpy(), dom["n_class"].to_numpy()
+    deviates = (frame["masterCategory"].to_numpy() != dom_master) | (frame["subCategory"].to_numpy() != dom_sub)
+    flagged = np.flatnonzero(deviates & (n_pair / n_class <= max_share))
+    out = pd.DataFrame(
+        {
+            "expected_masterCategory": dom_master[flagged],
+            "expected_subCategory": dom_sub[flagged],
+            "n_dominant": n_dom[flagged].astype(int),
+            "n_class": n_class[flagged].astype(int),
+        },
+        index=frame.index[flagged],
+    )
+    out["dominant_share"] = out["n_dominant"] / out["n_class"]
+    reasons = []
+    for pos, (idx, o) in zip(flagged, out.iterrows(), strict=True):
+        article, master, sub = frame.loc[idx, keys]
+        parts = []
+        if sub != dom_sub[pos]:
+            parts.append(f"subCategory {sub} (usually {dom_sub[pos]})")
+        if master != dom_master[pos]:
+            parts.append(f"masterCategory {master} (usually {dom_master[pos]})")
+        reasons.append(
+            f"articleType {article} under {' and '.join(parts)}; {o['n_dominant']:,} of {o['n_class']:,} "
+            f"{article} products are under {dom_master[pos]} / {dom_sub[pos]}"
+        )
+    out["reason"] = reasons
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- queue
+def build_queue(
+    products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame, breaks: pd.DataFrame
+) -> pd.DataFrame:
+    """Merge label issues and hierarchy breaks into one queue, most suspicious first.
+
+    ``score`` is the suspicion: 1 - self-confidence for a label issue, the dominant share of the articleType for a
+    hierarchy break (a break of an articleType that is 99.9% under one pair is more suspicious than one that is
+    91%), and 1 - (1 - a)(1 - b) when a product has both (two independent signals)."""
+    n = len(products)
+    judged_pos = np.flatnonzero(judged)
+    model: dict[str, np.ndarray] = {}
+    for col, fill in (("is_issue", False), ("quality", np.nan), ("p_given", np.nan), ("suggested", None),
+                      ("p_suggested", np.nan), ("top", None), ("p_top", np.nan)):
+        values = np.full(n, fill, dtype=issues[col].dtype if fill is not None else object)
+        values[judged_pos] = issues[col].to_numpy()
+        model[col] = values
+    flagged = sorted(set(np.flatnonzero(model["is_issue"])) | set(breaks.index))
+    rows = []
+    for pos in flagged:
+        p = products.loc[pos]
+        m = {k: v[pos] for k, v in model.items()}
+        given = p[TARGET]
+        is_label = bool(m["is_issue"])
+        is_judged = bool(judged[pos])
+        brk = breaks.loc[pos] if pos in breaks.index else None
+        label_score = 1.0 - float(m["quality"]) if is_label else 0.0
+        hier_score = float(brk["dominant_share"]) if brk is not None else 0.0
+        score = 1.0 - (1.0 - label_score) * (1.0 - hier_score)
+        reasons = []
+        if is_label:
+            suggested, conf = m["suggested"], float(m["p_suggested"])
+            reasons.append(
+                f"model is {_pct(conf)} sure this is {suggested}, labelled {given} "
+                f"({_pct(float(m['p_given']))} for {given})"
+            )
+        elif is_judged and m["top"] != given:
+            suggested, conf = m["top"], float(m["p_top"])
+        else:
+            suggested, conf = given, float(m["p_given"]) if is_judged else float("nan")
+        if brk is not None:
+            text = brk["reason"]
+            if not is_judged:
+                text += f" ({given} is too rare for the model to judge)"
+            elif not is_label and m["top"] == given:
+                text += f"; the model agrees with {given} ({_pct(conf)}), so the category is the likelier error"
+            elif not is_label:
+                text += f"; the model leans to {suggested} ({_pct(conf)})"
+            reasons.append(text)
+        rows.append(
+            {
+                ID: p[ID],
+                "current_label": given,
+                "suggested_label": suggested,
+                "confidence": round(conf, 4) if conf == conf else np.nan,
+                "reason": "; ".join(reasons),
+                "issue": "+".join(k for k, on in (("label", is_label), ("hierarchy", brk is not None)) if on),
+                "score": round(score, 6),
+                "label_probability": round(float(m["p_given"]), 4) if is_judged else np.nan,
+                "masterCategory": p["masterCategory"],
+                "subCategory": p["subCategory"],
+                "expected_masterCategory": brk["expected_masterCategory"] if brk is not None else p["masterCategory"],
+                "expected_subCategory": brk["expected_subCategory"] if brk is not None else p["subCategory"],
+                TITLE: p[TITLE],
+                "_self_confidence": float(m["quality"]) if is_judged else 1.0,
+            }
+        )
+    queue = pd.DataFrame(rows, columns=[c for c in QUEUE_COLUMNS if c != "rank"] + ["_self_confidence"])
+    queue = queue.sort_values(["score", "_self_confidence", ID], ascending=[False, True, True], kind="stable")
+    queue = queue.drop(columns="_self_confidence").reset_index(drop=True)
+    queue.insert(0, "rank", np.arange(1, len(queue) + 1))
+    return queue
+
+
+def _pct(v: float) -> str:
+    if v != v:
+        return "—"
+    if 0.01 <= v <= 0.99:
+        return f"{100 * v:.0f}%"
+    if v > 0.999:
+        return "100%" if v >= 1 else ">99.9%"
+    if v < 0.001:
+        return "0%" if v <= 0 else "<0.1%"
+    return f"{100 * v:.1f}%"
+
+
+# --------------------------------------------------------------------------------------------------- html
+PLACEHOLDER = (
+    "data:image/svg+xml;base64,"
+    + base64.b64encode(
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="120" height="160"><rect width="120" height="160" '
+        b'fill="#eceff3"/><text x="60" y="84" font-family="sans-serif" font-size="13" fill="#889" '
+        b'text-anchor="middle">no image</text></svg>'
+    ).decode()
+)
+
+
+def thumbnail(path: str | Path | None, size: tuple[int, int] = (120, 160)) -> str | None:
+    """A JPEG data URI of a small copy of the image, or None when it cannot be read."""
+    if not path:
+        return None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail(size)
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
+    except Exception as exc:  # PIL raises many types for broken files; the card shows a placeholder instead
+        log.debug("no thumbnail for %s: %s", path, exc)
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#222}
+header{background:#1f2d3d;color:#fff;padding:24px 40px}header h1{margin:0 0 6px;font-size:26px}
+main{padding:10px 40px 40px;max-width:1250px}section{background:#fff;border-radius:8px;padding:18px 24px;
+margin:18px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}h2{margin-top:0;font-size:19px}
+.note{color:#555;font-size:13px}.controls{margin:12px 0;font-size:14px}.controls select{margin:0 14px 0 4px}
+.queue{display:grid;grid-template-columns:repeat(auto-fill,minmax(370px,1fr));gap:14px}
+.item{background:#fff;border-radius:8px;padding:12px;box-shadow:0 1px 3px rgba(0,0,0,.08);display:flex;gap:12px}
+.item img{width:120px;height:160px;object-fit:contain;background:#fafafa;border-radius:4px;flex:none}
+.item .t{font-weight:600;font-size:14px;margin:2px 0 6px}.item .m{font-size:12px;color:#666}
+.item table{font-size:13px;border-collapse:collapse;margin:6px 0}.item td{padding:1px 8px 1px 0;vertical-align:top}
+.cur{color:#b03a2e;font-weight:600}.sug{color:#1e7d3a;font-weight:600}.why{font-size:12px;color:#333}
+.badge{display:inline-block;font-size:11px;border-radius:10px;padding:1px 8px;margin-right:4px;color:#fff}
+.b-label{background:#e45756}.b-hierarchy{background:#4c78a8}.rank{font-size:12px;color:#888}
+"""
+
+SCRIPT = """
+function reorder(){const key=document.getElementById('sort').value,kind=document.getElementById('kind').value;
+const box=document.getElementById('queue');const items=[...box.children];
+items.sort((a,b)=>{if(key==='rank')return a.dataset.rank-b.dataset.rank;
+if(key==='confidence')return (b.dataset.confidence||0)-(a.dataset.confidence||0)||a.dataset.rank-b.dataset.rank;
+return a.dataset[key].localeCompare(b.dataset[key])||a.dataset.rank-b.dataset.rank;});
+for(const it of items){it.style.display=(kind==='all'||it.dataset.issue.split('+').includes(kind))?'':'none';
+box.appendChild(it);}}
+"""
+
+
+def write_html(
+    queue: pd.DataFrame,
+    products: pd.DataFrame,
+    path: Path,
+    summary: dict[str, Any],
+    top_n: int = DEFAULT_TOP_N,
+    *,
+    progress: bool = False,
+) -> Path:
+    """Self-contained review page: one card per queued product (top ``top_n``), in ranking order."""
+    image_of = dict(zip(products[ID], products["image_path"], strict=True))
+    shown = queue.head(top_n)
+    cards = []
+    for r in tqdm(shown.itertuples(index=False), total=len(shown), desc="review page", leave=False,
+                  disable=not progress):
+        row = r._asdict()
+        src = thumbnail(image_of.get(row[ID])) or PLACEHOLDER
+        esc = {k: html.escape("" if v is None or (isinstance(v, float) and v != v) else str(v)) for k, v in row.items()}
+        badges = "".join(f'<span class="badge b-{k}">{k}</span>' for k in str(row["issue"]).split("+"))
+        conf = row["confidence"]
+        conf_text = _pct(float(conf)) if conf == conf else "—"
+        same = row["suggested_label"] == row["current_label"]
+        where = f"{esc['masterCategory']} / {esc['subCategory']}"
+        if (row["expected_masterCategory"], row["expected_subCategory"]) != (row["masterCategory"],
+                                                                             row["subCategory"]):
+            where += (f' → <span class="sug">{esc["expected_masterCategory"]} / '
+                      f'{esc["expected_subCategory"]}</span>')
+        cards.append(
+            f'<div class="item" data-rank="{row["rank"]}" data-confidence="{"" if conf != conf else conf}" '
+            f'data-current="{esc["current_label"]}" data-suggested="{esc["suggested_label"]}" '
+            f'data-issue="{esc["issue"]}"><img alt="product {esc[ID]}" src="{src}">'
+            f'<div><div class="rank">#{row["rank"]} · id {esc[ID]} · score {row["score"]:.3f}</div>'
+            f'<div class="t">{esc[TITLE] or "(no title)"}</div>{badges}<table>'
+            f'<tr><td>current</td><td class="cur">{esc["current_label"]}</td></tr>'
+            f'<tr><td>suggested</td><td class="{"" if same else "sug"}">'
+            f'{"keep " if same else ""}{esc["suggested_label"]}</td></tr>'
+            f"<tr><td>confidence</td><td>{conf_text}</td></tr>"
+            f"<tr><td>category</td><td>{where}</td></tr></table>"
+            f'<div class="why">{esc["reason"]}</div></div></div>'
+        )
+    counts = summary.get("queue", {})
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DeepFusion catalog audit</title>
+<style>{CSS}</style><script>{SCRIPT}</script></head><body>
+<header><h1>DeepFusion — catalog audit</h1><div>{html.escape(str(summary.get("catalog", "")))}</div>
+<div>{summary.get("queue_size", len(queue)):,} products to review ({counts.get("label", 0):,} probable label errors,
+{counts.get("hierarchy", 0):,} hierarchy breaks, {counts.get("label+hierarchy", 0):,} both);
+this page shows the top {len(shown):,}, audit.csv holds them all.</div></header>
+<main><section><h2>How to read this</h2><p class="note">Each product was judged by a
+{html.escape("+".join(summary.get("modalities", [])))} model trained on the other
+{int(summary.get("folds", 2)) - 1} folds (duplicates of a product were never in its training data).
+Confident learning (cleanlab) flags a label when the model confidently prefers another one;
+<b>confidence</b> is the model's probability for the suggested label. Hierarchy breaks are articleTypes placed
+under an unusual masterCategory / subCategory. Cards are ordered by suspicion (score).
+Classes too rare to judge: {html.escape(", ".join(summary.get("not_judged_classes", [])) or "none")}.</p>
+<div class="controls">order by <select id="sort" onchange="reorder()"><option value="rank">ranking</option>
+<option value="confidence">confidence</option><option value="current">current label</option>
+<option value="suggested">suggested label</option></select>show <select id="kind" onchange="reorder()">
+<option value="all">all issues</option><option value="label">label issues</option>
+<option value="hierarchy">hierarchy breaks</option></select></div>
+<div class="queue" id="queue">{"".join(cards)}</div></section></main></body></html>"""
+    path.write_text(page, encoding="utf-8")
+    log.info("wrote %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- entry point
+def audit_catalog(
+    data: str | Path,
+    out: str | Path,
+    *,
+    modalities: str | Sequence[str] = ("metadata", "title", "image"),
+    folds: int = 5,
+    seed: int = 42,
+    preset: str = "regularized",
+    progress: bool = True,
+    top_n: int = DEFAULT_TOP_N,
+    min_class_groups: int = MIN_CLASS_GROUPS,
+    hierarchy_max_share: float = HIERARCHY_MAX_SHARE,
+    **predictor_options: Any,
+) -> pd.DataFrame:
+    """Audit the catalog in ``data``; write ``audit.csv``, ``audit.html``, ``rejects.csv`` and ``audit.json`` to
+    ``out`` and return the review queue (most suspicious first).
+
+    ``predictor_options`` go to ``Predictor`` (e.g. ``image_size``, ``cache_dir``, ``epochs``)."""
+    import cleanlab
+
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    mods = parse_modalities(modalities)
+    catalog = load_catalog(data, require_target=True, required_columns=required_columns(mods), progress=progress)
+    catalog.write_rejects(out / "rejects.csv")
+    # Sorting by id makes the folds depend on the products, not on the order of the rows in the file.
+    products = catalog.products.sort_values(ID, kind="stable").reset_index(drop=True)
+
+    plan = plan_folds(products, folds, seed, min_class_groups)
+    classes = sorted(products[TARGET].astype(str).unique())
+    proba, fold_stats = out_of_fold_probabilities(
+        products,
+        plan,
+        classes,
+        modalities=mods,
+        preset=preset,
+        seed=seed,
+        progress=progress,
+        predictor_options=predictor_options,
+    )
+    judged = plan.judged
+    labels = products[TARGET].to_numpy()[judged]
+    issues = label_issues(labels, proba[judged], classes)
+    breaks = hierarchy_breaks(products, hierarchy_max_share)
+    queue = build_queue(products, judged, issues, breaks)
+    queue.to_csv(out / "audit.csv", index=False)
+
+    oof_pred = np.asarray(classes, dtype=object)[proba[judged].argmax(axis=1)]
+    kinds = queue["issue"].value_counts()
+    pairs = (
+        queue[queue["issue"].str.contains("label")]
+        .groupby(["current_label", "suggested_label"])
+        .size()
+        .sort_values(ascending=False)
+        .head(20)
+    )
+    summary: dict[str, Any] = {
+        "data": str(data),
+        "catalog": catalog.summary(),
+        "products": len(products),
+        "modalities": list(mods),
+        "preset": preset,
+        "folds": folds,
+        "seed": seed,
+        "predictor_options": {k: list(v) if isinstance(v, tuple) else v for k, v in predictor_options.items()},
+        "cleanlab_version": cleanlab.__version__,
+        "method": "out-of-fold probabilities (StratifiedGroupKFold over duplicate groups) + cleanlab "
+        "find_label_issues(filter_by='prune_by_noise_rate'), ranked by self-confidence; hierarchy breaks: "
+        f"(masterCategory, subCategory) holding at most {hierarchy_max_share:.0%} of an articleType",
+        "judged_products": int(judged.sum()),
+        "not_judged_products": int((~judged).sum()),
+        "min_class_groups": min_class_groups,
+        "not_judged_classes": plan.rare_classes,
+        "duplicate_groups": int(len(np.unique(plan.groups))),
+        "out_of_fold_accuracy": float((oof_pred == labels).mean()) if judged.any() else None,
+        "fold_stats": fold_stats,
+        "queue_size": len(queue),
+        "queue": {k: int(kinds.get(k, 0)) for k in ("label", "hierarchy", "label+hierarchy")},
+        "label_issue_share_of_judged": float(queue["issue"].str.contains("label").sum() / max(1, judged.sum())),
+        "top_label_confusions": [
+            {"current": c, "suggested": s, "count": int(n)} for (c, s), n in pairs.items()
+        ],
+        "seconds": None,
+    }
+    write_html(queue, products, out / "audit.html", summary, top_n, progress=progress)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(out / "audit.json", summary)
+    log.info(
+        "audit: %d products to review (%s) in %.0fs; wrote %s",
+        len(queue),
+        ", ".join(f"{k}: {v}" for k, v in summary["queue"].items()),
+        summary["seconds"],
+        out,
+    )
+    return queue

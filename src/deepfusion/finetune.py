@@ -1,0 +1,93 @@
+"""Optional fine-tuning of the last backbone blocks (``--finetune``), for users with a GPU.
+
+The default pipeline keeps the backbone frozen and caches its embeddings. Fine-tuning instead trains the last
+few MBConv blocks and the head convolution end to end on augmented product images, then hands back an ordinary
+backbone weights file: the rest of the pipeline (ONNX export, embedding cache keyed by the weights' digest, the
+classifier head) runs unchanged on top of it. On a CPU this is slow and meant for small catalogs only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbones import build_torch_extractor, get_backbone
+from .embeddings import ImageEmbedder, image_sha1
+
+log = logging.getLogger(__name__)
+
+
+def finetune_backbone(
+    backbone: str,
+    image_paths: Sequence[str],
+    labels: np.ndarray,
+    out_path: str | Path,
+    *,
+    weights: str | Path | None = None,
+    image_size: tuple[int, int] | None = None,
+    blocks: int = 2,
+    epochs: int = 3,
+    batch_size: int = 32,
+    lr: float = 3e-4,
+    seed: int = 42,
+    device: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the last ``blocks`` MBConv blocks + head conv with a temporary linear classifier; save the whole
+    backbone state dict as safetensors at ``out_path`` and return it."""
+    spec = get_backbone(backbone)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    extractor = build_torch_extractor(spec, weights, image_size)
+    net = extractor.net
+    for p in net.parameters():
+        p.requires_grad = False
+    trainable = [*net._blocks[-blocks:], net._conv_head, net._bn1] if blocks > 0 else [net._conv_head, net._bn1]
+    for module in trainable:
+        for p in module.parameters():
+            p.requires_grad = True
+    n_classes = int(labels.max()) + 1
+    classifier = nn.Linear(spec.feature_dim, n_classes)
+    extractor.to(device)
+    classifier.to(device)
+    params = [p for p in extractor.parameters() if p.requires_grad] + list(classifier.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    # Preprocessing (resize, normalisation, augmentation) is the embedder's, so training matches inference.
+    prep = ImageEmbedder(backbone, weights=weights, image_size=image_size, progress=False)
+    data = [(Path(p).read_bytes(), int(y)) for p, y in zip(image_paths, labels, strict=True) if p]
+    log.info("fine-tuning the last %d blocks of %s on %d images (%s)", blocks, spec.name, len(data), device)
+    for epoch in range(epochs):
+        extractor.train()
+        for module in net.modules():  # frozen layers keep their ImageNet batch-norm statistics
+            if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
+                module.eval()
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        bar = tqdm(range(0, len(order), batch_size), desc=f"fine-tuning epoch {epoch + 1}/{epochs}",
+                   disable=not progress, leave=False)
+        for start in bar:
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            x = np.stack([prep.preprocess(data[i][0], view=1 + rng.randrange(1000),
+                                          key=image_sha1(data[i][0])) for i in idx])
+            y = torch.tensor([data[i][1] for i in idx], device=device)
+            loss = nn.functional.cross_entropy(classifier(extractor(torch.from_numpy(x).to(device))), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            bar.set_postfix(loss=round(loss.item(), 4))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not k.startswith("_fc")}
+    save_file(state, str(out_path))
+    return out_path
