@@ -130,8 +130,9 @@ def test_augmented_views_are_cached_separately_and_differ(catalog_dir: Path, cac
     assert meta["view"] == 1 and meta["backbone"] == "efficientnet_lite0"
 
 
-def test_finetune_changes_last_blocks_and_model_reloads(clean_catalog_dir: Path, cache_dir: Path,
-                                                        tmp_path: Path) -> None:
+def test_finetune_changes_last_blocks_and_model_reloads(
+    clean_catalog_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
     from typer.testing import CliRunner
 
@@ -139,15 +140,35 @@ def test_finetune_changes_last_blocks_and_model_reloads(clean_catalog_dir: Path,
     from deepfusion.cli import app
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--data", str(clean_catalog_dir), "--model", "image", "--preset", "small",
-                                      "--image-size", "64x48", "--finetune", "--finetune-blocks", "1",
-                                      "--finetune-epochs", "1", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(clean_catalog_dir),
+            "--model",
+            "image",
+            "--preset",
+            "small",
+            "--image-size",
+            "64x48",
+            "--finetune",
+            "--finetune-blocks",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     tuned = load_file(str(out / "image" / "backbone.safetensors"))
     original = torch.load(weights_path(get_backbone("efficientnet_lite0")), map_location="cpu", weights_only=True)
     last = max(int(k.split(".")[1]) for k in tuned if k.startswith("_blocks."))
     changed = lambda prefix: any(  # noqa: E731
-        not torch.equal(tuned[k], original[k]) for k in tuned if k.startswith(prefix) and "num_batches" not in k)
+        not torch.equal(tuned[k], original[k]) for k in tuned if k.startswith(prefix) and "num_batches" not in k
+    )
     assert changed(f"_blocks.{last}.") and changed("_conv_head")
     assert not changed("_blocks.0.") and not changed("_conv_stem")
     predictor = Predictor.load(out / "image")

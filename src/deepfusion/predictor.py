@@ -11,8 +11,8 @@ A DataFrame holds the catalog columns (``gender``, ``productDisplayName``, ...) 
 from __future__ import annotations
 
 import json
-import shutil
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -214,9 +214,17 @@ class Predictor:
         folder.mkdir(parents=True, exist_ok=True)
         out = Path(tempfile.mkstemp(suffix=".safetensors", dir=folder)[1])
         self.weights = finetune_backbone(
-            self.backbone, list(train.loc[has_image, "image_path"]), self.labels_.transform(train.loc[has_image, TARGET]),
-            out, weights=self.weights, image_size=self.image_size, blocks=self.finetune_blocks,
-            epochs=self.finetune_epochs, seed=self.seed, progress=self.progress)
+            self.backbone,
+            list(train.loc[has_image, "image_path"]),
+            self.labels_.transform(train.loc[has_image, TARGET]),
+            out,
+            weights=self.weights,
+            image_size=self.image_size,
+            blocks=self.finetune_blocks,
+            epochs=self.finetune_epochs,
+            seed=self.seed,
+            progress=self.progress,
+        )
         self._embedder_obj = None
         self.finetuned_ = True
 
