@@ -117,9 +117,11 @@ def test_folds_keep_duplicates_together_and_rare_classes_in_training(tmp_path: P
     text = styles.read_text()
     # A copy of product 1001 under another id (same title and attributes) and a class with only two products.
     row = next(line for line in text.splitlines() if line.startswith("1001,"))
-    extra = [row.replace("1001,", "9001,", 1),
-             "9002,Men,Accessories,Eyewear,Sunglasses,Black,Summer,2012,Casual,Fastrack Men Sunglasses",
-             "9003,Men,Accessories,Eyewear,Sunglasses,Brown,Summer,2012,Casual,Ray-Ban Men Sunglasses"]
+    extra = [
+        row.replace("1001,", "9001,", 1),
+        "9002,Men,Accessories,Eyewear,Sunglasses,Black,Summer,2012,Casual,Fastrack Men Sunglasses",
+        "9003,Men,Accessories,Eyewear,Sunglasses,Brown,Summer,2012,Casual,Ray-Ban Men Sunglasses",
+    ]
     styles.write_text(text + "\n".join(extra) + "\n")
     products = load_catalog(data, progress=False).products.sort_values("id").reset_index(drop=True)
     plan = plan_folds(products, folds=4, seed=0, min_class_groups=5)
@@ -140,3 +142,16 @@ def test_hierarchy_ignores_articletypes_genuinely_split() -> None:
     assert breaks.loc[40, "reason"].startswith(
         "articleType Belts under subCategory Topwear (usually Belts) and masterCategory Apparel (usually Accessories)"
     )
+
+
+def test_classes_too_rare_to_judge_leave_the_hierarchy_check(tmp_path: Path) -> None:
+    data = make_catalog(tmp_path / "c", n_per_class=12, messy=False, seed=3)
+    styles = data / "styles.csv"
+    styles.write_text(styles.read_text().replace("1002,Men,Apparel,Topwear", "1002,Men,Apparel,Bottomwear"))
+    queue = audit_catalog(data, tmp_path / "out", folds=3, progress=False, min_class_groups=20)
+    assert list(queue["id"]) == ["1002"] and queue.loc[0, "issue"] == "hierarchy"
+    assert "too rare for the model to judge" in queue.loc[0, "reason"]
+    summary = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert summary["judged_products"] == 0 and len(summary["not_judged_classes"]) == 4
+    assert summary["fold_stats"] == [] and summary["out_of_fold_accuracy"] is None
+    assert 'class="item"' in (tmp_path / "out" / "audit.html").read_text()

@@ -347,3 +347,23 @@ def test_loopback_load(trained: dict[str, Path]) -> None:
     assert stats["requests"] == 300 and not stats["stopped_by_time_cap"]
     assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["max_ms"]
     assert stats["requests_per_s"] > 0 and np.isfinite(stats["requests_per_s"])
+
+
+def test_fusion_model_over_http_matches_cli_predict(tmp_path: Path, cache_dir: Path) -> None:
+    """The product's main model (image + metadata + title) gives the same answers over HTTP as `predict`."""
+    catalog = make_catalog(tmp_path / "catalog")
+    result = CliRunner().invoke(cli_app, ["train", "--data", str(catalog), "--model", "fusion", "--preset", "small",
+                                          "--image-size", "64x48", "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    model = tmp_path / "run" / "fusion"
+    result = CliRunner().invoke(cli_app, ["predict", str(model), "--data", str(catalog), "--out",
+                                          str(tmp_path / "p.csv"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    expected = pd.read_csv(tmp_path / "p.csv", dtype={"id": str, "prediction": str})
+    with TestClient(create_app(model, **LIMITS)) as c:
+        response = c.post("/v1/predict", json={"products": catalog_payload(catalog), "top_k": 3})
+    assert response.status_code == 200, response.text
+    got = response.json()["predictions"]
+    assert [p["id"] for p in got] == list(expected["id"])
+    assert [p["prediction"] for p in got] == list(expected["prediction"])
+    np.testing.assert_allclose([p["confidence"] for p in got], expected["confidence"], atol=1e-5)

@@ -106,9 +106,14 @@ def plan_folds(products: pd.DataFrame, folds: int, seed: int, min_class_groups: 
     held = np.isin(groups, eligible_groups)
     fold = np.full(len(products), -1, dtype=int)
     idx = np.flatnonzero(held)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, test in enumerate(_quiet_split(splitter, y[idx], groups[idx])):
-        fold[idx[test]] = k
+    if 0 < len(eligible_groups) < folds:
+        raise ValueError(
+            f"Only {len(eligible_groups)} distinct products can be judged, fewer than folds={folds}; use fewer folds."
+        )
+    if len(idx):
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for k, test in enumerate(_quiet_split(splitter, y[idx], groups[idx])):
+            fold[idx[test]] = k
     if rare:
         log.info(
             "%d classes have fewer than %d distinct products: kept in every training fold, not judged: %s",
@@ -190,11 +195,20 @@ def out_of_fold_probabilities(
 
 
 # --------------------------------------------------------------------------------------------------- label issues
+def _require_cleanlab() -> Any:
+    try:
+        import cleanlab
+    except ImportError as exc:  # a dependency of the package; only missing in a hand-made environment
+        raise ImportError("The catalog audit needs cleanlab: pip install 'cleanlab==2.9.0'") from exc
+    return cleanlab
+
+
 def label_issues(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
     """Confident learning (cleanlab) on out-of-fold probabilities of the judged products.
 
     Returns one row per product: ``is_issue``, ``quality`` (self-confidence), ``p_given``, ``suggested`` (the most
     likely other label for issues, the top label otherwise) and ``p_suggested``."""
+    _require_cleanlab()
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -228,7 +242,8 @@ def label_issues(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> p
 
 # --------------------------------------------------------------------------------------------------- hierarchy
 def hierarchy_breaks(products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SHARE) -> pd.DataFrame:
-    """Products whose (masterCategory, subCategory) is a rare placement for their articleType.
+    """Products whose (masterCategory, subCategory) is a rare placement for their articleType (at most ``max_share``
+    of its products; a break in a class of fewer than ``1 / max_share`` products is therefore never flagged).
 
     Returns, indexed like ``products``, only the flagged rows with ``expected_masterCategory``,
     ``expected_subCategory``, ``dominant_share`` (share of the articleType under the dominant pair), ``n_dominant``,
@@ -272,9 +287,7 @@ def hierarchy_breaks(products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SH
 
 
 # --------------------------------------------------------------------------------------------------- queue
-def build_queue(
-    products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame, breaks: pd.DataFrame
-) -> pd.DataFrame:
+def build_queue(products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame, breaks: pd.DataFrame) -> pd.DataFrame:
     """Merge label issues and hierarchy breaks into one queue, most suspicious first.
 
     ``score`` is the suspicion: 1 - self-confidence for a label issue, the dominant share of the articleType for a
@@ -283,8 +296,15 @@ def build_queue(
     n = len(products)
     judged_pos = np.flatnonzero(judged)
     model: dict[str, np.ndarray] = {}
-    for col, fill in (("is_issue", False), ("quality", np.nan), ("p_given", np.nan), ("suggested", None),
-                      ("p_suggested", np.nan), ("top", None), ("p_top", np.nan)):
+    for col, fill in (
+        ("is_issue", False),
+        ("quality", np.nan),
+        ("p_given", np.nan),
+        ("suggested", None),
+        ("p_suggested", np.nan),
+        ("top", None),
+        ("p_top", np.nan),
+    ):
         values = np.full(n, fill, dtype=issues[col].dtype if fill is not None else object)
         values[judged_pos] = issues[col].to_numpy()
         model[col] = values
@@ -319,13 +339,18 @@ def build_queue(
                 text += f"; the model agrees with {given} ({_pct(conf)}), so the category is the likelier error"
             elif not is_label:
                 text += f"; the model leans to {suggested} ({_pct(conf)})"
+            else:
+                text += (
+                    f"; if {given} is right after all, the product belongs under "
+                    f"{brk['expected_masterCategory']} / {brk['expected_subCategory']}"
+                )
             reasons.append(text)
         rows.append(
             {
                 ID: p[ID],
                 "current_label": given,
                 "suggested_label": suggested,
-                "confidence": round(conf, 4) if conf == conf else np.nan,
+                "confidence": round(conf, 6) if conf == conf else np.nan,
                 "reason": "; ".join(reasons),
                 "issue": "+".join(k for k, on in (("label", is_label), ("hierarchy", brk is not None)) if on),
                 "score": round(score, 6),
@@ -424,8 +449,9 @@ def write_html(
     image_of = dict(zip(products[ID], products["image_path"], strict=True))
     shown = queue.head(top_n)
     cards = []
-    for r in tqdm(shown.itertuples(index=False), total=len(shown), desc="review page", leave=False,
-                  disable=not progress):
+    for r in tqdm(
+        shown.itertuples(index=False), total=len(shown), desc="review page", leave=False, disable=not progress
+    ):
         row = r._asdict()
         src = thumbnail(image_of.get(row[ID])) or PLACEHOLDER
         esc = {k: html.escape("" if v is None or (isinstance(v, float) and v != v) else str(v)) for k, v in row.items()}
@@ -434,10 +460,8 @@ def write_html(
         conf_text = _pct(float(conf)) if conf == conf else "—"
         same = row["suggested_label"] == row["current_label"]
         where = f"{esc['masterCategory']} / {esc['subCategory']}"
-        if (row["expected_masterCategory"], row["expected_subCategory"]) != (row["masterCategory"],
-                                                                             row["subCategory"]):
-            where += (f' → <span class="sug">{esc["expected_masterCategory"]} / '
-                      f'{esc["expected_subCategory"]}</span>')
+        if (row["expected_masterCategory"], row["expected_subCategory"]) != (row["masterCategory"], row["subCategory"]):
+            where += f' → <span class="sug">{esc["expected_masterCategory"]} / {esc["expected_subCategory"]}</span>'
         cards.append(
             f'<div class="item" data-rank="{row["rank"]}" data-confidence="{"" if conf != conf else conf}" '
             f'data-current="{esc["current_label"]}" data-suggested="{esc["suggested_label"]}" '
@@ -446,7 +470,7 @@ def write_html(
             f'<div class="t">{esc[TITLE] or "(no title)"}</div>{badges}<table>'
             f'<tr><td>current</td><td class="cur">{esc["current_label"]}</td></tr>'
             f'<tr><td>suggested</td><td class="{"" if same else "sug"}">'
-            f'{"keep " if same else ""}{esc["suggested_label"]}</td></tr>'
+            f"{'keep ' if same else ''}{esc['suggested_label']}</td></tr>"
             f"<tr><td>confidence</td><td>{conf_text}</td></tr>"
             f"<tr><td>category</td><td>{where}</td></tr></table>"
             f'<div class="why">{esc["reason"]}</div></div></div>'
@@ -495,8 +519,7 @@ def audit_catalog(
     ``out`` and return the review queue (most suspicious first).
 
     ``predictor_options`` go to ``Predictor`` (e.g. ``image_size``, ``cache_dir``, ``epochs``)."""
-    import cleanlab
-
+    cleanlab = _require_cleanlab()
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -520,7 +543,17 @@ def audit_catalog(
     )
     judged = plan.judged
     labels = products[TARGET].to_numpy()[judged]
-    issues = label_issues(labels, proba[judged], classes)
+    if judged.any():
+        issues = label_issues(labels, proba[judged], classes)
+    else:
+        log.warning("no class has %d or more distinct products: only the hierarchy check ran", min_class_groups)
+        issues = pd.DataFrame(
+            {
+                "is_issue": np.zeros(0, bool),
+                **{c: np.zeros(0) for c in ("quality", "p_given", "p_suggested", "p_top")},
+                **{c: np.zeros(0, object) for c in ("suggested", "top")},
+            }
+        )
     breaks = hierarchy_breaks(products, hierarchy_max_share)
     queue = build_queue(products, judged, issues, breaks)
     queue.to_csv(out / "audit.csv", index=False)
@@ -557,9 +590,7 @@ def audit_catalog(
         "queue_size": len(queue),
         "queue": {k: int(kinds.get(k, 0)) for k in ("label", "hierarchy", "label+hierarchy")},
         "label_issue_share_of_judged": float(queue["issue"].str.contains("label").sum() / max(1, judged.sum())),
-        "top_label_confusions": [
-            {"current": c, "suggested": s, "count": int(n)} for (c, s), n in pairs.items()
-        ],
+        "top_label_confusions": [{"current": c, "suggested": s, "count": int(n)} for (c, s), n in pairs.items()],
         "seconds": None,
     }
     write_html(queue, products, out / "audit.html", summary, top_n, progress=progress)

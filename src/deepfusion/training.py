@@ -116,6 +116,7 @@ def predict_logits(net: FusionNet, data: ModalityData, batch_size: int = 1024) -
     return np.concatenate(out) if out else np.zeros((0, net.classifier[-1].out_features), dtype=np.float32)
 
 
+@torch_threads(1)
 def train_network(
     train: ModalityData,
     y_train: np.ndarray,
@@ -128,21 +129,6 @@ def train_network(
     progress: bool = True,
 ) -> TrainResult:
     """Train with AdamW; with early stopping, keep the weights of the epoch with the best validation score."""
-    with torch_threads(1):
-        return _train(train, y_train, val, y_val, n_classes, cfg, seed=seed, progress=progress)
-
-
-def _train(
-    train: ModalityData,
-    y_train: np.ndarray,
-    val: ModalityData | None,
-    y_val: np.ndarray | None,
-    n_classes: int,
-    cfg: HeadConfig,
-    *,
-    seed: int,
-    progress: bool,
-) -> TrainResult:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = FusionNet(train.specs(), n_classes, cfg)
