@@ -140,8 +140,12 @@ def train_network(
     plain_loss = nn.CrossEntropyLoss()
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(train) / cfg.batch_size)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
+    total_steps = cfg.epochs * steps_per_epoch
+    # One-cycle needs a few steps of warm-up; on a tiny catalog keep the learning rate constant instead.
+    scheduler = (
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.1)
+        if total_steps >= 50
+        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     )
     sample_p = weights[y_train] / weights[y_train].sum() if cfg.balance == "sampler" else None
 
@@ -215,7 +219,11 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         return loss
 
     opt.step(closure)
-    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+    temperature = log_t.exp().item()
+    if not np.isfinite(temperature):  # LBFGS can diverge on tiny or degenerate validation sets
+        log.warning("temperature scaling did not converge; confidences are left uncalibrated")
+        return 1.0
+    return float(np.clip(temperature, 0.05, 20.0))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
