@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from deepfusion import Predictor, load_catalog
 from deepfusion.cli import app
 
 SMALL = (64, 48)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def assert_renders_with_charts(page: Path, work: Path) -> None:
+    """Screenshot the report in headless Chromium and check that its charts were drawn."""
+    exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+    if exe is None:
+        pytest.skip("Chromium not installed (`apt-get install -y chromium`): report render check skipped")
+    work.mkdir(parents=True, exist_ok=True)
+    shot = work / "report.png"
+    subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={work / 'profile'}", f"--screenshot={shot}",
+                    "--window-size=1280,3000", page.resolve().as_uri()], capture_output=True, timeout=180)
+    assert shot.is_file(), "Chromium wrote no screenshot"
+    with Image.open(shot) as im:
+        colours = dict((c, n) for n, c in im.convert("RGB").getcolors(maxcolors=1 << 22) or [])
+    assert len(colours) > 500, "the screenshot looks blank"
+    # Bars and lines of the fusion model are drawn in #e45756; only rendered charts cover many pixels with it.
+    assert colours.get((0xE4, 0x57, 0x56), 0) > 2000, "charts not visible in the screenshot"
+    for src in re.findall(r'src="(data:image/png;base64,[^"]+)"', page.read_text()):
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            im.load()
 
 
 def test_train_all_writes_three_models_and_a_report(catalog_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -34,6 +62,7 @@ def test_train_all_writes_three_models_and_a_report(catalog_dir: Path, cache_dir
     assert [a["target_precision"] for a in impact["auto_approval"]] == [0.95, 0.98, 0.99]
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "reference study" in page
+    assert_renders_with_charts(out / "report.html", tmp_path / "shot")
 
     # The fusion model still predicts a product whose image is missing or corrupt.
     preds_path = tmp_path / "preds.csv"
