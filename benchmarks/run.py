@@ -344,15 +344,16 @@ def render(r: dict[str, Any]) -> str:
         lines += [
             "## Models",
             "",
-            "| model | preset / option | test accuracy | macro-F1 | weighted-F1 | rare-class macro-F1 | "
+            "| model | inputs | preset / option | test accuracy | macro-F1 | weighted-F1 | rare-class macro-F1 | "
             "train accuracy (ceiling) | ECE | fit seconds | epochs (best) | peak RSS MB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key, m in models.items():
             ceiling = f" ({pct(m['train_accuracy_ceiling'])})" if m.get("train_accuracy_ceiling") else ""
             opts = ", ".join(f"{k}={v}" for k, v in m.get("options", {}).items() if v not in ("None", ""))
             lines.append(
-                f"| {key.split('/')[0]} | {m['preset']}{' ' + opts if opts else ''} | {pct(m['accuracy'])} | "
+                f"| {key.split('/')[0]} | {'+'.join(m['modalities'])} | {m['preset']}{' ' + opts if opts else ''} | "
+                f"{pct(m['accuracy'])} | "
                 f"{m['macro_f1']:.4f} | {m['weighted_f1']:.4f} | {m['rare_macro_f1']:.4f} | "
                 f"{pct(m['train_accuracy'])}{ceiling} | {m['ece']:.3f} | {m['fit_seconds']:.0f} | "
                 f"{m['epochs_run']} ({m['best_epoch']}) | {m['peak_rss_mb']:.0f} |"
@@ -360,7 +361,8 @@ def render(r: dict[str, Any]) -> str:
         lines += [
             "",
             "Train accuracy ceiling: the best any model can do on these inputs, since products with "
-            "identical inputs but different labels cannot all be right.",
+            "identical inputs but different labels cannot all be right. Peak RSS is the benchmark process's "
+            "peak so far (it only grows), so it bounds each model's memory from above.",
             "",
         ]
     for extra in ("baselines", "embedding", "fusion_analysis", "prediction"):
