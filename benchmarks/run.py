@@ -212,16 +212,13 @@ def fusion_section(b: Bench) -> None:
     b.train("fusion/regularized-no-title", "fusion", ("metadata", "image"))
     b.train("fusion/regularized-metadata-title", "fusion", ("metadata", "title"))
     ablation = json.loads((b.out / "fusion/regularized" / "metrics.json").read_text())["ablation"]
-    md = [
-        "## Fusion: modality ablation",
-        "",
+    md = md_table(
+        "Fusion: modality ablation",
         "The fusion model (metadata + title + image), with inputs withheld at prediction time:",
-        "",
-        "| inputs used | accuracy | macro-F1 |",
-        "|---|---|---|",
-    ]
-    md += [f"| {'+'.join(r['modalities'])} | {pct(r['accuracy'])} | {r['macro_f1']:.4f} |" for r in ablation]
-    b.results["fusion_analysis"] = {"ablation": ablation, "markdown": "\n".join(md)}
+        ["inputs used", "accuracy", "macro-F1"],
+        [["+".join(r["modalities"]), pct(r["accuracy"]), f"{r['macro_f1']:.4f}"] for r in ablation],
+    )
+    b.results["fusion_analysis"] = {"ablation": ablation, "markdown": md}
     b.save()
 
 
@@ -303,14 +300,13 @@ def baselines_section(b: Bench) -> None:
             }
         )
         log.info("baseline %s", rows[-1])
-    md = [
-        "## Plain baselines on the same split",
+    md = md_table(
+        "Plain baselines on the same split",
         "",
-        "| baseline | test accuracy | macro-F1 | fit seconds |",
-        "|---|---|---|---|",
-    ]
-    md += [f"| {r['baseline']} | {pct(r['accuracy'])} | {r['macro_f1']:.4f} | {r['fit_seconds']:.0f} |" for r in rows]
-    b.results["baselines"] = {"rows": rows, "markdown": "\n".join(md)}
+        ["baseline", "test accuracy", "macro-F1", "fit seconds"],
+        [[r["baseline"], pct(r["accuracy"]), f"{r['macro_f1']:.4f}", f"{r['fit_seconds']:.0f}"] for r in rows],
+    )
+    b.results["baselines"] = {"rows": rows, "markdown": md}
     b.save()
 
 
@@ -322,6 +318,19 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "prediction": prediction_section,
     "baselines": baselines_section,
 }
+
+
+def md_table(title: str, intro: str, header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown section: heading, optional intro line, then a table."""
+    lines = [
+        f"## {title}",
+        "",
+        *([intro, ""] if intro else []),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def pct(v: float | None) -> str:

@@ -258,9 +258,11 @@ class Predictor:
         self._check_fitted()
         return self._proba(catalog_from_frame(frame, image_column=image_column), absent)
 
+    def _logits(self, products: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
+        return predict_logits(self.net_, self._encode(products, absent=absent))
+
     def _proba(self, products: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
-        logits = predict_logits(self.net_, self._encode(products, absent=absent))
-        return softmax(logits, self.temperature_)
+        return softmax(self._logits(products, absent), self.temperature_)
 
     def predict(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
         return self.labels_.inverse_transform(self.predict_proba(frame, image_column=image_column).argmax(axis=1))
@@ -298,9 +300,10 @@ class Predictor:
         added under ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
         products = catalog_from_frame(frame, require_target=True, image_column=image_column)
         products = products[products[TARGET].notna()].reset_index(drop=True)
-        proba = self._proba(products, absent)
+        logits = self._logits(products, absent)
+        proba = softmax(logits, self.temperature_)
         pred = self.labels_.inverse_transform(proba.argmax(axis=1))
-        raw_conf = softmax(np.log(np.clip(proba, 1e-12, None)) * self.temperature_).max(axis=1)
+        raw_conf = softmax(logits).max(axis=1)  # before temperature scaling, for the ECE comparison
         metrics = evaluate_predictions(products[TARGET].to_numpy(), pred, proba.max(axis=1), self.train_counts_)
         correct = (pred == products[TARGET].to_numpy()).astype(float)
         metrics["ece_uncalibrated"] = expected_calibration_error(raw_conf, correct)
