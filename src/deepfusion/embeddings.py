@@ -37,7 +37,7 @@ from .backbones import (
 
 log = logging.getLogger(__name__)
 
-TRANSFORM_VERSION = 2  # bump when preprocessing or augmentation changes, so old cache entries are not reused
+TRANSFORM_VERSION = 3  # bump when preprocessing, augmentation or the feature layout changes (old cache entries unused)
 SHARD_SIZE = 4096
 
 
