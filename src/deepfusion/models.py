@@ -31,8 +31,8 @@ class HeadConfig:
     batch_size: int = 256
     patience: int | None = 8
     # Early stopping may only end training after this many epochs: with the one-cycle schedule the validation
-    # score is noisy while the learning rate is high, and stopping then cost the image model 0.5-1 point
-    # (3 seeds on the real catalog: 86.2% with patience alone, 86.7% with this floor).
+    # score is noisy while the learning rate is high, and stopping then cost the image model about half a point
+    # (exploratory run, 3 seeds on the real catalog: 86.2% mean with patience alone, 86.7% with this floor).
     min_epochs: int = 30
     label_smoothing: float = 0.0
     modality_dropout: float = 0.15
