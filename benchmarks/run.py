@@ -67,12 +67,14 @@ class Bench:
         log.info("training %s", key)
         if "image" in modalities and self.cache_dir:
             options.setdefault("cache_dir", self.cache_dir)
+        seed = options.pop("seed", 42)
         m = train_model(
             ModelSpec(name, modalities),
             self.catalog,
             self.split,
             self.out / key,
             preset=preset,
+            seed=seed,
             predictor_options=options,
             progress=True,
         )
@@ -100,7 +102,8 @@ class Bench:
                 "rare_accuracy": m["rare"]["accuracy"],
                 "modalities": list(modalities),
                 "preset": preset,
-                "options": {k: str(v) for k, v in options.items() if k != "cache_dir"},
+                "options": {k: str(v) for k, v in options.items() if k != "cache_dir"}
+                | ({"seed": str(seed)} if seed != 42 else {}),
                 "auto_approval": m["auto_approval"],
             }
         )
