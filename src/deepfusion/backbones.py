@@ -42,8 +42,9 @@ class BackboneSpec:
     mean: tuple[float, float, float] = LITE_MEAN
     std: tuple[float, float, float] = LITE_STD
     # Average-pooled head features (1280) + the average-pooled outputs of the last block of each of the final
-    # ``taps`` stages (for Lite0: 320 + 192 + 112 channels). On this catalog the extra mid-level features took the
-    # image-only model from 85.7% to 86.9% at no extra embedding cost (benchmarks/RESULTS.md).
+    # ``taps`` stages (for Lite0: 320 + 192 + 112 channels). On this catalog the extra mid-level features (with the
+    # early-stopping floor) took the image-only model from 85.70% to 86.35% at no extra embedding cost
+    # (benchmarks/RESULTS.md; 86.29% mean over three seeds).
     taps: int = 3
     feature_dim: int = 1904
 
