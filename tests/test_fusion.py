@@ -107,3 +107,17 @@ def test_python_api_fit_predict_save_load(clean_catalog_dir: Path, cache_dir: Pa
     assert len(labels) == len(val) and set(labels) <= set(loaded.classes_)
     only_image = val.drop(columns=["gender", "masterCategory", "subCategory", "productDisplayName"])
     assert (loaded.predict(only_image, image_column="picture") == val["articleType"].to_numpy()).mean() >= 0.75
+
+
+def test_ensemble_predictor_saves_and_loads(clean_catalog_dir: Path, tmp_path: Path) -> None:
+    frame = load_catalog(clean_catalog_dir, progress=False).products
+    train, val = frame.iloc[::2], frame.iloc[1::2]
+    predictor = Predictor(["metadata", "title"], preset="small", progress=False, members=2, epochs=60)
+    predictor.fit(train, val)
+    proba = predictor.predict_proba(val)
+    assert predictor.evaluate(val)["accuracy"] >= 0.9
+    predictor.save(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["head"]["members"] == 2 and len(config["member_best_epochs"]) == 2
+    loaded = Predictor.load(tmp_path / "model")
+    np.testing.assert_allclose(loaded.predict_proba(val), proba, atol=1e-6)

@@ -80,6 +80,10 @@ def train(
     ] = None,
     combiner: Annotated[str | None, typer.Option("--combiner", help="concat | gated")] = None,
     balance: Annotated[str | None, typer.Option("--balance", help="none | sqrt | inverse | sampler")] = None,
+    members: Annotated[
+        int | None,
+        typer.Option("--members", min=1, help="Networks per model, trained from different seeds and averaged."),
+    ] = None,
     backbone: Annotated[str, typer.Option("--backbone", help="Image backbone name.")] = "efficientnet_lite0",
     weights: Annotated[Path | None, typer.Option("--weights", help="Your own backbone weights file.")] = None,
     image_size: Annotated[
@@ -99,7 +103,13 @@ def train(
     """Train a model (or all three) on a catalog; each model is evaluated on the held-out test split."""
     from .runs import train_run
 
-    options: dict[str, Any] = {"backbone": backbone, "weights": weights, "combiner": combiner, "balance": balance}
+    options: dict[str, Any] = {
+        "backbone": backbone,
+        "weights": weights,
+        "combiner": combiner,
+        "balance": balance,
+        "members": members,
+    }
     if image_size:
         options["image_size"] = _parse_size(image_size)
     if augment_views is not None:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from .catalog import CATEGORICAL, ID, NUMERIC, TARGET, TITLE, catalog_from_frame
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
-from .models import FusionNet, HeadConfig, ModalitySpec, make_config
+from .models import HeadConfig, ModalitySpec, build_network, make_config
 from .training import ModalityData, fit_temperature, predict_logits, softmax, train_network
 
 log = logging.getLogger(__name__)
@@ -188,16 +188,17 @@ class Predictor:
         self.net_ = result.net
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
+        self.member_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
         self.train_seconds_ = result.seconds
         self.temperature_ = 1.0
         if val_data is not None and y_val is not None and len(y_val):
             self.val_logits_ = predict_logits(self.net_, val_data)
             self.temperature_ = fit_temperature(self.val_logits_, y_val)
         log.info(
-            "trained %s in %.1fs (best epoch %d, temperature %.3f)",
+            "trained %s in %.1fs (best epoch %s, temperature %.3f)",
             "+".join(self.modalities),
             self.train_seconds_,
-            self.best_epoch_,
+            "/".join(map(str, self.member_best_epochs_)),
             self.temperature_,
         )
         return self
@@ -333,6 +334,7 @@ class Predictor:
             "seed": self.seed,
             "temperature": self.temperature_,
             "best_epoch": self.best_epoch_,
+            "member_best_epochs": self.member_best_epochs_,
             "train_seconds": self.train_seconds_,
             "train_counts": self.train_counts_,
             "history": self.history_,
@@ -358,10 +360,7 @@ class Predictor:
 
     @property
     def _specs(self) -> list[ModalitySpec]:
-        return [
-            ModalitySpec(n, e.project.num_embeddings if e.sparse else e.project.in_features, e.sparse)
-            for n, e in self.net_.encoders.items()
-        ]
+        return list(self.net_.input_specs)
 
     @classmethod
     def load(
@@ -409,11 +408,12 @@ class Predictor:
             self.image_mean_ = np.array(prep["image"]["mean"], dtype=np.float32)
             self.image_std_ = np.array(prep["image"]["std"], dtype=np.float32)
         specs = [ModalitySpec(n, config["input_dims"][n], n in config["sparse_inputs"]) for n in self.modalities]
-        self.net_ = FusionNet(specs, len(self.labels_.classes_), head)
+        self.net_ = build_network(specs, len(self.labels_.classes_), head)
         self.net_.load_state_dict(load_file(str(path / "model.safetensors")))
         self.net_.eval()
         self.temperature_ = float(config["temperature"])
         self.best_epoch_ = config.get("best_epoch", 0)
+        self.member_best_epochs_ = config.get("member_best_epochs", [self.best_epoch_])
         self.train_seconds_ = config.get("train_seconds", 0.0)
         self.train_counts_ = config["train_counts"]
         self.history_ = config.get("history", [])

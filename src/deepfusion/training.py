@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -18,7 +20,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import Batch, FusionNet, HeadConfig, ModalitySpec, SparseBatch
+from .models import Batch, FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, SeededDropout, SparseBatch
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,11 @@ class ModalityData:
 
 @dataclass
 class TrainResult:
-    net: FusionNet
-    history: list[dict[str, float]] = field(default_factory=list)
+    net: FusionNet | FusionEnsemble
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch (of the first member)
     best_epoch: int = 0
     seconds: float = 0.0
+    members: list[TrainResult] = field(default_factory=list)  # one per ensemble member
 
 
 def class_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
@@ -106,14 +109,14 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def predict_logits(net: FusionNet, data: ModalityData, batch_size: int = 1024) -> np.ndarray:
+def predict_logits(net: FusionNet | FusionEnsemble, data: ModalityData, batch_size: int = 1024) -> np.ndarray:
     net.eval()
     out = []
     with torch.no_grad(), torch_threads(1):
         for start in range(0, len(data), batch_size):
             idx = np.arange(start, min(start + batch_size, len(data)))
             out.append(net(data.batch(idx)).numpy())
-    return np.concatenate(out) if out else np.zeros((0, net.classifier[-1].out_features), dtype=np.float32)
+    return np.concatenate(out) if out else np.zeros((0, net.n_classes), dtype=np.float32)
 
 
 @torch_threads(1)
@@ -128,10 +131,60 @@ def train_network(
     seed: int = 42,
     progress: bool = True,
 ) -> TrainResult:
-    """Train with AdamW; with early stopping, keep the weights of the epoch with the best validation score."""
-    torch.manual_seed(seed)
+    """Train one network, or ``cfg.members`` networks from seeds ``seed, seed + 1, ...`` in parallel threads
+    (one per CPU core; torch releases the GIL in its kernels) combined into a ``FusionEnsemble``."""
+    if cfg.members <= 1:
+        net = _new_network(train, n_classes, cfg, seed)
+        return _train_one(net, train, y_train, val, y_val, cfg, seed=seed, progress=progress)
+    nets = [_new_network(train, n_classes, cfg, seed + i) for i in range(cfg.members)]
+    start = time.perf_counter()
+    bar = tqdm(
+        total=cfg.members * cfg.epochs, desc=f"training {cfg.members} members ({cfg.preset})", disable=not progress
+    )
+    with ThreadPoolExecutor(max_workers=min(cfg.members, os.cpu_count() or 1)) as pool:
+        runs = [
+            pool.submit(_train_one, net, train, y_train, val, y_val, cfg, seed=seed + i, bar=bar)
+            for i, net in enumerate(nets)
+        ]
+        members = [r.result() for r in runs]
+    bar.close()
+    return TrainResult(
+        FusionEnsemble([m.net for m in members]),
+        history=members[0].history,
+        best_epoch=members[0].best_epoch,
+        seconds=time.perf_counter() - start,
+        members=members,
+    )
+
+
+def _new_network(train: ModalityData, n_classes: int, cfg: HeadConfig, seed: int) -> FusionNet:
+    """A freshly initialised network; initialisation depends on ``seed`` only (torch's global generator is
+    restored afterwards, and this runs in the calling thread, never concurrently)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return FusionNet(train.specs(), n_classes, cfg)
+
+
+def _train_one(
+    net: FusionNet,
+    train: ModalityData,
+    y_train: np.ndarray,
+    val: ModalityData | None,
+    y_val: np.ndarray | None,
+    cfg: HeadConfig,
+    *,
+    seed: int = 42,
+    progress: bool = False,
+    bar: tqdm | None = None,
+) -> TrainResult:
+    """Train with AdamW; with early stopping, keep the weights of the epoch with the best validation score.
+    Every random draw comes from generators seeded here, so parallel runs do not disturb each other."""
+    n_classes = net.n_classes
+    masks = torch.Generator().manual_seed(seed + 1_000_003)
+    for module in net.modules():
+        if isinstance(module, SeededDropout):
+            module.generator = masks
     rng = np.random.default_rng(seed)
-    net = FusionNet(train.specs(), n_classes, cfg)
     weights = class_weights(y_train, n_classes, cfg.balance)
     loss_weights = torch.tensor(
         weights if cfg.balance in ("sqrt", "inverse") else np.ones(n_classes), dtype=torch.float32
@@ -153,8 +206,8 @@ def train_network(
     result = TrainResult(net)
     best_score, best_state, bad_epochs = -np.inf, None, 0
     start = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=f"training ({cfg.preset})", disable=not progress, leave=False)
-    for epoch in bar:
+    own_bar = tqdm(total=cfg.epochs, desc=f"training ({cfg.preset})", disable=not progress, leave=False)
+    for epoch in range(cfg.epochs):
         net.train()
         order = rng.choice(len(train), len(train), p=sample_p) if sample_p is not None else rng.permutation(len(train))
         total, correct, seen = 0.0, 0, 0
@@ -184,7 +237,10 @@ def train_network(
             # is a poor monitor here: class-weighted training shifts it away from the best classifier.)
             row["val_score"] = (row["val_accuracy"] + row["val_macro_f1"]) / 2
         result.history.append(row)
-        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+        own_bar.update(1)
+        own_bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+        if bar is not None:
+            bar.update(1)
         log.debug("epoch %s", row)
         if cfg.patience is not None and "val_score" in row:
             if row["val_score"] > best_score + 1e-4:
@@ -195,6 +251,9 @@ def train_network(
                 if bad_epochs >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                     log.info("early stopping after epoch %d (best %d)", epoch + 1, result.best_epoch)
                     break
+    own_bar.close()
+    if bar is not None:
+        bar.update(cfg.epochs - len(result.history))  # epochs saved by early stopping
     if best_state is not None:
         net.load_state_dict(best_state)
     else:
