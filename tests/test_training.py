@@ -64,7 +64,7 @@ def test_ensemble_members_are_reproducible_and_averaged() -> None:
 
 def test_configs_saved_before_ensembles_still_load() -> None:
     state = make_config("regularized").to_json()
-    assert state["members"] == 2 and state["wide"] == ["title", "metadata"]
+    assert state["members"] == 2 and state["wide"] == ["title", "metadata", "text_scores"]
     assert HeadConfig.from_json(state) == make_config("regularized")
     old = {k: v for k, v in state.items() if k != "members"} | {"wide": True}  # a model saved by an earlier version
     loaded = HeadConfig.from_json(old)

@@ -92,6 +92,13 @@ def train(
     augment_views: Annotated[
         int | None, typer.Option("--augment-views", help="Augmented image views per training image.")
     ] = None,
+    text_scores: Annotated[
+        bool,
+        typer.Option(
+            "--text-scores/--no-text-scores",
+            help="Stacking: feed a linear SVM's class scores on metadata + title to the fusion network.",
+        ),
+    ] = True,
     finetune: Annotated[
         bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
     ] = False,
@@ -109,6 +116,7 @@ def train(
         "combiner": combiner,
         "balance": balance,
         "members": members,
+        "text_scores": text_scores,
     }
     if image_size:
         options["image_size"] = _parse_size(image_size)

@@ -37,10 +37,10 @@ class HeadConfig:
     label_smoothing: float = 0.0
     modality_dropout: float = 0.15
     combiner: str = "concat"
-    # Wide & Deep: these modalities also get a direct linear path to the logits, so the network keeps a linear
+    # Wide & Deep: these inputs also get a direct linear path to the logits, so the network keeps a linear
     # classifier's strength (a TF-IDF + metadata linear SVM is hard to beat). Not the image: a linear map of 1904
     # image features overfits (fusion 97.67% vs 98.17% with title only, one seed).
-    wide: tuple[str, ...] = ("title", "metadata")
+    wide: tuple[str, ...] = ("title", "metadata", "text_scores")
     # Ensemble: this many networks trained from seeds seed, seed + 1, ... in parallel threads, one per CPU core
     # (on 2 cores two fusion networks took 230 s vs 173 s for one); the prediction is the mean of their logits.
     members: int = 2

@@ -20,12 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from .catalog import CATEGORICAL, ID, NUMERIC, TARGET, TITLE, catalog_from_frame
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
 from .models import HeadConfig, ModalitySpec, build_network, make_config
+from .split import duplicate_groups
+from .text_scores import TextScoreModel
 from .training import ModalityData, fit_temperature, predict_logits, softmax, train_network
 
 log = logging.getLogger(__name__)
@@ -80,11 +84,14 @@ class Predictor:
         augment_views: int = 0,
         finetune_blocks: int = 0,
         finetune_epochs: int = 3,
+        text_scores: bool = True,
         cache_dir: str | Path | None = None,
         progress: bool = True,
         **head_overrides: Any,
     ) -> None:
         self.modalities = parse_modalities(modalities)
+        # Stacking (text_scores.py): a linear SVM's class scores on metadata + title as one more network input.
+        self.text_scores = text_scores and "title" in self.modalities
         self.config = make_config(preset, **head_overrides)
         self.seed = seed
         self.backbone = backbone
@@ -117,10 +124,22 @@ class Predictor:
     def _scale_image(self, emb: np.ndarray) -> np.ndarray:
         return np.clip((emb - self.image_mean_) / self.image_std_, -IMAGE_CLIP, IMAGE_CLIP).astype(np.float32)
 
+    def _text_features(self, products: pd.DataFrame) -> sp.csr_matrix:
+        """What the stacked SVM reads: the title's TF-IDF and, when the model has it, the metadata encoding."""
+        parts = [self.title_encoder_.transform(products)]
+        if "metadata" in self.modalities:
+            parts.append(sp.csr_matrix(self.metadata_encoder_.transform(products), dtype=np.float32))
+        return sp.hstack(parts, format="csr", dtype=np.float32)
+
     def _encode(
-        self, products: pd.DataFrame, image: tuple[np.ndarray, np.ndarray] | None = None, absent: Sequence[str] = ()
+        self,
+        products: pd.DataFrame,
+        image: tuple[np.ndarray, np.ndarray] | None = None,
+        absent: Sequence[str] = (),
+        text_scores: np.ndarray | None = None,
     ) -> ModalityData:
-        """Model inputs for ``products``; modalities named in ``absent`` are withheld (treated as missing)."""
+        """Model inputs for ``products``; modalities named in ``absent`` are withheld (treated as missing).
+        ``text_scores`` replaces the stacked SVM's scores (training uses out-of-fold ones)."""
         features: dict[str, Any] = {}
         present: dict[str, np.ndarray] = {}
         if "metadata" in self.modalities:
@@ -137,10 +156,18 @@ class Predictor:
                 emb, ok = image if image is not None else self._image_features(products)
             features["image"] = emb.astype(np.float32)
             present["image"] = ok
+        follows = {}
+        if self.text_scores:
+            features["text_scores"] = (
+                text_scores if text_scores is not None else self.text_model_.scores(self._text_features(products))
+            )
+            present["text_scores"] = present["title"].copy()  # without a title the scores are not trusted
+            follows["text_scores"] = "title"
         for name in absent:
-            if name in present:
-                present[name] = np.zeros(len(products), dtype=bool)
-        return ModalityData(features, present)
+            for withheld in [name, *(k for k, v in follows.items() if v == name)]:
+                if withheld in present:
+                    present[withheld] = np.zeros(len(products), dtype=bool)
+        return ModalityData(features, present, follows)
 
     # ----------------------------------------------------------------- fit
     def fit(
@@ -164,7 +191,14 @@ class Predictor:
             self.image_mean_, self.image_std_ = image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
             train_image = (self._scale_image(raw), ok)
         y_train = self.labels_.transform(train[TARGET])
-        train_data = self._encode(train, train_image)
+        n_classes = len(self.labels_.classes_)
+        oof_scores = None
+        if self.text_scores:
+            self.text_model_ = TextScoreModel(seed=self.seed)
+            oof_scores = self.text_model_.fit(
+                self._text_features(train), y_train, n_classes, groups=duplicate_groups(train)
+            )
+        train_data = self._encode(train, train_image, text_scores=oof_scores)
         if "image" in self.modalities and self.augment_views > 0:
             train_data, y_train = self._with_augmented_views(train, train_data, y_train)
 
@@ -181,7 +215,6 @@ class Predictor:
             y_val = y_all[known]
             val_data = self._encode(val)
 
-        n_classes = len(self.labels_.classes_)
         result = train_network(
             train_data, y_train, val_data, y_val, n_classes, self.config, seed=self.seed, progress=self.progress
         )
@@ -242,7 +275,7 @@ class Predictor:
                 feats[k].append(emb.astype(np.float32) if k == "image" else data.features[k])
                 present[k].append(ok & data.present["image"] if k == "image" else data.present[k])
         stacked = {k: sp.vstack(v, format="csr") if sp.issparse(v[0]) else np.concatenate(v) for k, v in feats.items()}
-        return ModalityData(stacked, {k: np.concatenate(v) for k, v in present.items()}), np.tile(
+        return ModalityData(stacked, {k: np.concatenate(v) for k, v in present.items()}, data.follows), np.tile(
             y, self.augment_views + 1
         )
 
@@ -351,6 +384,9 @@ class Predictor:
             prep["title"] = self.title_encoder_.to_json()
         if "image" in self.modalities:
             prep["image"] = {"mean": self.image_mean_.tolist(), "std": self.image_std_.tolist()}
+        if self.text_scores:
+            save_numpy(self.text_model_.tensors(), str(path / "text_scores.safetensors"))
+            prep["text_scores"] = self.text_model_.to_json()
         if getattr(self, "finetuned_", False):
             shutil.copyfile(self.weights, path / "backbone.safetensors")
             config["backbone_weights"] = "backbone.safetensors"
@@ -395,6 +431,7 @@ class Predictor:
             weights=path / config["backbone_weights"] if config.get("backbone_weights") else weights,
             image_size=tuple(config["image_size"]) if config.get("image_size") else None,
             augment_views=config.get("augment_views", 0),
+            text_scores="text_scores" in prep,
             cache_dir=cache_dir,
             progress=progress,
         )
@@ -407,7 +444,14 @@ class Predictor:
         if "image" in prep:
             self.image_mean_ = np.array(prep["image"]["mean"], dtype=np.float32)
             self.image_std_ = np.array(prep["image"]["std"], dtype=np.float32)
-        specs = [ModalitySpec(n, config["input_dims"][n], n in config["sparse_inputs"]) for n in self.modalities]
+        if "text_scores" in prep:
+            if not (path / "text_scores.safetensors").is_file():
+                raise ModelLoadError(f"{path} is missing text_scores.safetensors (the stacked text model).")
+            self.text_model_ = TextScoreModel.from_state(
+                prep["text_scores"], load_numpy(str(path / "text_scores.safetensors"))
+            )
+        # Network inputs in their saved order: the modalities, then derived inputs such as text_scores.
+        specs = [ModalitySpec(n, dim, n in config["sparse_inputs"]) for n, dim in config["input_dims"].items()]
         self.net_ = build_network(specs, len(self.labels_.classes_), head)
         self.net_.load_state_dict(load_file(str(path / "model.safetensors")))
         self.net_.eval()

@@ -31,6 +31,9 @@ class ModalityData:
 
     features: dict[str, np.ndarray | sp.csr_matrix]
     present: dict[str, np.ndarray]
+    # Derived inputs that stand or fall with another modality, e.g. {"text_scores": "title"}: when training hides
+    # the title (modality dropout), its scores are hidden too, as they would be for a product without a title.
+    follows: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return next(iter(self.features.values())).shape[0]
@@ -85,6 +88,8 @@ def _modality_dropout(rng: np.random.Generator, data: ModalityData, idx: np.ndar
     if p <= 0 or len(names) < 2:
         return None
     drop = {n: rng.random(len(idx)) < p for n in names}
+    for derived, source in data.follows.items():
+        drop[derived] = drop[source]  # the same array, so restoring one below restores both
     # Never hide every modality a product has: keep the first one that is present.
     present = np.column_stack([data.present[n][idx] & ~drop[n] for n in names])
     none_left = ~present.any(axis=1)

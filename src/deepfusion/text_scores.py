@@ -1,0 +1,99 @@
+"""Stacking: a linear text classifier whose class scores are one more input of the fusion network.
+
+A TF-IDF + linear SVM on metadata + title is the strongest single model on product catalogs (the brief's text
+baseline), and a neural network trained on the same sparse features does not quite reach it. So the fusion
+network is given the SVM's class scores as an input: it keeps the linear model's strength on text and learns
+where the image should overrule it (Wolpert's stacked generalisation).
+
+The network must see training-set scores that look like the scores of unseen products, or it learns to trust
+them blindly: on the training split they are *out-of-fold* scores (each product scored by an SVM fitted on the
+other folds, duplicate products kept in one fold); on new products they come from an SVM fitted on the whole
+training split. The fitted weights are plain arrays saved as safetensors; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.model_selection import GroupKFold
+from sklearn.svm import LinearSVC
+
+log = logging.getLogger(__name__)
+
+
+class TextScoreModel:
+    """One-vs-rest linear SVM on sparse text features; ``scores`` are its decision values, scaled.
+
+    Classes missing from the data a model was fitted on score ``floor`` (far below any real score)."""
+
+    def __init__(self, C: float = 0.5, folds: int = 5, seed: int = 42, floor: float = -5.0) -> None:
+        self.C = C
+        self.folds = folds
+        self.seed = seed
+        self.floor = floor
+
+    def _fit_svm(self, X: sp.csr_matrix, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weights (n_classes, n_features) and biases (n_classes,) of an SVM fitted on (X, y)."""
+        coef = np.zeros((n_classes, X.shape[1]), dtype=np.float32)
+        bias = np.full(n_classes, self.floor, dtype=np.float32)
+        classes = np.unique(y)
+        if len(classes) < 2:  # nothing to separate: the one class present scores 0, every other the floor
+            bias[classes] = 0.0
+            return coef, bias
+        svm = LinearSVC(C=self.C, random_state=self.seed).fit(X, y)
+        rows = svm.classes_ if len(classes) > 2 else svm.classes_[1:]
+        coef[rows] = svm.coef_
+        bias[rows] = svm.intercept_
+        if len(classes) == 2:  # sklearn keeps one hyperplane for two classes: the other is its mirror image
+            coef[svm.classes_[0]], bias[svm.classes_[0]] = -svm.coef_[0], -svm.intercept_[0]
+        return coef, bias
+
+    def fit(self, X: sp.csr_matrix, y: np.ndarray, n_classes: int, groups: np.ndarray | None = None) -> np.ndarray:
+        """Fit on all of (X, y) and return out-of-fold scores for these same rows (``groups``: duplicate-product
+        groups, kept within one fold). Folds and the final fit run on two threads (liblinear releases the GIL)."""
+        X = sp.csr_matrix(X, dtype=np.float32)
+        groups = np.arange(len(y)) if groups is None else groups
+        n_folds = min(self.folds, len(np.unique(groups)))
+        splits = list(GroupKFold(n_folds).split(X, y, groups)) if n_folds >= 2 else []
+        with ThreadPoolExecutor(2) as pool:
+            full = pool.submit(self._fit_svm, X, y, n_classes)
+            parts = [pool.submit(self._fit_svm, X[train], y[train], n_classes) for train, _ in splits]
+            self.coef_, self.intercept_ = full.result()
+            raw = np.zeros((len(y), n_classes), dtype=np.float32)
+            if splits:
+                for (_, held_out), part in zip(splits, parts, strict=True):
+                    coef, bias = part.result()
+                    raw[held_out] = X[held_out] @ coef.T + bias
+            else:  # a single group: no honest out-of-fold scores exist, use the full model's
+                raw = X @ self.coef_.T + self.intercept_
+        # One scale for all classes, so the network's inputs sit near unit variance.
+        self.scale_ = float(max(raw.std(), 1e-3))
+        log.info(
+            "text scores: linear SVM on %d features, %d out-of-fold groups, out-of-fold accuracy %.4f",
+            X.shape[1],
+            n_folds,
+            float((raw.argmax(axis=1) == y).mean()) if len(y) else 0.0,
+        )
+        return (raw / self.scale_).astype(np.float32)
+
+    def scores(self, X: sp.csr_matrix) -> np.ndarray:
+        raw = sp.csr_matrix(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+        return (np.asarray(raw) / self.scale_).astype(np.float32)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_, "intercept": self.intercept_}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"C": self.C, "folds": self.folds, "seed": self.seed, "floor": self.floor, "scale": self.scale_}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], tensors: dict[str, np.ndarray]) -> TextScoreModel:
+        model = cls(state["C"], state["folds"], state["seed"], state["floor"])
+        model.coef_ = np.asarray(tensors["coef"], dtype=np.float32)
+        model.intercept_ = np.asarray(tensors["intercept"], dtype=np.float32)
+        model.scale_ = float(state["scale"])
+        return model

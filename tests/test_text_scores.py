@@ -1,0 +1,88 @@
+"""Stacking: the linear SVM's scores the fusion network reads are out-of-fold on training data, keep duplicate
+products in one fold, survive save/load, and are withheld together with the title."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from safetensors.numpy import load_file
+
+from deepfusion.catalog import load_catalog
+from deepfusion.predictor import Predictor
+from deepfusion.text_scores import TextScoreModel
+
+
+def _random_text(n_groups: int, copies: int, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Sparse rows with labels unrelated to the features; each group is ``copies`` identical products."""
+    rng = np.random.default_rng(seed)
+    base = sp.random(n_groups, 400, density=0.05, random_state=seed, format="csr", dtype=np.float32)
+    labels = rng.integers(0, 4, n_groups)
+    rows = np.repeat(np.arange(n_groups), copies)
+    return base[rows], labels[rows], rows
+
+
+def test_training_scores_are_out_of_fold_and_keep_duplicates_together() -> None:
+    X, y, groups = _random_text(80, 3)
+    model = TextScoreModel()
+    oof = model.fit(X, y, n_classes=4, groups=groups)
+    assert oof.shape == (len(y), 4)
+    # The full model memorises its training rows; the out-of-fold scores cannot, as the labels are noise.
+    assert (model.scores(X).argmax(axis=1) == y).mean() > 0.95
+    assert (oof.argmax(axis=1) == y).mean() < 0.5
+    # Ignoring the duplicate groups would leak: each product's copies are in the other folds.
+    leaky = TextScoreModel().fit(X, y, n_classes=4, groups=None)
+    assert (leaky.argmax(axis=1) == y).mean() > 0.9
+
+
+def test_two_classes_and_absent_classes_score_sensibly() -> None:
+    X, y, _ = _random_text(30, 1, seed=1)
+    y = np.where(y < 2, 0, 2)  # classes 0 and 2 of 3: class 1 never seen
+    model = TextScoreModel(folds=3)
+    model.fit(X, y, n_classes=3)
+    scores = model.scores(X)
+    assert (scores.argmax(axis=1) == y).mean() > 0.95
+    assert not (scores.argmax(axis=1) == 1).any() and np.ptp(scores[:, 1]) == 0  # the unseen class: a constant floor
+
+    restored = TextScoreModel.from_state(json.loads(json.dumps(model.to_json())), model.tensors())
+    np.testing.assert_array_equal(restored.scores(X), scores)
+
+
+def test_fusion_model_saves_its_text_model_and_withholds_it_with_the_title(
+    clean_catalog_dir: Path, tmp_path: Path
+) -> None:
+    frame = load_catalog(clean_catalog_dir, progress=False).products
+    train, val = frame.iloc[::2], frame.iloc[1::2]
+    predictor = Predictor(["metadata", "title"], preset="small", progress=False, epochs=60, modality_dropout=0.2)
+    predictor.fit(train, val)
+    assert predictor.evaluate(val)["accuracy"] >= 0.9
+    predictor.save(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert list(config["input_dims"]) == ["metadata", "title", "text_scores"]
+    tensors = load_file(str(tmp_path / "model" / "text_scores.safetensors"))
+    assert tensors["coef"].shape[0] == len(predictor.classes_)
+    loaded = Predictor.load(tmp_path / "model")
+    np.testing.assert_allclose(loaded.predict_proba(val), predictor.predict_proba(val), atol=1e-6)
+
+    # With the title withheld, its words (and so the SVM scores) no longer matter: shuffle them within each title
+    # (same word count, so the metadata's name_length is unchanged) and the prediction stays the same.
+    rng = random.Random(0)
+    shuffled = val.assign(
+        productDisplayName=[" ".join(rng.sample(t.split(), len(t.split()))) for t in val["productDisplayName"]]
+    )
+    np.testing.assert_allclose(
+        loaded.predict_proba(shuffled, absent=["title"]), loaded.predict_proba(val, absent=["title"]), atol=1e-6
+    )
+    assert not np.allclose(loaded.predict_proba(shuffled), loaded.predict_proba(val), atol=1e-6)
+
+
+def test_text_scores_can_be_switched_off(clean_catalog_dir: Path, tmp_path: Path) -> None:
+    frame = load_catalog(clean_catalog_dir, progress=False).products
+    predictor = Predictor(["metadata", "title"], preset="small", progress=False, epochs=5, text_scores=False)
+    predictor.fit(frame.iloc[::2], frame.iloc[1::2]).save(tmp_path / "model")
+    assert not (tmp_path / "model" / "text_scores.safetensors").exists()
+    assert "text_scores" not in json.loads((tmp_path / "model" / "config.json").read_text())["input_dims"]
+    assert not Predictor.load(tmp_path / "model").text_scores
