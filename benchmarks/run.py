@@ -98,6 +98,7 @@ class Bench:
         }
         row.update(
             {
+                "date": time.strftime("%Y-%m-%d"),
                 "rare_macro_f1": m["rare"]["macro_f1"],
                 "frequent_macro_f1": m["frequent"]["macro_f1"],
                 "rare_accuracy": m["rare"]["accuracy"],
@@ -655,8 +656,8 @@ def render(r: dict[str, Any]) -> str:
             "## Models",
             "",
             "| model | inputs | preset / option | test accuracy | macro-F1 | weighted-F1 | rare-class macro-F1 | "
-            "train accuracy (ceiling) | ECE | fit seconds | epochs (best) | peak RSS MB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "train accuracy (ceiling) | ECE | fit seconds | epochs (best) | peak RSS MB | measured |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key, m in models.items():
             ceiling = f" ({pct(m['train_accuracy_ceiling'])})" if m.get("train_accuracy_ceiling") else ""
@@ -666,13 +667,15 @@ def render(r: dict[str, Any]) -> str:
                 f"{pct(m['accuracy'])} | "
                 f"{m['macro_f1']:.4f} | {m['weighted_f1']:.4f} | {m['rare_macro_f1']:.4f} | "
                 f"{pct(m['train_accuracy'])}{ceiling} | {m['ece']:.3f} | {m['fit_seconds']:.0f} | "
-                f"{m['epochs_run']} ({m['best_epoch']}) | {m['peak_rss_mb']:.0f} |"
+                f"{m['epochs_run']} ({m['best_epoch']}) | {m['peak_rss_mb']:.0f} | {m.get('date', '')} |"
             )
         lines += [
             "",
             "Train accuracy ceiling: the best any model can do on these inputs, since products with "
             "identical inputs but different labels cannot all be right. Peak RSS is the benchmark process's "
-            "peak so far (it only grows), so it bounds each model's memory from above.",
+            "peak so far (it only grows), so it bounds each model's memory from above. Measured: the day the row "
+            "was last re-run (a benchmark run re-runs only the sections asked for); a row keeps the code and "
+            "defaults of that day.",
             "",
         ]
     for extra in ("baselines", "splits", "title_encoders", "embedding", "backbones", "fusion_analysis", "prediction"):
