@@ -36,6 +36,10 @@ def test_training_scores_are_out_of_fold_and_keep_duplicates_together() -> None:
     # Ignoring the duplicate groups would leak: each product's copies are in the other folds.
     leaky = TextScoreModel().fit(X, y, n_classes=4, groups=None)
     assert (leaky.argmax(axis=1) == y).mean() > 0.9
+    # A seed reproduces the scores exactly.
+    again = TextScoreModel()
+    np.testing.assert_array_equal(again.fit(X, y, n_classes=4, groups=groups), oof)
+    np.testing.assert_array_equal(again.coef_, model.coef_)
 
 
 def test_two_classes_and_absent_classes_score_sensibly() -> None:

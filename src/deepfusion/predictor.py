@@ -196,7 +196,7 @@ class Predictor:
         if self.text_scores:
             self.text_model_ = TextScoreModel(seed=self.seed)
             oof_scores = self.text_model_.fit(
-                self._text_features(train), y_train, n_classes, groups=duplicate_groups(train)
+                self._text_features(train), y_train, n_classes, groups=duplicate_groups(train), progress=self.progress
             )
         train_data = self._encode(train, train_image, text_scores=oof_scores)
         if "image" in self.modalities and self.augment_views > 0:

@@ -14,13 +14,13 @@ training split. The fitted weights are plain arrays saved as safetensors; nothin
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.model_selection import GroupKFold
 from sklearn.svm import LinearSVC
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +52,29 @@ class TextScoreModel:
             coef[svm.classes_[0]], bias[svm.classes_[0]] = -svm.coef_[0], -svm.intercept_[0]
         return coef, bias
 
-    def fit(self, X: sp.csr_matrix, y: np.ndarray, n_classes: int, groups: np.ndarray | None = None) -> np.ndarray:
+    def fit(
+        self,
+        X: sp.csr_matrix,
+        y: np.ndarray,
+        n_classes: int,
+        groups: np.ndarray | None = None,
+        *,
+        progress: bool = False,
+    ) -> np.ndarray:
         """Fit on all of (X, y) and return out-of-fold scores for these same rows (``groups``: duplicate-product
-        groups, kept within one fold). Folds and the final fit run on two threads (liblinear releases the GIL)."""
+        groups, kept within one fold). The fits run one after another: liblinear draws from one process-wide
+        random generator, so SVMs fitted on parallel threads would interleave its draws and stop being reproducible."""
         X = sp.csr_matrix(X, dtype=np.float32)
         groups = np.arange(len(y)) if groups is None else groups
         n_folds = min(self.folds, len(np.unique(groups)))
         splits = list(GroupKFold(n_folds).split(X, y, groups)) if n_folds >= 2 else []
-        with ThreadPoolExecutor(2) as pool:
-            full = pool.submit(self._fit_svm, X, y, n_classes)
-            parts = [pool.submit(self._fit_svm, X[train], y[train], n_classes) for train, _ in splits]
-            self.coef_, self.intercept_ = full.result()
-            raw = np.zeros((len(y), n_classes), dtype=np.float32)
-            if splits:
-                for (_, held_out), part in zip(splits, parts, strict=True):
-                    coef, bias = part.result()
-                    raw[held_out] = X[held_out] @ coef.T + bias
-            else:  # a single group: no honest out-of-fold scores exist, use the full model's
-                raw = X @ self.coef_.T + self.intercept_
+        self.coef_, self.intercept_ = self._fit_svm(X, y, n_classes)
+        raw = np.zeros((len(y), n_classes), dtype=np.float32)
+        for train, held_out in tqdm(splits, desc="text scores (out-of-fold SVMs)", disable=not progress, leave=False):
+            coef, bias = self._fit_svm(X[train], y[train], n_classes)
+            raw[held_out] = X[held_out] @ coef.T + bias
+        if not splits:  # a single group: no honest out-of-fold scores exist, use the full model's
+            raw = X @ self.coef_.T + self.intercept_
         # One scale for all classes, so the network's inputs sit near unit variance.
         self.scale_ = float(max(raw.std(), 1e-3))
         log.info(
