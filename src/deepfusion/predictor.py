@@ -124,11 +124,10 @@ class Predictor:
     def _scale_image(self, emb: np.ndarray) -> np.ndarray:
         return np.clip((emb - self.image_mean_) / self.image_std_, -IMAGE_CLIP, IMAGE_CLIP).astype(np.float32)
 
-    def _text_features(self, products: pd.DataFrame) -> sp.csr_matrix:
+    @staticmethod
+    def _text_features(title: sp.csr_matrix, metadata: np.ndarray | None) -> sp.csr_matrix:
         """What the stacked SVM reads: the title's TF-IDF and, when the model has it, the metadata encoding."""
-        parts = [self.title_encoder_.transform(products)]
-        if "metadata" in self.modalities:
-            parts.append(sp.csr_matrix(self.metadata_encoder_.transform(products), dtype=np.float32))
+        parts = [title] if metadata is None else [title, sp.csr_matrix(metadata, dtype=np.float32)]
         return sp.hstack(parts, format="csr", dtype=np.float32)
 
     def _encode(
@@ -159,7 +158,9 @@ class Predictor:
         follows = {}
         if self.text_scores:
             features["text_scores"] = (
-                text_scores if text_scores is not None else self.text_model_.scores(self._text_features(products))
+                text_scores
+                if text_scores is not None
+                else self.text_model_.scores(self._text_features(features["title"], features.get("metadata")))
             )
             present["text_scores"] = present["title"].copy()  # without a title the scores are not trusted
             follows["text_scores"] = "title"
@@ -195,8 +196,12 @@ class Predictor:
         oof_scores = None
         if self.text_scores:
             self.text_model_ = TextScoreModel(seed=self.seed)
+            text_features = self._text_features(
+                self.title_encoder_.transform(train),
+                self.metadata_encoder_.transform(train) if "metadata" in self.modalities else None,
+            )
             oof_scores = self.text_model_.fit(
-                self._text_features(train), y_train, n_classes, groups=duplicate_groups(train), progress=self.progress
+                text_features, y_train, n_classes, groups=duplicate_groups(train), progress=self.progress
             )
         train_data = self._encode(train, train_image, text_scores=oof_scores)
         if "image" in self.modalities and self.augment_views > 0:

@@ -35,6 +35,7 @@ class TextScoreModel:
         self.folds = folds
         self.seed = seed
         self.floor = floor
+        self._coef_t: np.ndarray | None = None
 
     def _fit_svm(self, X: sp.csr_matrix, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """Weights (n_classes, n_features) and biases (n_classes,) of an SVM fitted on (X, y)."""
@@ -69,6 +70,7 @@ class TextScoreModel:
         n_folds = min(self.folds, len(np.unique(groups)))
         splits = list(GroupKFold(n_folds).split(X, y, groups)) if n_folds >= 2 else []
         self.coef_, self.intercept_ = self._fit_svm(X, y, n_classes)
+        self._coef_t: np.ndarray | None = None
         raw = np.zeros((len(y), n_classes), dtype=np.float32)
         for train, held_out in tqdm(splits, desc="text scores (out-of-fold SVMs)", disable=not progress, leave=False):
             coef, bias = self._fit_svm(X[train], y[train], n_classes)
@@ -86,7 +88,10 @@ class TextScoreModel:
         return (raw / self.scale_).astype(np.float32)
 
     def scores(self, X: sp.csr_matrix) -> np.ndarray:
-        raw = sp.csr_matrix(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+        if self._coef_t is None:
+            # Contiguous once: a sparse row times a transposed view would copy all the weights on every call.
+            self._coef_t = np.ascontiguousarray(self.coef_.T)
+        raw = sp.csr_matrix(X, dtype=np.float32) @ self._coef_t + self.intercept_
         return (np.asarray(raw) / self.scale_).astype(np.float32)
 
     def tensors(self) -> dict[str, np.ndarray]:
