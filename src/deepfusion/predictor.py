@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,10 +135,11 @@ class Predictor:
         products: pd.DataFrame,
         image: tuple[np.ndarray, np.ndarray] | None = None,
         absent: Sequence[str] = (),
-        text_scores: np.ndarray | None = None,
+        text_scores: Callable[[sp.csr_matrix], np.ndarray] | None = None,
     ) -> ModalityData:
         """Model inputs for ``products``; modalities named in ``absent`` are withheld (treated as missing).
-        ``text_scores`` replaces the stacked SVM's scores (training uses out-of-fold ones)."""
+        ``text_scores`` maps the stacked SVM's input features to its scores (default: the fitted SVM's scores;
+        training passes the fit, which returns out-of-fold ones)."""
         features: dict[str, Any] = {}
         present: dict[str, np.ndarray] = {}
         if "metadata" in self.modalities:
@@ -157,11 +158,8 @@ class Predictor:
             present["image"] = ok
         follows = {}
         if self.text_scores:
-            features["text_scores"] = (
-                text_scores
-                if text_scores is not None
-                else self.text_model_.scores(self._text_features(features["title"], features.get("metadata")))
-            )
+            score = text_scores or self.text_model_.scores
+            features["text_scores"] = score(self._text_features(features["title"], features.get("metadata")))
             present["text_scores"] = present["title"].copy()  # without a title the scores are not trusted
             follows["text_scores"] = "title"
         for name in absent:
@@ -193,17 +191,15 @@ class Predictor:
             train_image = (self._scale_image(raw), ok)
         y_train = self.labels_.transform(train[TARGET])
         n_classes = len(self.labels_.classes_)
-        oof_scores = None
+        fit_text_scores = None
         if self.text_scores:
             self.text_model_ = TextScoreModel(seed=self.seed)
-            text_features = self._text_features(
-                self.title_encoder_.transform(train),
-                self.metadata_encoder_.transform(train) if "metadata" in self.modalities else None,
-            )
-            oof_scores = self.text_model_.fit(
-                text_features, y_train, n_classes, groups=duplicate_groups(train), progress=self.progress
-            )
-        train_data = self._encode(train, train_image, text_scores=oof_scores)
+            groups = duplicate_groups(train)
+
+            def fit_text_scores(features: sp.csr_matrix) -> np.ndarray:
+                return self.text_model_.fit(features, y_train, n_classes, groups=groups, progress=self.progress)
+
+        train_data = self._encode(train, train_image, text_scores=fit_text_scores)
         if "image" in self.modalities and self.augment_views > 0:
             train_data, y_train = self._with_augmented_views(train, train_data, y_train)
 

@@ -70,7 +70,7 @@ class TextScoreModel:
         n_folds = min(self.folds, len(np.unique(groups)))
         splits = list(GroupKFold(n_folds).split(X, y, groups)) if n_folds >= 2 else []
         self.coef_, self.intercept_ = self._fit_svm(X, y, n_classes)
-        self._coef_t: np.ndarray | None = None
+        self._coef_t = None  # the full model changed: recompute the contiguous copy in scores()
         raw = np.zeros((len(y), n_classes), dtype=np.float32)
         for train, held_out in tqdm(splits, desc="text scores (out-of-fold SVMs)", disable=not progress, leave=False):
             coef, bias = self._fit_svm(X[train], y[train], n_classes)
