@@ -32,6 +32,10 @@ def test_clean_title_and_name_length() -> None:
 def test_metadata_encoder_imputes_and_roundtrips_through_json() -> None:
     enc = MetadataEncoder().fit(frame())
     assert enc.medians_["year"] == 2013.0
+    # Title word counts 5, 3, 2 (one title missing): the missing one is imputed with their median, 3.
+    assert enc.medians_["name_length"] == 3.0
+    lengths = enc.transform(frame())[:, enc.feature_names().index("name_length")]
+    assert lengths[1] == lengths[2] != lengths[0]
     assert "gender_Unknown" in enc.feature_names()
     x = enc.transform(frame())
     assert x.shape == (4, enc.n_features) and np.isfinite(x).all()

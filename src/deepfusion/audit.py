@@ -44,6 +44,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from .catalog import ID, TARGET, TITLE, load_catalog
+from .features import clean_title
 from .predictor import Predictor, parse_modalities
 from .runs import required_columns, write_json
 from .split import duplicate_groups
@@ -533,6 +534,9 @@ def audit_catalog(
     # Sorting by id makes the folds depend on the products, not on the order of the rows in the file.
     products = catalog.products.sort_values(ID, kind="stable").reset_index(drop=True)
 
+    if "title" in mods and products[TITLE].map(clean_title).astype(bool).all():
+        # The held-out products all have a title: the network for untitled products would never answer.
+        predictor_options.setdefault("title_fallback", False)
     plan = plan_folds(products, folds, seed, min_class_groups)
     classes = sorted(products[TARGET].astype(str).unique())
     proba, fold_stats = out_of_fold_probabilities(

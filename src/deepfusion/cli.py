@@ -99,6 +99,13 @@ def train(
             help="Stacking: feed a linear SVM's class scores on metadata + title to the fusion network.",
         ),
     ] = True,
+    title_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--title-fallback/--no-title-fallback",
+            help="Also train a network without the title, which answers for products that have none.",
+        ),
+    ] = True,
     finetune: Annotated[
         bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
     ] = False,
@@ -117,6 +124,7 @@ def train(
         "balance": balance,
         "members": members,
         "text_scores": text_scores,
+        "title_fallback": title_fallback,
     }
     if image_size:
         options["image_size"] = _parse_size(image_size)

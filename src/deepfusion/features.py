@@ -36,7 +36,8 @@ def name_length(titles: pd.Series) -> np.ndarray:
 class MetadataEncoder:
     """Structured attributes -> dense float matrix.
 
-    Year is median-imputed, missing categoricals become "Unknown", ``name_length`` is the title's word count;
+    Year is median-imputed, missing categoricals become "Unknown", ``name_length`` is the title's word count
+    (median-imputed too when the title is missing: "no title" is not "a title of no words");
     categoricals are one-hot encoded (a value unseen in training encodes as all zeros) and numerics scaled.
     """
 
@@ -50,7 +51,10 @@ class MetadataEncoder:
 
     def _numeric_frame(self, frame: pd.DataFrame) -> np.ndarray:
         cols = [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in self.numeric]
-        values = np.column_stack([*cols, name_length(frame[TITLE])]) if len(frame) else np.zeros((0, len(cols) + 1))
+        lengths = name_length(frame[TITLE])
+        # Models saved before name_length was imputed have no median for it and keep their 0.
+        lengths[lengths == 0] = self.medians_.get("name_length", 0.0)
+        values = np.column_stack([*cols, lengths]) if len(frame) else np.zeros((0, len(cols) + 1))
         for j, c in enumerate(self.numeric):
             values[np.isnan(values[:, j]), j] = self.medians_[c]
         return values
@@ -64,6 +68,8 @@ class MetadataEncoder:
         for c in self.numeric:
             median = pd.to_numeric(frame[c], errors="coerce").median()
             self.medians_[c] = float(median) if pd.notna(median) else 0.0
+        lengths = name_length(frame[TITLE])
+        self.medians_["name_length"] = float(np.median(lengths[lengths > 0])) if (lengths > 0).any() else 0.0
         self.onehot_ = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
         self.onehot_.fit(self._categorical_frame(frame))
         self.scaler_ = StandardScaler().fit(self._numeric_frame(frame))

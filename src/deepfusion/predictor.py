@@ -85,6 +85,7 @@ class Predictor:
         finetune_blocks: int = 0,
         finetune_epochs: int = 3,
         text_scores: bool = True,
+        title_fallback: bool = True,
         cache_dir: str | Path | None = None,
         progress: bool = True,
         **head_overrides: Any,
@@ -92,6 +93,10 @@ class Predictor:
         self.modalities = parse_modalities(modalities)
         # Stacking (text_scores.py): a linear SVM's class scores on metadata + title as one more network input.
         self.text_scores = text_scores and "title" in self.modalities
+        # A second network on the other modalities answers for products without a title (a network that always had
+        # the title leans on it; the fallback learns to do without).
+        self.fallback_modalities = tuple(m for m in self.modalities if m != "title")
+        self.title_fallback = title_fallback and "title" in self.modalities and bool(self.fallback_modalities)
         self.config = make_config(preset, **head_overrides)
         self.seed = seed
         self.backbone = backbone
@@ -143,7 +148,9 @@ class Predictor:
         features: dict[str, Any] = {}
         present: dict[str, np.ndarray] = {}
         if "metadata" in self.modalities:
-            features["metadata"] = self.metadata_encoder_.transform(products)
+            # A withheld title is a missing title for every input derived from it (the metadata's name_length).
+            untitled = products.assign(**{TITLE: None}) if "title" in absent else products
+            features["metadata"] = self.metadata_encoder_.transform(untitled)
             attrs = products[CATEGORICAL + NUMERIC]
             present["metadata"] = attrs.notna().any(axis=1).to_numpy()
         if "title" in self.modalities:
@@ -226,8 +233,7 @@ class Predictor:
         self.train_seconds_ = result.seconds
         self.temperature_ = 1.0
         if val_data is not None and y_val is not None and len(y_val):
-            self.val_logits_ = predict_logits(self.net_, val_data)
-            self.temperature_ = fit_temperature(self.val_logits_, y_val)
+            self.temperature_ = fit_temperature(predict_logits(self.net_, val_data), y_val)
         log.info(
             "trained %s in %.1fs (best epoch %s, temperature %.3f)",
             "+".join(self.modalities),
@@ -235,7 +241,52 @@ class Predictor:
             "/".join(map(str, self.member_best_epochs_)),
             self.temperature_,
         )
+        if self.title_fallback:
+            fallback_train = _without_title(train_data)
+            if "metadata" in fallback_train.features:
+                # Trained as it is used: on products without a title (name_length imputed, not the true count).
+                untitled = self.metadata_encoder_.transform(train.assign(**{TITLE: None}))
+                fallback_train.features["metadata"] = np.tile(untitled, (len(train_data) // len(train), 1))
+            fallback_val = _without_title(self._encode(val, absent=("title",))) if val_data is not None else None
+            self._fit_fallback(fallback_train, y_train, fallback_val, y_val, n_classes)
         return self
+
+    def _fit_fallback(
+        self,
+        train_data: ModalityData,
+        y_train: np.ndarray,
+        val_data: ModalityData | None,
+        y_val: np.ndarray | None,
+        n_classes: int,
+    ) -> None:
+        """The network for products without a title: the same head on the other modalities."""
+        result = train_network(
+            train_data,
+            y_train,
+            val_data,
+            y_val,
+            n_classes,
+            self.config,
+            seed=self.seed,
+            progress=self.progress,
+        )
+        self.fallback_net_ = result.net
+        self.fallback_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
+        self.fallback_temperature_ = 1.0
+        if val_data is not None and y_val is not None and len(y_val):
+            temperature = fit_temperature(predict_logits(result.net, val_data), y_val)
+            if np.isfinite(temperature):
+                self.fallback_temperature_ = temperature
+            else:
+                log.warning("no-title fallback: temperature calibration failed; using uncalibrated probabilities")
+        self.train_seconds_ += result.seconds
+        log.info(
+            "trained the no-title fallback (%s) in %.1fs (best epoch %s, temperature %.3f)",
+            "+".join(self.fallback_modalities),
+            result.seconds,
+            "/".join(map(str, self.fallback_best_epochs_)),
+            self.fallback_temperature_,
+        )
 
     def _finetune(self, train: pd.DataFrame) -> None:
         """Fine-tune the backbone's last blocks on the training images; later steps embed with those weights."""
@@ -293,11 +344,22 @@ class Predictor:
         self._check_fitted()
         return self._proba(catalog_from_frame(frame, image_column=image_column), absent)
 
-    def _logits(self, products: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
-        return predict_logits(self.net_, self._encode(products, absent=absent))
+    def _logits(self, products: pd.DataFrame, absent: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated logits, and the temperature that calibrates each row: products without a title are
+        scored by the fallback network when the model has one."""
+        data = self._encode(products, absent=absent)
+        logits = predict_logits(self.net_, data)
+        temperature = np.full(len(logits), self.temperature_, dtype=np.float64)
+        if self.title_fallback and len(logits):
+            rows = np.flatnonzero(~data.present["title"])
+            if len(rows):
+                logits[rows] = predict_logits(self.fallback_net_, _without_title(data, rows))
+                temperature[rows] = self.fallback_temperature_
+        return logits, temperature
 
     def _proba(self, products: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
-        return softmax(self._logits(products, absent), self.temperature_)
+        logits, temperature = self._logits(products, absent)
+        return softmax(logits / temperature[:, None])
 
     def predict(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
         return self.labels_.inverse_transform(self.predict_proba(frame, image_column=image_column).argmax(axis=1))
@@ -335,8 +397,8 @@ class Predictor:
         added under ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
         products = catalog_from_frame(frame, require_target=True, image_column=image_column)
         products = products[products[TARGET].notna()].reset_index(drop=True)
-        logits = self._logits(products, absent)
-        proba = softmax(logits, self.temperature_)
+        logits, temperature = self._logits(products, absent)
+        proba = softmax(logits / temperature[:, None])
         pred = self.labels_.inverse_transform(proba.argmax(axis=1))
         raw_conf = softmax(logits).max(axis=1)  # before temperature scaling, for the ECE comparison
         metrics = evaluate_predictions(products[TARGET].to_numpy(), pred, proba.max(axis=1), self.train_counts_)
@@ -388,6 +450,19 @@ class Predictor:
         if self.text_scores:
             save_numpy(self.text_model_.tensors(), str(path / "text_scores.safetensors"))
             prep["text_scores"] = self.text_model_.to_json()
+        if self.title_fallback:
+            save_file(
+                {k: v.contiguous() for k, v in self.fallback_net_.state_dict().items()},
+                str(path / "fallback.safetensors"),
+            )
+            specs = self.fallback_net_.input_specs
+            config["fallback"] = {
+                "modalities": list(self.fallback_modalities),
+                "input_dims": {s.name: s.dim for s in specs},
+                "sparse_inputs": [s.name for s in specs if s.sparse],
+                "temperature": self.fallback_temperature_,
+                "member_best_epochs": self.fallback_best_epochs_,
+            }
         if getattr(self, "finetuned_", False):
             shutil.copyfile(self.weights, path / "backbone.safetensors")
             config["backbone_weights"] = "backbone.safetensors"
@@ -433,6 +508,7 @@ class Predictor:
             image_size=tuple(config["image_size"]) if config.get("image_size") else None,
             augment_views=config.get("augment_views", 0),
             text_scores="text_scores" in prep,
+            title_fallback="fallback" in config,
             cache_dir=cache_dir,
             progress=progress,
         )
@@ -457,9 +533,27 @@ class Predictor:
         self.net_.load_state_dict(load_file(str(path / "model.safetensors")))
         self.net_.eval()
         self.temperature_ = float(config["temperature"])
+        if "fallback" in config:
+            fallback = config["fallback"]
+            if not (path / "fallback.safetensors").is_file():
+                raise ModelLoadError(f"{path} is missing fallback.safetensors (the network for untitled products).")
+            specs = [ModalitySpec(n, d, n in fallback["sparse_inputs"]) for n, d in fallback["input_dims"].items()]
+            self.fallback_net_ = build_network(specs, len(self.labels_.classes_), head)
+            self.fallback_net_.load_state_dict(load_file(str(path / "fallback.safetensors")))
+            self.fallback_net_.eval()
+            self.fallback_temperature_ = float(fallback["temperature"])
+            self.fallback_best_epochs_ = fallback.get("member_best_epochs", [])
         self.best_epoch_ = config.get("best_epoch", 0)
         self.member_best_epochs_ = config.get("member_best_epochs", [self.best_epoch_])
         self.train_seconds_ = config.get("train_seconds", 0.0)
         self.train_counts_ = config["train_counts"]
         self.history_ = config.get("history", [])
         return self
+
+
+def _without_title(data: ModalityData, rows: np.ndarray | None = None) -> ModalityData:
+    """The fallback network's inputs: everything but the title and what follows it (the stacked SVM scores),
+    optionally only ``rows``."""
+    keep = [k for k in data.features if k != "title" and data.follows.get(k) != "title"]
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    return ModalityData({k: pick(data.features[k]) for k in keep}, {k: pick(data.present[k]) for k in keep})

@@ -305,7 +305,13 @@ def write_report(run_dir: str | Path) -> Path:
         ablation_html = (
             "<section><h2>Modality ablation (fusion model)</h2><p class='note'>The same trained fusion model, "
             "with some inputs withheld at prediction time — what happens to a product whose title or image is "
-            "missing. The model was trained with modality dropout so that it copes.</p>"
+            "missing. The model was trained with modality dropout so that it copes"
+            + (
+                "; a product without a title is answered by its second network, trained without titles"
+                if models["fusion"]["metrics"].get("title_fallback")
+                else ""
+            )
+            + ".</p>"
             + _table(ab_rows, ["inputs used", "withheld", "accuracy", "macro-F1"])
             + "</section>"
         )

@@ -107,6 +107,7 @@ def train_model(
             "train_accuracy_ceiling": label_ceiling(parts["train"], predictor),
             "fit_seconds": fit_seconds,
             "train_loop_seconds": predictor.train_seconds_,
+            "title_fallback": predictor.title_fallback,
             "best_epoch": predictor.best_epoch_,
             "epochs_run": len(predictor.history_),
             # Peak resident memory of the whole process so far (Linux reports KiB).
