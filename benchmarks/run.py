@@ -718,7 +718,8 @@ def render(r: dict[str, Any]) -> str:
             "identical inputs but different labels cannot all be right. Peak RSS is the benchmark process's "
             "peak so far (it only grows), so it bounds each model's memory from above. Measured: the day the row "
             "was last re-run (a benchmark run re-runs only the sections asked for); a row keeps the code and "
-            "defaults of that day.",
+            "defaults of that day. Fit seconds of a fusion model with a title include its no-title network (from "
+            "2026-11-28 on; about 95 s for metadata + image).",
             "",
         ]
     for extra in ("baselines", "splits", "title_encoders", "embedding", "backbones", "fusion_analysis", "prediction"):
