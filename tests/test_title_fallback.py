@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from typer.testing import CliRunner
 
 from deepfusion.catalog import load_catalog
+from deepfusion.cli import app
 from deepfusion.predictor import Predictor
 
 
@@ -63,3 +65,13 @@ def test_fallback_can_be_switched_off(clean_catalog_dir: Path, tmp_path: Path) -
     assert len(loaded.predict(val.assign(productDisplayName=None))) == len(val)
     # Models with nothing but a title, or without one, have no fallback.
     assert not Predictor(["title"]).title_fallback and not Predictor(["metadata", "image"]).title_fallback
+
+
+def test_cli_switch(catalog_dir: Path, tmp_path: Path) -> None:
+    for flag, expected in (("--title-fallback", True), ("--no-title-fallback", False)):
+        out = tmp_path / flag
+        result = CliRunner().invoke(app, ["train", "--data", str(catalog_dir), "--model", "fusion", "--modalities",
+                                          "metadata,title", "--preset", "small", flag, "--out", str(out), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert (out / "fusion" / "fallback.safetensors").is_file() is expected
+        assert json.loads((out / "fusion" / "metrics.json").read_text())["title_fallback"] is expected
