@@ -170,10 +170,6 @@ def out_of_fold_probabilities(
         predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
         if "image" in predictor.modalities:
             shared_embedder = predictor._embedder()
-        if not np.isfinite(predictor.temperature_):
-            # LBFGS can diverge on a tiny validation part; uncalibrated probabilities beat NaN ones.
-            log.warning("fold %d: temperature calibration failed; using uncalibrated probabilities", k + 1)
-            predictor.temperature_ = 1.0
         fold_proba = predictor.predict_proba(products.iloc[held])
         cols = [column[c] for c in predictor.classes_]
         proba[np.ix_(held, cols)] = fold_proba

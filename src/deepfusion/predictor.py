@@ -27,10 +27,10 @@ from safetensors.torch import load_file, save_file
 from .catalog import CATEGORICAL, ID, NUMERIC, TARGET, TITLE, catalog_from_frame
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
-from .models import HeadConfig, ModalitySpec, build_network, make_config
+from .models import FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, build_network, make_config
 from .split import duplicate_groups
 from .text_scores import TextScoreModel
-from .training import ModalityData, fit_temperature, predict_logits, softmax, train_network
+from .training import ModalityData, TrainResult, fit_temperature, predict_logits, softmax, train_network
 
 log = logging.getLogger(__name__)
 
@@ -223,70 +223,67 @@ class Predictor:
             y_val = y_all[known]
             val_data = self._encode(val)
 
-        result = train_network(
-            train_data, y_train, val_data, y_val, n_classes, self.config, seed=self.seed, progress=self.progress
+        result, self.temperature_ = self._train_head(
+            train_data, y_train, val_data, y_val, n_classes, "+".join(self.modalities)
         )
         self.net_ = result.net
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.member_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
         self.train_seconds_ = result.seconds
-        self.temperature_ = 1.0
-        if val_data is not None and y_val is not None and len(y_val):
-            self.temperature_ = fit_temperature(predict_logits(self.net_, val_data), y_val)
-        log.info(
-            "trained %s in %.1fs (best epoch %s, temperature %.3f)",
-            "+".join(self.modalities),
-            self.train_seconds_,
-            "/".join(map(str, self.member_best_epochs_)),
-            self.temperature_,
-        )
         if self.title_fallback:
-            fallback_train = _without_title(train_data)
-            if "metadata" in fallback_train.features:
-                # Trained as it is used: on products without a title (name_length imputed, not the true count).
-                untitled = self.metadata_encoder_.transform(train.assign(**{TITLE: None}))
-                fallback_train.features["metadata"] = np.tile(untitled, (len(train_data) // len(train), 1))
-            fallback_val = _without_title(self._encode(val, absent=("title",))) if val_data is not None else None
-            self._fit_fallback(fallback_train, y_train, fallback_val, y_val, n_classes)
+            fallback, self.fallback_temperature_ = self._train_head(
+                self._fallback_inputs(train_data, train),
+                y_train,
+                self._fallback_inputs(val_data, val) if val_data is not None else None,
+                y_val,
+                n_classes,
+                f"the no-title fallback ({'+'.join(self.fallback_modalities)})",
+            )
+            self.fallback_net_ = fallback.net
+            self.fallback_best_epochs_ = [m.best_epoch for m in fallback.members] or [fallback.best_epoch]
+            self.train_seconds_ += fallback.seconds
         return self
 
-    def _fit_fallback(
+    def _train_head(
         self,
         train_data: ModalityData,
         y_train: np.ndarray,
         val_data: ModalityData | None,
         y_val: np.ndarray | None,
         n_classes: int,
-    ) -> None:
-        """The network for products without a title: the same head on the other modalities."""
+        what: str,
+    ) -> tuple[TrainResult, float]:
+        """Train a network (early stopping on validation) and its calibration temperature (1.0 without validation
+        data, or when calibration fails, as it can on a tiny validation set)."""
         result = train_network(
-            train_data,
-            y_train,
-            val_data,
-            y_val,
-            n_classes,
-            self.config,
-            seed=self.seed,
-            progress=self.progress,
+            train_data, y_train, val_data, y_val, n_classes, self.config, seed=self.seed, progress=self.progress
         )
-        self.fallback_net_ = result.net
-        self.fallback_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
-        self.fallback_temperature_ = 1.0
+        temperature = 1.0
         if val_data is not None and y_val is not None and len(y_val):
             temperature = fit_temperature(predict_logits(result.net, val_data), y_val)
-            if np.isfinite(temperature):
-                self.fallback_temperature_ = temperature
-            else:
-                log.warning("no-title fallback: temperature calibration failed; using uncalibrated probabilities")
-        self.train_seconds_ += result.seconds
+            if not np.isfinite(temperature):
+                log.warning("%s: temperature calibration failed; using uncalibrated probabilities", what)
+                temperature = 1.0
+        best = [m.best_epoch for m in result.members] or [result.best_epoch]
         log.info(
-            "trained the no-title fallback (%s) in %.1fs (best epoch %s, temperature %.3f)",
-            "+".join(self.fallback_modalities),
+            "trained %s in %.1fs (best epoch %s, temperature %.3f)",
+            what,
             result.seconds,
-            "/".join(map(str, self.fallback_best_epochs_)),
-            self.fallback_temperature_,
+            "/".join(map(str, best)),
+            temperature,
         )
+        return result, temperature
+
+    def _fallback_inputs(self, data: ModalityData, products: pd.DataFrame) -> ModalityData:
+        """The no-title network's inputs for ``data`` (encoded from ``products``, possibly tiled for augmented
+        views): everything but the title, with the metadata encoded as if the title were missing (name_length
+        imputed, not the true count), as it is at prediction time."""
+        inputs = _without_title(data)
+        if "metadata" in inputs.features:
+            untitled = self.metadata_encoder_.transform(products.assign(**{TITLE: None}))
+            inputs.features["metadata"] = np.tile(untitled, (len(data) // len(products), 1))
+        return inputs
 
     def _finetune(self, train: pd.DataFrame) -> None:
         """Fine-tune the backbone's last blocks on the training images; later steps embed with those weights."""
@@ -422,7 +419,7 @@ class Predictor:
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(path / "model.safetensors"))
+        network = _save_network(self.net_, path / "model.safetensors")
         config = {
             "format_version": FORMAT_VERSION,
             "modalities": list(self.modalities),
@@ -437,8 +434,7 @@ class Predictor:
             "backbone": self.backbone if "image" in self.modalities else None,
             "image_size": list(self.image_size) if self.image_size else None,
             "augment_views": self.augment_views,
-            "input_dims": {s.name: s.dim for s in self._specs},
-            "sparse_inputs": [s.name for s in self._specs if s.sparse],
+            **network,
         }
         prep: dict[str, Any] = {"labels": self.labels_.to_json()}
         if "metadata" in self.modalities:
@@ -451,15 +447,9 @@ class Predictor:
             save_numpy(self.text_model_.tensors(), str(path / "text_scores.safetensors"))
             prep["text_scores"] = self.text_model_.to_json()
         if self.title_fallback:
-            save_file(
-                {k: v.contiguous() for k, v in self.fallback_net_.state_dict().items()},
-                str(path / "fallback.safetensors"),
-            )
-            specs = self.fallback_net_.input_specs
             config["fallback"] = {
                 "modalities": list(self.fallback_modalities),
-                "input_dims": {s.name: s.dim for s in specs},
-                "sparse_inputs": [s.name for s in specs if s.sparse],
+                **_save_network(self.fallback_net_, path / "fallback.safetensors"),
                 "temperature": self.fallback_temperature_,
                 "member_best_epochs": self.fallback_best_epochs_,
             }
@@ -469,10 +459,6 @@ class Predictor:
         (path / "config.json").write_text(json.dumps(config, indent=2))
         (path / "preprocessing.json").write_text(json.dumps(prep))
         return path
-
-    @property
-    def _specs(self) -> list[ModalitySpec]:
-        return list(self.net_.input_specs)
 
     @classmethod
     def load(
@@ -527,20 +513,15 @@ class Predictor:
             self.text_model_ = TextScoreModel.from_state(
                 prep["text_scores"], load_numpy(str(path / "text_scores.safetensors"))
             )
-        # Network inputs in their saved order: the modalities, then derived inputs such as text_scores.
-        specs = [ModalitySpec(n, dim, n in config["sparse_inputs"]) for n, dim in config["input_dims"].items()]
-        self.net_ = build_network(specs, len(self.labels_.classes_), head)
-        self.net_.load_state_dict(load_file(str(path / "model.safetensors")))
-        self.net_.eval()
+        self.net_ = _load_network(path / "model.safetensors", config, len(self.labels_.classes_), head)
         self.temperature_ = float(config["temperature"])
         if "fallback" in config:
             fallback = config["fallback"]
             if not (path / "fallback.safetensors").is_file():
                 raise ModelLoadError(f"{path} is missing fallback.safetensors (the network for untitled products).")
-            specs = [ModalitySpec(n, d, n in fallback["sparse_inputs"]) for n, d in fallback["input_dims"].items()]
-            self.fallback_net_ = build_network(specs, len(self.labels_.classes_), head)
-            self.fallback_net_.load_state_dict(load_file(str(path / "fallback.safetensors")))
-            self.fallback_net_.eval()
+            self.fallback_net_ = _load_network(
+                path / "fallback.safetensors", fallback, len(self.labels_.classes_), head
+            )
             self.fallback_temperature_ = float(fallback["temperature"])
             self.fallback_best_epochs_ = fallback.get("member_best_epochs", [])
         self.best_epoch_ = config.get("best_epoch", 0)
@@ -557,3 +538,22 @@ def _without_title(data: ModalityData, rows: np.ndarray | None = None) -> Modali
     keep = [k for k in data.features if k != "title" and data.follows.get(k) != "title"]
     pick = (lambda a: a) if rows is None else (lambda a: a[rows])
     return ModalityData({k: pick(data.features[k]) for k in keep}, {k: pick(data.present[k]) for k in keep})
+
+
+def _save_network(net: FusionNet | FusionEnsemble, file: Path) -> dict[str, Any]:
+    """Write ``net``'s weights to ``file``; returns what ``_load_network`` needs to rebuild it."""
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(file))
+    return {
+        "input_dims": {s.name: s.dim for s in net.input_specs},
+        "sparse_inputs": [s.name for s in net.input_specs if s.sparse],
+    }
+
+
+def _load_network(file: Path, saved: dict[str, Any], n_classes: int, head: HeadConfig) -> FusionNet | FusionEnsemble:
+    """Rebuild a network from ``_save_network``'s description and its weights. Inputs keep their saved order: the
+    modalities, then derived inputs such as text_scores."""
+    specs = [ModalitySpec(n, dim, n in saved["sparse_inputs"]) for n, dim in saved["input_dims"].items()]
+    net = build_network(specs, n_classes, head)
+    net.load_state_dict(load_file(str(file)))
+    net.eval()
+    return net
