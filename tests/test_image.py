@@ -201,3 +201,39 @@ def test_finetune_changes_last_blocks_and_model_reloads(
     assert Path(predictor.weights).name == "backbone.safetensors"
     frame = load_catalog(clean_catalog_dir, progress=False).products
     assert len(predictor.predict(frame)) == len(frame)
+
+
+def test_finetune_is_reproducible_and_logs_each_epoch(
+    clean_catalog_dir: Path, cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Images are prepared a few batches ahead in threads; the result must still depend only on the seed."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    from deepfusion.finetune import finetune_backbone
+
+    catalog = load_catalog(clean_catalog_dir, progress=False)
+    products = catalog.products[catalog.products["image_path"].notna()]
+    paths = list(products["image_path"])
+    labels = products["articleType"].astype("category").cat.codes.to_numpy()
+    runs = []
+    with caplog.at_level(logging.INFO, logger="deepfusion.finetune"):
+        for name in ("a", "b"):
+            out = finetune_backbone(
+                "efficientnet_lite0",
+                paths,
+                labels,
+                tmp_path / f"{name}.safetensors",
+                image_size=SMALL,
+                blocks=1,
+                epochs=2,
+                batch_size=8,
+                seed=3,
+                progress=False,
+            )
+            runs.append(load_file(str(out)))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    epochs = [r.getMessage() for r in caplog.records if "fine-tuning epoch" in r.getMessage()]
+    assert len(epochs) == 4 and "training accuracy" in epochs[0]

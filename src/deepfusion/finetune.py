@@ -8,9 +8,14 @@ classifier head) runs unchanged on top of it. On a CPU this is slow and meant fo
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import random
+import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,28 +69,58 @@ def finetune_backbone(
     # Preprocessing (resize, normalisation, augmentation) is the embedder's, so training matches inference.
     prep = ImageEmbedder(backbone, weights=weights, image_size=image_size, progress=False)
     data = [(Path(p).read_bytes(), int(y)) for p, y in zip(image_paths, labels, strict=True) if p]
+    keys = [image_sha1(b) for b, _ in data]
+
+    def make_batch(idx: list[int], views: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = np.stack([prep.preprocess(data[i][0], view=v, key=keys[i]) for i, v in zip(idx, views, strict=True)])
+        return torch.from_numpy(x), torch.tensor([data[i][1] for i in idx])
+
     log.info("fine-tuning the last %d blocks of %s on %d images (%s)", blocks, spec.name, len(data), device)
-    for epoch in range(epochs):
-        extractor.train()
-        for module in net.modules():  # frozen layers keep their ImageNet batch-norm statistics
-            if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
-                module.eval()
-        order = list(range(len(data)))
-        rng.shuffle(order)
-        bar = tqdm(range(0, len(order), batch_size), desc=f"fine-tuning epoch {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False)
-        for start in bar:
-            idx = order[start : start + batch_size]
-            if len(idx) < 2:
-                continue
-            x = np.stack([prep.preprocess(data[i][0], view=1 + rng.randrange(1000),
-                                          key=image_sha1(data[i][0])) for i in idx])
-            y = torch.tensor([data[i][1] for i in idx], device=device)
-            loss = nn.functional.cross_entropy(classifier(extractor(torch.from_numpy(x).to(device))), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            bar.set_postfix(loss=round(loss.item(), 4))
+    with ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 1) - 1))) as pool:
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            extractor.train()
+            for module in net.modules():  # frozen layers keep their ImageNet batch-norm statistics
+                if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
+                    module.eval()
+            order = list(range(len(data)))
+            rng.shuffle(order)
+            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+            batches = [b for b in batches if len(b) >= 2]
+            # The random views are drawn here, in order, so the result does not depend on thread timing.
+            views = [[1 + rng.randrange(1000) for _ in b] for b in batches]
+            # Images are decoded and augmented a few batches ahead in threads while the network trains.
+            pending: deque = deque()
+            ahead = iter(zip(batches, views, strict=True))
+            for b, v in itertools.islice(ahead, 4):
+                pending.append(pool.submit(make_batch, b, v))
+            seen = correct = 0
+            total_loss = 0.0
+            bar = tqdm(
+                range(len(batches)), desc=f"fine-tuning epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
+            )
+            for _ in bar:
+                x, y = pending.popleft().result()
+                for b, v in itertools.islice(ahead, 1):
+                    pending.append(pool.submit(make_batch, b, v))
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                logits = classifier(extractor(x))
+                loss = nn.functional.cross_entropy(logits, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                seen += len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                total_loss += loss.item() * len(y)
+                bar.set_postfix(loss=round(loss.item(), 4))
+            log.info(
+                "fine-tuning epoch %d/%d: loss %.4f, training accuracy %.4f, %.0f s",
+                epoch + 1,
+                epochs,
+                total_loss / max(seen, 1),
+                correct / max(seen, 1),
+                time.perf_counter() - started,
+            )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not k.startswith("_fc")}
