@@ -35,6 +35,7 @@ DEFAULT_DATA = Path(
 )
 log = logging.getLogger("benchmark")
 SEED = 42  # the split's seed and every model's default seed
+SPLIT_SEEDS = (SEED, 7, 11, 19, 23)  # the splits section's leakage-safe splits
 
 
 def peak_rss_mb() -> float:
@@ -46,6 +47,8 @@ class Bench:
         self.data = data
         self.out = out
         self.cache_dir = cache_dir
+        self.finetune_configs: list[str] = ["2x3"]
+        self.finetuned_weights: Path | None = None
         self.results: dict[str, Any] = (
             json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
         )
@@ -466,8 +469,8 @@ def baselines_section(b: Bench) -> None:
 
 
 def splits_section(b: Bench) -> None:
-    """Fusion (metadata + title + image) vs the TF-IDF + linear SVM on three different leakage-safe splits (split
-    seeds SEED, 7, 11): one split's test set (3,994 products) cannot separate models 0.1-0.2 points apart."""
+    """Fusion (metadata + title + image) vs the TF-IDF + linear SVM on five different leakage-safe splits (split
+    seeds SPLIT_SEEDS): one split's test set (3,994 products) cannot separate models 0.1-0.2 points apart."""
     from sklearn.metrics import accuracy_score, f1_score
 
     from deepfusion.catalog import TARGET
@@ -475,7 +478,7 @@ def splits_section(b: Bench) -> None:
     products = b.catalog.products.set_index(ID, drop=False)
     rows = []
     pooled: dict[str, list[Any]] = {"truth": [], "fusion": [], "svm": [], "split": []}
-    for split_seed in (SEED, 7, 11):
+    for split_seed in SPLIT_SEEDS:
         split = b.split if split_seed == SEED else split_by_duplicate_groups(b.catalog.products, seed=split_seed)
         train, test = (products.loc[split.ids(s)].reset_index(drop=True) for s in ("train", "test"))
         csv = b.out / "fusion/regularized/test_predictions.csv"
@@ -523,7 +526,7 @@ def splits_section(b: Bench) -> None:
             f"({100 * d['a_ahead']:.0f}%)"
         )
     md = md_table(
-        "Fusion vs the text baseline on three splits",
+        f"Fusion vs the text baseline on {len(SPLIT_SEEDS)} splits",
         "Leakage-safe splits with different seeds; fusion = the default regularized model (metadata + title + "
         "image), SVM = TF-IDF + linear SVM on metadata + title (the brief's text baseline). Last row: the mean. "
         "Macro-F1 is over the classes present in the test set. Fusion - SVM: the difference in points, its 95% "
@@ -651,6 +654,68 @@ def title_encoders_section(b: Bench) -> None:
     b.save()
 
 
+def finetune_section(b: Bench) -> None:
+    """The backbone's last blocks fine-tuned on the training images (`deepfusion train --finetune`) instead of
+    kept frozen: image-only and fusion models on the tuned backbone, per blocks x epochs in --finetune-configs.
+    Opt-in: on a CPU the fine-tuning itself is slow. The image model fine-tunes (exactly as --finetune does) and the
+    fusion model reuses its tuned backbone. With --finetuned-weights DIR, a file DIR/ft_{blocks}x{epochs}.safetensors
+    (a backbone tuned by the same code elsewhere, e.g. on a GPU) is used instead, and DIR/ft_{cfg}.json may say
+    where and how long that took ({"device": ..., "seconds": ...})."""
+    rows = []
+    for cfg in b.finetune_configs:
+        blocks, epochs = (int(v) for v in cfg.split("x"))
+        given = b.finetuned_weights / f"ft_{cfg}.safetensors" if b.finetuned_weights else None
+        if given is not None and given.is_file():
+            sidecar = given.with_suffix(".json")
+            tuned = {"where": "given", **(json.loads(sidecar.read_text()) if sidecar.is_file() else {})}
+            image = b.train(f"image/regularized-finetuned-{cfg}", "image", ("image",), weights=given)
+            weights = given
+        else:
+            start = time.perf_counter()
+            image = b.train(
+                f"image/regularized-finetuned-{cfg}",
+                "image",
+                ("image",),
+                finetune_blocks=blocks,
+                finetune_epochs=epochs,
+            )
+            tuned = {"where": "in this run", "device": "cpu", "seconds": time.perf_counter() - start}
+            weights = b.out / f"image/regularized-finetuned-{cfg}" / "backbone.safetensors"
+        fusion = b.train(
+            f"fusion/regularized-finetuned-{cfg}", "fusion", ("metadata", "title", "image"), weights=weights
+        )
+        for row in (image, fusion):
+            row["options"] = {"finetune": cfg}
+        rows.append({"config": cfg, "finetune": tuned, "image": image, "fusion": fusion})
+    models = b.results.get("models", {})
+    frozen = {k: models.get(f"{k}/regularized") for k in ("image", "fusion")}
+    table = [
+        [
+            "frozen (default)",
+            "",
+            *(f"{pct(frozen[k]['accuracy'])} / {frozen[k]['macro_f1']:.4f}" if frozen[k] else "" for k in frozen),
+        ]
+    ] + [
+        [
+            f"last {r['config'].split('x')[0]} blocks, {r['config'].split('x')[1]} epochs",
+            f"{r['finetune']['seconds']:.0f} s on {r['finetune'].get('device', '?')}"
+            if r["finetune"].get("seconds") is not None
+            else f"on {r['finetune'].get('device', '?')} (time not recorded)",
+            *(f"{pct(r[k]['accuracy'])} / {r[k]['macro_f1']:.4f}" for k in ("image", "fusion")),
+        ]
+        for r in rows
+    ]
+    md = md_table(
+        "Fine-tuned backbone",
+        "The backbone's last blocks fine-tuned on the training images (`--finetune`) vs frozen, same split; test "
+        "accuracy / macro-F1 (`--sections finetune`, opt-in):",
+        ["backbone", "fine-tuning took", "image only", "fusion (metadata + title + image)"],
+        table,
+    )
+    b.results["finetune"] = {"rows": rows, "markdown": md}
+    b.save()
+
+
 SECTIONS: dict[str, Callable[[Bench], None]] = {
     "metadata": metadata_section,
     "embedding": embedding_section,
@@ -662,7 +727,11 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "baselines": baselines_section,
     "splits": splits_section,
     "title_encoders": title_encoders_section,
+    "finetune": finetune_section,
 }
+
+# Sections left out of a plain run: they need an optional extra or take long on a CPU.
+OPT_IN = ("title_encoders", "finetune")
 
 
 def md_table(title: str, intro: str, header: list[str], rows: list[list[str]]) -> str:
@@ -722,7 +791,8 @@ def render(r: dict[str, Any]) -> str:
             "2026-11-28 on; about 95 s for metadata + image).",
             "",
         ]
-    for extra in ("baselines", "splits", "title_encoders", "embedding", "backbones", "fusion_analysis", "prediction"):
+    extras = ("baselines", "splits", "title_encoders", "embedding", "backbones", "finetune", "fusion_analysis")
+    for extra in (*extras, "prediction"):
         if extra in r:
             lines += [r[extra]["markdown"], ""]
     return "\n".join(lines) + "\n"
@@ -732,13 +802,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=HERE / "runs")
-    parser.add_argument("--sections", default=",".join(k for k in SECTIONS if k != "title_encoders"))
+    parser.add_argument("--sections", default=",".join(k for k in SECTIONS if k not in OPT_IN))
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--finetune-configs", default="2x3", help="finetune section: BLOCKSxEPOCHS,...")
+    parser.add_argument("--finetuned-weights", type=Path, default=None, help="finetune section: tuned backbones")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (args.data / "styles.csv").is_file() and not (args.data / "styles.parquet").is_file():
         sys.exit(f"No catalog at {args.data}; pass --data or set DEEPFUSION_DATA.")
     bench = Bench(args.data, args.out, args.cache_dir)
+    bench.finetune_configs = args.finetune_configs.split(",")
+    bench.finetuned_weights = args.finetuned_weights
     for name in args.sections.split(","):
         SECTIONS[name.strip()](bench)
     bench.save()
