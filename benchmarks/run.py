@@ -1,7 +1,9 @@
 """DeepFusion benchmark on the real catalog: accuracy, speed and memory of every model, measured in one run.
 
-    python benchmarks/run.py                      # everything, writes benchmarks/RESULTS.md + results.json
+    python benchmarks/run.py                      # all but the opt-in sections; writes RESULTS.md + results.json
     python benchmarks/run.py --sections metadata  # one part only (results of other parts are kept)
+    python benchmarks/run.py --sections finetune --finetune-configs 2x3,4x6  # opt-in: backbone fine-tuning
+    python benchmarks/run.py --sections title_encoders                      # opt-in: needs .[minilm]
 
 All models share one catalog load and one leakage-safe split (seed 42), so their numbers are comparable.
 Speeds are reported as ratios measured in the same run.
