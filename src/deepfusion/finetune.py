@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ from .backbones import build_torch_extractor, get_backbone
 from .embeddings import ImageEmbedder, image_sha1
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def finetune_backbone(
@@ -76,7 +78,7 @@ def finetune_backbone(
         return torch.from_numpy(x), torch.tensor([data[i][1] for i in idx])
 
     log.info("fine-tuning the last %d blocks of %s on %d images (%s)", blocks, spec.name, len(data), device)
-    with ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 1) - 1))) as pool:
+    with ThreadPoolExecutor(max(1, prep.threads - 1)) as pool:  # as many as the embedder uses
         for epoch in range(epochs):
             started = time.perf_counter()
             extractor.train()
@@ -89,20 +91,16 @@ def finetune_backbone(
             batches = [b for b in batches if len(b) >= 2]
             # The random views are drawn here, in order, so the result does not depend on thread timing.
             views = [[1 + rng.randrange(1000) for _ in b] for b in batches]
-            # Images are decoded and augmented a few batches ahead in threads while the network trains.
-            pending: deque = deque()
-            ahead = iter(zip(batches, views, strict=True))
-            for b, v in itertools.islice(ahead, 4):
-                pending.append(pool.submit(make_batch, b, v))
             seen = correct = 0
             total_loss = 0.0
-            bar = tqdm(
-                range(len(batches)), desc=f"fine-tuning epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
-            )
-            for _ in bar:
-                x, y = pending.popleft().result()
-                for b, v in itertools.islice(ahead, 1):
-                    pending.append(pool.submit(make_batch, b, v))
+            # Images are decoded and augmented a few batches ahead in threads while the network trains.
+            for x, y in tqdm(
+                prefetched(pool, lambda bv: make_batch(*bv), zip(batches, views, strict=True), ahead=4),
+                total=len(batches),
+                desc=f"fine-tuning epoch {epoch + 1}/{epochs}",
+                disable=not progress,
+                leave=False,
+            ):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits = classifier(extractor(x))
                 loss = nn.functional.cross_entropy(logits, y)
@@ -112,7 +110,6 @@ def finetune_backbone(
                 seen += len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 total_loss += loss.item() * len(y)
-                bar.set_postfix(loss=round(loss.item(), 4))
             log.info(
                 "fine-tuning epoch %d/%d: loss %.4f, training accuracy %.4f, %.0f s",
                 epoch + 1,
@@ -126,3 +123,16 @@ def finetune_backbone(
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not k.startswith("_fc")}
     save_file(state, str(out_path))
     return out_path
+
+
+def prefetched(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
+    """``fn(item)`` for each item, in order, computed on ``pool`` up to ``ahead`` items before the caller asks for
+    it (a bounded look-ahead keeps memory flat however many items there are). The embedder's own look-ahead
+    (ImageEmbedder._batches) fans each batch out image by image instead, which is faster for inference."""
+    items = iter(items)
+    pending = deque(pool.submit(fn, item) for item in itertools.islice(items, ahead))
+    while pending:
+        result = pending.popleft().result()
+        for item in itertools.islice(items, 1):
+            pending.append(pool.submit(fn, item))
+        yield result
