@@ -524,9 +524,9 @@ def splits_section(b: Bench) -> None:
     def interval(boot: dict[str, Any], metric: str) -> str:
         d = boot[metric]
         return (
-            f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] "
-            f"({100 * d['a_ahead']:.0f}%)"
+            f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] ({100 * d['a_ahead']:.0f}%)"
         )
+
     md = md_table(
         f"Fusion vs the text baseline on {len(SPLIT_SEEDS)} splits",
         "Leakage-safe splits with different seeds; fusion = the default regularized model (metadata + title + "
@@ -534,8 +534,18 @@ def splits_section(b: Bench) -> None:
         "Macro-F1 is over the classes present in the test set. Fusion - SVM: the difference in points, its 95% "
         "paired-bootstrap interval (2,000 resamples of the test products; for the mean, each split resampled on "
         "its own) and the share of resamples in which fusion is ahead.",
-        ["split seed", "fusion accuracy", "fusion macro-F1", "SVM accuracy", "SVM macro-F1", "only fusion right",
-         "only SVM right", "both wrong", "fusion - SVM, accuracy", "fusion - SVM, macro-F1"],
+        [
+            "split seed",
+            "fusion accuracy",
+            "fusion macro-F1",
+            "SVM accuracy",
+            "SVM macro-F1",
+            "only fusion right",
+            "only SVM right",
+            "both wrong",
+            "fusion - SVM, accuracy",
+            "fusion - SVM, macro-F1",
+        ],
         [
             [
                 str(r["split_seed"]),
@@ -656,6 +666,141 @@ def title_encoders_section(b: Bench) -> None:
     b.save()
 
 
+def _twin_keys(products: Any) -> dict[str, Any]:
+    """Two ways of grouping products that should carry one label: the same item listed twice (same title and every
+    attribute, as the leakage-safe split groups them) and its colour variants (same title once the colour words are
+    removed, same gender and subCategory)."""
+    import re
+
+    from deepfusion.catalog import CATEGORICAL, TITLE
+
+    title = products[TITLE].astype("string").str.lower().str.strip()
+    has_title = title.notna() & (title != "")
+    attrs = products[CATEGORICAL].astype("string").fillna("")
+    colour_words = {w for v in products["baseColour"].dropna().unique() for w in re.split(r"\W+", str(v).lower())}
+    colour_words |= {"", "&", "and", "toned", "coloured"}
+    no_colour = title.fillna("").map(lambda t: " ".join(w for w in t.split() if w not in colour_words))
+    return {
+        "the same title and attributes (the same item listed twice)": title.str.cat(
+            [attrs[c] for c in CATEGORICAL], sep="|"
+        ).where(has_title),
+        "the same title apart from colour words, gender and subCategory (colour variants)": no_colour.str.cat(
+            [attrs["gender"], attrs["subCategory"]], sep="|"
+        ).where(has_title & (no_colour != "")),
+    }
+
+
+def _disagreement_with_twins(keys: Any, labels: Any) -> tuple[int, int, float]:
+    """Products that have a twin, groups whose labels conflict, and the share of products whose label differs from
+    the most common label among their twins (leave-one-out; a tie counts as the chance of picking another label)."""
+    from collections import Counter
+
+    n = conflicting = 0
+    wrong = 0.0
+    for group in labels.groupby(keys).groups.values():
+        if len(group) < 2:
+            continue
+        counts = Counter(labels.loc[group])
+        conflicting += len(counts) > 1
+        for label in labels.loc[group]:
+            counts[label] -= 1
+            best = max(counts.values())
+            winners = [k for k, v in counts.items() if v == best]
+            wrong += 1.0 - (label in winners) / len(winners)
+            counts[label] += 1
+            n += 1
+    return n, conflicting, wrong / max(n, 1)
+
+
+def label_noise_section(b: Bench) -> None:
+    """How consistently the catalog labels products that should share a label, and how many of the fusion model's
+    test errors follow the training split's own labels for the same product family: how far any model can go."""
+    import pandas as pd
+
+    from deepfusion.catalog import TARGET
+
+    products = b.catalog.products.reset_index(drop=True)
+    labels = products[TARGET].astype(str)
+    keys = _twin_keys(products)
+    table, rows = [], []
+    for name, key in keys.items():
+        n, conflicting, share = _disagreement_with_twins(key, labels)
+        rows.append({"grouping": name, "products": n, "conflicting_groups": conflicting, "disagreement": share})
+        table.append([name, f"{n:,} ({n / len(products):.1%})", f"{conflicting:,}", f"{100 * share:.2f}%"])
+
+    variants = next(k for k in keys if "colour variants" in k)
+    identical = next(k for k in keys if "listed twice" in k)
+    forced = errors = with_variants = as_variants = tested = 0
+    example: tuple[int, str] = (0, "")
+    for split_seed in SPLIT_SEEDS:
+        csv = (
+            b.out / "fusion/regularized/test_predictions.csv"
+            if split_seed == SEED
+            else b.out / f"splits/seed{split_seed}/fusion/test_predictions.csv"
+        )
+        if not csv.exists():
+            log.warning("label_noise: no fusion predictions at %s (run the fusion and splits sections)", csv)
+            continue
+        split = b.split if split_seed == SEED else split_by_duplicate_groups(b.catalog.products, seed=split_seed)
+        assignment = products[ID].map(split.assignment)
+        train, test = assignment == "train", assignment == "test"
+        # Identical inputs with different labels: any model that reads only title and attributes gets all but the
+        # most common label of each such test group wrong.
+        test_counts = labels[test].groupby([keys[identical][test], labels[test]]).size()
+        forced += int((test_counts.groupby(level=0).sum() - test_counts.groupby(level=0).max()).sum())
+        majority = labels[train].groupby(keys[variants][train]).agg(lambda s: s.value_counts().index[0])
+        variant_counts = labels[train].groupby(keys[variants][train]).agg(lambda s: s.value_counts().to_dict())
+        predicted = pd.Series(_fusion_test_predictions(csv, products[test]), index=products.index[test])
+        wrong = predicted != labels[test]
+        key = keys[variants][test][wrong]
+        known = key.isin(majority.index)
+        follows = known & (key.map(majority) == predicted[wrong])
+        tested += int(test.sum())
+        errors += int(wrong.sum())
+        with_variants += int(known.sum())
+        as_variants += int(follows.sum())
+        for i in follows[follows].index:
+            counts = variant_counts[key[i]]
+            if counts[predicted[i]] > example[0]:
+                example = (
+                    counts[predicted[i]],
+                    f"“{products.at[i, 'productDisplayName']}”, labelled {labels[i]}, predicted {predicted[i]}; "
+                    "its colour variants in training: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+                )
+    summary = {
+        "test_products": tested,
+        "forced_errors": forced,
+        "fusion_errors": errors,
+        "errors_with_training_variants": with_variants,
+        "errors_as_training_variants": as_variants,
+        "example": example[1],
+    }
+    md = md_table(
+        "Label noise: how far can a model go",
+        "Products that should carry one label, grouped two ways over the whole catalog; last column: how often a "
+        "product's label differs from the most common label among the others in its group (`--sections "
+        "label_noise`).",
+        [
+            "products grouped by",
+            "products in a group of 2+",
+            "groups with conflicting labels",
+            "label differs from its group's",
+        ],
+        table,
+    )
+    if tested:
+        md += (
+            f"\n\nOver the {len(SPLIT_SEEDS)} splits' test sets ({tested:,} products, the fusion models of the "
+            f"splits section): identical inputs with different labels force at least {forced} errors "
+            f"({100 * forced / tested:.2f}%) on any model that reads only title and attributes. Of the fusion "
+            f"model's {errors} errors, {with_variants} are products with colour variants in their training split, "
+            f"and {as_variants} of those were answered with the label most of those variants carry, e.g. "
+            f"{example[1]}."
+        )
+    b.results["label_noise"] = {"groupings": rows, "test": summary, "markdown": md}
+    b.save()
+
+
 def finetune_section(b: Bench) -> None:
     """The backbone's last blocks fine-tuned on the training images (`deepfusion train --finetune`) instead of
     kept frozen: image-only and fusion models on the tuned backbone, per blocks x epochs in --finetune-configs.
@@ -738,6 +883,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "splits": splits_section,
     "title_encoders": title_encoders_section,
     "finetune": finetune_section,
+    "label_noise": label_noise_section,
 }
 
 # Sections left out of a plain run: they need an optional extra or take long on a CPU.
@@ -801,7 +947,16 @@ def render(r: dict[str, Any]) -> str:
             "2026-11-28 on; about 95 s for metadata + image).",
             "",
         ]
-    extras = ("baselines", "splits", "title_encoders", "embedding", "backbones", "finetune", "fusion_analysis")
+    extras = (
+        "baselines",
+        "splits",
+        "label_noise",
+        "title_encoders",
+        "embedding",
+        "backbones",
+        "finetune",
+        "fusion_analysis",
+    )
     for extra in (*extras, "prediction"):
         if extra in r:
             lines += [r[extra]["markdown"], ""]
