@@ -470,6 +470,20 @@ def baselines_section(b: Bench) -> None:
     b.save()
 
 
+def _split_for(b: Bench, split_seed: int) -> Any:
+    """The leakage-safe split with ``split_seed`` (the run's own split for SEED)."""
+    return b.split if split_seed == SEED else split_by_duplicate_groups(b.catalog.products, seed=split_seed)
+
+
+def _split_fusion_csv(b: Bench, split_seed: int) -> Path:
+    """Where the splits section takes the fusion model's test predictions for ``split_seed`` from: the fusion
+    section's model on the run's own split when there is one, else the model it trains under splits/."""
+    main = b.out / "fusion/regularized/test_predictions.csv"
+    if split_seed == SEED and main.exists():
+        return main
+    return b.out / f"splits/seed{split_seed}/fusion/test_predictions.csv"
+
+
 def splits_section(b: Bench) -> None:
     """Fusion (metadata + title + image) vs the TF-IDF + linear SVM on five different leakage-safe splits (split
     seeds SPLIT_SEEDS): one split's test set (3,994 products) cannot separate models 0.1-0.2 points apart."""
@@ -481,11 +495,10 @@ def splits_section(b: Bench) -> None:
     rows = []
     pooled: dict[str, list[Any]] = {"truth": [], "fusion": [], "svm": [], "split": []}
     for split_seed in SPLIT_SEEDS:
-        split = b.split if split_seed == SEED else split_by_duplicate_groups(b.catalog.products, seed=split_seed)
+        split = _split_for(b, split_seed)
         train, test = (products.loc[split.ids(s)].reset_index(drop=True) for s in ("train", "test"))
-        csv = b.out / "fusion/regularized/test_predictions.csv"
-        if split_seed != SEED or not csv.exists():
-            csv = b.out / f"splits/seed{split_seed}/fusion/test_predictions.csv"
+        csv = _split_fusion_csv(b, split_seed)
+        if csv.parent != b.out / "fusion/regularized":  # only the fusion section's model is reused
             train_model(
                 ModelSpec("fusion", ("metadata", "title", "image")),
                 b.catalog,
@@ -666,28 +679,28 @@ def title_encoders_section(b: Bench) -> None:
     b.save()
 
 
+# Two ways of grouping products that should carry one label, with how the label_noise section names them.
+TWIN_GROUPINGS = {
+    "identical": "the same title and attributes (the same item listed twice)",
+    "variants": "the same title apart from colour words, gender and subCategory (colour variants)",
+}
+
+
 def _twin_keys(products: Any) -> dict[str, Any]:
-    """Two ways of grouping products that should carry one label: the same item listed twice (same title and every
-    attribute, as the leakage-safe split groups them) and its colour variants (same title once the colour words are
-    removed, same gender and subCategory)."""
+    """Group keys per TWIN_GROUPINGS: the same item listed twice (as the leakage-safe split groups them) and its
+    colour variants (same title once the colour words are removed, same gender and subCategory)."""
     import re
 
-    from deepfusion.catalog import CATEGORICAL, TITLE
+    from deepfusion.catalog import TITLE
+    from deepfusion.split import same_item_key
 
-    title = products[TITLE].astype("string").str.lower().str.strip()
-    has_title = title.notna() & (title != "")
-    attrs = products[CATEGORICAL].astype("string").fillna("")
+    title = products[TITLE].astype("string").str.lower().str.strip().fillna("")
     colour_words = {w for v in products["baseColour"].dropna().unique() for w in re.split(r"\W+", str(v).lower())}
     colour_words |= {"", "&", "and", "toned", "coloured"}
-    no_colour = title.fillna("").map(lambda t: " ".join(w for w in t.split() if w not in colour_words))
-    return {
-        "the same title and attributes (the same item listed twice)": title.str.cat(
-            [attrs[c] for c in CATEGORICAL], sep="|"
-        ).where(has_title),
-        "the same title apart from colour words, gender and subCategory (colour variants)": no_colour.str.cat(
-            [attrs["gender"], attrs["subCategory"]], sep="|"
-        ).where(has_title & (no_colour != "")),
-    }
+    no_colour = title.map(lambda t: " ".join(w for w in t.split() if w not in colour_words))
+    attrs = products[["gender", "subCategory"]].astype("string").fillna("")
+    variants = no_colour.str.cat([attrs["gender"], attrs["subCategory"]], sep="|")
+    return {"identical": same_item_key(products), "variants": variants.where(no_colour != "")}
 
 
 def _disagreement_with_twins(keys: Any, labels: Any) -> tuple[int, int, float]:
@@ -715,57 +728,55 @@ def _disagreement_with_twins(keys: Any, labels: Any) -> tuple[int, int, float]:
 def label_noise_section(b: Bench) -> None:
     """How consistently the catalog labels products that should share a label, and how many of the fusion model's
     test errors follow the training split's own labels for the same product family: how far any model can go."""
+    from collections import Counter
+
     import pandas as pd
 
-    from deepfusion.catalog import TARGET
+    from deepfusion.catalog import TARGET, TITLE
 
     products = b.catalog.products.reset_index(drop=True)
     labels = products[TARGET].astype(str)
     keys = _twin_keys(products)
     table, rows = [], []
-    for name, key in keys.items():
-        n, conflicting, share = _disagreement_with_twins(key, labels)
+    for kind, name in TWIN_GROUPINGS.items():
+        n, conflicting, share = _disagreement_with_twins(keys[kind], labels)
         rows.append({"grouping": name, "products": n, "conflicting_groups": conflicting, "disagreement": share})
         table.append([name, f"{n:,} ({n / len(products):.1%})", f"{conflicting:,}", f"{100 * share:.2f}%"])
 
-    variants = next(k for k in keys if "colour variants" in k)
-    identical = next(k for k in keys if "listed twice" in k)
     forced = errors = with_variants = as_variants = tested = 0
     example: tuple[int, str] = (0, "")
     for split_seed in SPLIT_SEEDS:
-        csv = (
-            b.out / "fusion/regularized/test_predictions.csv"
-            if split_seed == SEED
-            else b.out / f"splits/seed{split_seed}/fusion/test_predictions.csv"
-        )
+        csv = _split_fusion_csv(b, split_seed)
         if not csv.exists():
             log.warning("label_noise: no fusion predictions at %s (run the fusion and splits sections)", csv)
             continue
-        split = b.split if split_seed == SEED else split_by_duplicate_groups(b.catalog.products, seed=split_seed)
-        assignment = products[ID].map(split.assignment)
+        assignment = products[ID].map(_split_for(b, split_seed).assignment)
         train, test = assignment == "train", assignment == "test"
         # Identical inputs with different labels: any model that reads only title and attributes gets all but the
         # most common label of each such test group wrong.
-        test_counts = labels[test].groupby([keys[identical][test], labels[test]]).size()
+        test_counts = labels[test].groupby([keys["identical"][test], labels[test]]).size()
         forced += int((test_counts.groupby(level=0).sum() - test_counts.groupby(level=0).max()).sum())
-        majority = labels[train].groupby(keys[variants][train]).agg(lambda s: s.value_counts().index[0])
-        variant_counts = labels[train].groupby(keys[variants][train]).agg(lambda s: s.value_counts().to_dict())
+        variant_counts: dict[str, Counter[str]] = {}
+        in_train = train & keys["variants"].notna()
+        for key, label in zip(keys["variants"][in_train], labels[in_train], strict=True):
+            variant_counts.setdefault(key, Counter())[label] += 1
         predicted = pd.Series(_fusion_test_predictions(csv, products[test]), index=products.index[test])
         wrong = predicted != labels[test]
-        key = keys[variants][test][wrong]
-        known = key.isin(majority.index)
-        follows = known & (key.map(majority) == predicted[wrong])
+        # The errors whose product has colour variants in training, and those answered with the variants' label.
+        counts = {
+            i: variant_counts[k] for i, k in keys["variants"][test][wrong].dropna().items() if k in variant_counts
+        }
+        follows = [i for i, c in counts.items() if c.most_common(1)[0][0] == predicted[i]]
         tested += int(test.sum())
         errors += int(wrong.sum())
-        with_variants += int(known.sum())
-        as_variants += int(follows.sum())
-        for i in follows[follows].index:
-            counts = variant_counts[key[i]]
-            if counts[predicted[i]] > example[0]:
+        with_variants += len(counts)
+        as_variants += len(follows)
+        for i in follows:
+            if counts[i][predicted[i]] > example[0]:
                 example = (
-                    counts[predicted[i]],
-                    f"“{products.at[i, 'productDisplayName']}”, labelled {labels[i]}, predicted {predicted[i]}; "
-                    "its colour variants in training: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+                    counts[i][predicted[i]],
+                    f"“{products.at[i, TITLE]}”, labelled {labels[i]}, predicted {predicted[i]}; "
+                    "its colour variants in training: " + ", ".join(f"{k} {v}" for k, v in counts[i].items()),
                 )
     summary = {
         "test_products": tested,

@@ -44,11 +44,17 @@ def duplicate_groups(products: pd.DataFrame) -> np.ndarray:
     if "image_sha1" in frame.columns:
         union_by(frame["image_sha1"])
     if TITLE in frame.columns:
-        title = frame[TITLE].astype("string").str.lower().str.strip()
-        attrs = frame[[c for c in CATEGORICAL if c in frame.columns]].astype("string").fillna("")
-        key = title.str.cat([attrs[c] for c in attrs.columns], sep="|")
-        union_by(key.where(title.notna() & (title != "")))
+        union_by(same_item_key(frame))
     return np.array([find(i) for i in range(n)])
+
+
+def same_item_key(products: pd.DataFrame) -> pd.Series:
+    """Lower-cased title plus every categorical attribute: products sharing it are the same item listed twice.
+    Missing (NA) where the title is missing or empty."""
+    title = products[TITLE].astype("string").str.lower().str.strip()
+    attrs = products[[c for c in CATEGORICAL if c in products.columns]].astype("string").fillna("")
+    key = title.str.cat([attrs[c] for c in attrs.columns], sep="|")
+    return key.where(title.notna() & (title != ""))
 
 
 @dataclass
