@@ -106,6 +106,14 @@ def train(
             help="Also train a network without the title, which answers for products that have none.",
         ),
     ] = True,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit",
+            help="After early stopping and calibration on validation, train again on train + validation "
+            "(about twice the training time; the test split stays held out).",
+        ),
+    ] = False,
     finetune: Annotated[
         bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
     ] = False,
@@ -125,6 +133,7 @@ def train(
         "members": members,
         "text_scores": text_scores,
         "title_fallback": title_fallback,
+        "refit": refit,
     }
     if image_size:
         options["image_size"] = _parse_size(image_size)

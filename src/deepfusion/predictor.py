@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ class Predictor:
         finetune_epochs: int = 3,
         text_scores: bool = True,
         title_fallback: bool = True,
+        refit: bool = False,
         cache_dir: str | Path | None = None,
         progress: bool = True,
         **head_overrides: Any,
@@ -98,6 +100,9 @@ class Predictor:
         self.fallback_modalities = tuple(m for m in self.modalities if m != "title")
         self.title_fallback = title_fallback and "title" in self.modalities and bool(self.fallback_modalities)
         self.config = make_config(preset, **head_overrides)
+        # Refit: once validation has calibrated the model, train it again on train + validation for the full
+        # schedule (the calibration is kept), so the final model learns from every labelled product.
+        self.refit = refit
         self.seed = seed
         self.backbone = backbone
         self.weights = weights
@@ -179,10 +184,40 @@ class Predictor:
     def fit(
         self, train: pd.DataFrame, val: pd.DataFrame | None = None, *, image_column: str | None = None
     ) -> Predictor:
-        """Fit encoders on ``train`` only, train the network (early stopping on ``val``), calibrate on ``val``."""
+        """Fit encoders on ``train`` only, train the network (early stopping on ``val``), calibrate on ``val``.
+        With ``refit=True`` the encoders and networks are then fitted again on ``train`` + ``val`` for the
+        configuration's full number of epochs, keeping the temperatures calibrated on ``val``."""
         train = catalog_from_frame(train, require_target=True, image_column=image_column)
         train = train[train[TARGET].notna()].reset_index(drop=True)
         val = catalog_from_frame(val, require_target=True, image_column=image_column) if val is not None else None
+        val = self._fit_pass(train, val, self.config, finetune=self.finetune_blocks > 0)
+        self.refit_: dict[str, Any] | None = None
+        if self.refit and val is not None and len(val):
+            calibrated = self.temperature_, getattr(self, "fallback_temperature_", None)
+            history, best, members, seconds = (
+                self.history_,
+                self.best_epoch_,
+                self.member_best_epochs_,
+                self.train_seconds_,
+            )
+            full = pd.concat([train, val], ignore_index=True)
+            cfg = replace(self.config, patience=None)
+            log.info("refit on train + validation (%d products, %d epochs)", len(full), cfg.epochs)
+            self._fit_pass(full, None, cfg, finetune=False)
+            self.refit_ = {"products": len(full), "epochs": cfg.epochs, "train_seconds": self.train_seconds_}
+            self.temperature_ = calibrated[0]
+            if self.title_fallback:
+                self.fallback_temperature_ = calibrated[1]
+            # Early stopping and its validation curve belong to the first pass; the refit has no validation.
+            self.history_, self.best_epoch_, self.member_best_epochs_ = history, best, members
+            self.train_seconds_ += seconds
+        return self
+
+    def _fit_pass(
+        self, train: pd.DataFrame, val: pd.DataFrame | None, cfg: HeadConfig, *, finetune: bool
+    ) -> pd.DataFrame | None:
+        """Fit every encoder and network on ``train`` (early stopping and calibration on ``val``, if given).
+        Returns the validation rows used: those whose class occurs in ``train``."""
         self.labels_ = LabelEncoder().fit(train[TARGET])
         self.train_counts_ = {str(k): int(v) for k, v in train[TARGET].value_counts().items()}
         if "metadata" in self.modalities:
@@ -190,7 +225,7 @@ class Predictor:
         if "title" in self.modalities:
             self.title_encoder_ = TitleEncoder().fit(train)
         train_image = None
-        if "image" in self.modalities and self.finetune_blocks > 0:
+        if "image" in self.modalities and finetune:
             self._finetune(train)
         if "image" in self.modalities:
             raw, ok = self._embedder().embed(list(train["image_path"]))
@@ -224,7 +259,7 @@ class Predictor:
             val_data = self._encode(val)
 
         result, self.temperature_ = self._train_head(
-            train_data, y_train, val_data, y_val, n_classes, "+".join(self.modalities)
+            train_data, y_train, val_data, y_val, n_classes, "+".join(self.modalities), cfg
         )
         self.net_ = result.net
         self.history_ = result.history
@@ -239,11 +274,12 @@ class Predictor:
                 y_val,
                 n_classes,
                 f"the no-title fallback ({'+'.join(self.fallback_modalities)})",
+                cfg,
             )
             self.fallback_net_ = fallback.net
             self.fallback_best_epochs_ = [m.best_epoch for m in fallback.members] or [fallback.best_epoch]
             self.train_seconds_ += fallback.seconds
-        return self
+        return val
 
     def _train_head(
         self,
@@ -253,11 +289,12 @@ class Predictor:
         y_val: np.ndarray | None,
         n_classes: int,
         what: str,
+        cfg: HeadConfig,
     ) -> tuple[TrainResult, float]:
         """Train a network (early stopping on validation) and its calibration temperature (1.0 without validation
         data, or when calibration fails, as it can on a tiny validation set)."""
         result = train_network(
-            train_data, y_train, val_data, y_val, n_classes, self.config, seed=self.seed, progress=self.progress
+            train_data, y_train, val_data, y_val, n_classes, cfg, seed=self.seed, progress=self.progress
         )
         temperature = 1.0
         if val_data is not None and y_val is not None and len(y_val):
@@ -431,6 +468,7 @@ class Predictor:
             "train_seconds": self.train_seconds_,
             "train_counts": self.train_counts_,
             "history": self.history_,
+            "refit": getattr(self, "refit_", None),
             "backbone": self.backbone if "image" in self.modalities else None,
             "image_size": list(self.image_size) if self.image_size else None,
             "augment_views": self.augment_views,
@@ -529,6 +567,8 @@ class Predictor:
         self.train_seconds_ = config.get("train_seconds", 0.0)
         self.train_counts_ = config["train_counts"]
         self.history_ = config.get("history", [])
+        self.refit_ = config.get("refit")
+        self.refit = self.refit_ is not None
         return self
 
 

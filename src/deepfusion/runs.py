@@ -84,7 +84,8 @@ def train_model(
     predictor_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Fit one model on the train split (early stopping on val), evaluate on test, save to ``out_dir``."""
+    """Fit one model on the train split (early stopping on val; with ``refit``, then on train + val), evaluate
+    on test, save to ``out_dir``."""
     products = catalog.products.set_index(ID, drop=False)
     parts = {name: products.loc[split.ids(name)].reset_index(drop=True) for name in ("train", "val", "test")}
     predictor = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress, **(predictor_options or {}))
@@ -108,6 +109,7 @@ def train_model(
             "fit_seconds": fit_seconds,
             "train_loop_seconds": predictor.train_seconds_,
             "title_fallback": predictor.title_fallback,
+            "refit": predictor.refit_,
             "best_epoch": predictor.best_epoch_,
             "epochs_run": len(predictor.history_),
             # Peak resident memory of the whole process so far (Linux reports KiB).
