@@ -88,3 +88,6 @@ def test_cli_refit(catalog_dir: Path, tmp_path: Path) -> None:
     metrics = json.loads((out / "metadata" / "metrics.json").read_text())
     assert metrics["refit"]["products"] == sizes["train"] + sizes["val"]
     assert metrics["n"] == sizes["test"]  # the test split stays held out
+    page = (out / "report.html").read_text()
+    assert f"metadata trained again on train + validation ({sizes['train'] + sizes['val']:,} products)" in page
+    assert json.loads((out / "comparison.json").read_text())["models"]["metadata"]["refit"] == metrics["refit"]

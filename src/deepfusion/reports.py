@@ -208,6 +208,7 @@ def write_report(run_dir: str | Path) -> Path:
                     "modalities",
                     "preset",
                     "fit_seconds",
+                    "refit",
                     "n",
                 )
             }
@@ -295,6 +296,14 @@ def write_report(run_dir: str | Path) -> Path:
         ],
     )
     words = _plain_words(models, impact)
+    refit = {n: m["metrics"]["refit"] for n, m in models.items() if m["metrics"].get("refit")}
+    refit_note = (
+        f"<p class='note'>Refit: {', '.join(refit)} trained again on train + validation "
+        f"({next(iter(refit.values()))['products']:,} products) after early stopping and calibration on "
+        "validation; the test split stayed held out.</p>"
+        if refit
+        else ""
+    )
 
     ablation_html = ""
     if comparison["ablation"]:
@@ -338,7 +347,7 @@ def write_report(run_dir: str | Path) -> Path:
 <section><h2>In plain words</h2>{words}</section>
 <section><h2>The three models side by side</h2>{model_table}
 <p class="note">Frequent classes have ≥ 100 training examples, rare ones fewer. Reference study: frozen
-EfficientNet-B0, metadata-only 81%, image-only 85.7%, fusion 86.4% (its own split).</p>
+EfficientNet-B0, metadata-only 81%, image-only 85.7%, fusion 86.4% (its own split).</p>{refit_note}
 <img alt="model comparison chart" src="{_bar_chart(models)}"></section>
 <section><h2>What it means at catalog scale</h2>{impact_table}
 <div class="row"><img alt="coverage vs precision" src="{_coverage_chart(models)}">
