@@ -72,6 +72,7 @@ def test_fusion_refit_keeps_both_temperatures_and_stacking(clean_catalog_dir: Pa
     refit = Predictor(["metadata", "title"], refit=True, **options).fit(train, val)
     assert refit.title_fallback and refit.text_scores
     assert (refit.temperature_, refit.fallback_temperature_) == (plain.temperature_, plain.fallback_temperature_)
+    assert refit.fallback_best_epochs_ == plain.fallback_best_epochs_  # from the first pass, as is the history
     # The stacked SVM and the encoders were fitted again, on every labelled product.
     assert refit.text_model_ is not plain.text_model_
     assert refit.refit_["products"] == len(train) + len(val)

@@ -194,6 +194,7 @@ class Predictor:
         self.refit_: dict[str, Any] | None = None
         if self.refit and val is not None and len(val):
             calibrated = self.temperature_, getattr(self, "fallback_temperature_", None)
+            fallback_best = getattr(self, "fallback_best_epochs_", None)
             history, best, members, seconds = (
                 self.history_,
                 self.best_epoch_,
@@ -207,7 +208,7 @@ class Predictor:
             self.refit_ = {"products": len(full), "epochs": cfg.epochs, "train_seconds": self.train_seconds_}
             self.temperature_ = calibrated[0]
             if self.title_fallback:
-                self.fallback_temperature_ = calibrated[1]
+                self.fallback_temperature_, self.fallback_best_epochs_ = calibrated[1], fallback_best
             # Early stopping and its validation curve belong to the first pass; the refit has no validation.
             self.history_, self.best_epoch_, self.member_best_epochs_ = history, best, members
             self.train_seconds_ += seconds
