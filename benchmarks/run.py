@@ -4,7 +4,7 @@
     python benchmarks/run.py --sections metadata  # one part only (results of other parts are kept)
     python benchmarks/run.py --sections finetune --finetune-configs 2x3,4x6  # opt-in: backbone fine-tuning
     python benchmarks/run.py --sections title_encoders                      # opt-in: needs .[minilm]
-    python benchmarks/run.py --sections refit --refit-splits 42,7,11        # opt-in: fusion with --refit
+    python benchmarks/run.py --sections refit --refit-splits 42,7,11,19,23  # opt-in: fusion with --refit
 
 All models share one catalog load and one leakage-safe split (seed 42), so their numbers are comparable.
 Speeds are reported as ratios measured in the same run.
@@ -606,10 +606,14 @@ def refit_section(b: Bench) -> None:
     products = b.catalog.products.set_index(ID, drop=False)
     options: dict[str, Any] = {"cache_dir": b.cache_dir} if b.cache_dir else {}
     rows = []
-    pooled: dict[str, list[Any]] = {"truth": [], "refit": [], "default": [], "split": []}
+    pooled: dict[str, list[Any]] = {"truth": [], "refit": [], "default": [], "svm": [], "split": []}
     for split_seed in b.refit_splits:
         split = _split_for(b, split_seed)
         test = products.loc[split.ids("test")].reset_index(drop=True)
+        # The text baseline has nothing to tune on validation, so its fair match for a refit model is the SVM
+        # fitted on train + validation too.
+        train_val = products.loc[split.ids("train").append(split.ids("val"))].reset_index(drop=True)
+        svm = _fit_text_svm(train_val)(test)
         default_csv = _split_fusion_csv(b, split_seed)
         if not default_csv.exists():
             train_model(
@@ -622,15 +626,19 @@ def refit_section(b: Bench) -> None:
                 progress=True,
             )
         folder = b.out / f"refit/seed{split_seed}/fusion"
-        m = train_model(
-            ModelSpec("fusion", ("metadata", "title", "image")),
-            b.catalog,
-            split,
-            folder,
-            seed=SEED,
-            predictor_options={**options, "refit": True},
-            progress=True,
-        )
+        if b.reuse_refit and (folder / "metrics.json").exists():
+            log.info("refit: reusing the model trained earlier in %s (--reuse-refit)", folder)
+            m = json.loads((folder / "metrics.json").read_text())
+        else:
+            m = train_model(
+                ModelSpec("fusion", ("metadata", "title", "image")),
+                b.catalog,
+                split,
+                folder,
+                seed=SEED,
+                predictor_options={**options, "refit": True},
+                progress=True,
+            )
         refit = _fusion_test_predictions(folder / "test_predictions.csv", test)
         default = _fusion_test_predictions(default_csv, test)
         default_seconds = json.loads((default_csv.parent / "metrics.json").read_text())["fit_seconds"]
@@ -648,24 +656,29 @@ def refit_section(b: Bench) -> None:
                 "default_macro_f1": f1_score(truth, default, labels=labels, average="macro", zero_division=0),
                 "only_refit_right": paired["only_fusion_right"],
                 "only_default_right": paired["only_svm_right"],
+                "svm_train_val_accuracy": accuracy_score(truth, svm),
+                "svm_train_val_macro_f1": f1_score(truth, svm, labels=labels, average="macro", zero_division=0),
                 "refit_fit_seconds": m["fit_seconds"],
                 "default_fit_seconds": default_seconds,
                 "bootstrap": paired_bootstrap(truth, refit, default),
+                "bootstrap_vs_svm": paired_bootstrap(truth, refit, svm),
             }
         )
         for key, values in (
             ("truth", truth),
             ("refit", refit),
             ("default", default),
+            ("svm", svm),
             ("split", [split_seed] * len(test)),
         ):
             pooled[key].extend(values)
         log.info("refit %s", rows[-1])
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.endswith(("accuracy", "macro_f1"))}
     mean_boot = paired_bootstrap(pooled["truth"], pooled["refit"], pooled["default"], strata=pooled["split"])
+    mean_boot_svm = paired_bootstrap(pooled["truth"], pooled["refit"], pooled["svm"], strata=pooled["split"])
 
-    def interval(boot: dict[str, Any]) -> str:
-        d = boot["accuracy"]
+    def interval(boot: dict[str, Any], metric: str = "accuracy") -> str:
+        d = boot[metric]
         return (
             f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] ({100 * d['a_ahead']:.0f}%)"
         )
@@ -675,8 +688,9 @@ def refit_section(b: Bench) -> None:
         "The fusion model trained as usual (early stopping and temperature scaling on validation), then trained "
         "again on train + validation for the full 40 epochs with the same calibration, vs the default fusion model "
         "on the same leakage-safe split (`--sections refit`, opt-in). Refit - default: accuracy difference in "
-        "points, 95% paired-bootstrap interval and the share of resamples in which refit is ahead. Fit seconds "
-        "include both passes.",
+        "points, 95% paired-bootstrap interval and the share of resamples in which refit is ahead. SVM (train + "
+        "val): the TF-IDF + linear SVM text baseline fitted on the same products as the refit model; refit - SVM "
+        "likewise, for accuracy and macro-F1 (classes present in the test set). Fit seconds include both passes.",
         [
             "split seed",
             "refit accuracy",
@@ -686,6 +700,10 @@ def refit_section(b: Bench) -> None:
             "only refit right",
             "only default right",
             "refit - default, accuracy",
+            "SVM (train + val) accuracy",
+            "SVM (train + val) macro-F1",
+            "refit - SVM, accuracy",
+            "refit - SVM, macro-F1",
             "fit seconds (refit / default)",
         ],
         [
@@ -698,6 +716,10 @@ def refit_section(b: Bench) -> None:
                 str(r["only_refit_right"]),
                 str(r["only_default_right"]),
                 interval(r["bootstrap"]),
+                pct(r["svm_train_val_accuracy"]),
+                f"{r['svm_train_val_macro_f1']:.4f}",
+                interval(r["bootstrap_vs_svm"]),
+                interval(r["bootstrap_vs_svm"], "macro_f1"),
                 f"{r['refit_fit_seconds']:.0f} / {r['default_fit_seconds']:.0f}",
             ]
             for r in rows
@@ -712,11 +734,21 @@ def refit_section(b: Bench) -> None:
                 str(sum(r["only_refit_right"] for r in rows)),
                 str(sum(r["only_default_right"] for r in rows)),
                 interval(mean_boot),
+                pct(mean["svm_train_val_accuracy"]),
+                f"{mean['svm_train_val_macro_f1']:.4f}",
+                interval(mean_boot_svm),
+                interval(mean_boot_svm, "macro_f1"),
                 "",
             ]
         ],
     )
-    b.results["refit"] = {"rows": rows, "mean": mean, "mean_bootstrap": mean_boot, "markdown": md}
+    b.results["refit"] = {
+        "rows": rows,
+        "mean": mean,
+        "mean_bootstrap": mean_boot,
+        "mean_bootstrap_vs_svm": mean_boot_svm,
+        "markdown": md,
+    }
     b.save()
 
 
@@ -1111,7 +1143,10 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--finetune-configs", default="2x3", help="finetune section: BLOCKSxEPOCHS,...")
     parser.add_argument("--finetuned-weights", type=Path, default=None, help="finetune section: tuned backbones")
-    parser.add_argument("--refit-splits", default="42,7,11", help="refit section: split seeds")
+    parser.add_argument("--refit-splits", default="42,7,11,19,23", help="refit section: split seeds")
+    parser.add_argument(
+        "--reuse-refit", action="store_true", help="refit section: reuse models already trained under OUT/refit/"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (args.data / "styles.csv").is_file() and not (args.data / "styles.parquet").is_file():
@@ -1120,6 +1155,7 @@ def main() -> None:
     bench.finetune_configs = args.finetune_configs.split(",")
     bench.finetuned_weights = args.finetuned_weights
     bench.refit_splits = [int(x) for x in args.refit_splits.split(",")]
+    bench.reuse_refit = args.reuse_refit
     for name in args.sections.split(","):
         SECTIONS[name.strip()](bench)
     bench.save()
