@@ -485,6 +485,25 @@ def _split_fusion_csv(b: Bench, split_seed: int) -> Path:
     return b.out / f"splits/seed{split_seed}/fusion/test_predictions.csv"
 
 
+def _interval(boot: dict[str, Any], metric: str) -> str:
+    """A paired-bootstrap result as "difference [95% interval] (share of resamples ahead)", in points."""
+    d = boot[metric]
+    return f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] ({100 * d['a_ahead']:.0f}%)"
+
+
+def _train_split_fusion(b: Bench, split: Any, folder: Path, **options: Any) -> dict[str, Any]:
+    """Train the default fusion model (metadata + title + image, seed SEED) on ``split`` into ``folder``."""
+    return train_model(
+        ModelSpec("fusion", ("metadata", "title", "image")),
+        b.catalog,
+        split,
+        folder,
+        seed=SEED,
+        predictor_options=({"cache_dir": b.cache_dir} if b.cache_dir else {}) | options,
+        progress=True,
+    )
+
+
 def splits_section(b: Bench) -> None:
     """Fusion (metadata + title + image) vs the TF-IDF + linear SVM on five different leakage-safe splits (split
     seeds SPLIT_SEEDS): one split's test set (3,994 products) cannot separate models 0.1-0.2 points apart."""
@@ -500,15 +519,7 @@ def splits_section(b: Bench) -> None:
         train, test = (products.loc[split.ids(s)].reset_index(drop=True) for s in ("train", "test"))
         csv = _split_fusion_csv(b, split_seed)
         if csv.parent != b.out / "fusion/regularized":  # only the fusion section's model is reused
-            train_model(
-                ModelSpec("fusion", ("metadata", "title", "image")),
-                b.catalog,
-                split,
-                csv.parent,
-                seed=SEED,
-                predictor_options={"cache_dir": b.cache_dir} if b.cache_dir else {},
-                progress=True,
-            )
+            _train_split_fusion(b, split, csv.parent)
         fusion = _fusion_test_predictions(csv, test)
         svm = _fit_text_svm(train)(test)
         truth = test[TARGET].to_numpy()
@@ -534,12 +545,6 @@ def splits_section(b: Bench) -> None:
         log.info("split %s", rows[-1])
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.endswith(("accuracy", "macro_f1"))}
     mean_boot = paired_bootstrap(pooled["truth"], pooled["fusion"], pooled["svm"], strata=pooled["split"])
-
-    def interval(boot: dict[str, Any], metric: str) -> str:
-        d = boot[metric]
-        return (
-            f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] ({100 * d['a_ahead']:.0f}%)"
-        )
 
     md = md_table(
         f"Fusion vs the text baseline on {len(SPLIT_SEEDS)} splits",
@@ -570,8 +575,8 @@ def splits_section(b: Bench) -> None:
                 str(r["only_fusion_right"]),
                 str(r["only_svm_right"]),
                 str(r["both_wrong"]),
-                interval(r["bootstrap"], "accuracy"),
-                interval(r["bootstrap"], "macro_f1"),
+                _interval(r["bootstrap"], "accuracy"),
+                _interval(r["bootstrap"], "macro_f1"),
             ]
             for r in rows
         ]
@@ -585,8 +590,8 @@ def splits_section(b: Bench) -> None:
                 str(sum(r["only_fusion_right"] for r in rows)),
                 str(sum(r["only_svm_right"] for r in rows)),
                 str(sum(r["both_wrong"] for r in rows)),
-                interval(mean_boot, "accuracy"),
-                interval(mean_boot, "macro_f1"),
+                _interval(mean_boot, "accuracy"),
+                _interval(mean_boot, "macro_f1"),
             ]
         ],
     )
@@ -604,7 +609,6 @@ def refit_section(b: Bench) -> None:
     from deepfusion.catalog import TARGET
 
     products = b.catalog.products.set_index(ID, drop=False)
-    options: dict[str, Any] = {"cache_dir": b.cache_dir} if b.cache_dir else {}
     rows = []
     pooled: dict[str, list[Any]] = {"truth": [], "refit": [], "default": [], "svm": [], "split": []}
     for split_seed in b.refit_splits:
@@ -616,29 +620,13 @@ def refit_section(b: Bench) -> None:
         svm = _fit_text_svm(train_val)(test)
         default_csv = _split_fusion_csv(b, split_seed)
         if not default_csv.exists():
-            train_model(
-                ModelSpec("fusion", ("metadata", "title", "image")),
-                b.catalog,
-                split,
-                default_csv.parent,
-                seed=SEED,
-                predictor_options=options,
-                progress=True,
-            )
+            _train_split_fusion(b, split, default_csv.parent)
         folder = b.out / f"refit/seed{split_seed}/fusion"
         if b.reuse_refit and (folder / "metrics.json").exists():
             log.info("refit: reusing the model trained earlier in %s (--reuse-refit)", folder)
             m = json.loads((folder / "metrics.json").read_text())
         else:
-            m = train_model(
-                ModelSpec("fusion", ("metadata", "title", "image")),
-                b.catalog,
-                split,
-                folder,
-                seed=SEED,
-                predictor_options={**options, "refit": True},
-                progress=True,
-            )
+            m = _train_split_fusion(b, split, folder, refit=True)
         refit = _fusion_test_predictions(folder / "test_predictions.csv", test)
         default = _fusion_test_predictions(default_csv, test)
         default_seconds = json.loads((default_csv.parent / "metrics.json").read_text())["fit_seconds"]
@@ -677,12 +665,6 @@ def refit_section(b: Bench) -> None:
     mean_boot = paired_bootstrap(pooled["truth"], pooled["refit"], pooled["default"], strata=pooled["split"])
     mean_boot_svm = paired_bootstrap(pooled["truth"], pooled["refit"], pooled["svm"], strata=pooled["split"])
 
-    def interval(boot: dict[str, Any], metric: str = "accuracy") -> str:
-        d = boot[metric]
-        return (
-            f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] ({100 * d['a_ahead']:.0f}%)"
-        )
-
     md = md_table(
         "Refit on train + validation (`--refit`)",
         "The fusion model trained as usual (early stopping and temperature scaling on validation), then trained "
@@ -715,11 +697,11 @@ def refit_section(b: Bench) -> None:
                 f"{r['default_macro_f1']:.4f}",
                 str(r["only_refit_right"]),
                 str(r["only_default_right"]),
-                interval(r["bootstrap"]),
+                _interval(r["bootstrap"], "accuracy"),
                 pct(r["svm_train_val_accuracy"]),
                 f"{r['svm_train_val_macro_f1']:.4f}",
-                interval(r["bootstrap_vs_svm"]),
-                interval(r["bootstrap_vs_svm"], "macro_f1"),
+                _interval(r["bootstrap_vs_svm"], "accuracy"),
+                _interval(r["bootstrap_vs_svm"], "macro_f1"),
                 f"{r['refit_fit_seconds']:.0f} / {r['default_fit_seconds']:.0f}",
             ]
             for r in rows
@@ -733,11 +715,11 @@ def refit_section(b: Bench) -> None:
                 f"{mean['default_macro_f1']:.4f}",
                 str(sum(r["only_refit_right"] for r in rows)),
                 str(sum(r["only_default_right"] for r in rows)),
-                interval(mean_boot),
+                _interval(mean_boot, "accuracy"),
                 pct(mean["svm_train_val_accuracy"]),
                 f"{mean['svm_train_val_macro_f1']:.4f}",
-                interval(mean_boot_svm),
-                interval(mean_boot_svm, "macro_f1"),
+                _interval(mean_boot_svm, "accuracy"),
+                _interval(mean_boot_svm, "macro_f1"),
                 "",
             ]
         ],

@@ -44,6 +44,17 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# What a refit keeps from the first pass (fitted with validation data): calibration, early stopping, its curve.
+_FIRST_PASS = (
+    "temperature_",
+    "fallback_temperature_",
+    "history_",
+    "best_epoch_",
+    "member_best_epochs_",
+    "fallback_best_epochs_",
+    "train_seconds_",
+)
+
 IMAGE_CLIP = 8.0  # standardised image features are clipped, so one odd image cannot blow up the head
 
 
@@ -193,25 +204,16 @@ class Predictor:
         val = self._fit_pass(train, val, self.config, finetune=self.finetune_blocks > 0)
         self.refit_: dict[str, Any] | None = None
         if self.refit and val is not None and len(val):
-            calibrated = self.temperature_, getattr(self, "fallback_temperature_", None)
-            fallback_best = getattr(self, "fallback_best_epochs_", None)
-            history, best, members, seconds = (
-                self.history_,
-                self.best_epoch_,
-                self.member_best_epochs_,
-                self.train_seconds_,
-            )
+            # Calibration, early stopping and the validation curve belong to the first pass: the refit has no
+            # validation data, so they are kept.
+            kept = {name: getattr(self, name) for name in _FIRST_PASS if hasattr(self, name)}
             full = pd.concat([train, val], ignore_index=True)
             cfg = replace(self.config, patience=None)
             log.info("refit on train + validation (%d products, %d epochs)", len(full), cfg.epochs)
             self._fit_pass(full, None, cfg, finetune=False)
             self.refit_ = {"products": len(full), "epochs": cfg.epochs, "train_seconds": self.train_seconds_}
-            self.temperature_ = calibrated[0]
-            if self.title_fallback:
-                self.fallback_temperature_, self.fallback_best_epochs_ = calibrated[1], fallback_best
-            # Early stopping and its validation curve belong to the first pass; the refit has no validation.
-            self.history_, self.best_epoch_, self.member_best_epochs_ = history, best, members
-            self.train_seconds_ += seconds
+            self.train_seconds_ += kept.pop("train_seconds_")
+            self.__dict__.update(kept)
         return self
 
     def _fit_pass(
