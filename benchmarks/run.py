@@ -504,6 +504,52 @@ def _train_split_fusion(b: Bench, split: Any, folder: Path, **options: Any) -> d
     )
 
 
+def _with_mean_row(rows: list[dict[str, Any]], mean: dict[str, float], **bootstraps: Any) -> list[dict[str, Any]]:
+    """A section's per-split rows plus a "mean" row: mean accuracies and macro-F1s, summed product counts
+    ("only ... right", "both wrong") and the pooled bootstraps given by name."""
+    counts = [k for k in rows[0] if k.startswith(("only_", "both_"))]
+    return [*rows, {**mean, "split_seed": "mean", **{k: sum(r[k] for r in rows) for k in counts}, **bootstraps}]
+
+
+def _splits_table(rows: list[dict[str, Any]], mean: dict[str, float], mean_boot: dict[str, Any]) -> str:
+    """The splits section's markdown: one row per split, then the mean."""
+    return md_table(
+        f"Fusion vs the text baseline on {len(SPLIT_SEEDS)} splits",
+        "Leakage-safe splits with different seeds; fusion = the default regularized model (metadata + title + "
+        "image), SVM = TF-IDF + linear SVM on metadata + title (the brief's text baseline). Last row: the mean. "
+        "Macro-F1 is over the classes present in the test set. Fusion - SVM: the difference in points, its 95% "
+        "paired-bootstrap interval (2,000 resamples of the test products; for the mean, each split resampled on "
+        "its own) and the share of resamples in which fusion is ahead.",
+        [
+            "split seed",
+            "fusion accuracy",
+            "fusion macro-F1",
+            "SVM accuracy",
+            "SVM macro-F1",
+            "only fusion right",
+            "only SVM right",
+            "both wrong",
+            "fusion - SVM, accuracy",
+            "fusion - SVM, macro-F1",
+        ],
+        [
+            [
+                str(r["split_seed"]),
+                pct(r["fusion_accuracy"]),
+                f"{r['fusion_macro_f1']:.4f}",
+                pct(r["svm_accuracy"]),
+                f"{r['svm_macro_f1']:.4f}",
+                str(r["only_fusion_right"]),
+                str(r["only_svm_right"]),
+                str(r["both_wrong"]),
+                _interval(r["bootstrap"], "accuracy"),
+                _interval(r["bootstrap"], "macro_f1"),
+            ]
+            for r in _with_mean_row(rows, mean, bootstrap=mean_boot)
+        ],
+    )
+
+
 def splits_section(b: Bench) -> None:
     """Fusion (metadata + title + image) vs the TF-IDF + linear SVM on five different leakage-safe splits (split
     seeds SPLIT_SEEDS): one split's test set (3,994 products) cannot separate models 0.1-0.2 points apart."""
@@ -546,57 +592,57 @@ def splits_section(b: Bench) -> None:
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.endswith(("accuracy", "macro_f1"))}
     mean_boot = paired_bootstrap(pooled["truth"], pooled["fusion"], pooled["svm"], strata=pooled["split"])
 
-    md = md_table(
-        f"Fusion vs the text baseline on {len(SPLIT_SEEDS)} splits",
-        "Leakage-safe splits with different seeds; fusion = the default regularized model (metadata + title + "
-        "image), SVM = TF-IDF + linear SVM on metadata + title (the brief's text baseline). Last row: the mean. "
-        "Macro-F1 is over the classes present in the test set. Fusion - SVM: the difference in points, its 95% "
-        "paired-bootstrap interval (2,000 resamples of the test products; for the mean, each split resampled on "
-        "its own) and the share of resamples in which fusion is ahead.",
+    md = _splits_table(rows, mean, mean_boot)
+    b.results["splits"] = {"rows": rows, "mean": mean, "mean_bootstrap": mean_boot, "markdown": md}
+    b.save()
+
+
+def _refit_table(
+    rows: list[dict[str, Any]], mean: dict[str, float], mean_boot: dict[str, Any], mean_boot_svm: dict[str, Any]
+) -> str:
+    """The refit section's markdown: one row per split, then the mean."""
+    return md_table(
+        "Refit on train + validation (`--refit`)",
+        "The fusion model trained as usual (early stopping and temperature scaling on validation), then trained "
+        "again on train + validation for the full 40 epochs with the same calibration, vs the default fusion model "
+        "on the same leakage-safe split (`--sections refit`, opt-in). Refit - default: accuracy difference in "
+        "points, 95% paired-bootstrap interval and the share of resamples in which refit is ahead. SVM (train + "
+        "val): the TF-IDF + linear SVM text baseline fitted on the same products as the refit model; refit - SVM "
+        "likewise, for accuracy and macro-F1 (classes present in the test set). Fit seconds include both passes.",
         [
             "split seed",
-            "fusion accuracy",
-            "fusion macro-F1",
-            "SVM accuracy",
-            "SVM macro-F1",
-            "only fusion right",
-            "only SVM right",
-            "both wrong",
-            "fusion - SVM, accuracy",
-            "fusion - SVM, macro-F1",
+            "refit accuracy",
+            "refit macro-F1",
+            "default accuracy",
+            "default macro-F1",
+            "only refit right",
+            "only default right",
+            "refit - default, accuracy",
+            "SVM (train + val) accuracy",
+            "SVM (train + val) macro-F1",
+            "refit - SVM, accuracy",
+            "refit - SVM, macro-F1",
+            "fit seconds (refit / default)",
         ],
         [
             [
                 str(r["split_seed"]),
-                pct(r["fusion_accuracy"]),
-                f"{r['fusion_macro_f1']:.4f}",
-                pct(r["svm_accuracy"]),
-                f"{r['svm_macro_f1']:.4f}",
-                str(r["only_fusion_right"]),
-                str(r["only_svm_right"]),
-                str(r["both_wrong"]),
+                pct(r["refit_accuracy"]),
+                f"{r['refit_macro_f1']:.4f}",
+                pct(r["default_accuracy"]),
+                f"{r['default_macro_f1']:.4f}",
+                str(r["only_refit_right"]),
+                str(r["only_default_right"]),
                 _interval(r["bootstrap"], "accuracy"),
-                _interval(r["bootstrap"], "macro_f1"),
+                pct(r["svm_train_val_accuracy"]),
+                f"{r['svm_train_val_macro_f1']:.4f}",
+                _interval(r["bootstrap_vs_svm"], "accuracy"),
+                _interval(r["bootstrap_vs_svm"], "macro_f1"),
+                f"{r['refit_fit_seconds']:.0f} / {r['default_fit_seconds']:.0f}" if "refit_fit_seconds" in r else "",
             ]
-            for r in rows
-        ]
-        + [
-            [
-                "mean",
-                pct(mean["fusion_accuracy"]),
-                f"{mean['fusion_macro_f1']:.4f}",
-                pct(mean["svm_accuracy"]),
-                f"{mean['svm_macro_f1']:.4f}",
-                str(sum(r["only_fusion_right"] for r in rows)),
-                str(sum(r["only_svm_right"] for r in rows)),
-                str(sum(r["both_wrong"] for r in rows)),
-                _interval(mean_boot, "accuracy"),
-                _interval(mean_boot, "macro_f1"),
-            ]
+            for r in _with_mean_row(rows, mean, bootstrap=mean_boot, bootstrap_vs_svm=mean_boot_svm)
         ],
     )
-    b.results["splits"] = {"rows": rows, "mean": mean, "mean_bootstrap": mean_boot, "markdown": md}
-    b.save()
 
 
 def refit_section(b: Bench) -> None:
@@ -665,65 +711,7 @@ def refit_section(b: Bench) -> None:
     mean_boot = paired_bootstrap(pooled["truth"], pooled["refit"], pooled["default"], strata=pooled["split"])
     mean_boot_svm = paired_bootstrap(pooled["truth"], pooled["refit"], pooled["svm"], strata=pooled["split"])
 
-    md = md_table(
-        "Refit on train + validation (`--refit`)",
-        "The fusion model trained as usual (early stopping and temperature scaling on validation), then trained "
-        "again on train + validation for the full 40 epochs with the same calibration, vs the default fusion model "
-        "on the same leakage-safe split (`--sections refit`, opt-in). Refit - default: accuracy difference in "
-        "points, 95% paired-bootstrap interval and the share of resamples in which refit is ahead. SVM (train + "
-        "val): the TF-IDF + linear SVM text baseline fitted on the same products as the refit model; refit - SVM "
-        "likewise, for accuracy and macro-F1 (classes present in the test set). Fit seconds include both passes.",
-        [
-            "split seed",
-            "refit accuracy",
-            "refit macro-F1",
-            "default accuracy",
-            "default macro-F1",
-            "only refit right",
-            "only default right",
-            "refit - default, accuracy",
-            "SVM (train + val) accuracy",
-            "SVM (train + val) macro-F1",
-            "refit - SVM, accuracy",
-            "refit - SVM, macro-F1",
-            "fit seconds (refit / default)",
-        ],
-        [
-            [
-                str(r["split_seed"]),
-                pct(r["refit_accuracy"]),
-                f"{r['refit_macro_f1']:.4f}",
-                pct(r["default_accuracy"]),
-                f"{r['default_macro_f1']:.4f}",
-                str(r["only_refit_right"]),
-                str(r["only_default_right"]),
-                _interval(r["bootstrap"], "accuracy"),
-                pct(r["svm_train_val_accuracy"]),
-                f"{r['svm_train_val_macro_f1']:.4f}",
-                _interval(r["bootstrap_vs_svm"], "accuracy"),
-                _interval(r["bootstrap_vs_svm"], "macro_f1"),
-                f"{r['refit_fit_seconds']:.0f} / {r['default_fit_seconds']:.0f}",
-            ]
-            for r in rows
-        ]
-        + [
-            [
-                "mean",
-                pct(mean["refit_accuracy"]),
-                f"{mean['refit_macro_f1']:.4f}",
-                pct(mean["default_accuracy"]),
-                f"{mean['default_macro_f1']:.4f}",
-                str(sum(r["only_refit_right"] for r in rows)),
-                str(sum(r["only_default_right"] for r in rows)),
-                _interval(mean_boot, "accuracy"),
-                pct(mean["svm_train_val_accuracy"]),
-                f"{mean['svm_train_val_macro_f1']:.4f}",
-                _interval(mean_boot_svm, "accuracy"),
-                _interval(mean_boot_svm, "macro_f1"),
-                "",
-            ]
-        ],
-    )
+    md = _refit_table(rows, mean, mean_boot, mean_boot_svm)
     b.results["refit"] = {
         "rows": rows,
         "mean": mean,
