@@ -114,6 +114,16 @@ def train(
             "(about twice the training time; the test split stays held out).",
         ),
     ] = False,
+    field_blanking: Annotated[
+        float,
+        typer.Option(
+            "--field-blanking",
+            min=0.0,
+            max=4.0,
+            help="Blanked copies per training product (metadata fields emptied at random), so products with "
+            "missing attributes are predicted well; 0 turns it off.",
+        ),
+    ] = 1.0,
     finetune: Annotated[
         bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
     ] = False,
@@ -134,6 +144,7 @@ def train(
         "text_scores": text_scores,
         "title_fallback": title_fallback,
         "refit": refit,
+        "field_blanking": field_blanking,
     }
     if image_size:
         options["image_size"] = _parse_size(image_size)

@@ -36,25 +36,33 @@ def name_length(titles: pd.Series) -> np.ndarray:
 class MetadataEncoder:
     """Structured attributes -> dense float matrix.
 
-    Year is median-imputed, missing categoricals become "Unknown", ``name_length`` is the title's word count
-    (median-imputed too when the title is missing: "no title" is not "a title of no words");
-    categoricals are one-hot encoded (a value unseen in training encodes as all zeros) and numerics scaled.
+    Year is median-imputed with a 0/1 "missing" column beside it, missing categoricals become "Unknown",
+    ``name_length`` is the title's word count (median-imputed too when the title is missing: "no title" is not
+    "a title of no words"); categoricals are one-hot encoded (a value unseen in training encodes as all zeros)
+    and numerics scaled.
     """
 
-    def __init__(self, categorical: list[str] | None = None, numeric: list[str] | None = None) -> None:
+    def __init__(
+        self, categorical: list[str] | None = None, numeric: list[str] | None = None, missing_indicators: bool = True
+    ) -> None:
         self.categorical = list(CATEGORICAL if categorical is None else categorical)
         self.numeric = list(NUMERIC if numeric is None else numeric)
+        # An imputed median is indistinguishable from a real one; a 0/1 column per numeric field says which it is.
+        self.missing_indicators = missing_indicators
 
     @property
     def numeric_features(self) -> list[str]:
-        return [*self.numeric, "name_length"]
+        flags = [f"{c}_missing" for c in self.numeric] if self.missing_indicators else []
+        return [*self.numeric, "name_length", *flags]
 
     def _numeric_frame(self, frame: pd.DataFrame) -> np.ndarray:
         cols = [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in self.numeric]
         lengths = name_length(frame[TITLE])
         # Models saved before name_length was imputed have no median for it and keep their 0.
         lengths[lengths == 0] = self.medians_.get("name_length", 0.0)
-        values = np.column_stack([*cols, lengths]) if len(frame) else np.zeros((0, len(cols) + 1))
+        flags = [np.isnan(c).astype(np.float64) for c in cols] if self.missing_indicators else []
+        width = len(self.numeric_features)
+        values = np.column_stack([*cols, lengths, *flags]) if len(frame) else np.zeros((0, width))
         for j, c in enumerate(self.numeric):
             values[np.isnan(values[:, j]), j] = self.medians_[c]
         return values
@@ -91,6 +99,7 @@ class MetadataEncoder:
         return {
             "categorical": self.categorical,
             "numeric": self.numeric,
+            "missing_indicators": self.missing_indicators,
             "medians": self.medians_,
             "categories": [list(map(str, c)) for c in self.onehot_.categories_],
             "scaler_mean": self.scaler_.mean_.tolist(),
@@ -100,7 +109,8 @@ class MetadataEncoder:
 
     @classmethod
     def from_json(cls, state: dict[str, Any]) -> MetadataEncoder:
-        enc = cls(state["categorical"], state["numeric"])
+        # Format-1 models were saved before the missing-value indicators existed.
+        enc = cls(state["categorical"], state["numeric"], state.get("missing_indicators", False))
         enc.medians_ = {k: float(v) for k, v in state["medians"].items()}
         cats = [np.array(c, dtype=object) for c in state["categories"]]
         enc.onehot_ = OneHotEncoder(categories=cats, handle_unknown="ignore", sparse_output=False, dtype=np.float32)

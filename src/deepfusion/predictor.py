@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from .catalog import CATEGORICAL, ID, NUMERIC, TARGET, TITLE, catalog_from_frame
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
+from .missing import FieldBlanking, blanked_copies, without_modalities
 from .models import FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, build_network, make_config
 from .split import duplicate_groups
 from .text_scores import TextScoreModel
@@ -99,6 +100,7 @@ class Predictor:
         text_scores: bool = True,
         title_fallback: bool = True,
         refit: bool = False,
+        field_blanking: float = 1.0,
         cache_dir: str | Path | None = None,
         progress: bool = True,
         **head_overrides: Any,
@@ -114,6 +116,9 @@ class Predictor:
         # Refit: once validation has calibrated the model, train it again on train + validation for the full
         # schedule (the calibration is kept), so the final model learns from every labelled product.
         self.refit = refit
+        # Blanked copies (missing.py): this many copies per training product with metadata fields emptied, so the
+        # model has seen products whose attributes are partly or wholly missing, as new products arrive.
+        self.field_blanking = field_blanking
         self.seed = seed
         self.backbone = backbone
         self.weights = weights
@@ -158,15 +163,16 @@ class Predictor:
         absent: Sequence[str] = (),
         text_scores: Callable[[sp.csr_matrix], np.ndarray] | None = None,
     ) -> ModalityData:
-        """Model inputs for ``products``; modalities named in ``absent`` are withheld (treated as missing).
-        ``text_scores`` maps the stacked SVM's input features to its scores (default: the fitted SVM's scores;
-        training passes the fit, which returns out-of-fold ones)."""
+        """Model inputs for ``products``; the fields of modalities named in ``absent`` are emptied first, so a
+        withheld modality is exactly a product that arrives without it. ``text_scores`` maps the stacked SVM's
+        input features to its scores (default: the fitted SVM's scores; training passes the fit, which returns
+        out-of-fold ones)."""
+        if absent:
+            products = without_modalities(products, absent)
         features: dict[str, Any] = {}
         present: dict[str, np.ndarray] = {}
         if "metadata" in self.modalities:
-            # A withheld title is a missing title for every input derived from it (the metadata's name_length).
-            untitled = products.assign(**{TITLE: None}) if "title" in absent else products
-            features["metadata"] = self.metadata_encoder_.transform(untitled)
+            features["metadata"] = self.metadata_encoder_.transform(products)
             attrs = products[CATEGORICAL + NUMERIC]
             present["metadata"] = attrs.notna().any(axis=1).to_numpy()
         if "title" in self.modalities:
@@ -185,10 +191,6 @@ class Predictor:
             features["text_scores"] = score(self._text_features(features["title"], features.get("metadata")))
             present["text_scores"] = present["title"].copy()  # without a title the scores are not trusted
             follows["text_scores"] = "title"
-        for name in absent:
-            for withheld in [name, *(k for k, v in follows.items() if v == name)]:
-                if withheld in present:
-                    present[withheld] = np.zeros(len(products), dtype=bool)
         return ModalityData(features, present, follows)
 
     # ----------------------------------------------------------------- fit
@@ -230,25 +232,28 @@ class Predictor:
         train_image = None
         if "image" in self.modalities and finetune:
             self._finetune(train)
+        # Encoders and image scaling are fitted on the products as they are; the blanked copies only add rows.
+        source, products = self._with_blanked_copies(train)
         if "image" in self.modalities:
             raw, ok = self._embedder().embed(list(train["image_path"]))
             self.image_mean_, self.image_std_ = image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
-            train_image = (self._scale_image(raw), ok)
-        y_train = self.labels_.transform(train[TARGET])
+            train_image = (self._scale_image(raw)[source], ok[source])
+        y_train = self.labels_.transform(products[TARGET])
         n_classes = len(self.labels_.classes_)
         fit_text_scores = None
         if self.text_scores:
             self.text_model_ = TextScoreModel(seed=self.seed)
-            groups = duplicate_groups(train)
+            groups = duplicate_groups(train)[source]  # a copy stays in its product's fold
 
             def fit_text_scores(features: sp.csr_matrix) -> np.ndarray:
                 return self.text_model_.fit(features, y_train, n_classes, groups=groups, progress=self.progress)
 
-        train_data = self._encode(train, train_image, text_scores=fit_text_scores)
+        train_data = self._encode(products, train_image, text_scores=fit_text_scores)
         if "image" in self.modalities and self.augment_views > 0:
-            train_data, y_train = self._with_augmented_views(train, train_data, y_train)
+            train_data, y_train = self._with_augmented_views(train, source, train_data, y_train)
 
         val_data = y_val = None
+        val_products = None
         if val is not None and len(val):
             y_all = self.labels_.transform(val[TARGET])
             known = y_all >= 0
@@ -258,8 +263,10 @@ class Predictor:
                     int((~known).sum()),
                 )
             val = val[known].reset_index(drop=True)
-            y_val = y_all[known]
-            val_data = self._encode(val)
+            # Validation gets blanked copies too: early stopping and calibration then serve partial products.
+            val_source, val_products = self._with_blanked_copies(val, seed=self.seed + 1)
+            y_val = y_all[known][val_source]
+            val_data = self._encode(val_products)
 
         result, self.temperature_ = self._train_head(
             train_data, y_train, val_data, y_val, n_classes, "+".join(self.modalities), cfg
@@ -271,9 +278,9 @@ class Predictor:
         self.train_seconds_ = result.seconds
         if self.title_fallback:
             fallback, self.fallback_temperature_ = self._train_head(
-                self._fallback_inputs(train_data, train),
+                self._fallback_inputs(train_data, products),
                 y_train,
-                self._fallback_inputs(val_data, val) if val_data is not None else None,
+                self._fallback_inputs(val_data, val_products) if val_data is not None else None,
                 y_val,
                 n_classes,
                 f"the no-title fallback ({'+'.join(self.fallback_modalities)})",
@@ -315,6 +322,18 @@ class Predictor:
         )
         return result, temperature
 
+    def _with_blanked_copies(self, products: pd.DataFrame, seed: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+        """``products`` followed by their blanked copies, and for every row the position of the product it is."""
+        rows = np.zeros(0, dtype=np.int64)
+        copies = products.iloc[:0]
+        if "metadata" in self.modalities and self.field_blanking > 0:
+            blanking = FieldBlanking(share=self.field_blanking)
+            rows, copies = blanked_copies(
+                products, blanking, self.seed if seed is None else seed, allow_all=len(self.modalities) > 1
+            )
+        source = np.concatenate([np.arange(len(products)), rows])
+        return source, pd.concat([products, copies], ignore_index=True)
+
     def _fallback_inputs(self, data: ModalityData, products: pd.DataFrame) -> ModalityData:
         """The no-title network's inputs for ``data`` (encoded from ``products``, possibly tiled for augmented
         views): everything but the title, with the metadata encoded as if the title were missing (name_length
@@ -352,14 +371,16 @@ class Predictor:
         self.finetuned_ = True
 
     def _with_augmented_views(
-        self, train: pd.DataFrame, data: ModalityData, y: np.ndarray
+        self, train: pd.DataFrame, source: np.ndarray, data: ModalityData, y: np.ndarray
     ) -> tuple[ModalityData, np.ndarray]:
         """Add one extra copy of the training set per augmented image view (the backbone is frozen, so
-        augmentation happens on cached embeddings of augmented images)."""
+        augmentation happens on cached embeddings of augmented images); row i of ``data`` is ``train``'s
+        ``source[i]``."""
         feats = {k: [v] for k, v in data.features.items()}
         present = {k: [v] for k, v in data.present.items()}
         for view in range(1, self.augment_views + 1):
             emb, ok = self._image_features(train, view=view)
+            emb, ok = emb[source], ok[source]
             for k in feats:
                 feats[k].append(emb.astype(np.float32) if k == "image" else data.features[k])
                 present[k].append(ok & data.present["image"] if k == "image" else data.present[k])
@@ -376,15 +397,25 @@ class Predictor:
     def predict_proba(
         self, frame: pd.DataFrame, *, image_column: str | None = None, absent: Sequence[str] = ()
     ) -> np.ndarray:
-        """Calibrated class probabilities, columns in ``self.classes_`` order. ``absent`` withholds modalities
-        (e.g. ``["image"]``) to see how the model does without them."""
+        """Calibrated class probabilities, columns in ``self.classes_`` order. ``absent`` empties the fields of
+        those modalities (e.g. ``["image"]``) to see how the model does on products that arrive without them."""
         self._check_fitted()
-        return self._proba(catalog_from_frame(frame, image_column=image_column), absent)
+        return self._proba(catalog_from_frame(frame, image_column=image_column), absent)[0]
 
-    def _logits(self, products: pd.DataFrame, absent: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """Uncalibrated logits, and the temperature that calibrates each row: products without a title are
-        scored by the fallback network when the model has one."""
-        data = self._encode(products, absent=absent)
+    def _logits(
+        self,
+        products: pd.DataFrame,
+        absent: Sequence[str] = (),
+        image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Uncalibrated logits, the temperature that calibrates each row, and which modality each product had:
+        products without a title are scored by the fallback network when the model has one.
+        ``image_embeddings``: the backbone's (unscaled) embeddings of the products' images and which decoded, for
+        callers that embed images themselves (the service)."""
+        image = None
+        if image_embeddings is not None and "image" in self.modalities:
+            image = (self._scale_image(image_embeddings[0]), image_embeddings[1])
+        data = self._encode(products, image=image, absent=absent)
         logits = predict_logits(self.net_, data)
         temperature = np.full(len(logits), self.temperature_, dtype=np.float64)
         if self.title_fallback and len(logits):
@@ -392,20 +423,33 @@ class Predictor:
             if len(rows):
                 logits[rows] = predict_logits(self.fallback_net_, _without_title(data, rows))
                 temperature[rows] = self.fallback_temperature_
-        return logits, temperature
+        return logits, temperature, {m: data.present[m] for m in self.modalities}
 
-    def _proba(self, products: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
-        logits, temperature = self._logits(products, absent)
-        return softmax(logits / temperature[:, None])
+    def _proba(
+        self,
+        products: pd.DataFrame,
+        absent: Sequence[str] = (),
+        image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        logits, temperature, present = self._logits(products, absent, image_embeddings)
+        return softmax(logits / temperature[:, None]), present
 
     def predict(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
         return self.labels_.inverse_transform(self.predict_proba(frame, image_column=image_column).argmax(axis=1))
 
-    def predict_frame(self, frame: pd.DataFrame, *, top_k: int = 3, image_column: str | None = None) -> pd.DataFrame:
-        """``id, prediction, confidence`` plus the top-k labels and probabilities, one row per product."""
+    def predict_frame(
+        self,
+        frame: pd.DataFrame,
+        *,
+        top_k: int = 3,
+        image_column: str | None = None,
+        image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> pd.DataFrame:
+        """``id, prediction, confidence, inputs`` plus the top-k labels and probabilities, one row per product.
+        ``inputs`` names the inputs the prediction used ("title+image"; "none" for an empty product)."""
         self._check_fitted()
         products = catalog_from_frame(frame, image_column=image_column)
-        proba = self._proba(products)
+        proba, present = self._proba(products, image_embeddings=image_embeddings)
         top_k = max(1, min(top_k, proba.shape[1]))
         top = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
         ids = products[ID].to_numpy()
@@ -414,6 +458,7 @@ class Predictor:
                 ID: ids,
                 "prediction": self.labels_.inverse_transform(top[:, 0]),
                 "confidence": proba[np.arange(len(proba)), top[:, 0]],
+                "inputs": inputs_used(present, len(products)),
             }
         )
         for k in range(1, top_k + 1):
@@ -434,7 +479,7 @@ class Predictor:
         added under ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
         products = catalog_from_frame(frame, require_target=True, image_column=image_column)
         products = products[products[TARGET].notna()].reset_index(drop=True)
-        logits, temperature = self._logits(products, absent)
+        logits, temperature, _ = self._logits(products, absent)
         proba = softmax(logits / temperature[:, None])
         pred = self.labels_.inverse_transform(proba.argmax(axis=1))
         raw_conf = softmax(logits).max(axis=1)  # before temperature scaling, for the ECE comparison
@@ -475,6 +520,7 @@ class Predictor:
             "backbone": self.backbone if "image" in self.modalities else None,
             "image_size": list(self.image_size) if self.image_size else None,
             "augment_views": self.augment_views,
+            "field_blanking": self.field_blanking,
             **network,
         }
         prep: dict[str, Any] = {"labels": self.labels_.to_json()}
@@ -534,6 +580,7 @@ class Predictor:
             weights=path / config["backbone_weights"] if config.get("backbone_weights") else weights,
             image_size=tuple(config["image_size"]) if config.get("image_size") else None,
             augment_views=config.get("augment_views", 0),
+            field_blanking=config.get("field_blanking", 0.0),
             text_scores="text_scores" in prep,
             title_fallback="fallback" in config,
             cache_dir=cache_dir,
@@ -573,6 +620,12 @@ class Predictor:
         self.refit_ = config.get("refit")
         self.refit = self.refit_ is not None
         return self
+
+
+def inputs_used(present: dict[str, np.ndarray], n: int) -> list[str]:
+    """Per product, the inputs it had, joined by '+' in modality order ("none" when it had none)."""
+    names = list(present)
+    return ["+".join(m for m in names if present[m][i]) or "none" for i in range(n)]
 
 
 def _without_title(data: ModalityData, rows: np.ndarray | None = None) -> ModalityData:

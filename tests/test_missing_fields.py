@@ -1,0 +1,144 @@
+"""Products with empty fields, sent the way a user sends them: blank cells in the CSV, null fields in a request."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CLASSES, HEADER, make_catalog
+from typer.testing import CliRunner
+
+from deepfusion import Predictor, load_catalog
+from deepfusion.cli import app
+from deepfusion.features import MetadataEncoder
+from deepfusion.missing import METADATA_FIELDS, blank_fields, without_modalities
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_catalog(tmp_path_factory.mktemp("missing") / "catalog", n_per_class=24, messy=False, seed=3)
+
+
+@pytest.fixture(scope="module")
+def parts(catalog: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    frame = load_catalog(catalog, progress=False).products
+    return frame.iloc[0::3], frame.iloc[1::3], frame.iloc[2::3].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def model(parts: tuple[pd.DataFrame, ...], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    train, val, _ = parts
+    # Titles here name the colour and brand first and the article last; a vague title ("Brand1 Men Black 7")
+    # leaves the metadata as the only clue, so the model has to use both.
+    predictor = Predictor(["metadata", "title"], preset="small", epochs=40, progress=False, seed=0)
+    return predictor.fit(train, val).save(tmp_path_factory.mktemp("model") / "fusion")
+
+
+def _write_csv(frame: pd.DataFrame, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cols = HEADER.split(",")
+    frame.reindex(columns=cols).to_csv(folder / "styles.csv", index=False)
+    return folder
+
+
+def _predict_cli(model: Path, data: Path, out: Path) -> pd.DataFrame:
+    result = runner.invoke(app, ["predict", str(model), "--data", str(data), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return pd.read_csv(out, dtype={"id": str})
+
+
+def test_metadata_encoder_marks_missing_numbers_and_reads_old_state(parts: tuple[pd.DataFrame, ...]) -> None:
+    train = parts[0]
+    enc = MetadataEncoder().fit(train)
+    blank = train.assign(year=np.nan)
+    x_full, x_blank = enc.transform(train), enc.transform(blank)
+    flag = enc.feature_names().index("year_missing")
+    assert set(np.unique(x_full[:, flag])) != set(np.unique(x_blank[:, flag]))
+    # A state saved before the indicators existed still loads with the old width.
+    state = enc.to_json()
+    state.pop("missing_indicators")
+    old = MetadataEncoder.from_json(state)
+    assert not old.missing_indicators and len(old.feature_names()) == len(enc.feature_names()) - 1
+
+
+def test_title_only_and_partial_products_through_predict(
+    model: Path, parts: tuple[pd.DataFrame, ...], tmp_path: Path
+) -> None:
+    test = parts[2]
+    truth = test.set_index("id")["articleType"]
+    full = _predict_cli(model, _write_csv(test, tmp_path / "full"), tmp_path / "full.csv")
+    title_only = _predict_cli(
+        model, _write_csv(without_modalities(test, ["metadata"]), tmp_path / "title"), tmp_path / "title.csv"
+    )
+    blanked = blank_fields(test, np.random.default_rng(0), p_field=0.3)
+    random = _predict_cli(model, _write_csv(blanked, tmp_path / "random"), tmp_path / "random.csv")
+
+    def accuracy(pred: pd.DataFrame) -> float:
+        return float((pred.set_index("id")["prediction"] == truth.loc[pred["id"]]).mean())
+
+    assert accuracy(full) >= 0.9
+    # Empty attributes do not collapse the prediction: the title alone carries these toy classes.
+    assert accuracy(title_only) >= accuracy(full) - 0.1
+    assert accuracy(random) >= accuracy(full) - 0.05
+    # The output says which inputs each prediction used.
+    assert set(full["inputs"]) == {"metadata+title"}
+    assert set(title_only["inputs"]) == {"title"}
+    no_attrs_no_title = test.assign(**{c: None for c in METADATA_FIELDS}, productDisplayName=None)
+    assert set(Predictor.load(model).predict_frame(no_attrs_no_title)["inputs"]) == {"none"}
+
+
+def test_withholding_a_modality_is_blanking_its_fields(model: Path, parts: tuple[pd.DataFrame, ...]) -> None:
+    """One code path: the ablation's withheld input and a product that arrives without it get the same answer."""
+    predictor = Predictor.load(model)
+    test = parts[2]
+    for absent in (["metadata"], ["title"]):
+        np.testing.assert_allclose(
+            predictor.predict_proba(test, absent=absent),
+            predictor.predict_proba(without_modalities(test, absent)),
+            atol=1e-7,
+        )
+
+
+def test_blanked_copies_are_saved_in_the_config_and_reproducible(
+    parts: tuple[pd.DataFrame, ...], tmp_path: Path
+) -> None:
+    train, val, test = parts
+    a = Predictor(["metadata", "title"], preset="small", epochs=3, progress=False, field_blanking=0.5).fit(train, val)
+    b = Predictor(["metadata", "title"], preset="small", epochs=3, progress=False, field_blanking=0.5).fit(train, val)
+    np.testing.assert_array_equal(a.predict_proba(test), b.predict_proba(test))
+    a.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["field_blanking"] == 0.5
+    assert Predictor.load(tmp_path / "m").field_blanking == 0.5
+
+
+def test_training_on_blanked_copies_helps_products_without_attributes(parts: tuple[pd.DataFrame, ...]) -> None:
+    """The reason blanking exists: a model trained only on complete products leans on the attributes, which a new
+    product often lacks. With training titles that name the wrong article a third of the time, the attributes are
+    the surer clue, and a model that never saw them missing does worse on products without them."""
+    train, val, test = parts
+    words = [a.rstrip("s") for a in CLASSES]
+
+    def noisy(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+        rng = random.Random(seed)
+        titles = []
+        for title, article in zip(frame["productDisplayName"], frame["articleType"], strict=True):
+            word = article.rstrip("s")
+            if rng.random() < 0.35:
+                title = title.replace(word, rng.choice([w for w in words if w != word]))
+            titles.append(title)
+        return frame.assign(productDisplayName=titles)
+
+    train, val = noisy(train, 1), noisy(val, 2)
+    no_attrs = without_modalities(test, ["metadata"])
+    options = {"preset": "small", "epochs": 30, "progress": False, "seed": 0}
+    blanked = Predictor(["metadata", "title"], **options).fit(train, val)
+    plain = Predictor(["metadata", "title"], field_blanking=0.0, **options).fit(train, val)
+    assert blanked.evaluate(test)["accuracy"] >= 0.95
+    assert blanked.evaluate(no_attrs)["accuracy"] >= 0.95
+    assert blanked.evaluate(no_attrs)["accuracy"] > plain.evaluate(no_attrs)["accuracy"]
