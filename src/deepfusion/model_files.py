@@ -1,0 +1,476 @@
+"""Checks a saved model folder before anything is built from it.
+
+A model folder is ``config.json`` + ``preprocessing.json`` + safetensors files. ``Predictor.load`` builds
+encoders and networks straight from them, so a tampered, damaged or foreign folder used to fail deep inside
+scikit-learn or torch with a raw traceback (or, for a temperature of 0, load fine and answer NaN).
+``validate_model_folder`` reads every file once, checks its shape, types and values and that the files agree with
+each other (input widths, label count, tensor shapes), and raises ``ModelLoadError`` naming the file, what is
+wrong and what to do. Safetensors files are only opened through ``safetensors.safe_open`` (no pickle), and
+the expected tensor shapes come from building the network on torch's ``meta`` device, which allocates nothing,
+so absurd sizes in a hostile config cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+FORMAT_VERSION = 1  # the saved-model format this version reads and writes
+MODALITIES = ("metadata", "title", "image")
+DERIVED_INPUTS = ("text_scores",)  # network inputs computed from the modalities (the stacked SVM's scores)
+REQUIRED_FILES = ("config.json", "preprocessing.json", "model.safetensors")
+FILE_KEYS = ("backbone_weights",)  # config.json keys that name a file inside the folder
+MAX_JSON_BYTES = 512 * 2**20  # far above any real preprocessing.json (the title vocabularies); refuses a bomb
+MAX_IMAGE_SIDE = 4096  # the backbone input size: training accepts 32-1024, so larger is not a saved model
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+RESTORE = (
+    "The folder was changed or damaged after training, or was not written by DeepFusion: restore the folder "
+    "that `deepfusion train` wrote, or train the model again."
+)
+RETRAIN = "Train the model again with this version of DeepFusion (`deepfusion train`)."
+
+
+class ModelLoadError(Exception):
+    """A model folder that cannot be loaded; the message names the file, what is wrong and what to do."""
+
+
+def validate_model_folder(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check a model folder written by ``Predictor.save``; returns the parsed ``config.json`` and
+    ``preprocessing.json``. Raises ``ModelLoadError`` on the first problem found."""
+    return _Checker(Path(path)).run()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str)  # JSON spelling, as in the file: null, true, NaN, Infinity
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    if _is_number(value):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+class _Checker:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    # ------------------------------------------------------------------ reporting
+    def fail(self, file: str, problem: str, todo: str = RESTORE) -> NoReturn:
+        raise ModelLoadError(f"{self.folder / file}: {problem}. {todo}")
+
+    def need(self, ok: bool, file: str, problem: str, todo: str = RESTORE) -> None:
+        if not ok:
+            self.fail(file, problem, todo)
+
+    def get(self, obj: dict[str, Any], key: str, where: str, file: str) -> Any:
+        if key not in obj:
+            self.fail(file, f"{where + ' ' if where else ''}has no '{key}' entry")
+        return obj[key]
+
+    def obj(self, value: Any, where: str, file: str) -> dict[str, Any]:
+        self.need(isinstance(value, dict), file, f"{where} must be a JSON object, not {_kind(value)}")
+        return value
+
+    def int_at(self, value: Any, where: str, file: str, *, low: int = 0, high: int | None = None) -> int:
+        ok = _is_int(value) and value >= low and (high is None or value <= high)
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        self.need(ok, file, f"{where} must be an integer {bounds}, got {_show(value)}")
+        return value
+
+    def positive_finite(self, value: Any, where: str, file: str) -> float:
+        self.need(_is_finite(value) and value > 0, file,
+                  f"{where} must be a positive finite number, got {_show(value)}")
+        return float(value)
+
+    def str_list(self, value: Any, where: str, file: str, *, unique: bool = False) -> list[str]:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        self.need(ok, file, f"{where} must be a list of strings, got {_show(value)}")
+        if unique:
+            self.need(len(set(value)) == len(value), file, f"{where} lists a name twice: {_show(value)}")
+        return value
+
+    def numbers(self, value: Any, where: str, file: str, *, length: int | None = None,
+                positive: bool = False) -> list[float]:
+        ok = isinstance(value, list) and all(_is_finite(v) and (not positive or v > 0) for v in value)
+        what = "positive finite numbers" if positive else "finite numbers"
+        self.need(ok, file, f"{where} must be a list of {what}")
+        if length is not None:
+            self.need(len(value) == length, file, f"{where} has {len(value)} values, expected {length}")
+        return value
+
+    # ------------------------------------------------------------------ files
+    def read_json(self, name: str) -> dict[str, Any]:
+        file = self.folder / name
+        try:
+            size = file.stat().st_size
+            if size > MAX_JSON_BYTES:
+                self.fail(name, f"is {size:,} bytes, far more than a model's {name} ever is")
+            data = json.loads(file.read_bytes())
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8; RecursionError: nesting
+            self.fail(name, f"is not readable JSON ({type(exc).__name__}: {exc})")
+        return self.obj(data, "the file", name)
+
+    def inside(self, key: str, value: Any) -> Path:
+        """A file named in config.json: a relative path that stays inside the folder (no '..', no absolute
+        path, no symlink out), and exists."""
+        self.need(isinstance(value, str) and value.strip() != "", "config.json",
+                  f"'{key}' must name a file in the model folder, got {_show(value)}")
+        relative = Path(value)
+        self.need(not relative.is_absolute() and not relative.drive, "config.json",
+                  f"'{key}' is the absolute path {value!r}; a model folder only names its own files, by relative "
+                  "path, so that it can be moved")
+        root = self.folder.resolve()
+        target = (self.folder / relative).resolve()
+        self.need(target.is_relative_to(root), "config.json",
+                  f"'{key}' ({value!r}) points outside the model folder (to {target}); a model folder only reads "
+                  "its own files")
+        self.need(target.is_file(), "config.json", f"'{key}' names {value!r}, which is not a file in the folder")
+        return target
+
+    def tensor_header(self, name: str, file: Path | None = None) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Name -> (dtype, shape) from a safetensors header; the tensors themselves are not read."""
+        from safetensors import SafetensorError, safe_open
+
+        file = file or self.folder / name
+        try:
+            with safe_open(str(file), framework="numpy") as f:
+                return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            self.fail(name, f"is not a readable safetensors file, it is damaged or truncated ({exc})")
+
+    def finite_tensors(self, name: str, keys: list[str]) -> None:
+        """NaN or infinite weights make every prediction NaN; reading them costs about one load of the file."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.folder / name), framework="numpy") as f:
+            for key in keys:
+                if not np.isfinite(f.get_tensor(key)).all():
+                    self.fail(name, f"tensor '{key}' has NaN or infinite values")
+
+    # ------------------------------------------------------------------ the checks
+    def run(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not self.folder.is_dir():
+            raise ModelLoadError(
+                f"{self.folder} is not a folder. Pass the model folder that `deepfusion train` wrote, e.g. "
+                "RUN_DIR/metadata, RUN_DIR/image or RUN_DIR/fusion."
+            )
+        missing = [n for n in REQUIRED_FILES if not (self.folder / n).is_file()]
+        if missing:
+            raise ModelLoadError(
+                f"{self.folder} is not a DeepFusion model folder (missing {', '.join(missing)}). Pass the folder "
+                "that `deepfusion train` wrote, e.g. RUN_DIR/metadata, RUN_DIR/image or RUN_DIR/fusion."
+            )
+        config = self.read_json("config.json")
+        version = config.get("format_version")
+        self.need(version == FORMAT_VERSION, "config.json",
+                  f"model format {_show(version)}; this DeepFusion reads format {FORMAT_VERSION}", RETRAIN)
+        modalities = self.modalities(config)
+        head = self.head(config)
+        self.scalars(config, modalities)
+        prep = self.read_json("preprocessing.json")
+        classes = self.labels(prep)
+        widths = self.encoder_widths(prep, modalities, config)
+        text_scores = "text_scores" in prep and "title" in modalities
+        if text_scores:
+            widths["text_scores"] = len(classes)
+        self.inputs(config, "config.json", "", list(widths), widths)
+        self.network("model.safetensors", config, len(classes), head, "")
+        if "fallback" in config:
+            self.fallback(config, modalities, widths, len(classes), head)
+        if text_scores:
+            self.text_scores(prep, len(classes), widths)
+        for key in FILE_KEYS:
+            if config.get(key) is not None:
+                target = self.inside(key, config[key])
+                if target.suffix == ".safetensors":
+                    tensors = self.tensor_header(f"{config[key]} (named by '{key}' in config.json)", target)
+                    self.need("_conv_stem.weight" in tensors, str(config[key]),
+                              f"does not hold {config.get('backbone')} backbone weights (no '_conv_stem.weight')")
+        return config, prep
+
+    def modalities(self, config: dict[str, Any]) -> list[str]:
+        value = self.get(config, "modalities", "", "config.json")
+        names = self.str_list(value, "'modalities'", "config.json", unique=True)
+        unknown = [m for m in names if m not in MODALITIES]
+        self.need(bool(names) and not unknown, "config.json",
+                  f"'modalities' must be a non-empty list of {', '.join(MODALITIES)}; got {_show(value)}")
+        return names
+
+    def head(self, config: dict[str, Any]) -> Any:
+        from .models import COMBINERS, PRESETS, HeadConfig
+
+        head = self.obj(self.get(config, "head", "", "config.json"), "'head'", "config.json")
+        known = {f.name for f in dataclasses.fields(HeadConfig)}
+        extra = sorted(set(head) - known)
+        self.need(not extra, "config.json", f"'head' has settings this version does not know: {', '.join(extra)}",
+                  "The model was saved by a newer DeepFusion; load it with that version, or train it again.")
+        for key in ("preset", "encoder_dim", "hidden", "batch_norm", "combiner"):
+            self.get(head, key, "'head'", "config.json")
+        self.need(head["preset"] in PRESETS, "config.json",
+                  f"head.preset must be one of {', '.join(PRESETS)}, got {_show(head['preset'])}")
+        self.int_at(head["encoder_dim"], "head.encoder_dim", "config.json", low=1)
+        hidden = head["hidden"]
+        self.need(isinstance(hidden, list) and all(_is_int(h) and h > 0 for h in hidden), "config.json",
+                  f"head.hidden must be a list of positive integers (layer widths), got {_show(hidden)}")
+        self.need(head["combiner"] in COMBINERS, "config.json",
+                  f"head.combiner must be one of {', '.join(COMBINERS)}, got {_show(head['combiner'])}")
+        self.need(isinstance(head["batch_norm"], bool), "config.json",
+                  f"head.batch_norm must be true or false, got {_show(head['batch_norm'])}")
+        wide = head.get("wide", [])
+        self.need(isinstance(wide, bool) or (isinstance(wide, list) and all(isinstance(w, str) for w in wide)),
+                  "config.json", f"head.wide must be a list of input names, got {_show(wide)}")
+        if "members" in head:
+            self.int_at(head["members"], "head.members", "config.json", low=1, high=1000)
+        for key in ("dropout", "input_dropout", "label_smoothing", "modality_dropout"):
+            if key in head:
+                self.need(_is_finite(head[key]) and 0 <= head[key] < 1, "config.json",
+                          f"head.{key} must be a number in [0, 1), got {_show(head[key])}")
+        for key in ("epochs", "batch_size", "min_epochs"):
+            if key in head:
+                self.int_at(head[key], f"head.{key}", "config.json", low=0)
+        if head.get("patience") is not None:
+            self.int_at(head["patience"], "head.patience", "config.json", low=0)
+        for key in ("lr", "weight_decay"):
+            if key in head:
+                self.need(_is_finite(head[key]) and head[key] >= 0, "config.json",
+                          f"head.{key} must be a non-negative number, got {_show(head[key])}")
+        if "balance" in head:
+            self.need(isinstance(head["balance"], str), "config.json",
+                      f"head.balance must be a string, got {_show(head['balance'])}")
+        try:
+            return HeadConfig.from_json(head)
+        except (TypeError, ValueError) as exc:  # a combination the checks above did not foresee
+            self.fail("config.json", f"'head' does not describe a network ({exc})")
+
+    def scalars(self, config: dict[str, Any], modalities: list[str]) -> None:
+        from .backbones import BackboneError, get_backbone
+
+        self.int_at(self.get(config, "seed", "", "config.json"), "'seed'", "config.json")
+        self.positive_finite(self.get(config, "temperature", "", "config.json"), "'temperature'",
+                             "config.json")
+        counts = self.obj(self.get(config, "train_counts", "", "config.json"), "'train_counts'",
+                          "config.json")
+        self.need(all(_is_int(v) and v >= 0 for v in counts.values()), "config.json",
+                  "'train_counts' must map each class to its number of training products")
+        if "augment_views" in config:
+            self.int_at(config["augment_views"], "'augment_views'", "config.json", low=0)
+        if "field_blanking" in config:
+            self.need(_is_finite(config["field_blanking"]) and config["field_blanking"] >= 0, "config.json",
+                      f"'field_blanking' must be a non-negative number, got {_show(config['field_blanking'])}")
+        for key in ("history", "member_best_epochs"):
+            if key in config:
+                self.need(isinstance(config[key], list), "config.json", f"'{key}' must be a list")
+        size = config.get("image_size")
+        if size is not None:
+            ok = (isinstance(size, list) and len(size) == 2
+                  and all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size))
+            self.need(ok, "config.json", f"'image_size' must be null or [height, width] in pixels (each 1 to "
+                                         f"{MAX_IMAGE_SIDE}), got {_show(size)}")
+        if "image" in modalities:
+            name = self.get(config, "backbone", "", "config.json")
+            self.need(isinstance(name, str), "config.json", f"'backbone' must be a backbone name, got {_show(name)}")
+            try:
+                get_backbone(name)
+            except BackboneError as exc:
+                self.fail("config.json", f"{exc}", "The model needs a backbone this version of DeepFusion does not "
+                          "have; load it with the version that trained it, or train it again.")
+
+    def labels(self, prep: dict[str, Any]) -> list[str]:
+        labels = self.obj(self.get(prep, "labels", "", "preprocessing.json"), "'labels'",
+                          "preprocessing.json")
+        classes = self.str_list(self.get(labels, "classes", "'labels'", "preprocessing.json"), "labels.classes",
+                                "preprocessing.json", unique=True)
+        self.need(bool(classes), "preprocessing.json", "labels.classes is empty")
+        return classes
+
+    def encoder_widths(self, prep: dict[str, Any], modalities: list[str], config: dict[str, Any]) -> dict[str, int]:
+        """Each modality's encoder state, checked, and the number of features it produces."""
+        file = "preprocessing.json"
+        widths: dict[str, int] = {}
+        for name in modalities:
+            if name not in prep:
+                self.fail(file, f"has no '{name}' encoder, but config.json lists the {name} modality")
+            self.obj(prep[name], f"'{name}'", file)
+        if "metadata" in modalities:
+            m = prep["metadata"]
+            categorical = self.str_list(self.get(m, "categorical", "'metadata'", file), "metadata.categorical", file)
+            self.str_list(self.get(m, "numeric", "'metadata'", file), "metadata.numeric", file)
+            categories = self.get(m, "categories", "'metadata'", file)
+            ok = (isinstance(categories, list) and len(categories) == len(categorical)
+                  and all(isinstance(c, list) and c and all(isinstance(v, str) for v in c) for c in categories))
+            self.need(ok, file, "metadata.categories must hold one non-empty list of category names per "
+                                "categorical field")
+            medians = self.obj(self.get(m, "medians", "'metadata'", file), "metadata.medians", file)
+            self.need(all(_is_finite(v) for v in medians.values()), file, "metadata.medians must be finite numbers")
+            missing = [c for c in m["numeric"] if c not in medians]
+            self.need(not missing, file, f"metadata.medians has no median for {', '.join(missing)}")
+            mean = self.numbers(self.get(m, "scaler_mean", "'metadata'", file), "metadata.scaler_mean", file)
+            self.numbers(self.get(m, "scaler_scale", "'metadata'", file), "metadata.scaler_scale", file,
+                         length=len(mean), positive=True)
+            self.numbers(self.get(m, "scaler_var", "'metadata'", file), "metadata.scaler_var", file, length=len(mean))
+            if "missing_indicators" in m:
+                self.need(isinstance(m["missing_indicators"], bool), file,
+                          "metadata.missing_indicators must be true or false")
+            from .features import MetadataEncoder
+
+            try:  # cheap (it fits a one-hot encoder on the category lists), and knows the encoder's own layout
+                encoder = MetadataEncoder.from_json(m)
+            except (KeyError, TypeError, ValueError) as exc:
+                self.fail(file, f"the metadata encoder cannot be rebuilt ({type(exc).__name__}: {exc})")
+            self.need(len(encoder.numeric_features) == len(mean), file,
+                      f"metadata.scaler_mean has {len(mean)} values, but the encoder has "
+                      f"{len(encoder.numeric_features)} numeric features ({', '.join(encoder.numeric_features)})")
+            widths["metadata"] = encoder.n_features
+        if "title" in modalities:
+            t = prep["title"]
+            for key in ("max_word_features", "max_char_features"):
+                self.int_at(self.get(t, key, "'title'", file), f"title.{key}", file, low=1)
+            vocabularies = self.get(t, "vocabularies", "'title'", file)
+            idfs = self.get(t, "idfs", "'title'", file)
+            self.need(isinstance(vocabularies, list) and len(vocabularies) == 2
+                      and all(isinstance(v, dict) for v in vocabularies), file,
+                      "title.vocabularies must be two objects (word and character n-grams -> column)")
+            self.need(isinstance(idfs, list) and len(idfs) == 2, file, "title.idfs must be two lists of weights")
+            for i, (vocab, idf) in enumerate(zip(vocabularies, idfs, strict=True)):
+                columns = sorted(vocab.values()) if all(_is_int(v) for v in vocab.values()) else None
+                self.need(columns == list(range(len(vocab))), file,
+                          f"title.vocabularies[{i}] must number its n-grams 0, 1, 2, ... without gaps")
+                self.numbers(idf, f"title.idfs[{i}]", file, length=len(vocab), positive=True)
+            widths["title"] = sum(len(v) for v in vocabularies)
+        if "image" in modalities:
+            from .backbones import get_backbone
+
+            dim = get_backbone(config["backbone"]).feature_dim
+            image = prep["image"]
+            self.numbers(self.get(image, "mean", "'image'", file), "image.mean", file, length=dim)
+            self.numbers(self.get(image, "std", "'image'", file), "image.std", file, length=dim, positive=True)
+            widths["image"] = dim
+        return widths
+
+    def inputs(self, saved: dict[str, Any], file: str, where: str, names: list[str], widths: dict[str, int]) -> None:
+        """``input_dims`` (name -> width) and ``sparse_inputs`` of one network, against the encoders."""
+        dims = self.obj(self.get(saved, "input_dims", where.rstrip("."), file), f"{where}input_dims", file)
+        self.need(sorted(dims) == sorted(names), file,
+                  f"{where}input_dims lists the inputs {sorted(dims)}, but the modalities and preprocessing.json "
+                  f"give {sorted(names)}")
+        for name, dim in dims.items():
+            self.int_at(dim, f"{where}input_dims.{name}", file, low=1)
+            source = (f"preprocessing.json lists {widths[name]} labels (the stacked text model scores each)"
+                      if name == "text_scores" else
+                      f"the {name} encoder in preprocessing.json produces {widths[name]} features")
+            self.need(dim == widths[name], file, f"{where}input_dims.{name} is {dim}, but {source}")
+        sparse = self.str_list(self.get(saved, "sparse_inputs", where.rstrip("."), file),
+                               f"{where}sparse_inputs", file)
+        self.need(set(sparse) <= set(dims), file, f"{where}sparse_inputs names inputs the network does not have")
+
+    def fallback(self, config: dict[str, Any], modalities: list[str], widths: dict[str, int], n_classes: int,
+                 head: Any) -> None:
+        fallback = self.obj(config["fallback"], "'fallback'", "config.json")
+        names = self.str_list(self.get(fallback, "modalities", "'fallback'", "config.json"), "fallback.modalities",
+                              "config.json", unique=True)
+        ok = bool(names) and set(names) <= set(modalities) and "title" not in names
+        self.need(ok, "config.json", "fallback.modalities must be the model's modalities other than the title, "
+                                     f"got {_show(names)}")
+        self.positive_finite(self.get(fallback, "temperature", "'fallback'", "config.json"),
+                             "fallback.temperature", "config.json")
+        self.inputs(fallback, "config.json", "fallback.", names, widths)
+        if not (self.folder / "fallback.safetensors").is_file():
+            self.fail("fallback.safetensors", "is missing (the network for products without a title)")
+        self.network("fallback.safetensors", fallback, n_classes, head, "fallback.")
+
+    def network(self, name: str, saved: dict[str, Any], n_classes: int, head: Any, where: str) -> None:
+        """The tensors in ``name`` are exactly those of the network that config.json describes."""
+        import torch
+
+        from .models import ModalitySpec, build_network
+
+        specs = [ModalitySpec(n, d, n in saved["sparse_inputs"]) for n, d in saved["input_dims"].items()]
+        with torch.device("meta"):  # shapes only: nothing is allocated, whatever sizes the config claims
+            expected = {k: tuple(v.shape) for k, v in build_network(specs, n_classes, head).state_dict().items()}
+        found = self.tensor_header(name)
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        if missing or extra:
+            parts = ([f"lacks {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + (
+                [f"has {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''} that it does not describe"]
+                if extra else [])
+            self.fail(name, f"does not hold the network config.json describes ({where}input_dims, "
+                            f"{where}sparse_inputs, head): it {' and '.join(parts)}")
+        for key, shape in expected.items():
+            dtype, got = found[key]
+            self.need(dtype in FLOAT_DTYPES, name, f"tensor '{key}' is {dtype}, not floating point")
+            if got != shape:
+                self.fail(name, self._explain(key, got, shape, n_classes, specs, where))
+        self.finite_tensors(name, list(expected))
+
+    @staticmethod
+    def _explain(key: str, got: tuple[int, ...], want: tuple[int, ...], n_classes: int, specs: list[Any],
+                 where: str) -> str:
+        """Which setting a shape mismatch points at: an input width, the label count, or the head."""
+        base = f"tensor '{key}' has shape {list(got)}, but config.json and preprocessing.json describe {list(want)}"
+        input_axis = class_axis = None
+        match = re.fullmatch(r"(?:members\.\d+\.)?(encoders|wide)\.(\w+)\.(?:project\.)?weight", key)
+        if match:
+            spec = next((s for s in specs if s.name == match.group(2)), None)
+            if spec is not None:
+                # EmbeddingBag weights are (inputs, outputs), Linear weights (outputs, inputs).
+                input_axis = 0 if spec.sparse else 1
+                class_axis = 1 - input_axis if match.group(1) == "wide" else None
+        elif re.fullmatch(r"(?:members\.\d+\.)?classifier\.\d+\.(weight|bias)", key) and want[0] == n_classes:
+            class_axis = 0
+        if len(got) == len(want):
+            if input_axis is not None and got[input_axis] != want[input_axis]:
+                name = match.group(2) if match else ""
+                return (f"{base}: the weights were trained on {got[input_axis]} {name} features, but "
+                        f"{where}input_dims.{name} is {want[input_axis]}")
+            if class_axis is not None and got[class_axis] != want[class_axis]:
+                return (f"{base}: the network scores {got[class_axis]} classes, but preprocessing.json lists "
+                        f"{n_classes} labels")
+        return f"{base}: the head settings in config.json (encoder_dim, hidden, combiner, members) do not match"
+
+    def text_scores(self, prep: dict[str, Any], n_classes: int, widths: dict[str, int]) -> None:
+        file = "preprocessing.json"
+        state = self.obj(prep["text_scores"], "'text_scores'", file)
+        for key in ("C", "floor"):
+            self.need(_is_finite(self.get(state, key, "'text_scores'", file)), file,
+                      f"text_scores.{key} must be a finite number")
+        for key in ("folds", "seed"):
+            self.int_at(self.get(state, key, "'text_scores'", file), f"text_scores.{key}", file)
+        self.positive_finite(self.get(state, "scale", "'text_scores'", file), "text_scores.scale", file)
+        name = "text_scores.safetensors"
+        if not (self.folder / name).is_file():
+            self.fail(name, "is missing (the stacked text model that preprocessing.json names)")
+        width = widths["title"] + widths.get("metadata", 0)
+        expected = {"coef": (n_classes, width), "intercept": (n_classes,)}
+        found = self.tensor_header(name)
+        for key, shape in expected.items():
+            self.need(key in found, name, f"has no '{key}' tensor")
+            dtype, got = found[key]
+            self.need(dtype in FLOAT_DTYPES, name, f"tensor '{key}' is {dtype}, not floating point")
+            self.need(got == shape, name, f"tensor '{key}' has shape {list(got)}, but {n_classes} labels and "
+                                          f"{width} title + metadata features give {list(shape)}")
+        self.finite_tensors(name, list(expected))

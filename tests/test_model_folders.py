@@ -1,0 +1,260 @@
+"""Tampered, damaged and foreign model folders: ``validate_model_folder`` refuses each with a ModelLoadError that
+names the file, what is wrong and what to do, instead of a traceback from deep inside torch or scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import make_catalog
+from safetensors.numpy import load_file, save_file
+
+from deepfusion import Predictor, load_catalog
+from deepfusion.model_files import ModelLoadError, validate_model_folder
+
+SMALL = (64, 48)
+REMEDIES = ("train the model again", "Train the model again", "restore the folder", "Pass the folder",
+            "load it with")
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fusion model (metadata + title + image, stacked text scores, no-title fallback) on the tiny catalog, so
+    every file a model folder can have is there."""
+    root = tmp_path_factory.mktemp("model_folders")
+    frame = load_catalog(make_catalog(root / "catalog", messy=False), progress=False).products
+    predictor = Predictor(["metadata", "title", "image"], preset="small", image_size=SMALL, progress=False,
+                          cache_dir=root / "cache")
+    predictor.fit(frame.iloc[::2], frame.iloc[1::2])
+    return predictor.save(root / "model")
+
+
+@pytest.fixture
+def folder(saved_model: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(saved_model, copy)
+    return copy
+
+
+# ---------------------------------------------------------------------------------------------- tampering
+def _edit(name: str, change: Callable[[Any], Any]) -> Callable[[Path], None]:
+    """Rewrite one JSON file of the folder; ``change`` edits the parsed object in place (what it returns is
+    ignored, so a lambda may call ``pop``)."""
+
+    def apply(folder: Path) -> None:
+        data = json.loads((folder / name).read_text())
+        change(data)
+        (folder / name).write_text(json.dumps(data))
+
+    return apply
+
+
+def _config(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
+    return _edit("config.json", change)
+
+
+def _prep(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
+    return _edit("preprocessing.json", change)
+
+
+def _raw(name: str, text: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).write_text(text)
+
+
+def _truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: int(len(data) * keep)])
+
+    return apply
+
+
+def _tensors(name: str, change: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        tensors = load_file(str(folder / name))
+        change(tensors)
+        save_file(tensors, str(folder / name))
+
+    return apply
+
+
+def _nan_weight(tensors: dict[str, np.ndarray]) -> None:
+    key = next(k for k in sorted(tensors) if k.endswith("classifier.0.weight"))
+    tensors[key][0, 0] = np.nan
+
+
+def _backbone_file(folder: Path, name: str, tensors: dict[str, np.ndarray] | None = None) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors or {"_conv_stem.weight": np.zeros((2, 3, 3, 3), np.float32)}, str(path))
+    return path
+
+
+def _weights_outside(folder: Path) -> None:
+    _backbone_file(folder.parent, "outside.safetensors")
+    _config(lambda c: c.update(backbone_weights="../outside.safetensors"))(folder)
+
+
+def _weights_symlink_outside(folder: Path) -> None:
+    target = _backbone_file(folder.parent, "elsewhere/backbone.safetensors")
+    os.symlink(target, folder / "backbone.safetensors")
+    _config(lambda c: c.update(backbone_weights="backbone.safetensors"))(folder)
+
+
+def _weights_absolute(folder: Path) -> None:
+    path = _backbone_file(folder, "backbone.safetensors")
+    _config(lambda c: c.update(backbone_weights=str(path)))(folder)
+
+
+def _weights_foreign(folder: Path) -> None:
+    _backbone_file(folder, "backbone.safetensors", {"something.else": np.zeros(3, np.float32)})
+    _config(lambda c: c.update(backbone_weights="backbone.safetensors"))(folder)
+
+
+def _drop_label(prep: dict[str, Any]) -> None:
+    prep["labels"]["classes"] = prep["labels"]["classes"][:-1]
+
+
+def _swap_networks(folder: Path) -> None:
+    (folder / "model.safetensors").write_bytes((folder / "fallback.safetensors").read_bytes())
+
+
+def _title_gap(prep: dict[str, Any]) -> None:
+    vocab = prep["title"]["vocabularies"][0]
+    vocab[next(iter(vocab))] = len(vocab) + 5
+
+
+def _zero_std(prep: dict[str, Any]) -> None:
+    prep["image"]["std"][3] = 0.0
+
+
+def _nested(folder: Path) -> None:
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+# (id, tampering, words the message must contain)
+VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
+    ("config is a list", _raw("config.json", "[1, 2, 3]"), ["config.json", "JSON object", "a list"]),
+    ("config is not JSON", _truncate("config.json"), ["config.json", "not readable JSON"]),
+    ("config nested too deep", _nested, ["config.json", "not readable JSON"]),
+    ("config missing", lambda f: (f / "config.json").unlink(), ["not a DeepFusion model folder", "config.json"]),
+    ("format version", _config(lambda c: c.update(format_version=99)), ["model format 99", "reads format 1"]),
+    ("unknown modality", _config(lambda c: c.update(modalities=["metadata", "sound"])), ["'modalities'", "sound"]),
+    ("modalities not a list", _config(lambda c: c.update(modalities="metadata")), ["'modalities'"]),
+    ("no head", _config(lambda c: c.pop("head")), ["config.json", "no 'head'"]),
+    ("head is text", _config(lambda c: c.update(head="small")), ["'head'", "JSON object"]),
+    ("head setting unknown", _config(lambda c: c["head"].update(attention_heads=4)), ["attention_heads"]),
+    ("head encoder_dim text", _config(lambda c: c["head"].update(encoder_dim="32")), ["head.encoder_dim"]),
+    ("head hidden dims", _config(lambda c: c["head"].update(hidden=[65])),
+     ["model.safetensors", "classifier.0", "head settings"]),
+    ("head combiner", _config(lambda c: c["head"].update(combiner="attention")), ["head.combiner"]),
+    ("head members", _config(lambda c: c["head"].update(members=2)), ["model.safetensors", "members.0"]),
+    ("unknown backbone", _config(lambda c: c.update(backbone="resnet9000")),
+     ["config.json", "Unknown backbone 'resnet9000'"]),
+    ("image_size text", _config(lambda c: c.update(image_size="64x48")), ["'image_size'", "[height, width]"]),
+    ("image_size zero", _config(lambda c: c.update(image_size=[0, 48])), ["'image_size'"]),
+    ("temperature zero", _config(lambda c: c.update(temperature=0)), ["'temperature'", "positive finite", "got 0"]),
+    ("temperature NaN", _config(lambda c: c.update(temperature=float("nan"))), ["'temperature'", "got NaN"]),
+    ("temperature text", _config(lambda c: c.update(temperature="0.5")), ["'temperature'"]),
+    ("temperature infinite", _config(lambda c: c.update(temperature=1e999)), ["'temperature'", "Infinity"]),
+    ("fallback temperature", _config(lambda c: c["fallback"].update(temperature=-1.0)), ["fallback.temperature"]),
+    ("seed text", _config(lambda c: c.update(seed="42")), ["'seed'"]),
+    ("input dim metadata", _config(lambda c: c["input_dims"].update(metadata=c["input_dims"]["metadata"] + 1)),
+     ["input_dims.metadata", "metadata encoder"]),
+    ("input dim image", _config(lambda c: c["input_dims"].update(image=512)), ["input_dims.image is 512", "1904"]),
+    ("input dims missing", _config(lambda c: c["input_dims"].pop("text_scores")), ["input_dims lists the inputs"]),
+    ("fallback input dim", _config(lambda c: c["fallback"]["input_dims"].update(metadata=3)),
+     ["fallback.input_dims.metadata is 3"]),
+    ("sparse title made dense", _config(lambda c: c.update(sparse_inputs=[])), ["model.safetensors", "lacks"]),
+    ("label missing", _prep(_drop_label), ["preprocessing.json", "labels"]),
+    ("label twice", _prep(lambda p: p["labels"]["classes"].append(p["labels"]["classes"][0])),
+     ["labels.classes", "twice"]),
+    ("no labels", _prep(lambda p: p.pop("labels")), ["preprocessing.json", "no 'labels'"]),
+    ("prep is a list", _raw("preprocessing.json", "[]"), ["preprocessing.json", "JSON object"]),
+    ("no metadata encoder", _prep(lambda p: p.pop("metadata")), ["no 'metadata' encoder"]),
+    ("no title encoder", _prep(lambda p: p.pop("title")), ["no 'title' encoder"]),
+    ("no image scaling", _prep(lambda p: p.pop("image")), ["no 'image' encoder"]),
+    ("metadata medians", _prep(lambda p: p["metadata"].update(medians={})), ["metadata.medians", "year"]),
+    ("metadata scaler width", _prep(lambda p: p["metadata"].update(
+        {k: p["metadata"][k][:-1] for k in ("scaler_mean", "scaler_scale", "scaler_var")})),
+     ["metadata.scaler_mean has", "numeric features"]),
+    ("title vocabulary gap", _prep(_title_gap), ["title.vocabularies[0]"]),
+    ("image std zero", _prep(_zero_std), ["image.std", "positive"]),
+    ("text score scale zero", _prep(lambda p: p["text_scores"].update(scale=0)), ["text_scores.scale"]),
+    ("weights truncated", _truncate("model.safetensors", 0.9), ["model.safetensors", "damaged or truncated"]),
+    ("weights corrupt", _raw("model.safetensors", "not a safetensors file at all"),
+     ["model.safetensors", "damaged or truncated"]),
+    ("weights of another network", _swap_networks, ["model.safetensors", "lacks"]),
+    ("weights NaN", _tensors("model.safetensors", _nan_weight), ["model.safetensors", "NaN"]),
+    ("fallback weights missing", lambda f: (f / "fallback.safetensors").unlink(), ["fallback.safetensors", "missing"]),
+    ("fallback weights truncated", _truncate("fallback.safetensors"), ["fallback.safetensors", "truncated"]),
+    ("text scores missing", lambda f: (f / "text_scores.safetensors").unlink(), ["text_scores.safetensors"]),
+    ("text scores shape", _tensors("text_scores.safetensors", lambda t: t.update(coef=t["coef"][:, :10])),
+     ["text_scores.safetensors", "'coef'"]),
+    ("backbone weights outside", _weights_outside, ["backbone_weights", "outside the model folder"]),
+    ("backbone weights symlink out", _weights_symlink_outside, ["backbone_weights", "outside the model folder"]),
+    ("backbone weights absolute", _weights_absolute, ["backbone_weights", "absolute path"]),
+    ("backbone weights missing", _config(lambda c: c.update(backbone_weights="backbone.safetensors")),
+     ["backbone_weights", "not a file"]),
+    ("backbone weights foreign", _weights_foreign, ["backbone.safetensors", "_conv_stem"]),
+    ("backbone weights not a name", _config(lambda c: c.update(backbone_weights=5)), ["backbone_weights"]),
+]
+
+
+@pytest.mark.parametrize("tamper,words", [v[1:] for v in VARIANTS], ids=[v[0] for v in VARIANTS])
+def test_tampered_folder_is_refused_with_a_helpful_message(folder: Path, tamper: Callable[[Path], None],
+                                                           words: list[str]) -> None:
+    tamper(folder)
+    with pytest.raises(ModelLoadError) as caught:
+        validate_model_folder(folder)
+    message = str(caught.value)
+    assert str(folder) in message, message  # names the file
+    for word in words:
+        assert word in message, message
+    assert any(remedy in message for remedy in REMEDIES), message  # says what to do
+    assert "Traceback" not in message and len(message) < 600, message
+
+
+def test_label_count_mismatch_names_the_labels(saved_model: Path, tmp_path: Path) -> None:
+    """Without the stacked text scores (whose width is the label count) the mismatch is found in the weights."""
+    folder = tmp_path / "model"
+    shutil.copytree(saved_model, folder)
+
+    def fallback_as_main(config: dict[str, Any]) -> None:
+        fallback = config.pop("fallback")
+        config.update({k: fallback[k] for k in ("modalities", "input_dims", "sparse_inputs", "temperature")})
+
+    _config(fallback_as_main)(folder)
+    _prep(lambda p: (p.pop("text_scores"), p.pop("title")))(folder)
+    _swap_networks(folder)  # the fallback is a metadata + image network: now a valid metadata + image model
+    config, prep = validate_model_folder(folder)
+    assert config["modalities"] == ["metadata", "image"]
+    _prep(_drop_label)(folder)
+    with pytest.raises(ModelLoadError, match=r"scores 4 classes, but preprocessing.json lists 3 labels"):
+        validate_model_folder(folder)
+
+
+def test_intact_folders_pass_and_return_their_files(folder: Path) -> None:
+    config, prep = validate_model_folder(folder)
+    assert config == json.loads((folder / "config.json").read_text())
+    assert prep == json.loads((folder / "preprocessing.json").read_text())
+    # A fine-tuned backbone saved beside the model is accepted, by relative name.
+    _backbone_file(folder, "backbone.safetensors")
+    _config(lambda c: c.update(backbone_weights="backbone.safetensors"))(folder)
+    assert validate_model_folder(folder)[0]["backbone_weights"] == "backbone.safetensors"
+    # Keys added by later versions outside the checked structure do not make a folder invalid.
+    _config(lambda c: c.update(notes="trained on the spring catalog"))(folder)
+    validate_model_folder(folder)
+
+
+def test_not_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="is not a folder"):
+        validate_model_folder(tmp_path / "nothing")
+    with pytest.raises(ModelLoadError, match="not a DeepFusion model folder"):
+        validate_model_folder(tmp_path)
