@@ -1,12 +1,19 @@
 """``deepfusion`` command line: a thin layer over ``deepfusion.runs`` and the other job modules.
 
 User errors (a bad folder, a missing column, an unknown option value) print one clear message and exit 2;
-they never show a traceback.
+they never show a traceback. Option values are checked by the parser, before any data is read.
+
+Importing this module must stay cheap (``deepfusion --help`` answers in a fraction of a second): the job modules
+pull in pandas, scikit-learn and torch, so every command imports them inside its body, and nothing here imports
+them at module level (tests/test_cli_help.py checks that in a fresh interpreter).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
+import warnings
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -14,14 +21,108 @@ from typing import Annotated, Any
 
 import typer
 
-from .catalog import CatalogError
-from .predictor import ModelLoadError
+# The choices of the options below, spelled out here so that building the parser imports nothing heavy. Each
+# mirrors a registry in a module that imports torch or pandas; tests/test_cli_help.py checks they are equal.
+MODELS = ("metadata", "image", "fusion", "all")  # predictor.MODEL_KINDS + "all" (runs.model_specs)
+PRESETS = ("small", "overfit", "regularized")  # models.PRESETS
+COMBINERS = ("concat", "gated")  # models.COMBINERS
+BALANCES = ("none", "sqrt", "inverse", "sampler")  # the modes training.class_weights / train_network know
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # backbones.list_backbones()
+MODALITIES = ("metadata", "title", "image")  # predictor.MODALITIES
+
+# What `deepfusion train` writes into a run folder: the only entries --overwrite may delete. Anything else in
+# the folder is the user's, so the folder is refused rather than cleaned.
+RUN_FILES = frozenset(
+    {"split.csv", "split.json", "rejects.csv", "comparison.json", "report.html", "summary.md", "summary.json"}
+)
+MODEL_FOLDERS = frozenset(MODELS) - {"all"}
+# Inside a model folder: what Predictor.save, runs.train_model and the report write.
+MODEL_FILES = frozenset(
+    {
+        "model.safetensors",
+        "fallback.safetensors",
+        "text_scores.safetensors",
+        "backbone.safetensors",
+        "config.json",
+        "preprocessing.json",
+        "metrics.json",
+        "summary.md",
+        "test_predictions.csv",
+    }
+)
+
+# The scikit-learn warning that stratified splitting emits for a class with fewer products than folds: expected
+# for a catalog's rare classes (the split and the audit handle them), so it is noise on the console.
+LEAST_POPULATED_WARNING = r"The least populated class in y has only \d+ members"
+
+# The exceptions whose message is written for the user. They are looked up by module and name when one is
+# raised, instead of imported here: importing deepfusion.catalog or deepfusion.predictor costs seconds. If such
+# an exception was raised, its module has been imported, so sys.modules holds it.
+USER_ERROR_CLASSES = (
+    ("deepfusion.catalog", "CatalogError"),
+    ("deepfusion.model_files", "ModelLoadError"),
+    ("deepfusion.predictor", "ModelLoadError"),
+    ("deepfusion.backbones", "BackboneError"),
+)
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Plain click help: never truncates option names or defaults at 80 columns, and does not import rich.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     help="DeepFusion: categorize catalog products from image, metadata and title.",
 )
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str | None], str | None]:
+    """A parser callback that refuses a value outside ``choices`` (a typo is caught before any data is read)."""
+
+    def check(value: str | None) -> str | None:
+        if value is None or value in choices:
+            return value
+        import difflib  # only on the error path
+
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise typer.BadParameter(f"'{value}' is not one of: {', '.join(choices)}.{hint}")
+
+    return check
+
+
+def _choices(choices: tuple[str, ...]) -> str:
+    return "[" + "|".join(choices) + "]"
+
+
+def _check_modalities(value: str | None) -> str | None:
+    if value is None:
+        return value
+    items = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = [m for m in items if m not in MODALITIES]
+    if unknown or not items:
+        raise typer.BadParameter(f"Unknown modalities {unknown or items}. Choose from: {', '.join(MODALITIES)}")
+    return value
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """HEIGHTxWIDTH -> (height, width); ValueError with the reason."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"must look like 224x168 (height x width), got '{text}'") from None
+    if not (32 <= h <= 1024 and 32 <= w <= 1024):
+        raise ValueError(f"each side must be between 32 and 1024 pixels, got '{text}'")
+    return h, w
+
+
+def _check_size(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            _parse_size(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
 
 DataOpt = Annotated[
     str,
@@ -33,16 +134,54 @@ DataOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (CatalogError, ModelLoadError, ValueError, FileNotFoundError) as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(2) from None
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, ValueError | FileNotFoundError):
+        return True
+    for module_name, class_name in USER_ERROR_CLASSES:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
-    return wrapper
+
+def _write_error_rejects(exc: BaseException, path: Path | None) -> Path | None:
+    """A CatalogError may carry the rows rejected before the catalog was found unusable: save them for the user."""
+    write = getattr(exc, "write_rejects", None)
+    if path is None or not callable(write) or getattr(exc, "rejects", None) is None:
+        return None
+    try:
+        return write(path)
+    except OSError:
+        return None  # the error message itself is what matters; a folder we cannot write to must not mask it
+
+
+def _user_errors(
+    rejects: Callable[[dict[str, Any]], Path] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn user errors into one red line and exit 2. ``rejects`` maps the command's arguments to where the rows
+    rejected by a failed catalog load are written."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not _is_user_error(exc):
+                    raise
+                typer.secho(f"error: {exc}", fg="red", err=True)
+                written = _write_error_rejects(exc, rejects(kwargs) if rejects else None)
+                if written is not None:
+                    typer.echo(f"rejected rows, each with its reason: {written}", err=True)
+                raise typer.Exit(2) from None
+
+        return wrapper
+
+    return decorate
+
+
+def _in_folder(name: str) -> Callable[[dict[str, Any]], Path]:
+    return lambda kwargs: Path(kwargs["out"]) / name
 
 
 @app.callback()
@@ -52,45 +191,157 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--image-size must look like 224x168 (height x width), got '{text}'") from None
-    if not (32 <= h <= 1024 and 32 <= w <= 1024):
-        raise ValueError(f"--image-size {text}: each side must be between 32 and 1024 pixels")
-    return h, w
+    warnings.filterwarnings("ignore", message=LEAST_POPULATED_WARNING, category=UserWarning)
 
 
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
+def _foreign_entries(out: Path) -> list[str]:
+    """Entries of a run folder that `deepfusion train` did not write (a model folder counts as a whole)."""
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.is_symlink():
+            foreign.append(entry.name)  # never follow a link out of the folder
+        elif entry.is_dir() and entry.name in MODEL_FOLDERS:
+            foreign += [
+                f"{entry.name}/{f.name}" + ("/" if f.is_dir() and not f.is_symlink() else "")
+                for f in sorted(entry.iterdir())
+                if f.is_symlink() or not f.is_file() or f.name not in MODEL_FILES
+            ]
+        elif not (entry.is_file() and entry.name in RUN_FILES):
+            foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    return foreign
+
+
+def _prepare_run_folder(out: Path, overwrite: bool) -> None:
+    """A run folder holds one run: refuse a non-empty folder unless --overwrite, then remove only what train
+    wrote before, so a new run is never mixed with an older one's models or report."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise typer.BadParameter(f"{out} exists and is not a folder; choose a new folder.", param_hint="'--out'")
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise typer.BadParameter(
+            f"{out} exists; pass --overwrite to replace it, or choose a new folder.", param_hint="'--out'"
+        )
+    foreign = _foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise typer.BadParameter(
+            f"{out} holds files that deepfusion train did not write ({shown}); --overwrite only replaces a run "
+            "folder written by train. Move them away or choose a new folder.",
+            param_hint="'--out'",
+        )
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 @app.command()
-@_user_errors
+@_user_errors(rejects=_in_folder("rejects.csv"))
 def train(
     data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
-    model: Annotated[str, typer.Option("--model", help="metadata | image | fusion | all")] = "metadata",
-    preset: Annotated[str, typer.Option("--preset", help="small | overfit | regularized")] = "regularized",
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Run folder to write: one sub-folder per model, split.csv, rejects.csv and report.html. It must be "
+            "new or empty (see --overwrite).",
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            callback=_one_of(MODELS),
+            metavar=_choices(MODELS),
+            help="Which model to train; all trains the three and compares them in the report.",
+        ),
+    ] = "all",
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            callback=_one_of(PRESETS),
+            metavar=_choices(PRESETS),
+            help="regularized is the model to use; small is a quick end-to-end check; overfit is a diagnostic "
+            "that should nearly memorise the training set.",
+        ),
+    ] = "regularized",
     modalities: Annotated[
-        str | None, typer.Option("--modalities", help="Fusion inputs, comma-separated subset of metadata,title,image.")
+        str | None,
+        typer.Option(
+            "--modalities",
+            callback=_check_modalities,
+            help="Inputs of the fusion model, comma-separated subset of metadata,title,image [default: all three].",
+        ),
     ] = None,
-    combiner: Annotated[str | None, typer.Option("--combiner", help="concat | gated")] = None,
-    balance: Annotated[str | None, typer.Option("--balance", help="none | sqrt | inverse | sampler")] = None,
+    combiner: Annotated[
+        str | None,
+        typer.Option(
+            "--combiner",
+            callback=_one_of(COMBINERS),
+            metavar=_choices(COMBINERS),
+            help="How the fusion network joins its inputs: concatenation, or a learned gate per input "
+            "[default: the preset's, concat].",
+        ),
+    ] = None,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            "--balance",
+            callback=_one_of(BALANCES),
+            metavar=_choices(BALANCES),
+            help="Class imbalance: sqrt or inverse weigh the loss by count^-1/2 or count^-1, sampler draws rare "
+            "classes more often [default: the preset's, none].",
+        ),
+    ] = None,
     members: Annotated[
         int | None,
-        typer.Option("--members", min=1, help="Networks per model, trained from different seeds and averaged."),
+        typer.Option(
+            "--members",
+            min=1,
+            help="Networks per model, trained from different seeds and averaged [default: the preset's, 2 for "
+            "regularized, 1 otherwise].",
+        ),
     ] = None,
-    backbone: Annotated[str, typer.Option("--backbone", help="Image backbone name.")] = "efficientnet_lite0",
-    weights: Annotated[Path | None, typer.Option("--weights", help="Your own backbone weights file.")] = None,
+    backbone: Annotated[
+        str,
+        typer.Option(
+            "--backbone",
+            callback=_one_of(BACKBONES),
+            metavar=_choices(BACKBONES),
+            help="Image backbone (ImageNet weights, frozen unless --finetune).",
+        ),
+    ] = "efficientnet_lite0",
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            exists=True,
+            dir_okay=False,
+            help="Your own weights file (a state dict) for --backbone, instead of the packaged ImageNet weights.",
+        ),
+    ] = None,
     image_size: Annotated[
-        str | None, typer.Option("--image-size", help="Backbone input HEIGHTxWIDTH, e.g. 224x168 (the default).")
+        str | None,
+        typer.Option(
+            "--image-size",
+            callback=_check_size,
+            help="Backbone input HEIGHTxWIDTH, 32 to 1024 pixels a side [default: the backbone's, 224x168 for "
+            "efficientnet_lite0].",
+        ),
     ] = None,
     augment_views: Annotated[
-        int | None, typer.Option("--augment-views", help="Augmented image views per training image.")
+        int | None,
+        typer.Option("--augment-views", min=0, help="Augmented image views per training image [default: 0]."),
     ] = None,
     text_scores: Annotated[
         bool,
@@ -127,12 +378,36 @@ def train(
     finetune: Annotated[
         bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
     ] = False,
-    finetune_blocks: Annotated[int, typer.Option("--finetune-blocks")] = 2,
-    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = 3,
-    seed: Annotated[int, typer.Option("--seed")] = 42,
+    finetune_blocks: Annotated[
+        int,
+        typer.Option(
+            "--finetune-blocks",
+            min=0,
+            help="With --finetune: how many of the backbone's last blocks are trained (0: only its head convolution).",
+        ),
+    ] = 2,
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", min=1, help="With --finetune: epochs of backbone fine-tuning.")
+    ] = 3,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Random seed of the train/val/test split, the networks and the blanked copies."),
+    ] = 42,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run already in --out (only files deepfusion train writes; a folder holding "
+            "anything else is refused).",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a model (or all three) on a catalog; each model is evaluated on the held-out test split."""
+    """Train models on a catalog and compare them.
+
+    Each model is evaluated on the held-out test split; report.html in the run folder compares them.
+    """
+    _prepare_run_folder(out, overwrite)
     from .runs import train_run
 
     options: dict[str, Any] = {
@@ -172,11 +447,13 @@ def train(
 
 
 @app.command()
-@_user_errors
+@_user_errors(rejects=_in_folder("rejects.csv"))
 def evaluate(
-    model_dir: Annotated[Path, typer.Argument(help="A model folder written by train, e.g. RUN/metadata.")],
+    model_dir: Annotated[
+        Path, typer.Argument(metavar="MODEL_DIR", help="A model folder written by train, e.g. RUN/metadata.")
+    ],
     data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json and summary.md.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, summary.md and rejects.csv.")],
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a saved model on a labelled catalog."""
@@ -189,16 +466,31 @@ def evaluate(
     )
 
 
+def _predict_rejects(kwargs: dict[str, Any]) -> Path:
+    out = Path(kwargs["out"])
+    return out.with_name(out.stem + ".rejects.csv")  # where runs.predict_catalog writes them after a load
+
+
 @app.command()
-@_user_errors
+@_user_errors(rejects=_predict_rejects)
 def predict(
-    model_dir: Annotated[Path, typer.Argument(help="A model folder written by train.")],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder written by train.")],
     data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="predictions.csv or predictions.parquet")],
-    top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per product.")] = 3,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="File to write: NAME.csv or NAME.parquet (the suffix picks the format); rejected rows go to "
+            "NAME.rejects.csv beside it.",
+        ),
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many ranked labels per product.")] = 3,
     quiet: QuietOpt = False,
 ) -> None:
-    """Predict the category of every product in a catalog (labels not needed)."""
+    """Predict the category of every product in a catalog.
+
+    Labels are not needed; each prediction comes with its confidence and the next best labels.
+    """
     from .runs import predict_catalog
 
     n, catalog = predict_catalog(model_dir, data, out, top_k=top_k, progress=not quiet)
@@ -206,13 +498,16 @@ def predict(
 
 
 @app.command()
-@_user_errors
+@_user_errors(rejects=_in_folder("rejects.csv"))
 def eda(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for eda.html, eda.json and rejects.csv.")],
     quiet: QuietOpt = False,
 ) -> None:
-    """Explore a catalog before training: a self-contained HTML report plus the same figures as JSON."""
+    """Explore a catalog before training.
+
+    Writes a self-contained HTML report plus the same figures as JSON, and the rejected rows.
+    """
     from .eda import write_eda_report
 
     report = write_eda_report(data, out, progress=not quiet)
@@ -224,35 +519,54 @@ def eda(
 
 
 @app.command()
-@_user_errors
+@_user_errors(rejects=_in_folder("rejects.csv"))
 def audit(
     data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Folder for audit.csv, audit.html and audit.json.")],
-    folds: Annotated[int, typer.Option("--folds", help="Out-of-fold predictions from this many folds.")] = 5,
-    modalities: Annotated[str, typer.Option("--modalities", help="Inputs of the auditing model.")] = (
-        "metadata,title,image"
-    ),
-    seed: Annotated[int, typer.Option("--seed")] = 42,
+    out: Annotated[Path, typer.Option("--out", help="Folder for audit.csv, audit.html, audit.json and rejects.csv.")],
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Out-of-fold predictions from this many folds.")] = 5,
+    modalities: Annotated[
+        str,
+        typer.Option(
+            "--modalities",
+            callback=_check_modalities,
+            help="Inputs of the auditing model, comma-separated subset of metadata,title,image.",
+        ),
+    ] = "metadata,title,image",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the folds and the networks.")] = 42,
     quiet: QuietOpt = False,
 ) -> None:
-    """Find products whose current category is probably wrong (a ranked review queue)."""
+    """Find products whose category is probably wrong.
+
+    Every product is judged by a model trained on the other folds; the suspicious ones form a ranked review queue.
+    """
     from .audit import audit_catalog
     from .predictor import parse_modalities
 
-    queue = audit_catalog(data, out, modalities=parse_modalities(modalities), folds=folds, seed=seed,
-                          progress=not quiet)
+    queue = audit_catalog(
+        data, out, modalities=parse_modalities(modalities), folds=folds, seed=seed, progress=not quiet
+    )
     typer.echo(f"{len(queue):,} products queued for review -> {out / 'audit.csv'}, {out / 'audit.html'}")
 
 
 @app.command()
-@_user_errors
+@_user_errors()
 def serve(
-    model_dir: Annotated[Path, typer.Argument(help="A model folder written by train.")],
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
-    max_items: Annotated[int, typer.Option("--max-items", help="Most products per request.")] = 256,
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder written by train.")],
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on; the service has no authentication, so keep it on 127.0.0.1 "
+            "unless a proxy in front authenticates.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = 8000,
+    max_items: Annotated[int, typer.Option("--max-items", min=1, help="Most products per request.")] = 256,
 ) -> None:
-    """Serve a model over HTTP: POST /v1/predict, GET /healthz, GET /v1/model, docs at /docs."""
+    """Serve a model over HTTP.
+
+    Endpoints: POST /v1/predict, GET /healthz, GET /v1/model; interactive docs at /docs.
+    """
     from .service import serve as run_server
 
     run_server(model_dir, host=host, port=port, max_items=max_items)
