@@ -170,7 +170,7 @@ def out_of_fold_probabilities(
         predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
         if "image" in predictor.modalities:
             shared_embedder = predictor._embedder()
-        fold_proba = predictor.predict_proba(products.iloc[held])
+        fold_proba = predictor.predict_proba(products.iloc[held], as_pandas=False)
         cols = [column[c] for c in predictor.classes_]
         proba[np.ix_(held, cols)] = fold_proba
         judged = plan.judged[held]

@@ -101,6 +101,7 @@ class Predictor:
         title_fallback: bool = True,
         refit: bool = False,
         field_blanking: float = 1.0,
+        review_precision: float = 0.98,
         cache_dir: str | Path | None = None,
         progress: bool = True,
         **head_overrides: Any,
@@ -119,6 +120,8 @@ class Predictor:
         # Blanked copies (missing.py): this many copies per training product with metadata fields emptied, so the
         # model has seen products whose attributes are partly or wholly missing, as new products arrive.
         self.field_blanking = field_blanking
+        # needs_review: the confidence above which validation products were right at least this often.
+        self.review_precision = review_precision
         self.seed = seed
         self.backbone = backbone
         self.weights = weights
@@ -204,6 +207,7 @@ class Predictor:
         train = train[train[TARGET].notna()].reset_index(drop=True)
         val = catalog_from_frame(val, require_target=True, image_column=image_column) if val is not None else None
         val = self._fit_pass(train, val, self.config, finetune=self.finetune_blocks > 0)
+        self.review_threshold_ = self._review_threshold(val)
         self.refit_: dict[str, Any] | None = None
         if self.refit and val is not None and len(val):
             # Calibration, early stopping and the validation curve belong to the first pass: the refit has no
@@ -217,6 +221,20 @@ class Predictor:
             self.train_seconds_ += kept.pop("train_seconds_")
             self.__dict__.update(kept)
         return self
+
+    def _review_threshold(self, val: pd.DataFrame | None) -> float:
+        """The lowest confidence t such that validation products predicted with confidence >= t are right at
+        least ``review_precision`` of the time; predictions below it need a person's review. Without validation
+        data every prediction needs review (t = 1)."""
+        if val is None or not len(val):
+            return 1.0
+        proba, _ = self._proba(val)
+        confidence = proba.max(axis=1)
+        right = self.labels_.inverse_transform(proba.argmax(axis=1)) == val[TARGET].to_numpy()
+        order = np.argsort(-confidence, kind="stable")
+        precision = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
+        ok = np.flatnonzero(precision >= self.review_precision)
+        return float(confidence[order][ok[-1]]) if len(ok) else 1.0
 
     def _fit_pass(
         self, train: pd.DataFrame, val: pd.DataFrame | None, cfg: HeadConfig, *, finetune: bool
@@ -395,12 +413,22 @@ class Predictor:
             raise RuntimeError("This Predictor is not fitted yet: call fit(...) or Predictor.load(path).")
 
     def predict_proba(
-        self, frame: pd.DataFrame, *, image_column: str | None = None, absent: Sequence[str] = ()
-    ) -> np.ndarray:
-        """Calibrated class probabilities, columns in ``self.classes_`` order. ``absent`` empties the fields of
-        those modalities (e.g. ``["image"]``) to see how the model does on products that arrive without them."""
+        self,
+        frame: pd.DataFrame,
+        *,
+        image_column: str | None = None,
+        absent: Sequence[str] = (),
+        as_pandas: bool = True,
+    ) -> pd.DataFrame | np.ndarray:
+        """Calibrated class probabilities: a DataFrame with one column per class (``self.classes_`` order) and the
+        products' ids as index, or the bare array with ``as_pandas=False``. ``absent`` empties the fields of those
+        modalities (e.g. ``["image"]``) to see how the model does on products that arrive without them."""
         self._check_fitted()
-        return self._proba(catalog_from_frame(frame, image_column=image_column), absent)[0]
+        products = catalog_from_frame(frame, image_column=image_column)
+        proba = self._proba(products, absent)[0]
+        if not as_pandas:
+            return proba
+        return pd.DataFrame(proba, columns=self.classes_, index=pd.Index(products[ID].to_numpy(), name=ID))
 
     def _logits(
         self,
@@ -435,7 +463,8 @@ class Predictor:
         return softmax(logits / temperature[:, None]), present
 
     def predict(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
-        return self.labels_.inverse_transform(self.predict_proba(frame, image_column=image_column).argmax(axis=1))
+        proba = self.predict_proba(frame, image_column=image_column, as_pandas=False)
+        return self.labels_.inverse_transform(proba.argmax(axis=1))
 
     def predict_frame(
         self,
@@ -458,6 +487,7 @@ class Predictor:
                 ID: ids,
                 "prediction": self.labels_.inverse_transform(top[:, 0]),
                 "confidence": proba[np.arange(len(proba)), top[:, 0]],
+                "needs_review": proba[np.arange(len(proba)), top[:, 0]] < self.review_threshold_,
                 "inputs": inputs_used(present, len(products)),
             }
         )
@@ -521,6 +551,8 @@ class Predictor:
             "image_size": list(self.image_size) if self.image_size else None,
             "augment_views": self.augment_views,
             "field_blanking": self.field_blanking,
+            "review_precision": self.review_precision,
+            "review_threshold": self.review_threshold_,
             **network,
         }
         prep: dict[str, Any] = {"labels": self.labels_.to_json()}
@@ -581,6 +613,7 @@ class Predictor:
             image_size=tuple(config["image_size"]) if config.get("image_size") else None,
             augment_views=config.get("augment_views", 0),
             field_blanking=config.get("field_blanking", 0.0),
+            review_precision=config.get("review_precision", 0.98),
             text_scores="text_scores" in prep,
             title_fallback="fallback" in config,
             cache_dir=cache_dir,
@@ -618,6 +651,8 @@ class Predictor:
         self.train_counts_ = config["train_counts"]
         self.history_ = config.get("history", [])
         self.refit_ = config.get("refit")
+        # Format-1 models have no review threshold: every prediction is flagged for review.
+        self.review_threshold_ = float(config.get("review_threshold", 1.0))
         self.refit = self.refit_ is not None
         return self
 
