@@ -32,7 +32,15 @@ from .missing import FieldBlanking, blanked_copies, without_modalities
 from .models import FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, build_network, make_config
 from .split import duplicate_groups
 from .text_scores import TextScoreModel
-from .training import ModalityData, TrainResult, fit_temperature, predict_logits, softmax, train_network
+from .training import (
+    ModalityData,
+    TrainResult,
+    fit_temperature,
+    one_version_each,
+    predict_logits,
+    softmax,
+    train_network,
+)
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +270,18 @@ class Predictor:
         if self.text_scores:
             self.text_model_ = TextScoreModel(seed=self.seed)
             groups = duplicate_groups(train)[source]  # a copy stays in its product's fold
+            # The SVMs learn from one version of each product (itself or a blanked copy), so they see missing
+            # fields without fitting on more rows; every version is scored out-of-fold.
+            fit_rows = np.zeros(len(source), dtype=bool)
+            fit_rows[one_version_each(np.random.default_rng(self.seed), source)] = True
 
             def fit_text_scores(features: sp.csr_matrix) -> np.ndarray:
-                return self.text_model_.fit(features, y_train, n_classes, groups=groups, progress=self.progress)
+                return self.text_model_.fit(
+                    features, y_train, n_classes, groups=groups, fit_rows=fit_rows, progress=self.progress
+                )
 
         train_data = self._encode(products, train_image, text_scores=fit_text_scores)
+        train_data.product = source
         if "image" in self.modalities and self.augment_views > 0:
             train_data, y_train = self._with_augmented_views(train, source, train_data, y_train)
 
@@ -285,6 +300,7 @@ class Predictor:
             val_source, val_products = self._with_blanked_copies(val, seed=self.seed + 1)
             y_val = y_all[known][val_source]
             val_data = self._encode(val_products)
+            val_data.product = val_source
 
         result, self.temperature_ = self._train_head(
             train_data, y_train, val_data, y_val, n_classes, "+".join(self.modalities), cfg
@@ -403,9 +419,10 @@ class Predictor:
                 feats[k].append(emb.astype(np.float32) if k == "image" else data.features[k])
                 present[k].append(ok & data.present["image"] if k == "image" else data.present[k])
         stacked = {k: sp.vstack(v, format="csr") if sp.issparse(v[0]) else np.concatenate(v) for k, v in feats.items()}
-        return ModalityData(stacked, {k: np.concatenate(v) for k, v in present.items()}, data.follows), np.tile(
-            y, self.augment_views + 1
-        )
+        # Each view is a product of its own (as before blanked copies existed): the epoch grows by one set per view.
+        product = np.concatenate([source + view * len(train) for view in range(self.augment_views + 1)])
+        data = ModalityData(stacked, {k: np.concatenate(v) for k, v in present.items()}, data.follows, product)
+        return data, np.tile(y, self.augment_views + 1)
 
     # ----------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
@@ -668,7 +685,9 @@ def _without_title(data: ModalityData, rows: np.ndarray | None = None) -> Modali
     optionally only ``rows``."""
     keep = [k for k in data.features if k != "title" and data.follows.get(k) != "title"]
     pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-    return ModalityData({k: pick(data.features[k]) for k in keep}, {k: pick(data.present[k]) for k in keep})
+    product = None if data.product is None else pick(data.product)
+    features, present = {k: pick(data.features[k]) for k in keep}, {k: pick(data.present[k]) for k in keep}
+    return ModalityData(features, present, {}, product)
 
 
 def _save_network(net: FusionNet | FusionEnsemble, file: Path) -> dict[str, Any]:

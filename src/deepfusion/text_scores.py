@@ -60,19 +60,25 @@ class TextScoreModel:
         n_classes: int,
         groups: np.ndarray | None = None,
         *,
+        fit_rows: np.ndarray | None = None,
         progress: bool = False,
     ) -> np.ndarray:
-        """Fit on all of (X, y) and return out-of-fold scores for these same rows (``groups``: duplicate-product
-        groups, kept within one fold). The fits run one after another: liblinear draws from one process-wide
-        random generator, so SVMs fitted on parallel threads would interleave its draws and stop being reproducible."""
+        """Fit on (X, y) and return out-of-fold scores for these same rows (``groups``: duplicate-product
+        groups, kept within one fold). ``fit_rows`` (bool) limits the SVMs' fitting to those rows while every row
+        is scored, each by the SVM fitted without its group: blanked copies of a product are scored like the
+        product without making the fits larger. The fits run one after another: liblinear draws from one
+        process-wide random generator, so SVMs fitted on parallel threads would interleave its draws and stop
+        being reproducible."""
         X = sp.csr_matrix(X, dtype=np.float32)
         groups = np.arange(len(y)) if groups is None else groups
+        fit_rows = np.ones(len(y), dtype=bool) if fit_rows is None else np.asarray(fit_rows, dtype=bool)
         n_folds = min(self.folds, len(np.unique(groups)))
         splits = list(GroupKFold(n_folds).split(X, y, groups)) if n_folds >= 2 else []
-        self.coef_, self.intercept_ = self._fit_svm(X, y, n_classes)
+        self.coef_, self.intercept_ = self._fit_svm(X[fit_rows], y[fit_rows], n_classes)
         self._coef_t = None  # the full model changed: recompute the contiguous copy in scores()
         raw = np.zeros((len(y), n_classes), dtype=np.float32)
         for train, held_out in tqdm(splits, desc="text scores (out-of-fold SVMs)", disable=not progress, leave=False):
+            train = train[fit_rows[train]]
             coef, bias = self._fit_svm(X[train], y[train], n_classes)
             raw[held_out] = X[held_out] @ coef.T + bias
         if not splits:  # a single group: no honest out-of-fold scores exist, use the full model's

@@ -34,6 +34,10 @@ class ModalityData:
     # Derived inputs that stand or fall with another modality, e.g. {"text_scores": "title"}: when training hides
     # the title (modality dropout), its scores are hidden too, as they would be for a product without a title.
     follows: dict[str, str] = field(default_factory=dict)
+    # Rows that are versions of one product (the product and its blanked copies) share a number here; a training
+    # epoch then visits each product once, in one of its versions drawn at random, so an epoch costs what it
+    # would without copies. None: every row is its own product.
+    product: np.ndarray | None = None
 
     def __len__(self) -> int:
         return next(iter(self.features.values())).shape[0]
@@ -81,6 +85,20 @@ def class_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
     else:
         w = np.ones(n_classes)
     return w / (w[y].mean() if len(y) else 1.0)
+
+
+def one_version_each(rng: np.random.Generator, product: np.ndarray) -> np.ndarray:
+    """One row per product, drawn at random among the rows that share its number in ``product`` (sorted)."""
+    by_product = np.lexsort((rng.random(len(product)), product))  # grouped by product, random order within each
+    first = np.r_[True, product[by_product][1:] != product[by_product][:-1]] if len(product) else np.zeros(0, bool)
+    return np.sort(by_product[first])
+
+
+def epoch_order(rng: np.random.Generator, data: ModalityData) -> np.ndarray:
+    """The rows one epoch visits, shuffled: every row, or one version of each product (``data.product``)."""
+    if data.product is None:
+        return rng.permutation(len(data))
+    return rng.permutation(one_version_each(rng, data.product))
 
 
 def _modality_dropout(rng: np.random.Generator, data: ModalityData, idx: np.ndarray, p: float) -> dict | None:
@@ -198,7 +216,8 @@ def _train_one(
     plain_loss = nn.CrossEntropyLoss()
     # fused=True: the same AdamW update in one kernel; 4x faster per step on the large title embedding tables.
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    steps_per_epoch = max(1, int(np.ceil(len(train) / cfg.batch_size)))
+    n_products = len(train) if train.product is None else len(np.unique(train.product))
+    steps_per_epoch = max(1, int(np.ceil(n_products / cfg.batch_size)))
     total_steps = cfg.epochs * steps_per_epoch
     # One-cycle needs a few steps of warm-up; on a tiny catalog keep the learning rate constant instead.
     scheduler = (
@@ -214,7 +233,7 @@ def _train_one(
     own_bar = tqdm(total=cfg.epochs, desc=f"training ({cfg.preset})", disable=not progress, leave=False)
     for epoch in range(cfg.epochs):
         net.train()
-        order = rng.choice(len(train), len(train), p=sample_p) if sample_p is not None else rng.permutation(len(train))
+        order = rng.choice(len(train), len(train), p=sample_p) if sample_p is not None else epoch_order(rng, train)
         total, correct, seen = 0.0, 0, 0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
