@@ -105,7 +105,8 @@ PRESETS: dict[str, HeadConfig] = {
 def make_config(preset: str, **overrides: object) -> HeadConfig:
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}")
-    given = {k: v for k, v in overrides.items() if v is not None}
+    # None means "not given" (the CLI passes every option), except for patience, where None turns early stopping off.
+    given = {k: v for k, v in overrides.items() if v is not None or k == "patience"}
     if "combiner" in given and given["combiner"] not in COMBINERS:
         raise ValueError(f"Unknown combiner '{given['combiner']}'. Choose one of: {', '.join(COMBINERS)}")
     return replace(PRESETS[preset], **given)

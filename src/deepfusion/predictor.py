@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -29,6 +30,7 @@ from .catalog import CATEGORICAL, ID, NUMERIC, TARGET, TITLE, catalog_from_frame
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
 from .missing import FieldBlanking, blanked_copies, without_modalities
+from .model_files import FORMAT_VERSION, ModelLoadError, validate_model_folder
 from .models import FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, build_network, make_config
 from .split import duplicate_groups
 from .text_scores import TextScoreModel
@@ -44,7 +46,6 @@ from .training import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 MODALITIES = ("metadata", "title", "image")
 MODEL_KINDS: dict[str, tuple[str, ...]] = {
     "metadata": ("metadata",),
@@ -76,10 +77,6 @@ def image_scaling(train_embeddings: np.ndarray, dim: int) -> tuple[np.ndarray, n
     std = train_embeddings.std(axis=0)
     floor = max(float(np.median(std)) * 0.1, 1e-3)
     return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32)
-
-
-class ModelLoadError(Exception):
-    """A model folder that cannot be loaded; the message says what is missing."""
 
 
 def parse_modalities(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -147,12 +144,17 @@ class Predictor:
         if getattr(self, "_embedder_obj", None) is None:
             self._embedder_obj = ImageEmbedder(
                 self.backbone,
-                weights=self.weights,
+                weights=self._backbone_weights(),
                 image_size=self.image_size,
                 cache_dir=self.cache_dir,
                 progress=self.progress,
             )
         return self._embedder_obj
+
+    def _backbone_weights(self) -> str | Path | None:
+        """The weights the backbone embeds with: fine-tuned by ``fit``, else the ones given (None: the stock
+        ImageNet weights)."""
+        return getattr(self, "finetuned_weights_", None) or self.weights
 
     def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
         emb, ok = self._embedder().embed(list(products["image_path"]), view=view)
@@ -388,12 +390,14 @@ class Predictor:
         has_image = train["image_path"].notna().to_numpy()
         folder = Path(self.cache_dir or default_cache_dir()) / "finetuned"
         folder.mkdir(parents=True, exist_ok=True)
-        out = Path(tempfile.mkstemp(suffix=".safetensors", dir=folder)[1])
-        self.weights = finetune_backbone(
+        fd, name = tempfile.mkstemp(suffix=".safetensors", dir=folder)
+        os.close(fd)  # finetune_backbone writes the file by name
+        # Always tuned from the weights given, so a second fit does not tune an already tuned backbone.
+        self.finetuned_weights_ = finetune_backbone(
             self.backbone,
             list(train.loc[has_image, "image_path"]),
             self.labels_.transform(train.loc[has_image, TARGET]),
-            out,
+            Path(name),
             weights=self.weights,
             image_size=self.image_size,
             blocks=self.finetune_blocks,
@@ -589,8 +593,10 @@ class Predictor:
                 "temperature": self.fallback_temperature_,
                 "member_best_epochs": self.fallback_best_epochs_,
             }
-        if getattr(self, "finetuned_", False):
-            shutil.copyfile(self.weights, path / "backbone.safetensors")
+        weights = self._backbone_weights() if "image" in self.modalities else None
+        if weights is not None:
+            # Fine-tuned or given with --weights: the model keeps its own copy, so it reloads with the same backbone.
+            _save_backbone_weights(Path(weights), path / "backbone.safetensors")
             config["backbone_weights"] = "backbone.safetensors"
         (path / "config.json").write_text(json.dumps(config, indent=2))
         (path / "preprocessing.json").write_text(json.dumps(prep))
@@ -606,20 +612,8 @@ class Predictor:
         progress: bool = True,
     ) -> Predictor:
         path = Path(path)
-        needed = ["config.json", "preprocessing.json", "model.safetensors"]
-        missing = [n for n in needed if not (path / n).is_file()]
-        if missing:
-            raise ModelLoadError(
-                f"{path} is not a DeepFusion model folder (missing {', '.join(missing)}). Pass the folder that "
-                "`deepfusion train` wrote, e.g. RUN_DIR/metadata, RUN_DIR/image or RUN_DIR/fusion."
-            )
-        config = json.loads((path / "config.json").read_text())
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ModelLoadError(
-                f"{path} has model format {config.get('format_version')}, this DeepFusion "
-                f"reads format {FORMAT_VERSION}. Retrain the model with this version."
-            )
-        prep = json.loads((path / "preprocessing.json").read_text())
+        # Every file is checked (types, shapes, files inside the folder) before anything is built from it.
+        config, prep = validate_model_folder(path)
         head = HeadConfig.from_json(config["head"])
         self = cls(
             config["modalities"],
@@ -672,6 +666,20 @@ class Predictor:
         self.review_threshold_ = float(config.get("review_threshold", 1.0))
         self.refit = self.refit_ is not None
         return self
+
+
+def _save_backbone_weights(source: Path, target: Path) -> None:
+    """Copy a backbone state dict into a model folder as safetensors (a torch file is converted, loaded with
+    ``weights_only`` so no pickled code runs)."""
+    if target.exists() and source.resolve() == target.resolve():
+        return
+    if source.suffix == ".safetensors":
+        shutil.copyfile(source, target)
+        return
+    import torch
+
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}, str(target))
 
 
 def inputs_used(present: dict[str, np.ndarray], n: int) -> list[str]:
