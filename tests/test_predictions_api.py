@@ -40,3 +40,22 @@ def test_needs_review_follows_the_precision_target(clean_catalog_dir: Path, tmp_
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["review_precision"] == 1.0 and config["review_threshold"] == strict.review_threshold_
     assert Predictor.load(tmp_path / "m").review_threshold_ == strict.review_threshold_
+
+
+def test_predict_writes_rounded_confidences_and_no_duplicate_columns(clean_catalog_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deepfusion.cli import app
+
+    predictor, _ = _fitted(clean_catalog_dir)
+    predictor.save(tmp_path / "m")
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "m"), "--data", str(clean_catalog_dir),
+                                      "--out", str(out), "--top-k", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    preds = pd.read_csv(out, dtype={"id": str})
+    assert list(preds.columns) == ["id", "prediction", "confidence", "needs_review", "inputs",
+                                   "top2_label", "top2_confidence", "top3_label", "top3_confidence"]
+    for col in ("confidence", "top2_confidence", "top3_confidence"):
+        assert (preds[col] == preds[col].round(4)).all()
+    assert (preds["confidence"] >= preds["top2_confidence"]).all()

@@ -247,6 +247,19 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path, *, 
     return metrics
 
 
+CONFIDENCE_DECIMALS = 4
+
+
+def output_columns(predictions: pd.DataFrame) -> pd.DataFrame:
+    """What ``predict`` writes: ``id, prediction, confidence, needs_review, inputs`` and the runners-up
+    (``top2_label``, ``top2_confidence``, ...; the first is the prediction itself), confidences rounded."""
+    out = predictions.drop(columns=["top1_label", "top1_confidence"], errors="ignore")
+    for col in out.columns:
+        if col == "confidence" or col.endswith("_confidence"):
+            out[col] = out[col].round(CONFIDENCE_DECIMALS)
+    return out
+
+
 def predict_catalog(
     model_dir: str | Path,
     data: str | Path,
@@ -268,7 +281,7 @@ def predict_catalog(
     chunks = range(0, max(len(products), 1), chunk_size)
     try:
         for start in tqdm(chunks, desc="predicting", unit="chunk", disable=not progress or len(chunks) < 2):
-            preds = predictor.predict_frame(products.iloc[start : start + chunk_size], top_k=top_k)
+            preds = output_columns(predictor.predict_frame(products.iloc[start : start + chunk_size], top_k=top_k))
             n += len(preds)
             if out.suffix.lower() == ".parquet":
                 table = pa.Table.from_pandas(preds, preserve_index=False)
