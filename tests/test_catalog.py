@@ -58,9 +58,17 @@ def test_rejects_file(catalog_dir: Path, tmp_path: Path) -> None:
     catalog = load_catalog(catalog_dir, progress=False)
     path = catalog.write_rejects(tmp_path / "rejects.csv")
     frame = pd.read_csv(path, dtype=str)
-    assert list(frame.columns) == ["id", "reason", "action"]
+    assert list(frame.columns) == ["id", "reason", "action", "line", "raw"]
     assert set(frame["action"]) == {"dropped", "kept"}
+    # Each reject points at its line of styles.csv and carries that line's text.
+    lines = (catalog_dir / "styles.csv").read_text().splitlines()
+    for line, raw in zip(frame["line"], frame["raw"], strict=True):
+        assert lines[int(line) - 1] == raw
+    short = frame.set_index("id").loc["5008"]
+    assert short["raw"] == "5008,Men,Apparel" and short["line"] == str(len(lines))
     assert "rows rejected" in catalog.summary()
+    n_rows = len(lines) - 1
+    assert catalog.rows_in == n_rows and f"{n_rows:,} rows read" in catalog.summary()
 
 
 def test_parquet_catalog(clean_catalog_dir: Path) -> None:

@@ -1,8 +1,10 @@
 """Load and validate a product catalog: a styles table plus a folder of images.
 
 The layout is Kaggle's *Fashion Product Images (small)*: ``styles.csv`` (or ``styles.parquet``) and
-``images/<id>.jpg``. Real exports are messy, so loading never trusts a row: every row that cannot be used gets
-a reason in ``Catalog.rejects`` and nothing is dropped silently.
+``images/<id>.jpg``. Real exports are messy and some are hostile, so loading never trusts a row: every row that
+cannot be used gets a reason in ``Catalog.rejects`` and nothing is dropped silently, so the rows read always
+equal the products plus the dropped rows. A broken row damages only itself (a stray quote cannot swallow the
+rows after it), image references never leave ``images/``, and images are decoded within a pixel budget.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import csv
 import hashlib
 import io
 import logging
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +37,52 @@ COLUMNS = [ID, "gender", "masterCategory", "subCategory", TARGET, "baseColour", 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 KAGGLE_PREFIX = "kaggle:"
 
+# No real title or category comes near this; a longer field is junk (or an attack) and rejects its row.
+MAX_FIELD_CHARS = 100_000
+# A quoted field may hold line breaks, but a quote still open after this many lines is taken for a stray one.
+MAX_RECORD_LINES = 10
+# Pixels one decoded image may have. JPEGs are decoded at a reduced scale first, so the budget binds only on
+# formats that must be decoded at full size (PNG, WebP...): it admits any plausible product photo, and refuses
+# pixel bombs (a tiny file claiming a huge canvas) before they take memory and time.
+MAX_IMAGE_PIXELS = 40_000_000
+# An image file is read whole to hash it; product photos are far smaller than this.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+# Size a JPEG is decoded towards when checked: a full decode at that scale proves the file readable, cheaply.
+CHECK_DECODE_SIZE = (1024, 1024)
+# Formats an image file may hold whatever its extension: common photo formats only, so a crafted file cannot
+# reach the less-tested decoders (or EPS, which Pillow hands to Ghostscript).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # JPEG covers MPO, the multi-picture JPEG of cameras
+REJECT_COLUMNS = [ID, "reason", "action", "line", "raw"]
+RAW_PREVIEW_CHARS = 300
+OUTSIDE_FOLDER = "image outside the catalog folder"
+UNCLOSED_QUOTE = "unclosed quote (the line was read with its quotes as plain characters)"
+
 
 class CatalogError(Exception):
-    """A catalog that cannot be used at all; the message says which file and what to do."""
+    """A catalog that cannot be used at all; the message says which file and what to do.
+
+    ``rejects`` holds the rows rejected before the catalog was found unusable, with the columns of
+    ``Catalog.rejects`` (None when the error came before any row was read); ``write_rejects`` saves them, so
+    a caller can still hand the user the report of what was wrong with each row.
+    """
+
+    def __init__(self, message: str, rejects: pd.DataFrame | None = None) -> None:
+        super().__init__(message)
+        self.rejects = rejects
+
+    def write_rejects(self, path: str | Path) -> Path | None:
+        """Write ``rejects`` as CSV, like ``Catalog.write_rejects``; returns the path, or None without rejects."""
+        return None if self.rejects is None else _write_csv(self.rejects, Path(path))
+
+
+class ImageTooLarge(ValueError):
+    """An image that would decode to more pixels than allowed; ``size`` is the decoded (width, height) when
+    known, ``max_pixels`` the budget it exceeds."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None, max_pixels: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+        self.max_pixels = max_pixels
 
 
 @dataclass
@@ -44,8 +91,13 @@ class Catalog:
 
     ``products`` has one row per usable product with the catalog columns and ``image_path`` (None when the
     product has no readable image), ``image_sha1`` and ``image_status`` ("ok", "missing", "corrupt" or
-    "unchecked"). ``rejects`` has ``id``, ``reason`` and ``action`` ("dropped", or "kept" when the product is
-    still used without the faulty value).
+    "unchecked"; an image over the pixel budget is "corrupt", one outside ``images/`` is "missing").
+    ``rejects`` has ``id``, ``reason``, ``action`` ("dropped", or "kept" when the product is still used
+    without the faulty value), ``line`` (first line of the row in styles.csv; row number in a Parquet table)
+    and ``raw`` (the row's text, shortened when long). ``rows_in`` rows were read: always
+    ``len(products) + len(dropped)``; ``continuation_lines`` counts the non-blank lines that belong to a row
+    begun on an earlier line (a quoted field with line breaks), so rows_in plus it is the number of
+    non-blank data lines of the file.
     """
 
     products: pd.DataFrame
@@ -53,6 +105,9 @@ class Catalog:
     source: Path
     recovered_rows: int = 0
     notes: list[str] = field(default_factory=list)
+    rows_in: int = 0
+    continuation_lines: int = 0
+    recovered_ids: list[str] = field(default_factory=list)
 
     @property
     def dropped(self) -> pd.DataFrame:
@@ -61,15 +116,19 @@ class Catalog:
     def summary(self) -> str:
         n_kept_issues = int((self.rejects["action"] == "kept").sum())
         return (
-            f"{len(self.products):,} products loaded from {self.source.name}; "
+            f"{self.rows_in:,} rows read from {self.source.name} = {len(self.products):,} products loaded + "
             f"{len(self.dropped):,} rows rejected; {n_kept_issues:,} kept with a problem noted; "
             f"{self.recovered_rows} rows with unquoted commas in the title recovered"
         )
 
     def write_rejects(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.rejects.to_csv(path, index=False)
-        return path
+        return _write_csv(self.rejects, path)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
 
 
 def resolve_data_dir(data: str | Path) -> Path:
@@ -107,107 +166,453 @@ def _find_table(folder: Path) -> Path | None:
     return None
 
 
-def read_styles_table(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def read_styles_table(path: Path, *, max_field_chars: int = MAX_FIELD_CHARS) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Read a styles table as strings. Returns (table, rejected rows, number of recovered rows).
 
-    In CSV files a title with unquoted commas spills into extra fields. When the title is the last column the
-    extra fields are joined back into it, so the row is kept whole.
+    In CSV files a title with unquoted commas spills into extra fields. When the title is the last column and
+    the row still makes sense with the extra fields joined back into it (see ``_shift_evidence``), the row is
+    kept whole; otherwise it is rejected. A quote that opens a field and never closes damages only its own line.
     """
+    styles = _read_styles(path, max_field_chars)
+    return styles.table.reset_index(drop=True), _reject_frame(styles.rejects), len(styles.recovered_ids)
+
+
+@dataclass
+class _Record:
+    """One row of a CSV file as read: its first physical line (from 1), its fields and its raw text."""
+
+    line: int
+    fields: list[str]
+    raw: str
+    literal: bool = False  # an unclosed quote: the line was split with its quotes as plain characters
+
+
+@dataclass
+class _Styles:
+    """A styles table, indexed by line (CSV) or row number (Parquet), and what reading it found."""
+
+    table: pd.DataFrame
+    rows_in: int
+    rejects: list[dict[str, object]] = field(default_factory=list)  # rows dropped while reading
+    notes: list[dict[str, object]] = field(default_factory=list)  # rows kept with a problem
+    recovered_ids: list[str] = field(default_factory=list)
+    raws: dict[int, str] = field(default_factory=dict)
+    continuation_lines: int = 0
+
+
+def _read_styles(path: Path, max_field_chars: int) -> _Styles:
     if path.suffix.lower() == ".parquet":
-        try:
-            table = pd.read_parquet(path)
-        except Exception as exc:
-            raise CatalogError(f"Cannot read {path}: {exc}. Is it a valid Parquet file?") from exc
-        table = table.astype(object).where(table.notna(), "").astype(str)
-        table.columns = [str(c).strip() for c in table.columns]
-        return table, _empty_rejects(), 0
+        return _read_parquet(path, max_field_chars)
+    text = _read_text(path)
+    _allow_fields_up_to(len(text))
+    lines = _physical_lines(text)
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise CatalogError(f"{path} is empty. It needs a header row with at least: {ID}, {TARGET}.")
+    header = [h.strip() for h in next(csv.reader([lines[first]]), [])]
+    _check_unique_columns(path, header)
+    records, continuation = _records(lines, first + 1, len(header))
+    styles = _table_from_records(records, header, max_field_chars)
+    styles.continuation_lines = continuation
+    return styles
+
+
+def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise CatalogError(f"Cannot read {path}: {exc}.") from exc
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        text = raw.decode("latin-1")
         log.warning("%s is not UTF-8; read it as Latin-1", path)
-    reader = csv.reader(io.StringIO(text, newline=""))
+        return raw.decode("latin-1")
+
+
+def _allow_fields_up_to(n_chars: int) -> None:
+    # csv refuses a field over field_size_limit() with an error that would abort the whole load. The text is
+    # already in memory, so no field can cost more than the file: lift the limit to its size and let
+    # max_field_chars reject long fields row by row. Only ever raised, so concurrent loads cannot undercut
+    # each other; capped because csv keeps it in a C long (32-bit on Windows).
+    limit = min(n_chars + 1, 2**31 - 1)
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
+
+
+def _physical_lines(text: str) -> list[str]:
+    # The line breaks csv recognises; str.splitlines would also split at form feeds and other separators.
+    return re.split(r"\r\n|\r|\n", text)
+
+
+def _check_unique_columns(path: Path, header: Sequence[str]) -> None:
+    repeated = sorted({name for name in header if list(header).count(name) > 1})
+    if repeated:
+        raise CatalogError(
+            f"{path} has repeated column name(s) {', '.join(repr(name) for name in repeated)} in its header. "
+            "Give every column its own name (remove empty trailing columns)."
+        )
+
+
+def _records(lines: Sequence[str], start: int, n_columns: int) -> tuple[list[_Record], int]:
+    """Group the physical lines from index ``start`` into records. Returns them and the number of non-blank
+    lines that continue a record begun on an earlier line."""
+    records: list[_Record] = []
+    continuation = 0
+    i = start
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        if '"' not in lines[i]:  # most lines: csv would split them exactly so, only slower
+            records.append(_Record(i + 1, lines[i].split(","), lines[i]))
+            i += 1
+            continue
+        span = _record_span(lines, i, n_columns)
+        fields = _parse_lines(lines[i : i + span]) if span else None
+        if span is None or fields is None or (span > 1 and len(fields) != n_columns):
+            # The quote is stray: it may damage this line, not the ones after it.
+            records.append(_Record(i + 1, lines[i].split(","), lines[i], literal=True))
+            i += 1
+            continue
+        records.append(_Record(i + 1, fields, "\n".join(lines[i : i + span])))
+        continuation += sum(1 for line in lines[i + 1 : i + span] if line.strip())
+        i += span
+    return records, continuation
+
+
+def _record_span(lines: Sequence[str], i: int, n_columns: int) -> int | None:
+    """How many physical lines the record starting at index ``i`` takes: more than one only for a quoted field
+    with line breaks; None when the opening quote is stray (it never closes before a line that reads as a row
+    of its own, or within MAX_RECORD_LINES)."""
+    in_quotes = _ends_in_quotes(lines[i], False)
+    span = 1
+    while in_quotes:
+        j = i + span
+        if span >= MAX_RECORD_LINES or j >= len(lines) or _looks_like_row(lines[j], n_columns):
+            return None
+        in_quotes = _ends_in_quotes(lines[j], True)
+        span += 1
+    return span
+
+
+def _ends_in_quotes(line: str, in_quotes: bool) -> bool:
+    """Whether a quoted field is open at the end of ``line``, by the rules of csv's default (non-strict)
+    dialect: a quote opens a field only at its start, a doubled quote inside is a literal one, and after the
+    closing quote the field goes on unquoted."""
+    i = line.find('"')
+    while i != -1:
+        if in_quotes:
+            if line.startswith('"', i + 1):
+                i = line.find('"', i + 2)
+                continue
+            in_quotes = False
+        elif i == 0 or line[i - 1] == ",":
+            in_quotes = True
+        i = line.find('"', i + 1)
+    return in_quotes
+
+
+def _looks_like_row(line: str, n_columns: int) -> bool:
+    # The rest of a quoted field rarely has many commas; a line with over half the header's fields is taken
+    # for the next row, so a stray quote cannot turn it into part of a title.
+    return line.count(",") + 1 > n_columns // 2
+
+
+def _parse_lines(lines: Sequence[str]) -> list[str] | None:
+    """The fields of the one record that ``lines`` make up, or None when csv reads them otherwise."""
+    reader = csv.reader([f"{line}\n" for line in lines])
     try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise CatalogError(f"{path} is empty. It needs a header row with at least: {ID}, {TARGET}.") from None
-    n = len(header)
-    title_last = bool(header) and header[-1] == TITLE
-    rows: list[list[str]] = []
-    rejects: list[dict[str, str]] = []
-    recovered = 0
-    for line_no, fields in enumerate(reader, start=2):
-        if not fields or all(not f.strip() for f in fields):
+        fields = next(reader, [])
+    except csv.Error:
+        return None
+    return fields if reader.line_num == len(lines) else None
+
+
+def _table_from_records(records: list[_Record], header: list[str], max_field_chars: int) -> _Styles:
+    n_columns = len(header)
+    vocab = _vocabulary([r for r in records if len(r.fields) == n_columns and not r.literal], header)
+    styles = _Styles(table=pd.DataFrame(), rows_in=len(records), raws={r.line: r.raw for r in records})
+    kept: list[_Record] = []
+    for record in records:
+        fields, why = _fit_fields(record, header, vocab, max_field_chars)
+        pid = _field(record.fields, header, ID) or f"line {record.line}"
+        if fields is None:
+            why += f"; {UNCLOSED_QUOTE}" if record.literal else ""
+            styles.rejects.append(_reject(pid, why, "dropped", record.line, record.raw))
             continue
-        if len(fields) > n and title_last:
-            fields = fields[: n - 1] + [",".join(fields[n - 1 :])]
-            recovered += 1
-        if len(fields) != n:
-            row_id = fields[header.index(ID)].strip() if ID in header and len(fields) > header.index(ID) else ""
-            rejects.append(
-                {
-                    ID: row_id or f"line {line_no}",
-                    "reason": f"line {line_no} has {len(fields)} fields, the header has {n}",
-                    "action": "dropped",
-                }
+        if record.literal:
+            styles.notes.append(_reject(pid, UNCLOSED_QUOTE, "kept", record.line, record.raw))
+        if len(record.fields) > n_columns:
+            styles.recovered_ids.append(pid)
+        record.fields = fields
+        kept.append(record)
+    rows = [r.fields for r in kept]
+    styles.table = pd.DataFrame(rows, columns=header, index=[r.line for r in kept], dtype=str)
+    return styles
+
+
+def _fit_fields(
+    record: _Record, header: list[str], vocab: Mapping[str, set[str]], max_field_chars: int
+) -> tuple[list[str] | None, str]:
+    """The record's fields, one per column (a title with unquoted commas rejoined), or None and why not."""
+    n_columns, fields = len(header), record.fields
+    for i, value in enumerate(fields):
+        if len(value) > max_field_chars:
+            name = header[i] if i < n_columns else f"field {i + 1}"
+            return None, (
+                f"field '{name}' too long ({len(value):,} characters; the limit is {max_field_chars:,}, "
+                f"max_field_chars), line {record.line}"
             )
+    if len(fields) == n_columns:
+        return fields, ""
+    why = f"line {record.line} has {len(fields)} fields, the header has {n_columns}"
+    if len(fields) < n_columns or header[-1] != TITLE:
+        return None, why
+    joined = [*fields[: n_columns - 1], ",".join(fields[n_columns - 1 :])]
+    problems = _shift_evidence(dict(zip(header, joined, strict=True)), vocab)
+    if problems:
+        return None, f"{why} (not rejoined into the title: {'; '.join(problems)})"
+    return joined, ""
+
+
+def _vocabulary(records: Sequence[_Record], header: list[str]) -> dict[str, set[str]]:
+    """The values each categorical column takes in the rows that parsed cleanly."""
+    columns = [c for c in (*CATEGORICAL, TARGET) if c in header]
+    return {c: {r.fields[header.index(c)].strip() for r in records} - {""} for c in columns}
+
+
+def _shift_evidence(values: Mapping[str, str], vocab: Mapping[str, set[str]]) -> list[str]:
+    """Signs that a row's extra fields come from a comma before the title, not in it: rejoining them into the
+    title would then leave values in the wrong columns (and a wrong label). Values are judged against those
+    of the cleanly parsed rows: a target or a value typical of another column is evidence, and so are two
+    values seen nowhere, while one new value alone is not (real catalogs have rare values)."""
+    problems: list[str] = []
+    year = values.get("year", "").strip()
+    if year and not _is_number(year):
+        problems.append(f"year '{_preview(year, 40)}' is not a number")
+    unseen: list[str] = []
+    for col, known in vocab.items():
+        value = values[col].strip()
+        if not value or not known or value in known:
             continue
-        rows.append(fields)
-    return (
-        pd.DataFrame(rows, columns=header, dtype=str),
-        pd.DataFrame(rejects, columns=[ID, "reason", "action"]),
-        recovered,
-    )
+        elsewhere = [c for c, other in vocab.items() if c != col and value in other]
+        if elsewhere:
+            problems.append(f"{col} '{_preview(value, 40)}' is a {elsewhere[0]} value")
+        elif col == TARGET:
+            problems.append(f"{col} '{_preview(value, 40)}' appears in no other row")
+        else:
+            unseen.append(col)
+    if len(unseen) > 1:
+        problems.append(f"{' and '.join(unseen)} have values found in no other row")
+    return problems
 
 
-def _empty_rejects() -> pd.DataFrame:
-    return pd.DataFrame(columns=[ID, "reason", "action"])
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _field(fields: Sequence[str], header: list[str], name: str) -> str:
+    i = header.index(name) if name in header else len(fields)
+    return fields[i].strip() if i < len(fields) else ""
+
+
+def _read_parquet(path: Path, max_field_chars: int) -> _Styles:
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:
+        raise CatalogError(f"Cannot read {path}: {exc}. Is it a valid Parquet file?") from exc
+    table = table.astype(object).where(table.notna(), "").astype(str)
+    table.columns = [str(c).strip() for c in table.columns]
+    _check_unique_columns(path, list(table.columns))
+    table.index = pd.RangeIndex(1, len(table) + 1)
+    styles = _Styles(table=table, rows_in=len(table))
+    too_long = pd.Series(False, index=table.index)
+    for col in table.columns:
+        too_long |= table[col].str.len() > max_field_chars
+    pids = table.loc[too_long, ID] if ID in table.columns else pd.Series("", index=table.index[too_long])
+    for row, pid in pids.items():
+        why = f"a field too long (over {max_field_chars:,} characters, max_field_chars), row {row}"
+        styles.rejects.append(_reject(str(pid).strip() or f"row {row}", why, "dropped", int(row), ""))
+    styles.table = table.loc[~too_long]
+    return styles
+
+
+def _reject(pid: str, reason: str, action: str, line: int | None, raw: str) -> dict[str, object]:
+    return {ID: _preview(pid, 80), "reason": reason, "action": action, "line": line, "raw": _preview(raw)}
+
+
+def _reject_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=REJECT_COLUMNS).astype({"line": "Int64"})
+
+
+def _preview(text: str, limit: int = RAW_PREVIEW_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text):,} characters]"
+
+
+def open_image_within_budget(
+    data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, target_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode the image in ``data`` once, never decoding more than ``max_pixels`` pixels.
+
+    The header is read first (opening does not decode). A JPEG is then decoded at the smallest of its
+    built-in reduced scales (1/2, 1/4, 1/8) that is still at least ``target_size`` (width, height), so a large
+    photo costs little; ``target_size=None`` decodes every format at full size. Whatever would still decode to
+    more than ``max_pixels`` is refused before decoding. Only the formats in ``IMAGE_FORMATS`` are opened.
+
+    Returns the loaded image in the file's own mode, at the decoded size: that may be larger than
+    ``target_size`` (resize it yourself) and is the full size for formats other than JPEG. Raises
+    ``ImageTooLarge`` (a ``ValueError``) over the budget, and Pillow's errors (``OSError``, including
+    ``PIL.UnidentifiedImageError``, ``SyntaxError``, ``ValueError``...) for data that is not a readable image.
+    """
+    image, _ = _decode_within_budget(data, max_pixels, target_size)
+    return image
+
+
+def _decode_within_budget(
+    data: bytes, max_pixels: int, target_size: tuple[int, int] | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """``open_image_within_budget``, plus the (width, height) stored in the file."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger, limit, checked while opening
+        raise ImageTooLarge(f"image too large: {exc}", None, max_pixels) from exc
+    stored = image.size
+    try:
+        if target_size is not None:
+            image.draft(image.mode, target_size)  # a no-op for formats other than JPEG
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"image too large: {width}x{height} is {width * height:,} pixels to decode, more than the "
+                f"limit of {max_pixels:,}",
+                (width, height),
+                max_pixels,
+            )
+        image.load()
+    except BaseException:
+        image.close()
+        raise
+    return image, stored
 
 
 @dataclass(frozen=True)
 class ImageCheck:
-    status: str  # ok | missing | corrupt
+    status: str  # ok | missing | corrupt | unchecked
     sha1: str | None
     detail: str = ""
     width: int = 0
     height: int = 0
     mode: str = ""
+    outside: bool = False  # the reference pointed outside images/; detail says how
+
+    @property
+    def reason(self) -> str:
+        return self.detail if self.outside else f"{self.status} image: {self.detail}"
 
 
-def check_image(path: Path | None) -> ImageCheck:
-    """Hash and fully decode one image file, so truncated or corrupt files are caught here, not in training."""
+def check_image(path: Path | None, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageCheck:
+    """Hash and decode one image file within the pixel budget, so truncated, corrupt and oversized files are
+    caught here, not in training. Width and height are the ones stored in the file."""
     if path is None or not path.is_file():
         return ImageCheck("missing", None, "image file not found")
     try:
+        n_bytes = path.stat().st_size
+        if n_bytes > MAX_IMAGE_BYTES:
+            return ImageCheck("corrupt", None, f"file too large ({n_bytes:,} bytes; the limit is {MAX_IMAGE_BYTES:,})")
         data = path.read_bytes()
     except OSError as exc:
         return ImageCheck("corrupt", None, f"cannot read image file: {exc}")
     sha1 = hashlib.sha1(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return ImageCheck("ok", sha1, "", im.width, im.height, im.mode)
+        image, (width, height) = _decode_within_budget(data, max_pixels, CHECK_DECODE_SIZE)
+    except ImageTooLarge as exc:
+        return ImageCheck("corrupt", sha1, f"{exc} (max_image_pixels)")
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         return ImageCheck("corrupt", sha1, f"image cannot be decoded ({type(exc).__name__}: {exc})")
+    with image:
+        return ImageCheck("ok", sha1, "", width, height, image.mode)
 
 
-def check_images(paths: Iterable[Path | None], workers: int = 4, progress: bool = True) -> list[ImageCheck]:
+def check_images(
+    paths: Iterable[Path | None], workers: int = 4, progress: bool = True, max_pixels: int = MAX_IMAGE_PIXELS
+) -> list[ImageCheck]:
     paths = list(paths)
+    check = partial(check_image, max_pixels=max_pixels)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(check_image, paths, chunksize=64)
+        results = pool.map(check, paths, chunksize=64)
         return list(tqdm(results, total=len(paths), desc="checking images", disable=not progress, leave=False))
 
 
 def find_image(images_dir: Path, product_id: str) -> Path | None:
+    """The image file of a product inside ``images_dir``, or None (also when the reference leads outside)."""
+    return _locate_image(images_dir, images_dir.resolve(), product_id)[0]
+
+
+def _locate_image(images_dir: Path, root: Path, product_id: str) -> tuple[Path | None, str]:
+    """A product's image file in ``images_dir`` (whose resolved path is ``root``), or None and, when the
+    reference leads outside the folder, why."""
+    if any(sep in product_id for sep in ("/", "\\", "\x00")):
+        return None, f"{OUTSIDE_FOLDER} (the id '{_preview(product_id, 80)}' is a path, not a file name)"
     for ext in IMAGE_EXTENSIONS:
         candidate = images_dir / f"{product_id}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
+        try:
+            if not candidate.is_file():
+                continue
+            # The name has no separator, so only a link (or a Windows drive prefix) can lead elsewhere; links
+            # are followed only while they stay within the folder.
+            inside = candidate.parent == images_dir and (
+                not candidate.is_symlink() or candidate.resolve().is_relative_to(root)
+            )
+        except (OSError, ValueError):  # e.g. a name too long for the file system
+            continue
+        if not inside:
+            return None, f"{OUTSIDE_FOLDER} ({candidate.name} resolves to a file outside images/)"
+        return candidate, ""
+    return None, ""
+
+
+def _image_checks(
+    ids: Sequence[str], images_dir: Path, *, check_files: bool, max_pixels: int, progress: bool
+) -> tuple[list[Path | None], list[ImageCheck]]:
+    if not images_dir.is_dir():
+        log.warning("No images/ folder at %s; every product has no image", images_dir)
+        return [None] * len(ids), [ImageCheck("missing", None, "image file not found")] * len(ids)
+    root = images_dir.resolve()
+    located = [_locate_image(images_dir, root, pid) for pid in ids]
+    paths = [path for path, _ in located]
+    if check_files:
+        checks = check_images(paths, progress=progress, max_pixels=max_pixels)
+    else:
+        checks = [ImageCheck("unchecked" if p else "missing", None, "" if p else "image file not found") for p in paths]
+    checks = [
+        ImageCheck("missing", None, why, outside=True) if why else check
+        for (_, why), check in zip(located, checks, strict=True)
+    ]
+    return paths, checks
+
+
+class _RejectLog:
+    """The reject rows of one load, each with the line and raw text of its row."""
+
+    def __init__(self, raws: Mapping[int, str], rows: list[dict[str, object]]) -> None:
+        self.raws = raws
+        self.rows = rows
+
+    def add(self, pid: str, reason: str, action: str, line: int) -> None:
+        self.rows.append(_reject(pid, reason, action, int(line), self.raws.get(line, "")))
+
+    def drop(self, table: pd.DataFrame, mask: pd.Series, reason: str) -> pd.DataFrame:
+        """``table`` without the rows of ``mask``, each recorded as dropped for ``reason``."""
+        for line, pid in zip(table.index[mask], table.loc[mask, ID], strict=True):
+            self.add(pid or "(empty id)", reason, "dropped", line)
+        return table.loc[~mask]
+
+    def frame(self) -> pd.DataFrame:
+        return _reject_frame(self.rows)
 
 
 def load_catalog(
@@ -218,13 +623,21 @@ def load_catalog(
     required_columns: Iterable[str] = (),
     check_image_files: bool = True,
     progress: bool = True,
+    max_field_chars: int = MAX_FIELD_CHARS,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    rejects_path: str | Path | None = None,
 ) -> Catalog:
     """Load ``styles.csv``/``styles.parquet`` and ``images/`` from ``data`` and validate every row.
 
-    Rows are dropped (with a reason) for: a malformed line, an empty or duplicate id, an empty target when
-    ``require_target``, and a missing or unreadable image when ``require_images``. Problems that do not stop a
-    product from being used (a non-numeric year, a broken image for a model that does not look at images) are
-    recorded with action "kept".
+    Rows are dropped (with a reason) for: a malformed line (wrong number of fields that cannot be mended, a
+    field over ``max_field_chars``), an empty or duplicate id, an empty target when ``require_target``, and a
+    missing or unusable image when ``require_images``. Problems that do not stop a product from being used
+    (a non-numeric year, an unclosed quote, a broken image or one outside ``images/`` for a model that does
+    not look at images) are recorded with action "kept". Images are decoded within ``max_image_pixels``.
+
+    With ``rejects_path`` the rejects report is written there, also when the load then fails. Raises
+    ``CatalogError`` when the catalog cannot be read or no product is usable; in the latter case its
+    ``rejects`` holds every rejected row.
     """
     folder = resolve_data_dir(data)
     table_path = _find_table(folder)
@@ -233,56 +646,82 @@ def load_catalog(
             f"No styles.csv or styles.parquet in {folder}. The folder must hold the product table "
             "(styles.csv or styles.parquet) and an images/ folder with <id>.jpg files."
         )
-    images_dir = (table_path.parent if folder.is_file() else folder) / "images"
-    table, rejects, recovered = read_styles_table(table_path)
-
+    styles = _read_styles(table_path, max_field_chars)
     required = [ID, *([TARGET] if require_target else []), *required_columns]
+    table = _with_catalog_columns(styles.table, table_path, required)
+    rejects = _RejectLog(styles.raws, styles.rejects + styles.notes)
+    products = _to_products(_drop_unusable_rows(table, rejects, require_target), rejects)
+    images_dir = (table_path.parent if folder.is_file() else folder) / "images"
+    image_options = {"check_files": check_image_files, "max_pixels": max_image_pixels, "progress": progress}
+    products = _attach_images(products, images_dir, rejects, require_images=require_images, **image_options)
+    catalog = Catalog(
+        products=products.reset_index(drop=True),
+        rejects=rejects.frame(),
+        source=table_path,
+        recovered_rows=len(styles.recovered_ids),
+        rows_in=styles.rows_in,
+        continuation_lines=styles.continuation_lines,
+        recovered_ids=styles.recovered_ids,
+    )
+    if rejects_path is not None:
+        catalog.write_rejects(Path(rejects_path))
+    if catalog.products.empty:
+        raise _no_products_error(catalog, rejects_path)
+    _add_notes(catalog, len(styles.notes))
+    log.info("%s", catalog.summary())
+    return catalog
+
+
+def _with_catalog_columns(table: pd.DataFrame, table_path: Path, required: Iterable[str]) -> pd.DataFrame:
     missing = [c for c in dict.fromkeys(required) if c not in table.columns]
     if missing:
         raise CatalogError(
             f"{table_path} lacks required column(s) {', '.join(missing)}. Found: {', '.join(table.columns)}. "
             "Add the column (values may be empty) or rename the matching column."
         )
+    table = table.copy()
     for col in COLUMNS:
         if col not in table.columns:
             table[col] = ""
     for col in table.columns:
         table[col] = table[col].fillna("").astype(str).str.strip()
-    reasons: list[dict[str, str]] = []
+    return table
 
-    def drop(mask: pd.Series, reason: str | pd.Series) -> None:
-        nonlocal table
-        if not mask.any():
-            return
-        bad = table.loc[mask]
-        reason_values = reason.loc[mask] if isinstance(reason, pd.Series) else [reason] * len(bad)
-        for pid, why in zip(bad[ID], reason_values, strict=True):
-            reasons.append({ID: pid or "(empty id)", "reason": why, "action": "dropped"})
-        table = table.loc[~mask]
 
-    drop(table[ID] == "", "empty id")
+def _drop_unusable_rows(table: pd.DataFrame, rejects: _RejectLog, require_target: bool) -> pd.DataFrame:
+    table = rejects.drop(table, table[ID] == "", "empty id")
     dup = table[ID].duplicated(keep="first")
-    drop(dup, "duplicate id (an earlier row has the same id; the first one is kept)")
+    table = rejects.drop(table, dup, "duplicate id (an earlier row has the same id; the first one is kept)")
     if require_target:
-        drop(table[TARGET] == "", f"empty target ({TARGET})")
+        table = rejects.drop(table, table[TARGET] == "", f"empty target ({TARGET})")
+    return table
 
+
+def _to_products(table: pd.DataFrame, rejects: _RejectLog) -> pd.DataFrame:
     year = pd.to_numeric(table["year"].where(table["year"] != ""), errors="coerce")
     bad_year = (table["year"] != "") & year.isna()
-    for pid, raw in zip(table.loc[bad_year, ID], table.loc[bad_year, "year"], strict=True):
-        reasons.append({ID: pid, "reason": f"non-numeric year '{raw}' (treated as missing)", "action": "kept"})
-
-    products = table.reset_index(drop=True).copy()
-    products["year"] = year.reset_index(drop=True).astype("float64")
+    for line, pid, raw in zip(table.index[bad_year], table.loc[bad_year, ID], table.loc[bad_year, "year"], strict=True):
+        rejects.add(pid, f"non-numeric year '{_preview(raw, 40)}' (treated as missing)", "kept", line)
+    products = table.copy()
+    products["year"] = year.astype("float64")
     for col in CATEGORICAL + [TARGET, TITLE]:
         products[col] = products[col].replace("", np.nan)
+    return products
 
-    paths = [find_image(images_dir, pid) for pid in products[ID]] if images_dir.is_dir() else [None] * len(products)
-    if not images_dir.is_dir():
-        log.warning("No images/ folder next to %s; every product has no image", table_path)
-    if check_image_files:
-        checks = check_images(paths, progress=progress)
-    else:
-        checks = [ImageCheck("unchecked" if p else "missing", None, "" if p else "image file not found") for p in paths]
+
+def _attach_images(
+    products: pd.DataFrame,
+    images_dir: Path,
+    rejects: _RejectLog,
+    *,
+    require_images: bool,
+    check_files: bool,
+    max_pixels: int,
+    progress: bool,
+) -> pd.DataFrame:
+    paths, checks = _image_checks(
+        list(products[ID]), images_dir, check_files=check_files, max_pixels=max_pixels, progress=progress
+    )
     products["image_path"] = [
         str(p) if c.status in ("ok", "unchecked") else None for p, c in zip(paths, checks, strict=True)
     ]
@@ -291,21 +730,40 @@ def load_catalog(
     products["image_width"] = [c.width for c in checks]
     products["image_height"] = [c.height for c in checks]
     products["image_mode"] = [c.mode for c in checks]
-    bad_image = products["image_status"].isin(["missing", "corrupt"])
     action = "dropped" if require_images else "kept"
-    for pid, check in zip(
-        products.loc[bad_image, ID], [c for c in checks if c.status in ("missing", "corrupt")], strict=True
-    ):
-        reasons.append({ID: pid, "reason": f"{check.status} image: {check.detail}", "action": action})
+    for line, pid, check in zip(products.index, products[ID], checks, strict=True):
+        if check.status in ("missing", "corrupt"):
+            rejects.add(pid, check.reason, action, line)
     if require_images:
-        products = products.loc[~bad_image].reset_index(drop=True)
+        products = products.loc[~products["image_status"].isin(["missing", "corrupt"])]
+    return products
 
-    all_rejects = pd.concat([rejects, pd.DataFrame(reasons, columns=[ID, "reason", "action"])], ignore_index=True)
-    catalog = Catalog(products=products, rejects=all_rejects, source=table_path, recovered_rows=recovered)
-    if recovered:
-        catalog.notes.append(f"{recovered} rows had unquoted commas in {TITLE}; the title was rejoined")
-    log.info("%s", catalog.summary())
-    return catalog
+
+def _no_products_error(catalog: Catalog, rejects_path: str | Path | None) -> CatalogError:
+    source = catalog.source
+    if catalog.rows_in == 0:
+        message = (
+            f"{source} has a header but no product rows. Add one line per product below the header "
+            f"(columns: {', '.join(COLUMNS)})."
+        )
+    else:
+        examples = list(dict.fromkeys(_preview(str(r), 120) for r in catalog.dropped["reason"]))[:3]
+        where = f"in {rejects_path}" if rejects_path is not None else "in the rejects report"
+        message = (
+            f"No usable product in {source}: all {catalog.rows_in:,} rows were rejected, e.g. "
+            f"{'; '.join(examples)}. Every row is listed with its reason and text {where}; fix them and load "
+            "again."
+        )
+    return CatalogError(message, rejects=catalog.rejects)
+
+
+def _add_notes(catalog: Catalog, n_unclosed: int) -> None:
+    if catalog.recovered_rows:
+        catalog.notes.append(f"{catalog.recovered_rows} rows had unquoted commas in {TITLE}; the title was rejoined")
+    if n_unclosed:
+        catalog.notes.append(f"{n_unclosed} rows had an unclosed quote; each was read with quotes as plain text")
+    if catalog.continuation_lines:
+        catalog.notes.append(f"{catalog.continuation_lines} lines continue a quoted field begun on an earlier line")
 
 
 def catalog_from_frame(
