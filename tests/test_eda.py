@@ -345,6 +345,47 @@ def test_formatting_problems_are_found_on_raw_strings(catalog_dir: Path, tmp_pat
     assert "5102" in odd and odd["5101"].startswith("same image bytes")
 
 
+def test_hierarchy_breaks_are_shown_with_their_images(catalog_dir: Path, tmp_path: Path) -> None:
+    add_formatting_problems(catalog_dir)
+    write_eda_report(catalog_dir, tmp_path / "eda", progress=False)
+    page = (tmp_path / "eda" / "eda.html").read_text(encoding="utf-8")
+    hierarchy = page.split("Category hierarchy", 1)[1].split("</table>", 1)[0]
+    # 5102, a Tshirts row under Bottomwear, appears as its photo with its id, not only as an id.
+    thumb = re.search(r'<span class="mini" title="([^"]*)"><img src="data:image/jpeg;base64,([^"]+)" '
+                      r'alt="product 5102"><span>5102</span>', hierarchy)
+    assert thumb, "the hierarchy break is listed without its image"
+    assert thumb.group(1) == "Levis men blue jeans"  # its title on hover
+    with Image.open(io.BytesIO(base64.b64decode(thumb.group(2)))) as im:
+        assert im.width > 20 and im.height > 20
+
+
+def test_target_chart_stays_readable_with_many_classes(tmp_path: Path) -> None:
+    """A catalog with as many classes as the real one (143): the largest are drawn with room for their
+    names, and every class is in the table beside the chart."""
+    folder = tmp_path / "many"
+    (folder / "images").mkdir(parents=True)
+    names = [f"Class number {i}" for i in range(143)]
+    lines = ["id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"]
+    pid = 0
+    for i, name in enumerate(names):
+        for _ in range(1 + (143 - i) // 10):
+            pid += 1
+            lines.append(f"{pid},Men,Apparel,Topwear,{name},Black,Summer,2012,Casual,{name} {pid}")
+    (folder / "styles.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_eda_report(folder, tmp_path / "eda", progress=False)
+    page = (tmp_path / "eda" / "eda.html").read_text(encoding="utf-8")
+    target = page.split('<section id="target">', 1)[1].split("</section>", 1)[0]
+    for name in names:
+        assert f"<td>{name}</td>" in target, name
+    chart = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="the largest articleType classes and their',
+                      target)
+    assert chart, "no chart of the largest classes"
+    with Image.open(io.BytesIO(base64.b64decode(chart.group(1)))) as im:
+        # 40 labelled bars, each with at least 20 pixels of height for its name, in an image narrow enough
+        # for its half of the page, where it is not scaled down.
+        assert im.height >= 40 * 20 and im.width <= 600, im.size
+
+
 def test_build_eda_is_json_serialisable(catalog_dir: Path) -> None:
     from deepfusion import load_catalog
 

@@ -42,6 +42,10 @@ SAMPLE_CLASSES = 8
 SAMPLES_PER_CLASS = 4
 PLAUSIBLE_YEARS = (1990, datetime.now(UTC).year + 1)
 THUMB_SIZE = (90, 120)
+SMALL_THUMB = (45, 60)  # inside table cells (hierarchy breaks, confusion examples)
+THUMB_MAX_PIXELS = 40_000_000  # a larger photo gets the placeholder instead of being decoded for a thumbnail
+TARGET_BARS = 40  # classes drawn with their name in the target chart; every class is in the table beside it
+BREAK_GROUPS = 25
 PLACEHOLDER_PATTERN = r"na|n/a|nan|null|none|-|\?|unknown"
 ACCENT = "#3b6ea5"
 
@@ -559,22 +563,50 @@ def _bar_chart(counts: dict[str, int], title: str, xlabel: str, ylabel: str, *,
     return _png(fig)
 
 
-def _class_chart(counts: dict[str, int]) -> str:
+def _class_colours(values: Sequence[int]) -> list[str]:
+    return ["#c8553d" if v < 10 else "#e0a458" if v < 100 else ACCENT for v in values]
+
+
+def _class_chart(counts: dict[str, int], top: int = TARGET_BARS) -> str:
+    """The ``top`` largest classes as labelled horizontal bars: 143 names under vertical bars would be a few
+    pixels tall, so only the largest are named here and every class is in the table beside the chart."""
     if not counts:
         return _empty_chart(f"{TARGET}: products per class")
-    labels, values = list(counts), list(counts.values())
-    fig = _figure(min(16.0, max(7.0, 0.1 * len(labels) + 2)), 5.0)
+    title = f"The {top} largest of {len(counts)} {TARGET} classes" if len(counts) > top else f"{TARGET} classes"
+    items = list(counts.items())[:top]
+    labels, values = [k for k, _ in items], [v for _, v in items]
+    fig = _figure(5.6, 0.9 + 0.22 * len(labels))  # about the width of its column: shown unscaled
     ax = fig.add_subplot()
-    colors = ["#c8553d" if v < 10 else "#e0a458" if v < 100 else ACCENT for v in values]
-    ax.bar(range(len(labels)), values, color=colors, width=0.8)
+    ax.barh(range(len(labels)), values, color=_class_colours(values), height=0.75)
+    ax.set_yticks(range(len(labels)), labels, fontsize=9)
+    ax.invert_yaxis()
+    # A linear axis: bar lengths compare as counts (the long tail is on the rank chart's log axis).
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:,}", va="center", fontsize=8, color="#333")
+    ax.margins(x=0.1, y=0.01)  # room for the count beside the longest bar
+    ax.set_xlabel("products")
+    legend = "\nbars in orange: < 100 products, red: < 10" if min(values) < 100 else ""
+    ax.set_title(title + legend, fontsize=10.5, loc="left")
+    _style(ax)
+    return _png(fig)
+
+
+def _class_rank_chart(counts: dict[str, int]) -> str:
+    """Every class by rank on a log scale: the shape of the long tail, which the labelled chart cannot show."""
+    if not counts:
+        return _empty_chart(f"{TARGET}: all classes by rank")
+    values = list(counts.values())
+    fig = _figure(6.0, 3.4)
+    ax = fig.add_subplot()
+    ax.bar(range(1, len(values) + 1), values, color=_class_colours(values), width=0.85)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5.5 if len(labels) > 60 else 7)
-    ax.set_xlim(-0.8, len(labels) - 0.2)
-    ax.axhline(10, color="#c8553d", lw=0.8, ls="--")
-    ax.axhline(100, color="#e0a458", lw=0.8, ls="--")
-    ax.set_xlabel(f"{TARGET} (sorted by count)")
+    ax.axhline(10, color="#c8553d", lw=0.8, ls="--", label="10 products")
+    ax.axhline(100, color="#e0a458", lw=0.8, ls="--", label="100 products")
+    ax.set_xlim(0.3, len(values) + 0.7)
+    ax.set_xlabel("class rank (1 = largest; names in the table)")
     ax.set_ylabel("products (log scale)")
-    ax.set_title(f"{TARGET}: products per class (red: < 10, orange: < 100)", fontsize=11, loc="left")
+    ax.legend(fontsize=8, frameon=False, loc="upper right")
+    ax.set_title(f"All {len(values)} classes by size (red: < 10, orange: < 100)", fontsize=11, loc="left")
     _style(ax)
     return _png(fig)
 
@@ -693,7 +725,16 @@ figure img{max-width:100%;height:auto;border:1px solid #eef1f4;border-radius:6px
 details{margin:6px 0 12px}summary{cursor:pointer;color:#3b6ea5;font-size:13.5px}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:8px 28px}
 code{background:#f0f4f8;padding:0 4px;border-radius:3px}
+.scroll{max-height:520px;overflow:auto;border:1px solid #e4e7eb;border-radius:6px}
+.scroll table{margin:0;width:100%}.scroll th{position:sticky;top:0}
+.mini{display:inline-block;text-align:center;margin:0 6px 2px 0;font-size:11px;color:#52606d}
+.mini img{display:block;width:45px;height:60px;object-fit:contain;border:1px solid #e4e7eb;border-radius:3px;
+background:#fff}
 """
+
+
+class Markup(str):
+    """HTML built here from escaped parts: ``_table`` puts it into a cell as it is."""
 
 
 def _e(value: Any) -> str:
@@ -724,7 +765,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Itera
     for row in rows:
         cells = []
         for i, v in enumerate(row):
-            text = _n(v) if i in num and isinstance(v, int | float) else _e(v)
+            text = v if isinstance(v, Markup) else _n(v) if i in num and isinstance(v, int | float) else _e(v)
             cells.append(f'<td class="n">{text}</td>' if i in num else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -738,22 +779,32 @@ def _card(value: str, label: str, level: str = "") -> str:
     return f'<div class="card {level}"><div class="v">{_e(value)}</div><div class="l">{_e(label)}</div></div>'
 
 
-def _thumbnail(path: str | Path | None, status: str) -> str:
-    """The product image as a JPEG data URI; a labelled placeholder when it is missing or corrupt."""
+def thumbnail_uri(path: str | Path | None, status: str = "ok", size: tuple[int, int] = THUMB_SIZE) -> str:
+    """The product image as a JPEG data URI of at most twice ``size`` (sharp on high-density screens); a labelled
+    PNG placeholder of ``size`` when it is missing, corrupt or too large to decode. Never raises."""
     im: Image.Image | None = None
-    if path is not None and status == "ok":
+    if status == "ok" and (path is None or not Path(path).is_file()):
+        status = "missing"
+    if status == "ok":
         try:
             with Image.open(path) as src:
-                im = src.convert("RGB")
-                im.thumbnail((THUMB_SIZE[0] * 2, THUMB_SIZE[1] * 2))
-        except Exception:  # a file that changed since loading: show the placeholder
+                # Opening reads only the header: refuse a huge photo before decoding it, and let a JPEG decode at
+                # a reduced scale, since only a thumbnail is needed.
+                if src.width * src.height <= THUMB_MAX_PIXELS:
+                    src.draft(src.mode, (size[0] * 2, size[1] * 2))
+                    im = src.convert("RGB")
+                    im.thumbnail((size[0] * 2, size[1] * 2))
+                else:
+                    status = "too large"
+        except Exception:  # a file that changed since loading, or was never readable: show the placeholder
             im = None
+            status = "corrupt" if status == "ok" else status
     if im is None:
-        im = Image.new("RGB", THUMB_SIZE, (236, 238, 241))
+        im = Image.new("RGB", size, (236, 238, 241))
         draw = ImageDraw.Draw(im)
-        draw.rectangle((0, 0, THUMB_SIZE[0] - 1, THUMB_SIZE[1] - 1), outline=(200, 85, 61), width=2)
-        label = status if status in ("missing", "corrupt") else "no image"
-        draw.text((THUMB_SIZE[0] // 2, THUMB_SIZE[1] // 2), label, fill=(163, 59, 43), anchor="mm")
+        draw.rectangle((0, 0, size[0] - 1, size[1] - 1), outline=(200, 85, 61), width=2)
+        label = status if status in ("missing", "corrupt", "too large") else "no image"
+        draw.text((size[0] // 2, size[1] // 2), label, fill=(163, 59, 43), anchor="mm")
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -762,9 +813,25 @@ def _thumbnail(path: str | Path | None, status: str) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _mini(src: str, caption: str, title: str = "") -> str:
+    """A small captioned thumbnail for a table cell."""
+    return (f'<span class="mini" title="{_e(title)}"><img src="{src}" alt="product {_e(caption)}">'
+            f"<span>{_e(caption)}</span></span>")
+
+
+def _product_mini(products: pd.DataFrame, pid: str) -> str:
+    """A small thumbnail of a loaded product (indexed by id) with its id under it."""
+    if pid not in products.index:
+        return _mini(thumbnail_uri(None, "missing", SMALL_THUMB), pid)
+    row = products.loc[pid]
+    title = row.get(TITLE)
+    return _mini(thumbnail_uri(row.get("image_path"), str(row.get("image_status")), SMALL_THUMB), pid,
+                 "" if title is None or pd.isna(title) else str(title))
+
+
 def _tile(row: pd.Series | None, pid: str, why: str = "", image_path: Path | None = None) -> str:
     if row is not None:
-        src = _thumbnail(row.get("image_path"), str(row.get("image_status")))
+        src = thumbnail_uri(row.get("image_path"), str(row.get("image_status")))
         year = row.get("year")
         year_text = "" if year is None or pd.isna(year) else str(int(year))
         parts = [row.get(c) for c in ("gender", "baseColour", "season", "usage")]
@@ -774,7 +841,7 @@ def _tile(row: pd.Series | None, pid: str, why: str = "", image_path: Path | Non
                 f'<div class="t">{meta}</div><div>{_e(row.get(TITLE))}</div>')
     else:
         found = image_path is not None and image_path.is_file()
-        src = _thumbnail(image_path, "ok" if found else "missing")
+        src = thumbnail_uri(image_path, "ok" if found else "missing")
         body = f'<div class="id">{_e(pid)} (dropped)</div>'
     badge = f'<span class="badge">{_e(why)}</span>' if why else ""
     return f'<div class="tile"><img src="{src}" alt="product {_e(pid)}">{body}{badge}</div>'
@@ -786,7 +853,7 @@ def render_eda_html(eda: dict[str, Any], catalog: Catalog, *, progress: bool = T
         eda[k] for k in ("overview", "quality", "target", "metadata", "relationships", "images", "samples"))
     classes = list(tg["counts"])
     n = ov["rows"]
-    charts = tqdm(total=4 + len(METADATA_COLUMNS) + len(RELATION_COLUMNS), desc="eda charts",
+    charts = tqdm(total=5 + len(METADATA_COLUMNS) + len(RELATION_COLUMNS), desc="eda charts",
                   disable=not progress, leave=False)
 
     def chart(make: Any, *args: Any, **kwargs: Any) -> str:
@@ -891,6 +958,7 @@ whitespace. Placeholder values are kept as ordinary values by the loader.</p>
 
     # 3. Target
     class_chart = chart(_class_chart, tg["counts"])
+    rank_chart = chart(_class_rank_chart, tg["counts"])
     coverage_chart = chart(_coverage_chart, tg["counts"])
     imb_rows = [
         ("classes", tg["n_classes"]),
@@ -908,13 +976,13 @@ whitespace. Placeholder values are kept as ordinary values by the loader.</p>
     all_rows = [(i + 1, c, v, _pct(v / tg["n_labelled"], 2)) for i, (c, v) in enumerate(tg["counts"].items())]
     target_html = f"""
 <section id="target"><h2>3. Target distribution ({TARGET})</h2>
-{_img(class_chart, "articleType counts on a log scale")}
+<div class="cols"><div>{_img(class_chart, f"the largest {TARGET} classes and their product counts")}</div>
+<div><h3>All {tg['n_classes']} classes</h3><div class="scroll">
+{_table(["#", TARGET, "products", "share"], all_rows, numeric=[0, 2, 3])}</div>
+<p class="note">Classes under 10 products: {_e(", ".join(tg["names_under_10"])) or "none"}.</p></div></div>
 <div class="cols"><div><h3>Imbalance</h3>{_table(["figure", "value"], imb_rows, numeric=[1])}
 <h3>Coverage</h3>{_table(["classes", "share of products"], cov_rows, numeric=[1])}</div>
-<div>{_img(coverage_chart, "top-k coverage")}</div></div>
-<p class="note">Classes under 10 products: {_e(", ".join(tg["names_under_10"])) or "none"}.</p>
-<details><summary>All {tg['n_classes']} classes with counts</summary>
-{_table(["#", TARGET, "products", "share"], all_rows, numeric=[0, 2, 3])}</details>
+<div>{_img(rank_chart, f"all {TARGET} classes by rank")}{_img(coverage_chart, "top-k coverage")}</div></div>
 </section>"""
 
     # 4. Metadata
@@ -938,10 +1006,15 @@ whitespace. Placeholder values are kept as ordinary values by the loader.</p>
                          f"{TARGET} by {col}")
     tree_rows = [(t["masterCategory"], t["subCategory"], t["products"],
                   ", ".join(f"{a} ({c:,})" for a, c in t["articleTypes"].items())) for t in hb["tree"]]
+    products = catalog.products.set_index(ID, drop=False)
+    products = products[~products.index.duplicated()]
     break_rows = []
     for col in ("subCategory", "masterCategory"):
-        for g in hb["breaks"][col]["groups"][:25]:
-            break_rows.append((col, g[TARGET], g["expected"], g["found"], g["rows"], ", ".join(g["ids"])))
+        for g in hb["breaks"][col]["groups"][:BREAK_GROUPS]:
+            # The products themselves, not only their ids: a reader sees at a glance whether the label or the
+            # category is wrong.
+            minis = Markup("".join(_product_mini(products, pid) for pid in g["ids"]))
+            break_rows.append((col, g[TARGET], g["expected"], g["found"], g["rows"], minis))
     multi = [(c, p["subCategory"], ", ".join(f"{s} ({k:,})" for s, k in p["subCategories"].items()))
              for c, p in hb["placement"].items() if len(p["subCategories"]) > 1]
     rel_html = f"""
@@ -956,7 +1029,7 @@ under a different one breaks the hierarchy. <b>{_n(hb['rows_breaking'])}</b> pro
 ({_n(hb['breaks']['subCategory']['rows'])} by subCategory in {hb['breaks']['subCategory']['classes']} classes,
 {_n(hb['breaks']['masterCategory']['rows'])} by masterCategory in {hb['breaks']['masterCategory']['classes']}
 classes).</p>
-{_table(["check", TARGET, "expected", "found", "products", "example ids"], break_rows, numeric=[4])
+{_table(["check", TARGET, "expected", "found", "products", "examples (id)"], break_rows, numeric=[4])
  if break_rows else '<p class="ok">No product breaks the hierarchy.</p>'}
 {f'<details><summary>{len(multi)} classes found under more than one subCategory</summary>'
  + _table([TARGET, "usual subCategory", "all subCategories"], multi) + '</details>' if multi else ''}
@@ -990,7 +1063,6 @@ single-channel (PIL modes {', '.join(im['grayscale_modes'])}).</p></div>
     charts.close()
 
     # 7. Samples
-    products = catalog.products.set_index(ID, drop=False)
     images_dir = catalog.source.parent / "images"
     tile_jobs: list[tuple[str, str, str]] = [
         ("class", pid, "") for ids in smp["per_class"].values() for pid in ids]

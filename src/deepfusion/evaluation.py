@@ -13,6 +13,11 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 RARE_THRESHOLD = 100  # a class with fewer training examples than this counts as rare
 PRECISION_TARGETS = (0.95, 0.98, 0.99)
+BOOTSTRAP_RESAMPLES = 1000
+INTERVAL_LEVEL = 0.95
+# Below this many test products a single product moves accuracy by more than 0.05 points and rare classes have
+# one or two products each, so figures scaled to "per 100,000" are mostly extrapolation: reports say so.
+SMALL_TEST_SPLIT = 2000
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
@@ -133,27 +138,62 @@ def evaluate_predictions(
     }
 
 
-def summary_markdown(metrics: dict[str, Any], title: str) -> str:
-    """A readable one-page summary of ``evaluate_predictions`` output."""
+def calibration_helped(metrics: dict[str, Any]) -> bool | None:
+    """Whether temperature scaling lowered the test ECE (``ece`` after, ``ece_uncalibrated`` before); None when
+    either is unknown."""
+    after, before = metrics.get("ece"), metrics.get("ece_uncalibrated")
+    if after is None or before is None or np.isnan(after) or np.isnan(before):
+        return None
+    return bool(after < before)
+
+
+def weakest_classes(per_class: Sequence[dict[str, Any]], limit: int = 15) -> list[dict[str, Any]]:
+    """Classes with F1 below 1, lowest first (more test products first among equals): a class the model got
+    entirely right is not weak, however it sorts."""
+    weak = [r for r in per_class if r["f1"] < 1]
+    return sorted(weak, key=lambda r: (r["f1"], -r["support"], r["class"]))[:limit]
+
+
+def summary_markdown(metrics: dict[str, Any], title: str, intervals: dict[str, Any] | None = None) -> str:
+    """A readable one-page summary of ``evaluate_predictions`` output; with ``intervals`` (from
+    ``bootstrap_intervals`` on the same products) accuracy, macro-F1 and auto-approval carry their interval."""
 
     def pct(v: float | None) -> str:
         return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}%"
 
-    lines = [
-        f"# {title}",
-        "",
-        f"Evaluated on {metrics['n']:,} products.",
+    def between(key: str, fmt: Any) -> str:
+        if not intervals:
+            return ""
+        iv = intervals[key]
+        return f" ({intervals['level']:.0%} interval {fmt(iv['low'])} to {fmt(iv['high'])})"
+
+    n = metrics["n"]
+    lines = [f"# {title}", "", f"Evaluated on {n:,} products."]
+    if n < SMALL_TEST_SPLIT:
+        lines += [
+            "",
+            f"**Warning: small evaluation set ({n:,} products, under {SMALL_TEST_SPLIT:,}).** One product moves "
+            f"accuracy by {100 / max(n, 1):.2f} points; figures per 100,000 products scale up these {n:,} and "
+            "are uncertain by as much.",
+        ]
+    helped = calibration_helped(metrics)
+    ece = f"{metrics['ece']:.4f}"
+    if metrics.get("ece_uncalibrated") is not None:
+        ece = f"{metrics['ece_uncalibrated']:.4f} before calibration, {metrics['ece']:.4f} after"
+        if helped is False:
+            ece += " (**calibration did not help**)"
+    lines += [
         "",
         "| metric | value |",
         "|---|---|",
-        f"| accuracy | {pct(metrics['accuracy'])} |",
-        f"| macro-F1 | {metrics['macro_f1']:.4f} |",
+        f"| accuracy | {pct(metrics['accuracy'])}{between('accuracy', pct)} |",
+        f"| macro-F1 | {metrics['macro_f1']:.4f}{between('macro_f1', lambda v: f'{v:.4f}')} |",
         f"| weighted-F1 | {metrics['weighted_f1']:.4f} |",
         f"| frequent classes ({metrics['frequent']['definition']}): accuracy / macro-F1 | "
         f"{pct(metrics['frequent']['accuracy'])} / {metrics['frequent']['macro_f1'] or 0:.4f} |",
         f"| rare classes ({metrics['rare']['definition']}): accuracy / macro-F1 | "
         f"{pct(metrics['rare']['accuracy'])} / {metrics['rare']['macro_f1'] or 0:.4f} |",
-        f"| expected calibration error | {metrics['ece']:.4f} |",
+        f"| expected calibration error | {ece} |",
         f"| correct per 100,000 products | {metrics['per_100k_correct']:,.0f} |",
         "",
         "## Auto-approval",
@@ -161,23 +201,33 @@ def summary_markdown(metrics: dict[str, Any], title: str) -> str:
         "| target precision | share auto-approved | confidence threshold |",
         "|---|---|---|",
     ]
+    bounds = {r["target_precision"]: r for r in (intervals or {}).get("auto_approval", [])}
     for row in metrics["auto_approval"]:
-        lines.append(f"| {pct(row['target_precision'])} | {pct(row['coverage'])} | {row['threshold']:.3f} |")
-    lines += ["", "## Most confused pairs", "", "| true | predicted | count |", "|---|---|---|"]
-    lines += [f"| {r['true']} | {r['predicted']} | {r['count']} |" for r in metrics["confused_pairs"][:15]]
-    worst = sorted(metrics["per_class"], key=lambda r: (r["f1"], -r["support"]))[:15]
-    lines += [
-        "",
-        "## Weakest classes",
-        "",
-        "| class | precision | recall | F1 | support | train examples |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} | "
-        f"{r['train_count']} |"
-        for r in worst
-    ]
+        iv = bounds.get(row["target_precision"])
+        share = pct(row["coverage"]) + (f" ({pct(iv['low'])} to {pct(iv['high'])})" if iv else "")
+        lines.append(f"| {pct(row['target_precision'])} | {share} | {row['threshold']:.3f} |")
+    lines += ["", "## Most confused pairs", ""]
+    if metrics["confused_pairs"]:
+        lines += ["| true | predicted | count |", "|---|---|---|"]
+        lines += [f"| {r['true']} | {r['predicted']} | {r['count']} |" for r in metrics["confused_pairs"][:15]]
+    else:
+        lines.append("No product was misclassified.")
+    lines += ["", "## Weakest classes", ""]
+    worst = weakest_classes(metrics["per_class"])
+    if worst:
+        lines += [
+            "Classes with F1 below 1, lowest first.",
+            "",
+            "| class | precision | recall | F1 | support | train examples |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} | "
+            f"{r['train_count']} |"
+            for r in worst
+        ]
+    else:
+        lines.append(f"Every class has F1 1.000 on these {n:,} products.")
     return "\n".join(lines) + "\n"
 
 
@@ -213,7 +263,7 @@ def paired_bootstrap(
     a, b = np.asarray(pred_a, dtype=object), np.asarray(pred_b, dtype=object)
     if not len(labels) == len(a) == len(b):
         raise ValueError("y_true, pred_a and pred_b must have the same length")
-    codes, uniques = pd.factorize(np.concatenate([labels, a, b]))
+    codes, uniques = pd.factorize(np.concatenate([labels, a, b]), use_na_sentinel=False)
     n, k = len(labels), len(uniques)
     y, pa, pb = codes[:n], codes[n : 2 * n], codes[2 * n :]
     groups = [np.arange(n)] if strata is None else [np.flatnonzero(m) for m in _masks(strata)]
@@ -249,3 +299,120 @@ def paired_bootstrap(
 def _masks(strata: Sequence[Any]) -> list[np.ndarray]:
     values = np.asarray(strata, dtype=object)
     return [values == v for v in pd.unique(values)]
+
+
+def _exact_binomial(successes: int, n: int, level: float) -> tuple[float, float]:
+    """Clopper-Pearson interval, only where it has a closed form and the bootstrap has none: no success or no
+    failure (0 of n or n of n)."""
+    tail = (1 - level) / 2
+    if successes >= n:
+        return float(tail ** (1 / n)), 1.0
+    return 0.0, float(1 - tail ** (1 / n))
+
+
+def bootstrap_intervals(
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    confidence: Sequence[float],
+    *,
+    targets: Sequence[float] = PRECISION_TARGETS,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = INTERVAL_LEVEL,
+) -> dict[str, Any]:
+    """How much the test figures of one model would move on another test set of the same size: resamples the
+    products with replacement (seeded) and returns the observed value and the ``level`` percentile interval of
+    accuracy, macro-F1 (classes present, as ``evaluate_predictions``) and the auto-approvable share at each
+    precision target (``coverage_at_precision``).
+
+    The products of each true class are resampled among themselves (a stratified bootstrap), as the test split
+    itself is drawn stratified by class. A plain resample would drop a rare class from about a third of the
+    resamples, and macro-F1 over the classes present would then leave out its (often poor) F1: the resampled
+    macro-F1 would sit above the observed one, and its interval could miss it altogether.
+
+    When every product is right (or every one wrong, or every one approved), every resample gives the same
+    value and the percentile interval shrinks to a point, which would read as certainty. For accuracy and the
+    approvable share the interval is then the exact binomial one of that proportion (``method`` says which);
+    macro-F1 has no such fallback and is marked ``collapsed``."""
+    labels = np.asarray(y_true, dtype=object)
+    pred = np.asarray(y_pred, dtype=object)
+    conf = np.asarray(confidence, dtype=np.float64)
+    n = len(labels)
+    if not n == len(pred) == len(conf):
+        raise ValueError("y_true, y_pred and confidence must have the same length")
+    info = {"n": n, "n_resamples": n_resamples, "seed": seed, "level": level}
+    if n == 0:
+        empty = {"value": float("nan"), "low": float("nan"), "high": float("nan"), "method": "none", "collapsed": True}
+        return {
+            **info,
+            "accuracy": dict(empty),
+            "macro_f1": dict(empty),
+            "auto_approval": [{"target_precision": t, **empty} for t in targets],
+        }
+    codes, uniques = pd.factorize(np.concatenate([labels, pred]), use_na_sentinel=False)
+    y, p, k = codes[:n], codes[n:], len(uniques)
+    correct = (y == p).astype(float)
+    order = np.argsort(-conf, kind="stable")
+    correct_sorted = correct[order]
+    conf_sorted = conf[order]
+    # As in coverage_at_precision: products tied on confidence are approved together.
+    cut_ok = np.r_[conf_sorted[:-1] != conf_sorted[1:], True]
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(y == c) for c in np.unique(y)]
+    acc, f1, cov = [], [], []
+    # Chunks keep the (resamples x products) weight matrix small on a large test split.
+    chunk = max(1, min(n_resamples, 1_000_000 // n))
+    done = 0
+    while done < n_resamples:
+        m = min(chunk, n_resamples - done)
+        weights = np.zeros((m, n))
+        for rows in members:
+            weights[:, rows] = rng.multinomial(len(rows), np.full(len(rows), 1.0 / len(rows)), size=m)
+        acc.append(weights @ correct / n)
+        f1.append([_macro_f1_weighted(y, p, w, k) for w in weights])
+        approved = np.cumsum(weights[:, order], axis=1)
+        right = np.cumsum(weights[:, order] * correct_sorted, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = right / approved
+        cov.append(
+            np.stack(
+                [np.where((precision >= t) & cut_ok & (approved > 0), approved, 0).max(axis=1) / n for t in targets],
+                axis=1,
+            )
+        )
+        done += m
+    acc_s, f1_s, cov_s = np.concatenate(acc), np.concatenate(f1), np.concatenate(cov)
+    tail = (1 - level) / 2
+
+    def interval(values: np.ndarray, observed: float, share_of: int | None) -> dict[str, Any]:
+        low, high = (float(q) for q in np.quantile(values, [tail, 1 - tail]))
+        collapsed = high - low == 0
+        if collapsed and share_of is not None:
+            low, high = _exact_binomial(round(observed * share_of), share_of, level)
+            return {"value": observed, "low": low, "high": high, "method": "exact binomial", "collapsed": True}
+        if not low <= observed <= high:
+            # A skewed resampling distribution (F1 is a ratio) can leave the observed value just outside the
+            # percentile interval; an interval that excludes the figure it qualifies would only confuse.
+            low, high = min(low, observed), max(high, observed)
+            return {
+                "value": observed,
+                "low": low,
+                "high": high,
+                "method": "bootstrap, widened to the observed value",
+                "collapsed": False,
+            }
+        return {"value": observed, "low": low, "high": high, "method": "bootstrap", "collapsed": collapsed}
+
+    observed_f1 = _macro_f1_weighted(y, p, np.ones(n), k)
+    return {
+        **info,
+        "accuracy": interval(acc_s, float(correct.mean()), n),
+        "macro_f1": interval(f1_s, observed_f1, None),
+        "auto_approval": [
+            {
+                "target_precision": t,
+                **interval(cov_s[:, i], coverage_at_precision(conf, correct, t)["coverage"], n),
+            }
+            for i, t in enumerate(targets)
+        ],
+    }

@@ -1,7 +1,14 @@
-"""The comparison report of a run: the three models side by side, in numbers, charts and plain words.
+"""The comparison report of a run: the three models side by side, in numbers, charts and plain words, each
+figure with how sure it is.
 
-Reads what ``runs.train_run`` wrote (each model's ``metrics.json`` and ``test_predictions.csv``) and writes
-``report.html`` (self-contained: charts are embedded PNGs) and ``comparison.json``.
+Reads what ``runs.train_run`` wrote (each model's ``metrics.json``, ``test_predictions.csv`` and
+``config.json``, the run's ``split.json`` and ``split.csv``) and writes ``report.html`` (self-contained: charts
+and product thumbnails are embedded images) and ``comparison.json``.
+
+Test figures come with seeded bootstrap intervals (``evaluation.bootstrap_intervals``); the page warns, before
+any figure, when the test split is too small for "per 100,000" figures to mean much, when calibration did not
+lower the calibration error, and when the models of the folder were not trained alike (preset, seed, test
+products).
 """
 
 from __future__ import annotations
@@ -21,14 +28,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .evaluation import PRECISION_TARGETS, coverage_at_precision  # noqa: E402
+from .catalog import find_image  # noqa: E402
+from .eda import thumbnail_uri  # noqa: E402
+from .evaluation import (  # noqa: E402
+    BOOTSTRAP_RESAMPLES,
+    INTERVAL_LEVEL,
+    PRECISION_TARGETS,
+    SMALL_TEST_SPLIT,
+    bootstrap_intervals,
+    calibration_helped,
+    coverage_at_precision,
+    paired_bootstrap,
+    weakest_classes,
+)
 
 log = logging.getLogger(__name__)
 
+MODEL_NAMES = ("metadata", "image", "fusion")
 # The reference study (frozen EfficientNet-B0) on this data set: test accuracy per model.
 REFERENCE = {"metadata": 0.81, "image": 0.857, "fusion": 0.864}
 COLORS = {"metadata": "#8c8c8c", "image": "#4c78a8", "fusion": "#e45756"}
 PER_100K = 100_000
+CONFUSION_PAIRS = 12
+EXAMPLES_PER_PAIR = 4
+CONFUSION_THUMB = (60, 80)
+SMALL_MARK = "⚠"
 
 
 def _png(fig: plt.Figure) -> str:
@@ -39,61 +63,216 @@ def _png(fig: plt.Figure) -> str:
 
 
 def load_run(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each trained model of the run folder: its ``metrics``, test ``predictions`` and saved ``config`` (empty
+    when the folder has no config.json)."""
     models = {}
-    for name in ("metadata", "image", "fusion"):
+    for name in MODEL_NAMES:
         folder = run_dir / name
         if (folder / "metrics.json").is_file():
             metrics = json.loads((folder / "metrics.json").read_text())
-            preds = pd.read_csv(folder / "test_predictions.csv", dtype={"id": str, "true": str, "predicted": str})
-            models[name] = {"metrics": metrics, "predictions": preds}
+            # Labels are read as written: a class called "NA" or "None" is a class, not a missing value.
+            preds = pd.read_csv(
+                folder / "test_predictions.csv",
+                dtype={"id": str, "true": str, "predicted": str},
+                keep_default_na=False,
+                na_values={"confidence": [""]},
+            )
+            config_path = folder / "config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            models[name] = {"metrics": metrics, "predictions": preds, "config": config}
     return models
 
 
-def business_impact(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------ what made each model
+
+
+def model_options(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The choices that made a model, from its config.json (falling back to metrics.json): what a reader needs
+    to know before comparing it with another."""
+    head = config.get("head", {})
+    fallback = config.get("fallback") or {}
+    image = "image" in (config.get("modalities") or metrics.get("modalities") or [])
+    return {
+        "preset": head.get("preset", metrics.get("preset")),
+        "modalities": config.get("modalities", metrics.get("modalities")),
+        "seed": config.get("seed"),
+        "members": head.get("members"),
+        "epochs (max)": head.get("epochs"),
+        "best epoch": config.get("best_epoch", metrics.get("best_epoch")),
+        "early-stopping patience": head.get("patience"),
+        "hidden layers": head.get("hidden"),
+        "dropout": head.get("dropout"),
+        "modality dropout": head.get("modality_dropout"),
+        "combiner": head.get("combiner"),
+        "wide inputs": head.get("wide"),
+        "class balance": head.get("balance"),
+        "label smoothing": head.get("label_smoothing"),
+        "learning rate": head.get("lr"),
+        "weight decay": head.get("weight_decay"),
+        "field_blanking": config.get("field_blanking"),
+        "title fallback": fallback.get("modalities") if fallback else bool(metrics.get("title_fallback")),
+        "backbone": config.get("backbone") if image else None,
+        "image size": config.get("image_size") if image else None,
+        "augmented views": config.get("augment_views") if image else None,
+        "fine-tuned backbone": bool(config.get("backbone_weights")) if image else None,
+        "refit on train + val": bool(config.get("refit") or metrics.get("refit")),
+        "temperature": config.get("temperature", metrics.get("temperature")),
+    }
+
+
+def _read_split_ids(run_dir: Path) -> set[str] | None:
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        return None
+    split = pd.read_csv(path, dtype={"id": str, "split": str})
+    return set(split.loc[split["split"] == "test", "id"])
+
+
+def run_consistency(models: dict[str, dict[str, Any]], test_ids: set[str] | None) -> list[str]:
+    """Warnings when the models of one run folder were not trained and tested alike: a comparison between
+    them would then mix their differences with those of the set-up."""
+    warnings = []
+    options = {n: m["options"] for n, m in models.items()}
+    for key, what in (("preset", "presets"), ("seed", "seeds"), ("refit on train + val", "refit settings")):
+        values = {n: o.get(key) for n, o in options.items() if o.get(key) is not None}
+        if len(set(map(str, values.values()))) > 1:
+            listed = ", ".join(f"{n}: {v}" for n, v in values.items())
+            warnings.append(
+                f"The models were trained with different {what} ({listed}); their differences are "
+                "not only those of their inputs."
+            )
+    ids = {n: frozenset(m["predictions"]["id"]) for n, m in models.items()}
+    if len(set(ids.values())) > 1:
+        sizes = ", ".join(f"{n}: {len(v):,}" for n, v in ids.items())
+        warnings.append(
+            f"The models were tested on different products ({sizes}): they come from different "
+            "splits or runs, so their figures do not compare."
+        )
+    elif test_ids is not None and ids and not next(iter(ids.values())) <= test_ids:
+        outside = len(next(iter(ids.values())) - test_ids)
+        warnings.append(
+            f"{outside:,} of the products the models were tested on are not in the test split of split.csv: "
+            "the models come from another split than the one this folder records, and may have been trained on "
+            "products they are tested on here."
+        )
+    missing = [n for n, m in models.items() if not m["config"]]
+    if missing:
+        warnings.append(
+            f"No config.json for {', '.join(missing)}: the options that made "
+            f"{'it' if len(missing) == 1 else 'them'} are unknown."
+        )
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------- figures and intervals
+
+
+def _correct(preds: pd.DataFrame) -> np.ndarray:
+    return (preds["true"] == preds["predicted"]).to_numpy(float)
+
+
+def business_impact(
+    models: dict[str, dict[str, Any]], *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> dict[str, Any]:
     """Per 100,000 products: how many each model gets right, how many more than metadata-only, and how many
-    can be auto-approved at each precision target (the rest go to manual review)."""
+    can be auto-approved at each precision target (the rest go to manual review); each with its bootstrap
+    interval (``interval``: [low, high]) from the test predictions."""
     out: dict[str, Any] = {}
-    base = models.get("metadata", {}).get("metrics", {}).get("accuracy")
+    base = models.get("metadata")
     for name, m in models.items():
         preds = m["predictions"]
-        correct = (preds["true"] == preds["predicted"]).to_numpy(float)
-        conf = preds["confidence"].to_numpy(float)
+        correct, conf = _correct(preds), preds["confidence"].to_numpy(float)
+        iv = bootstrap_intervals(preds["true"], preds["predicted"], conf, n_resamples=n_resamples, seed=seed)
+        m["intervals"] = iv
         approvals = []
-        for target in PRECISION_TARGETS:
+        for target, band in zip(PRECISION_TARGETS, iv["auto_approval"], strict=True):
             cov = coverage_at_precision(conf, correct, target)
             approvals.append(
                 {
                     **cov,
+                    "coverage_interval": [band["low"], band["high"]],
+                    "interval_method": band["method"],
                     "auto_approved_per_100k": round(cov["coverage"] * PER_100K),
                     "manual_reviews_per_100k": round((1 - cov["coverage"]) * PER_100K),
+                    "manual_reviews_per_100k_interval": [
+                        round((1 - band["high"]) * PER_100K),
+                        round((1 - band["low"]) * PER_100K),
+                    ],
                 }
             )
-        acc = m["metrics"]["accuracy"]
+        acc = float(correct.mean()) if len(correct) else float("nan")
+        extra, extra_iv = None, None
+        if base is not None:
+            extra = round((acc - float(_correct(base["predictions"]).mean())) * PER_100K)
+            if name != "metadata":
+                extra_iv = _paired_extra(preds, base["predictions"], n_resamples, seed)
+            else:
+                extra_iv = [0, 0]
         out[name] = {
+            "n_test": len(preds),
             "correct_per_100k": round(acc * PER_100K),
+            "correct_per_100k_interval": [
+                round(iv["accuracy"]["low"] * PER_100K),
+                round(iv["accuracy"]["high"] * PER_100K),
+            ],
             "errors_per_100k": round((1 - acc) * PER_100K),
-            "extra_correct_vs_metadata_per_100k": round((acc - base) * PER_100K) if base is not None else None,
+            "extra_correct_vs_metadata_per_100k": extra,
+            "extra_correct_vs_metadata_per_100k_interval": extra_iv,
             "auto_approval": approvals,
         }
     return out
 
 
+def _paired_extra(preds: pd.DataFrame, base: pd.DataFrame, n_resamples: int, seed: int) -> list[int] | None:
+    """Interval of (accuracy - metadata accuracy) x 100,000 on the products both models were tested on, each
+    resample drawing the same products for both: most of the two models' noise cancels."""
+    both = preds.merge(base, on="id", suffixes=("", "_base"))
+    if both.empty:
+        return None
+    diff = paired_bootstrap(
+        both["true"], both["predicted"], both["predicted_base"], n_resamples=n_resamples, seed=seed
+    )["accuracy"]
+    return [round(diff["low"] * PER_100K), round(diff["high"] * PER_100K)]
+
+
 def _bar_chart(models: dict[str, dict[str, Any]]) -> str:
+    """Grouped by metric, one bar per model, with the bootstrap interval as an error bar."""
     names = list(models)
+    metrics = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"))
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    x = np.arange(len(names))
-    for i, (key, label) in enumerate(
-        (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"))
-    ):
-        vals = [models[n]["metrics"][key] for n in names]
-        bars = ax.bar(x + (i - 1) * 0.26, vals, 0.25, label=label, color=["#4c78a8", "#f58518", "#54a24b"][i])
-        ax.bar_label(bars, labels=[f"{v:.3f}" for v in vals], fontsize=7, padding=2)
-    ref = [REFERENCE.get(n, np.nan) for n in names]
-    ax.scatter(x - 0.26, ref, marker="_", s=500, color="black", zorder=5, label="reference study accuracy")
-    ax.set_xticks(x, names)
+    x = np.arange(len(metrics))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        mm, iv = models[name]["metrics"], models[name]["intervals"]
+        vals = np.array([mm[k] for k, _ in metrics], dtype=float)
+        pos = x + (i - (len(names) - 1) / 2) * width
+        bars = ax.bar(pos, vals, width * 0.95, color=COLORS.get(name), label=name)
+        # Error bars only where there is an interval (not weighted-F1).
+        has = np.array([k in iv for k, _ in metrics])
+        low = np.array([iv[k]["low"] for k, _ in metrics if k in iv])
+        high = np.array([iv[k]["high"] for k, _ in metrics if k in iv])
+        ax.errorbar(
+            pos[has],
+            vals[has],
+            yerr=[np.maximum(vals[has] - low, 0), np.maximum(high - vals[has], 0)],
+            fmt="none",
+            ecolor="black",
+            elinewidth=1,
+            capsize=3,
+        )
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in vals], fontsize=7, padding=2, label_type="center", color="white")
+        if name in REFERENCE:
+            ax.plot(
+                [pos[0] - width / 2, pos[0] + width / 2],
+                [REFERENCE[name]] * 2,
+                color="black",
+                lw=2.5,
+                label="reference study accuracy" if i == 0 else None,
+            )
+    ax.set_xticks(x, [label for _, label in metrics])
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("score on the test split")
-    ax.set_title("Model comparison")
+    ax.set_title(f"Model comparison (error bars: {INTERVAL_LEVEL:.0%} bootstrap interval)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _png(fig)
 
@@ -113,30 +292,48 @@ def _per_class_chart(models: dict[str, dict[str, Any]], top: int = 40) -> str:
             label=name,
             color=COLORS.get(name),
         )
-    ax.set_xticks(x, classes, rotation=75, ha="right", fontsize=7)
+    support = frames[last].reindex(classes)["support"]
+    ax.set_xticks(
+        x, [f"{c} ({s:,})" for c, s in zip(classes, support, strict=True)], rotation=75, ha="right", fontsize=7
+    )
     ax.set_ylabel("F1")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"Per-class F1, the {len(classes)} most common categories in the test split")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Per-class F1, the {len(classes)} most common categories in the test split (test products)")
+    # Outside the axes: inside, it would hide the bars of the first classes, which are near 1.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1), frameon=False)
     return _png(fig)
 
 
 def _reliability_chart(models: dict[str, dict[str, Any]]) -> str:
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    """Confidence against accuracy per bin, and below it how many test products each bin holds: a point made of
+    three products says little."""
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5.2, 5.6), height_ratios=[3, 1.4], sharex=True)
     ax.plot([0, 1], [0, 1], ls="--", color="black", lw=1, label="perfect calibration")
-    for name, m in models.items():
+    width = 0.1 / (len(models) + 1)
+    for i, (name, m) in enumerate(models.items()):
         bins = m["metrics"]["reliability"]
+        before, after = m["metrics"].get("ece_uncalibrated"), m["metrics"]["ece"]
+        ece = f"ECE {before:.3f} → {after:.3f}" if before is not None else f"ECE {after:.3f}"
         ax.plot(
             [b["confidence"] for b in bins],
             [b["accuracy"] for b in bins],
             marker="o",
             color=COLORS.get(name),
-            label=f"{name} (ECE {m['metrics']['ece']:.3f})",
+            label=f"{name} ({ece})",
         )
-    ax.set_xlabel("confidence")
+        pos = np.array([(b["lower"] + b["upper"]) / 2 for b in bins]) + (i - (len(models) - 1) / 2) * width
+        bars = counts.bar(pos, [b["count"] for b in bins], width, color=COLORS.get(name))
+        counts.bar_label(bars, labels=[f"{b['count']:,}" for b in bins], fontsize=6, padding=1, rotation=90)
     ax.set_ylabel("accuracy")
-    ax.set_title("Reliability diagram (calibrated)")
-    ax.legend(fontsize=8)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title("Reliability diagram (calibrated; ECE before → after)", fontsize=10)
+    # Below the figure: inside the axes it would hide points of the diagram.
+    fig.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
+    counts.set_yscale("log")
+    counts.set_ylim(0.7, max([b["count"] for m in models.values() for b in m["metrics"]["reliability"]] + [1]) * 30)
+    counts.set_ylabel("test products\n(log scale)", fontsize=8)
+    counts.set_xlabel("confidence (bins of 0.1)")
     return _png(fig)
 
 
@@ -145,7 +342,7 @@ def _coverage_chart(models: dict[str, dict[str, Any]]) -> str:
     for name, m in models.items():
         p = m["predictions"]
         order = np.argsort(-p["confidence"].to_numpy(), kind="stable")
-        correct = (p["true"] == p["predicted"]).to_numpy(float)[order]
+        correct = _correct(p)[order]
         precision = np.cumsum(correct) / np.arange(1, len(correct) + 1)
         coverage = np.arange(1, len(correct) + 1) / len(correct)
         ax.plot(coverage, precision, color=COLORS.get(name), label=name)
@@ -159,14 +356,89 @@ def _coverage_chart(models: dict[str, dict[str, Any]]) -> str:
     return _png(fig)
 
 
-def _table(rows: list[list[Any]], header: list[str]) -> str:
+def _history_chart(models: dict[str, dict[str, Any]]) -> str | None:
+    """Training loss and validation accuracy per epoch, from each model's config.json ``history``; the best
+    epoch (the weights kept) is marked."""
+    histories = {n: m["config"].get("history") or [] for n, m in models.items()}
+    histories = {n: h for n, h in histories.items() if any("epoch" in r for r in h)}
+    if not histories:
+        return None
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10.5, 3.6))
+    for name, rows in histories.items():
+        frame = pd.DataFrame(rows)
+        colour = COLORS.get(name)
+        if "train_loss" in frame:
+            loss_ax.plot(frame["epoch"], frame["train_loss"], color=colour, label=f"{name} train")
+        if "val_loss" in frame:
+            loss_ax.plot(frame["epoch"], frame["val_loss"], color=colour, ls="--", label=f"{name} validation")
+        if "val_accuracy" in frame:
+            acc_ax.plot(frame["epoch"], frame["val_accuracy"], color=colour, marker=".", label=name)
+            best = models[name]["config"].get("best_epoch")
+            hit = frame[frame["epoch"] == best]
+            if not hit.empty:
+                acc_ax.plot(hit["epoch"], hit["val_accuracy"], marker="*", ms=12, color=colour, ls="none")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.set_yscale("log")
+    loss_ax.set_title("Loss per epoch (solid: train, dashed: validation)", fontsize=10)
+    loss_ax.legend(fontsize=7, ncol=2)
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("validation accuracy")
+    acc_ax.set_title("Validation accuracy per epoch (★ the epoch kept)", fontsize=10)
+    acc_ax.legend(fontsize=8, loc="lower right")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------------------------------------- HTML
+
+
+def _table(rows: list[list[Any]], header: list[str], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _pct(v: float | None) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def _f4(v: float | None) -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def _band(iv: dict[str, Any] | None, fmt: Any = _pct) -> str:
+    """The interval of a figure, small and grey, under or beside it."""
+    if not iv or iv.get("method") == "none":
+        return ""
+    mark = "*" if iv.get("collapsed") else ""
+    return f"<span class='ci'>[{fmt(iv['low'])} – {fmt(iv['high'])}]{mark}</span>"
+
+
+def _count_band(pair: list[int] | None, signed: bool = False) -> str:
+    if not pair:
+        return ""
+    fmt = "{:+,}" if signed else "{:,}"
+    return f"<span class='ci'>[{fmt.format(pair[0])} – {fmt.format(pair[1])}]</span>"
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _option_text(value: Any, key: str = "") -> str:
+    if key == "image size" and isinstance(value, list | tuple):
+        return "x".join(map(str, value))
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return "+".join(map(str, value)) if value else "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 CSS = """
@@ -176,83 +448,251 @@ main{padding:10px 40px 40px;max-width:1250px}section{background:#fff;border-radi
 margin:18px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}h2{margin-top:0;font-size:19px}
 .cards{display:flex;gap:14px;flex-wrap:wrap}.card{background:#fff;border-radius:8px;padding:14px 18px;
 min-width:170px;box-shadow:0 1px 3px rgba(0,0,0,.08)}.card .v{font-size:26px;font-weight:600}
-.card .l{font-size:12px;color:#666}table{border-collapse:collapse;font-size:13px;margin:8px 0}
-th,td{border-bottom:1px solid #e3e3e3;padding:5px 10px;text-align:right}th{background:#f0f2f5}
-td:first-child,th:first-child{text-align:left}img{max-width:100%}.row{display:flex;gap:20px;flex-wrap:wrap}
-.note{color:#555;font-size:13px}
+.card .l{font-size:12px;color:#666}.card .ci{display:block;font-size:12px;margin-top:2px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border-bottom:1px solid #e3e3e3;padding:5px 10px;text-align:right;vertical-align:top}th{background:#f0f2f5}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}
+.row{display:flex;gap:20px;flex-wrap:wrap;align-items:flex-start}.row img{min-width:0}
+.note{color:#555;font-size:13px}.ci{color:#666;font-size:11.5px;white-space:nowrap}
+.warnings{background:#fff4e5;border-left:5px solid #d9822b}.warnings h2{color:#8a4b0f}
+.warnings li{margin:4px 0}.flag{color:#a4501a;font-weight:600}
+table.options td,table.options th{text-align:left}table.ex td,table.ex th{text-align:left}
+.mini{display:inline-block;text-align:center;margin:0 6px 2px 0;font-size:11px;color:#555;vertical-align:top}
+.mini img{display:block;width:60px;height:80px;object-fit:contain;border:1px solid #e3e3e3;border-radius:3px;
+background:#fff}
 """
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.html`` and ``comparison.json`` into ``run_dir``."""
+def _images_dir(run_dir: Path, data: str | Path | None, split: dict[str, Any]) -> Path | None:
+    """The catalog's images/ folder: next to styles.csv in ``data`` (a folder or the table file), else where the
+    run's split.json says the catalog was."""
+    source = data or split.get("source") or split.get("data")
+    if not source:
+        return None
+    path = Path(source)
+    if not path.is_absolute() and not path.exists():
+        path = run_dir / path
+    folder = path if path.is_dir() else path.parent
+    return folder / "images" if (folder / "images").is_dir() else None
+
+
+def _confusions_html(models: dict[str, dict[str, Any]], order: list[str], images_dir: Path | None) -> str:
+    """Each model's most frequent mistakes (best model first), with its most confident wrong products as
+    thumbnails: a reader sees whether the label, the photo or the model is at fault."""
+    any_paths = any("image_path" in m["predictions"] for m in models.values())
+    show_images = images_dir is not None or any_paths
+    parts = []
+    for name in order:
+        model = models[name]
+        pairs = model["metrics"].get("confused_pairs", [])[:CONFUSION_PAIRS]
+        if not pairs:
+            parts.append(f"<h3>{_e(name)}</h3><p class='note'>No test product was misclassified.</p>")
+            continue
+        preds = model["predictions"]
+        rows = []
+        for p in pairs:
+            wrong = preds[(preds["true"] == p["true"]) & (preds["predicted"] == p["predicted"])]
+            wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(EXAMPLES_PER_PAIR)
+            examples = []
+            for pid, conf, given in zip(wrong["id"], wrong["confidence"], _given_paths(wrong), strict=True):
+                caption = f"{_e(pid)} · {conf:.2f}"
+                if not show_images:
+                    examples.append(f"<span class='ci'>{caption}</span>")
+                    continue
+                path = given if given is not None else find_image(images_dir, pid) if images_dir else None
+                src = thumbnail_uri(path, "ok" if path is not None else "missing", CONFUSION_THUMB)
+                examples.append(
+                    f"<span class='mini' title='confidence {conf:.3f}'><img src='{src}' alt='product {_e(pid)}'>"
+                    f"<span>{caption}</span></span>"
+                )
+            rows.append([_e(p["true"]), _e(p["predicted"]), p["count"], " ".join(examples)])
+        parts.append(
+            f"<h3>{_e(name)}</h3>"
+            + _table(rows, ["true category", "predicted as", "test products", "examples (id · confidence)"], cls="ex")
+        )
+    note = (
+        "Examples: the most confident mistakes of each pair; a red frame means the image is missing or unreadable."
+        if show_images
+        else "No example images: this run folder does not record where its catalog is (give the catalog folder "
+        "to <code>write_report(run_dir, data=...)</code>), so ids and confidences are shown instead."
+    )
+    return f"<p class='note'>{note}</p>" + "".join(parts)
+
+
+def _given_paths(preds: pd.DataFrame) -> list[Path | None]:
+    """Image paths written in the predictions themselves, when the file has an image_path column."""
+    if "image_path" not in preds:
+        return [None] * len(preds)
+    return [Path(p) if isinstance(p, str) and p else None for p in preds["image_path"]]
+
+
+def write_report(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> Path:
+    """Write ``report.html`` and ``comparison.json`` into ``run_dir``. ``data`` (the catalog folder or its
+    styles table) lets the page show the misclassified products' images; without it the report looks for the
+    catalog in split.json."""
     run_dir = Path(run_dir)
     models = load_run(run_dir)
     if not models:
         raise FileNotFoundError(f"No trained models with metrics.json in {run_dir}")
     split = json.loads((run_dir / "split.json").read_text()) if (run_dir / "split.json").exists() else {}
-    impact = business_impact(models)
+    for m in models.values():
+        m["options"] = model_options(m["config"], m["metrics"])
+    impact = business_impact(models, n_resamples=n_resamples, seed=seed)
+    warnings = _warnings(models, run_consistency(models, _read_split_ids(run_dir)))
     comparison = {
         "reference_study_accuracy": REFERENCE,
         "split": split,
         "models": {
             n: {
-                k: m["metrics"].get(k)
-                for k in (
-                    "accuracy",
-                    "macro_f1",
-                    "weighted_f1",
-                    "frequent",
-                    "rare",
-                    "ece",
-                    "ece_uncalibrated",
-                    "modalities",
-                    "preset",
-                    "fit_seconds",
-                    "refit",
-                    "n",
-                )
+                **{
+                    k: m["metrics"].get(k)
+                    for k in (
+                        "accuracy",
+                        "macro_f1",
+                        "weighted_f1",
+                        "frequent",
+                        "rare",
+                        "ece",
+                        "ece_uncalibrated",
+                        "modalities",
+                        "preset",
+                        "fit_seconds",
+                        "refit",
+                        "n",
+                    )
+                },
+                "calibration_helped": calibration_helped(m["metrics"]),
+                "intervals": m["intervals"],
+                "options": m["options"],
             }
             for n, m in models.items()
         },
         "business_impact": impact,
         "ablation": models.get("fusion", {}).get("metrics", {}).get("ablation"),
+        "warnings": [w["text"] for w in warnings],
     }
     (run_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, default=str))
+    page = _page(models, impact, split, warnings, comparison["ablation"], _images_dir(run_dir, data, split))
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    log.info("wrote %s", path)
+    return path
 
+
+def _warnings(models: dict[str, dict[str, Any]], consistency: list[str]) -> list[dict[str, str]]:
+    """What a reader must know before trusting the figures, as plain text and as HTML."""
+    out = []
+    n = min(len(m["predictions"]) for m in models.values())
+    if n < SMALL_TEST_SPLIT:
+        text = (
+            f"Small test split: {n:,} products (under {SMALL_TEST_SPLIT:,}). One product moves accuracy by "
+            f"{100 / max(n, 1):.2f} points, so every figure below carries a wide interval; the figures "
+            f'"per 100,000" ({SMALL_MARK}) scale these {n:,} products up {PER_100K / max(n, 1):,.0f}-fold '
+            "and are no more certain than they are."
+        )
+        head, rest = text.split(". ", 1)
+        out.append({"text": text, "html": f"<b>{SMALL_MARK} {_e(head)}.</b> {_e(rest)}"})
+    flawless = [name for name, m in models.items() if len(m["predictions"]) and _correct(m["predictions"]).all()]
+    if flawless:
+        low = models[flawless[0]]["intervals"]["accuracy"]["low"]
+        text = (
+            f"No test product was misclassified by the {', '.join(flawless)} model"
+            f"{'s' if len(flawless) > 1 else ''}. Resampling cannot vary a flawless set, so the accuracy and "
+            "auto-approval intervals marked * are exact binomial (Clopper-Pearson) ones and macro-F1 has no real "
+            f"interval: 100% accuracy on these products is consistent with a true accuracy as low as {_pct(low)}."
+        )
+        out.append({"text": text, "html": _e(text)})
+    for name, m in models.items():
+        if calibration_helped(m["metrics"]) is False:
+            mm = m["metrics"]
+            text = (
+                f"Calibration did not help the {name} model: its expected calibration error on the test split is "
+                f"{mm['ece']:.3f} after temperature scaling against {mm['ece_uncalibrated']:.3f} before. Its "
+                "confidences (and the auto-approval thresholds set on them) are no better calibrated than the "
+                "raw network's."
+            )
+            head, rest = text.split(": ", 1)
+            out.append({"text": text, "html": f"<span class='flag'>{_e(head)}:</span> {_e(rest)}"})
+    out += [{"text": t, "html": _e(t)} for t in consistency]
+    return out
+
+
+def _page(
+    models: dict[str, dict[str, Any]],
+    impact: dict[str, Any],
+    split: dict[str, Any],
+    warnings: list[dict[str, str]],
+    ablation: list[dict[str, Any]] | None,
+    images_dir: Path | None,
+) -> str:
+    n_test = min(len(m["predictions"]) for m in models.values())
+    small = n_test < SMALL_TEST_SPLIT
+    mark = f" <span class='flag' title='small test split: see the warning at the top'>{SMALL_MARK}</span>"
+    mark = mark if small else ""
     best = max(models, key=lambda n: models[n]["metrics"]["accuracy"])
-    bm = models[best]["metrics"]
+    order = [best, *[n for n in models if n != best]]
+    bm, biv = models[best]["metrics"], models[best]["intervals"]
     cards = [
-        (_pct(bm["accuracy"]), f"test accuracy ({best})"),
-        (f"{bm['macro_f1']:.3f}", f"macro-F1 ({best})"),
-        (f"{bm['n']:,}", "test products"),
+        (_pct(bm["accuracy"]), _band(biv["accuracy"]), f"test accuracy ({best})"),
+        (f"{bm['macro_f1']:.3f}", _band(biv["macro_f1"], lambda v: f"{v:.3f}"), f"macro-F1 ({best})"),
+        (f"{bm['n']:,}" + mark, "", "test products"),
     ]
     if "metadata" in impact and best != "metadata":
         cards.append(
             (
-                f"+{impact[best]['extra_correct_vs_metadata_per_100k']:,}",
+                f"{impact[best]['extra_correct_vs_metadata_per_100k']:+,}" + mark,
+                _count_band(impact[best]["extra_correct_vs_metadata_per_100k_interval"], signed=True),
                 "more products right per 100k than metadata-only",
             )
         )
     a98 = next((a for a in impact[best]["auto_approval"] if a["target_precision"] == 0.98), None)
     if a98:
-        cards.append((_pct(a98["coverage"]), "auto-approvable at 98% precision"))
+        cards.append(
+            (
+                _pct(a98["coverage"]) + mark,
+                _band(_iv(a98)) + f"<span class='ci'>{a98['manual_reviews_per_100k']:,} reviews per 100k "
+                f"{_count_band(a98['manual_reviews_per_100k_interval'])}</span>",
+                "auto-approvable at 98% precision",
+            )
+        )
+    cards_html = "".join(
+        f'<div class="card"><div class="v">{v}</div>{ci}<div class="l">{_e(lab)}</div></div>' for v, ci, lab in cards
+    )
+    warnings_html = (
+        "<section class='warnings'><h2>Read this first</h2><ul>"
+        + "".join(f"<li>{w['html']}</li>" for w in warnings)
+        + "</ul></section>"
+        if warnings
+        else ""
+    )
 
     rows = []
     for n, m in models.items():
-        mm = m["metrics"]
+        mm, iv = m["metrics"], m["intervals"]
+        helped = calibration_helped(mm)
+        before = mm.get("ece_uncalibrated")
+        ece = f"{before:.3f} → {mm['ece']:.3f}" if before is not None else f"{mm['ece']:.3f}"
+        if helped is False:
+            ece = f"<span class='flag'>{ece} (did not help)</span>"
         rows.append(
             [
                 n,
-                "+".join(mm.get("modalities", [n])),
-                _pct(mm["accuracy"]),
+                _e("+".join(mm.get("modalities", [n]))),
+                f"{_pct(mm['accuracy'])}<br>{_band(iv['accuracy'])}",
                 _pct(REFERENCE.get(n)),
-                f"{mm['macro_f1']:.4f}",
+                f"{mm['macro_f1']:.4f}<br>{_band(iv['macro_f1'], lambda v: f'{v:.4f}')}",
                 f"{mm['weighted_f1']:.4f}",
                 _pct(mm["frequent"]["accuracy"]),
-                f"{mm['frequent']['macro_f1'] or 0:.4f}",
+                _f4(mm["frequent"]["macro_f1"]),
                 _pct(mm["rare"]["accuracy"]),
-                f"{mm['rare']['macro_f1'] or 0:.4f}",
-                f"{mm.get('ece_uncalibrated', float('nan')):.3f} → {mm['ece']:.3f}",
+                _f4(mm["rare"]["macro_f1"]),
+                ece,
             ]
         )
     model_table = _table(
@@ -274,16 +714,20 @@ def write_report(run_dir: str | Path) -> Path:
 
     impact_rows = []
     for n, imp in impact.items():
+        extra = imp["extra_correct_vs_metadata_per_100k"]
         cells = [
             n,
-            f"{imp['correct_per_100k']:,}",
-            f"{imp['errors_per_100k']:,}",
+            f"{imp['correct_per_100k']:,}{mark}<br>{_count_band(imp['correct_per_100k_interval'])}",
+            f"{imp['errors_per_100k']:,}{mark}",
             "—"
-            if imp["extra_correct_vs_metadata_per_100k"] is None
-            else f"{imp['extra_correct_vs_metadata_per_100k']:+,}",
+            if extra is None or n == "metadata"
+            else f"{extra:+,}{mark}<br>{_count_band(imp['extra_correct_vs_metadata_per_100k_interval'], signed=True)}",
         ]
         for a in imp["auto_approval"]:
-            cells.append(f"{_pct(a['coverage'])} ({a['manual_reviews_per_100k']:,} reviews)")
+            cells.append(
+                f"{_pct(a['coverage'])} {_band(_iv(a))}<br>{a['manual_reviews_per_100k']:,} reviews{mark} "
+                f"{_count_band(a['manual_reviews_per_100k_interval'])}"
+            )
         impact_rows.append(cells)
     impact_table = _table(
         impact_rows,
@@ -292,10 +736,18 @@ def write_report(run_dir: str | Path) -> Path:
             "right per 100k",
             "wrong per 100k",
             "vs metadata-only",
-            *[f"auto-approved at {int(t * 100)}% precision" for t in PRECISION_TARGETS],
+            *[f"auto-approved at {int(t * 100)}% precision (reviews per 100k)" for t in PRECISION_TARGETS],
         ],
     )
-    words = _plain_words(models, impact)
+    resamples = next(iter(models.values()))["intervals"]["n_resamples"]
+    interval_note = (
+        f"<p class='note'>In brackets: the {INTERVAL_LEVEL:.0%} bootstrap interval ({resamples:,} "
+        "resamples of the test products, each class among its own products as the split is stratified; seeded), "
+        "i.e. how far the figure could move on another test set of the same size; * marks an exact binomial "
+        "interval where resampling cannot vary. The difference from metadata-only resamples the same products "
+        "for both models.</p>"
+    )
+    words = _plain_words(models, impact, mark)
     refit = {n: m["metrics"]["refit"] for n, m in models.items() if m["metrics"].get("refit")}
     refit_note = (
         f"<p class='note'>Refit: {', '.join(refit)} trained again on train + validation "
@@ -306,16 +758,16 @@ def write_report(run_dir: str | Path) -> Path:
     )
 
     ablation_html = ""
-    if comparison["ablation"]:
+    if ablation:
         ab_rows = [
             [
-                "+".join(r["modalities"]),
-                ", ".join(r["withheld"]) or "none",
+                _e("+".join(r["modalities"])),
+                _e(", ".join(r["withheld"]) or "none"),
                 _pct(r["accuracy"]),
                 f"{r['macro_f1']:.4f}",
                 _pct(r["baseline_accuracy"]) if r.get("baseline_accuracy") is not None else "",
             ]
-            for r in comparison["ablation"]
+            for r in ablation
         ]
         ablation_html = (
             "<section><h2>Missing inputs (fusion model)</h2><p class='note'>The same trained fusion model on the "
@@ -333,59 +785,96 @@ def write_report(run_dir: str | Path) -> Path:
             + "</section>"
         )
 
-    confusions = ""
-    if "fusion" in models or best in models:
-        pairs = models[best]["metrics"]["confused_pairs"][:15]
-        confusions = _table(
-            [[html.escape(p["true"]), html.escape(p["predicted"]), p["count"]] for p in pairs],
-            ["true category", "predicted as", "test products"],
-        )
-
-    cards_html = "".join(
-        f'<div class="card"><div class="v">{v}</div><div class="l">{html.escape(lab)}</div></div>' for v, lab in cards
+    weak_rows = []
+    for n, m in models.items():
+        weak = weakest_classes(m["metrics"]["per_class"], limit=8)
+        text = ", ".join(f"{_e(r['class'])} {r['f1']:.2f} ({r['support']})" for r in weak)
+        weak_rows.append([n, text or "none: every class has F1 1.000"])
+    weak_table = _table(
+        weak_rows, ["model", "weakest classes: F1 (test products), lowest first; only F1 < 1"], cls="options"
     )
+
+    history = _history_chart(models)
+    history_html = (
+        f"<img alt='training curves' src='{history}'>"
+        if history
+        else "<p class='note'>No per-epoch history in the models' config.json.</p>"
+    )
+    option_keys = list(next(iter(models.values()))["options"])
+    option_rows = []
+    for key in option_keys:
+        values = [_option_text(m["options"].get(key), key) for m in models.values()]
+        if all(v == "—" for v in values):
+            continue
+        differs = key in ("preset", "seed") and len(set(values)) > 1
+        option_rows.append([_e(key), *[f"<span class='flag'>{_e(v)}</span>" if differs else _e(v) for v in values]])
+    options_table = _table(option_rows, ["option", *models], cls="options")
+
     sizes = " · ".join(f"{k} {v:,}" for k, v in split.get("sizes", {}).items())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DeepFusion run report</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>DeepFusion run report</title>
 <style>{CSS}</style></head><body>
-<header><h1>DeepFusion — model comparison</h1><div>{html.escape(str(split.get("catalog", "")))}</div>
-<div>Leakage-safe split (duplicate products kept on one side, seed {split.get("seed", "")}): {sizes}</div>
+<header><h1>DeepFusion — model comparison</h1><div>{_e(split.get("catalog", ""))}</div>
+<div>Leakage-safe split (duplicate products kept on one side, seed {_e(split.get("seed", ""))}): {sizes}</div>
 </header>
 <main>
+{warnings_html}
 <div class="cards" style="margin-top:18px">{cards_html}</div>
 <section><h2>In plain words</h2>{words}</section>
-<section><h2>The three models side by side</h2>{model_table}
+<section><h2>The three models side by side</h2>{model_table}{interval_note}
 <p class="note">Frequent classes have ≥ 100 training examples, rare ones fewer. Reference study: frozen
 EfficientNet-B0, metadata-only 81%, image-only 85.7%, fusion 86.4% (its own split).</p>{refit_note}
 <img alt="model comparison chart" src="{_bar_chart(models)}"></section>
 <section><h2>What it means at catalog scale</h2>{impact_table}
+{
+        f"<p class='note flag'>{SMALL_MARK} scaled from {n_test:,} test products: see the warning at the top.</p>"
+        if small
+        else ""
+    }
 <div class="row"><img alt="coverage vs precision" src="{_coverage_chart(models)}">
 <img alt="reliability diagram" src="{_reliability_chart(models)}"></div></section>
 {ablation_html}
-<section><h2>Per-class F1</h2><img alt="per-class F1" src="{_per_class_chart(models)}"></section>
-<section><h2>What the best model ({best}) still confuses</h2>{confusions}</section>
+<section><h2>Per-class F1</h2><img alt="per-class F1" src="{_per_class_chart(models)}">{weak_table}</section>
+<section><h2>What the models still confuse</h2>{_confusions_html(models, order, images_dir)}</section>
+<section><h2>Training curves</h2>{history_html}</section>
+<section><h2>What made each model</h2><p class="note">From each model folder's config.json.</p>
+{options_table}</section>
 </main></body></html>"""
-    path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    log.info("wrote %s", path)
-    return path
 
 
-def _plain_words(models: dict[str, dict[str, Any]], impact: dict[str, Any]) -> str:
+def _iv(approval: dict[str, Any]) -> dict[str, Any]:
+    low, high = approval["coverage_interval"]
+    return {"low": low, "high": high, "collapsed": approval["interval_method"] == "exact binomial"}
+
+
+def _plain_words(models: dict[str, dict[str, Any]], impact: dict[str, Any], mark: str) -> str:
     parts = []
     for n, imp in impact.items():
         a98 = next(a for a in imp["auto_approval"] if a["target_precision"] == 0.98)
+        low, high = imp["correct_per_100k_interval"]
+        r_low, r_high = a98["manual_reviews_per_100k_interval"]
         parts.append(
-            f"<li>The <b>{n}</b> model puts {imp['correct_per_100k']:,} of every 100,000 products in the right "
-            f"category. Trusting it only where it is confident, {_pct(a98['coverage'])} of products can be "
-            f"approved automatically with 98% of those approvals correct, leaving "
-            f"{a98['manual_reviews_per_100k']:,} per 100,000 for a person to check.</li>"
+            f"<li>The <b>{n}</b> model puts {imp['correct_per_100k']:,}{mark} of every 100,000 products in the right "
+            f"category (plausibly {low:,} to {high:,}). Trusting it only where it is confident, "
+            f"{_pct(a98['coverage'])} of products can be approved automatically with 98% of those approvals "
+            f"correct, leaving {a98['manual_reviews_per_100k']:,}{mark} per 100,000 (plausibly {r_low:,} to "
+            f"{r_high:,}) for a person to check.</li>"
         )
     if "metadata" in impact:
         for n in ("image", "fusion"):
             if n in impact and impact[n]["extra_correct_vs_metadata_per_100k"] is not None:
+                band = impact[n]["extra_correct_vs_metadata_per_100k_interval"]
+                sure = ""
+                if band:
+                    sure = (
+                        " — more than metadata alone on this evidence"
+                        if band[0] > 0
+                        else " — not clearly different from metadata alone on this test split"
+                        if band[0] <= 0 <= band[1]
+                        else " — fewer than metadata alone on this evidence"
+                    )
                 parts.append(
                     f"<li>Compared with metadata alone, the {n} model gets "
-                    f"{impact[n]['extra_correct_vs_metadata_per_100k']:+,} more products right per "
-                    "100,000.</li>"
+                    f"{impact[n]['extra_correct_vs_metadata_per_100k']:+,}{mark} more products right per "
+                    f"100,000 {_count_band(band, signed=True)}{sure}.</li>"
                 )
     return "<ul>" + "".join(parts) + "</ul>"
