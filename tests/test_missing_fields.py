@@ -142,3 +142,12 @@ def test_training_on_blanked_copies_helps_products_without_attributes(parts: tup
     assert blanked.evaluate(test)["accuracy"] >= 0.95
     assert blanked.evaluate(no_attrs)["accuracy"] >= 0.95
     assert blanked.evaluate(no_attrs)["accuracy"] > plain.evaluate(no_attrs)["accuracy"]
+
+
+def test_missing_flags_stay_zero_or_one(parts: tuple[pd.DataFrame, ...]) -> None:
+    train = parts[0]
+    enc = MetadataEncoder().fit(train)  # no year is missing in training: a scaled flag would explode
+    x = enc.transform(train.assign(year=np.nan))
+    flag = enc.feature_names().index("year_missing")
+    assert set(np.unique(x[:, flag])) == {1.0}
+    assert np.abs(x).max() < 20

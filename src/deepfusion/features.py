@@ -81,6 +81,11 @@ class MetadataEncoder:
         self.onehot_ = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
         self.onehot_.fit(self._categorical_frame(frame))
         self.scaler_ = StandardScaler().fit(self._numeric_frame(frame))
+        if self.missing_indicators:
+            # The 0/1 flags stay 0/1: scaled by their (often tiny) spread in training, one missing year would become
+            # a value near 100 that swamps every other feature and stalls the SVM's convergence.
+            flags = slice(len(self.numeric) + 1, None)
+            self.scaler_.mean_[flags], self.scaler_.scale_[flags], self.scaler_.var_[flags] = 0.0, 1.0, 1.0
         return self
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
