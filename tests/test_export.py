@@ -472,3 +472,21 @@ def test_image_decoding_matches_the_embedder(image_model: tuple[Path, Path]) -> 
             model.image_pixels(bad)
     emb, ok = model.embed_images([samples[0], None, b"junk"])
     assert list(ok) == [True, False, False] and not emb[1:].any()
+
+
+def test_export_verb_writes_a_folder_the_runtime_loads(clean_catalog_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deepfusion.cli import app
+    from deepfusion.runtime import ExportedModel
+
+    frame = load_catalog(clean_catalog_dir, progress=False).products
+    Predictor(["metadata", "title"], preset="small", epochs=5, progress=False).fit(
+        frame.iloc[::2], frame.iloc[1::2]
+    ).save(tmp_path / "model")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "exported")])
+    assert result.exit_code == 0, result.output
+    assert ExportedModel.load(tmp_path / "exported").classes
+    # The model folder itself is not an export target; a user error, exit 2.
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "model")])
+    assert result.exit_code == 2, result.output

@@ -790,5 +790,7 @@ def catalog_from_frame(
         products["image_path"] = products[image_column]
     elif "image_path" not in products.columns:
         products["image_path"] = None
-    products["image_path"] = [p if isinstance(p, str | Path) and str(p) else None for p in products["image_path"]]
+    # object dtype: pandas 3 would store None as NaN in a string column, which reads as the path "nan".
+    paths = [str(p) if isinstance(p, str | Path) and str(p) else None for p in products["image_path"]]
+    products["image_path"] = pd.Series(paths, index=products.index, dtype=object)
     return products

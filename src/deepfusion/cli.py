@@ -63,6 +63,8 @@ USER_ERROR_CLASSES = (
     ("deepfusion.model_files", "ModelLoadError"),
     ("deepfusion.predictor", "ModelLoadError"),
     ("deepfusion.backbones", "BackboneError"),
+    ("deepfusion.export", "ExportError"),
+    ("deepfusion.runtime", "ExportLoadError"),
 )
 
 app = typer.Typer(
@@ -375,6 +377,16 @@ def train(
             "missing attributes are predicted well; 0 turns it off.",
         ),
     ] = 1.0,
+    review_precision: Annotated[
+        float,
+        typer.Option(
+            "--review-precision",
+            min=0.0,
+            max=1.0,
+            help="needs_review in predictions: products below the confidence at which validation products were "
+            "right this often are flagged for a person.",
+        ),
+    ] = 0.98,
     finetune: Annotated[
         bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
     ] = False,
@@ -420,6 +432,7 @@ def train(
         "title_fallback": title_fallback,
         "refit": refit,
         "field_blanking": field_blanking,
+        "review_precision": review_precision,
     }
     if image_size:
         options["image_size"] = _parse_size(image_size)
@@ -546,6 +559,25 @@ def audit(
         data, out, modalities=parse_modalities(modalities), folds=folds, seed=seed, progress=not quiet
     )
     typer.echo(f"{len(queue):,} products queued for review -> {out / 'audit.csv'}, {out / 'audit.html'}")
+
+
+@app.command()
+@_user_errors()
+def export(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder written by train.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Folder for the exported model (ONNX + JSON), served without torch or "
+                     "scikit-learn by `deepfusion serve OUT`."),
+    ],
+) -> None:
+    """Export a model for production: ONNX graphs and JSON preprocessing.
+
+    The exported folder predicts with onnxruntime, numpy and Pillow alone (pip install 'deepfusion[serve]').
+    """
+    from .export import export_model
+
+    typer.echo(f"exported {model_dir} -> {export_model(model_dir, out)}")
 
 
 @app.command()

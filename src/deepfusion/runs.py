@@ -198,11 +198,14 @@ def train_run(
     specs = model_specs(model, modalities)
     needs_images = any("image" in s.modalities for s in specs)
     cols = sorted({c for s in specs for c in required_columns(s.modalities)})
-    catalog = load_catalog(data, require_target=True, required_columns=cols, progress=progress)
+    catalog = load_catalog(
+        data, require_target=True, required_columns=cols, progress=progress, rejects_path=out / "rejects.csv"
+    )
     catalog.write_rejects(out / "rejects.csv")
     split = split_by_duplicate_groups(catalog.products, seed=seed)
     split.to_frame().to_csv(out / "split.csv", index=False)
-    write_json(out / "split.json", {**split.report(), "catalog": catalog.summary(), "notes": catalog.notes})
+    summary = {"catalog": catalog.summary(), "notes": catalog.notes, "source": str(catalog.source)}
+    write_json(out / "split.json", {**split.report(), **summary})
     if needs_images:
         log.info("products without a readable image are kept; image models treat the image as absent")
     results = {}
