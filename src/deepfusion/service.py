@@ -18,11 +18,18 @@ Endpoints (OpenAPI docs at ``/docs``):
   fields plus an optional ``image`` file.
 
 Input is never trusted: a wrong type, invalid base64, a file that Pillow cannot fully decode, an image over
-``max_image_bytes``, more than ``max_items`` products or a body over ``max_body_bytes`` (checked against
-Content-Length before reading and again while reading) is answered with a 4xx and a JSON ``{"detail": "..."}``
-message. Images are written to a per-request temporary folder (removed when the request ends) and passed to
-the model as ``image_path``; for a model that does not read images they are validated but not written.
-The model runs under a lock on FastAPI's worker threads, so the event loop keeps serving other requests.
+``max_image_bytes`` or ``max_image_pixels``, more than ``max_items`` products or a body over ``max_body_bytes``
+(checked against Content-Length before reading and again while reading) is answered with a 4xx and a JSON
+``{"detail": "..."}`` message.
+
+Images never touch the disk. Each is decoded once, on the request's worker thread and outside the model lock:
+its header is read first and an image over the pixel budget is refused before any pixel is decoded (a JPEG is
+decoded at a reduced scale when it is much larger than the backbone's input), then it is resized to the
+backbone's input. Embeddings go to a bounded in-memory LRU cache (``embedding_cache_size`` entries, keyed by the
+image's SHA-1, so a repeated image is neither decoded nor embedded again), never to the training cache. Only the
+backbone's forward pass and the classifier run under the model lock, a few images or rows per turn, and a small
+request is served before the next turn of a big one; large images decode on at most one core fewer than the
+machine has. So a flood of large requests cannot stall small ones.
 """
 
 from __future__ import annotations
@@ -30,19 +37,22 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import heapq
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import math
-import tempfile
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -53,7 +63,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .catalog import CATEGORICAL, ID, METADATA, TITLE
+from .catalog import (
+    CATEGORICAL,
+    CHECK_DECODE_SIZE,
+    ID,
+    IMAGE_FORMATS,
+    METADATA,
+    TITLE,
+    ImageTooLarge,
+    open_image_within_budget,
+)
+from .embeddings import DECODE_ERRORS, EmbeddingLRU, ImageEmbedder, image_sha1
 from .predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -61,7 +81,14 @@ log = logging.getLogger(__name__)
 MAX_FIELD_CHARS = 200  # a categorical value or an id
 MAX_TITLE_CHARS = 2_000
 MAX_IMAGE_PIXELS = 25_000_000  # width x height (5000 x 5000); a small file can decode to gigabytes
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+EMBEDDING_CACHE_SIZE = 2048  # request-image embeddings kept in memory (a few KB each)
+# Work done per turn of the model lock: a small request waits for at most one turn of a big one.
+IMAGE_CHUNK = 4  # images through the backbone
+HEAD_CHUNK = 64  # products through the classifier
+# Images over this many pixels (as stored) decode at most DECODE_SLOTS at a time, one core fewer than the machine
+# has: decoding releases the GIL, so without a bound a flood of large images takes every core from small requests.
+HEAVY_PIXELS = 1_000_000
+DECODE_SLOTS = max(1, (os.cpu_count() or 2) - 1)
 MAX_TOP_K = 1_000
 FORM_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -116,7 +143,7 @@ class Product(ProductFields):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE_PRODUCT]})
 
     image_base64: str | None = Field(
-        None, description="The product photo (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded; a "
+        None, description="The product photo (JPEG, PNG, WebP, GIF or BMP), base64-encoded; a "
         "'data:image/...;base64,' prefix is accepted. Null or empty: no image.")
 
 
@@ -306,33 +333,88 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
     return data
 
 
-def verify_image(data: bytes) -> str:
-    """Fully decode the image with Pillow (catches non-images and truncated files); returns its extension."""
+def decode_image(data: bytes, max_pixels: int,
+                 decode: Callable[[bytes], Image.Image] | None = None) -> Image.Image | None:
+    """Decode the image once within ``max_pixels``, mapping every way it can fail to an ``ImageInputError``:
+    413 over the pixel budget (refused from the header, before decoding), 422 for anything that is not a
+    complete image in one of ``IMAGE_FORMATS``. ``decode`` is the decoder to use (the embedder's, which decodes
+    a JPEG towards the backbone's input size); without one the image is only checked, decoded at a small scale
+    where the format allows it, and None is returned."""
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
-            width, height = im.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ImageInputError(413, f"is {width}x{height} pixels, over the limit of "
-                                           f"{MAX_IMAGE_PIXELS:,} pixels")
-            im.load()
-            fmt = (im.format or "img").lower()
-    except ImageInputError:
-        raise
+        if decode is not None:
+            return decode(data)
+        with open_image_within_budget(data, max_pixels, CHECK_DECODE_SIZE):
+            return None
+    except ImageTooLarge as exc:
+        shown = f"{exc.size[0]}x{exc.size[1]} pixels" if exc.size else "too many pixels"
+        raise ImageInputError(413, f"is {shown}, over the limit of {max_pixels:,} pixels") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageInputError(413, f"has too many pixels (over the limit of {max_pixels:,} pixels: {exc})") from None
     except UnidentifiedImageError:
         raise ImageInputError(422, f"is not an image in a supported format "
                                    f"({', '.join(IMAGE_FORMATS)})") from None
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    except DECODE_ERRORS as exc:  # truncated or corrupt data
         raise ImageInputError(422, f"is not a readable image ({', '.join(IMAGE_FORMATS)}): "
                                    f"{type(exc).__name__}: {exc}") from None
-    return {"jpeg": "jpg", "tiff": "tif"}.get(fmt, fmt)
+
+
+def _stored_pixels(data: bytes) -> int:
+    """Width x height from the image header (nothing is decoded); 0 when the header cannot be read, in which
+    case decoding fails at once."""
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+            return im.size[0] * im.size[1]
+    except DECODE_ERRORS:
+        return 0
+
+
+class TurnLock:
+    """A lock taken in turns: when it is released, the waiting small request (priority 0) goes first, then the
+    others in arrival order. A plain lock wakes waiters in no particular order, so the thread of a big
+    request could take it back turn after turn."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiting: list[tuple[int, int, threading.Event]] = []
+        self._arrival = itertools.count()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @contextlib.contextmanager
+    def turn(self, priority: int = 1) -> Iterator[None]:
+        with self._mutex:
+            wake = None
+            if self._held:
+                wake = threading.Event()
+                heapq.heappush(self._waiting, (priority, next(self._arrival), wake))
+            self._held = True
+        if wake is not None:
+            wake.wait()  # the releasing thread hands the lock over: it stays held in between
+        try:
+            yield
+        finally:
+            with self._mutex:
+                if self._waiting:
+                    heapq.heappop(self._waiting)[2].set()
+                else:
+                    self._held = False
 
 
 # ---------------------------------------------------------------------------------------------- service
 @dataclass
+class _Image:
+    key: str  # SHA-1 of the bytes
+    pixels: np.ndarray | None = None  # the backbone's input, decoded and resized, when not cached
+    embedding: np.ndarray | None = None  # from the in-memory cache
+
+
+@dataclass
 class _Item:
     fields: ProductFields
-    image: bytes | None
-    image_ext: str = ""
+    image: _Image | None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -353,18 +435,31 @@ def _finite(value: Any) -> float | int | None:
 class PredictionService:
     """A loaded model plus the request limits; ``predict`` is thread-safe."""
 
-    def __init__(self, model_dir: str | Path, *, max_items: int, max_image_bytes: int,
-                 max_body_bytes: int) -> None:
+    def __init__(self, model_dir: str | Path, *, max_items: int, max_image_bytes: int, max_body_bytes: int,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS, embedding_cache_size: int = EMBEDDING_CACHE_SIZE) -> None:
         for name, value in [("max_items", max_items), ("max_image_bytes", max_image_bytes),
-                            ("max_body_bytes", max_body_bytes)]:
+                            ("max_body_bytes", max_body_bytes), ("max_image_pixels", max_image_pixels)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(embedding_cache_size, bool) or not isinstance(embedding_cache_size, int) or \
+                embedding_cache_size < 0:
+            raise ValueError(f"embedding_cache_size must be a non-negative integer, got {embedding_cache_size!r}")
+        self.cache = EmbeddingLRU(embedding_cache_size)
         self.model_dir = Path(model_dir)
         self.predictor = Predictor.load(self.model_dir, progress=False)
         self.limits = {"max_items": max_items, "max_image_bytes": max_image_bytes,
-                       "max_body_bytes": max_body_bytes}
+                       "max_body_bytes": max_body_bytes, "max_image_pixels": max_image_pixels}
         self.needs_images = "image" in self.predictor.modalities
-        self._lock = threading.Lock()
+        self.image_chunk = IMAGE_CHUNK
+        self.head_chunk = HEAD_CHUNK
+        self.embedder: ImageEmbedder | None = None
+        if self.needs_images:
+            p = self.predictor
+            self.embedder = ImageEmbedder(p.backbone, weights=p.weights, image_size=p.image_size,
+                                          cache_dir=p.cache_dir, progress=False, max_pixels=max_image_pixels)
+            self.embedder.session()  # export / load the backbone now, not on the first request
+        self._lock = TurnLock()
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
         config = _read_json(self.model_dir / "config.json")
         metrics_path = self.model_dir / "metrics.json"
         metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
@@ -377,48 +472,93 @@ class PredictionService:
         log.info("serving %s (%s, %d classes)", self.model_dir, "+".join(self.predictor.modalities),
                  len(self.info.classes))
 
-    def image_bytes(self, where: str, data: bytes) -> tuple[bytes, str]:
+    def image_bytes(self, where: str, data: bytes, seen: dict[str, _Image] | None = None) -> _Image:
+        """Check and decode one image, on the caller's thread (outside the model lock). An image already in
+        the embedding cache, or in ``seen`` (the request's images so far), was decoded before and is not
+        decoded again."""
         if len(data) > self.limits["max_image_bytes"]:
             raise HTTPException(413, f"{where} is {len(data):,} bytes, over the image limit of "
                                      f"{self.limits['max_image_bytes']:,} bytes")
+        image = _Image(image_sha1(data))
+        if seen is not None:
+            if image.key in seen:
+                return seen[image.key]
+            seen[image.key] = image
+        if self.embedder is not None:
+            image.embedding = self.cache.get(image.key)
+            if image.embedding is not None:
+                return image
+        # A large image takes one of a few decode slots, so a flood of them keeps a core free for the rest.
+        heavy = _stored_pixels(data) > HEAVY_PIXELS
         try:
-            return data, verify_image(data)
+            with self._decode_slots if heavy else contextlib.nullcontext():
+                decoded = decode_image(data, self.limits["max_image_pixels"],
+                                       self.embedder.decode if self.embedder is not None else None)
+                if self.embedder is not None and decoded is not None:
+                    image.pixels = self.embedder.resized(decoded)  # resizing a large image is work too
         except ImageInputError as exc:
             raise HTTPException(exc.status, f"{where} {exc.detail}") from None
+        return image
 
-    def base64_image(self, where: str, text: str | None) -> tuple[bytes | None, str]:
+    def base64_image(self, where: str, text: str | None, seen: dict[str, _Image] | None = None) -> _Image | None:
         if text is None or not text.strip():
-            return None, ""
+            return None
         try:
             data = decode_base64_image(text, self.limits["max_image_bytes"])
         except ImageInputError as exc:
             raise HTTPException(exc.status, f"{where} {exc.detail}") from None
-        return self.image_bytes(where, data)
+        return self.image_bytes(where, data, seen)
 
     def check_count(self, n: int) -> None:
         if n > self.limits["max_items"]:
             raise HTTPException(413, f"{n:,} products in one request; the limit is "
                                      f"{self.limits['max_items']:,}. Split them over several requests.")
 
+    def _embeddings(self, items: list[_Item], priority: int) -> tuple[np.ndarray, np.ndarray]:
+        """The backbone's embeddings of the items' images (zeros and False where there is none): cached ones
+        as they are, the others through the backbone, ``image_chunk`` images per turn of the model lock."""
+        assert self.embedder is not None
+        emb = np.zeros((len(items), self.embedder.dim), dtype=np.float32)
+        ok = np.zeros(len(items), dtype=bool)
+        todo: dict[str, np.ndarray] = {}
+        for item in items:
+            if item.image is not None and item.image.pixels is not None:
+                todo.setdefault(item.image.key, item.image.pixels)
+        computed: dict[str, np.ndarray] = {}
+        keys = list(todo)
+        for start in range(0, len(keys), self.image_chunk):
+            chunk = keys[start : start + self.image_chunk]
+            batch = np.stack([todo[k] for k in chunk])
+            with self._lock.turn(priority):
+                vectors = self.embedder.forward(batch)
+            for key, vec in zip(chunk, vectors, strict=True):
+                computed[key] = vec
+                self.cache.put(key, vec)
+        for i, item in enumerate(items):
+            if item.image is not None:
+                vec = item.image.embedding if item.image.embedding is not None else computed[item.image.key]
+                emb[i], ok[i] = vec, True
+        return emb, ok
+
     def predict(self, items: list[_Item], top_k: int) -> PredictResponse:
         self.check_count(len(items))
         start = time.perf_counter()
-        write_images = self.needs_images and any(item.image is not None for item in items)
-        with (tempfile.TemporaryDirectory(prefix="deepfusion-request-") if write_images
-              else contextlib.nullcontext()) as tmp:
-            rows = []
-            for i, item in enumerate(items):
-                row: dict[str, Any] = {c: getattr(item.fields, c) for c in [*METADATA, TITLE]}
-                row[ID] = str(i) if item.fields.id is None else str(item.fields.id)
-                row["image_path"] = None
-                if tmp is not None and item.image is not None:
-                    path = Path(tmp) / f"{i}.{item.image_ext}"
-                    path.write_bytes(item.image)
-                    row["image_path"] = str(path)
-                rows.append(row)
-            frame = pd.DataFrame(rows, columns=[ID, *CATEGORICAL, "year", TITLE, "image_path"])
-            with self._lock:
-                out = self.predictor.predict_frame(frame, top_k=top_k)
+        rows = []
+        for i, item in enumerate(items):
+            row: dict[str, Any] = {c: getattr(item.fields, c) for c in [*METADATA, TITLE]}
+            row[ID] = str(i) if item.fields.id is None else str(item.fields.id)
+            rows.append(row)
+        frame = pd.DataFrame(rows, columns=[ID, *CATEGORICAL, "year", TITLE])
+        to_embed = len({it.image.key for it in items if it.image is not None and it.image.pixels is not None})
+        priority = 0 if len(items) <= self.head_chunk and to_embed <= self.image_chunk else 1
+        images = self._embeddings(items, priority) if self.embedder is not None else None
+        parts = []
+        for lo in range(0, len(frame), self.head_chunk):
+            hi = lo + self.head_chunk
+            extra = {"image_embeddings": (images[0][lo:hi], images[1][lo:hi])} if images is not None else {}
+            with self._lock.turn(priority):
+                parts.append(self.predictor.predict_frame(frame.iloc[lo:hi], top_k=top_k, **extra))
+        out = pd.concat(parts, ignore_index=True)
         k = sum(1 for c in out.columns if c.startswith("top") and c.endswith("_label"))
         predictions = [
             Prediction(id=str(r[ID]), prediction=str(r["prediction"]), confidence=float(r["confidence"]),
@@ -431,10 +571,14 @@ class PredictionService:
 
 
 def create_app(model_dir: str | Path, *, max_items: int = 256, max_image_bytes: int = 5_000_000,
-               max_body_bytes: int = 50_000_000) -> FastAPI:
-    """The service for the model saved in ``model_dir`` (raises ``ModelLoadError`` if it is not a model)."""
+               max_body_bytes: int = 50_000_000, max_image_pixels: int = MAX_IMAGE_PIXELS,
+               embedding_cache_size: int = EMBEDDING_CACHE_SIZE) -> FastAPI:
+    """The service for the model saved in ``model_dir`` (raises ``ModelLoadError`` if it is not a model).
+    ``max_image_pixels`` bounds the pixels one image may decode to; ``embedding_cache_size`` is the number of
+    request-image embeddings kept in memory (0: none)."""
     service = PredictionService(model_dir, max_items=max_items, max_image_bytes=max_image_bytes,
-                                max_body_bytes=max_body_bytes)
+                                max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels,
+                                embedding_cache_size=embedding_cache_size)
     app = FastAPI(title="DeepFusion", version=__version__,
                   description="Categorize catalog products from metadata, title and image.")
     app.state.service = service
@@ -455,10 +599,9 @@ def create_app(model_dir: str | Path, *, max_items: int = 256, max_image_bytes: 
     def predict(body: PredictRequest) -> PredictResponse:
         """Predict the category of one or more products sent as JSON."""
         service.check_count(len(body.products))  # before decoding any image
-        items = []
-        for i, product in enumerate(body.products):
-            data, ext = service.base64_image(f"products.{i}.image_base64", product.image_base64)
-            items.append(_Item(product, data, ext))
+        seen: dict[str, _Image] = {}  # an image sent twice in one request is decoded once
+        items = [_Item(product, service.base64_image(f"products.{i}.image_base64", product.image_base64, seen))
+                 for i, product in enumerate(body.products)]
         return service.predict(items, body.top_k)
 
     @app.post("/v1/predict/upload", tags=["predict"], responses=_ERRORS)
@@ -468,15 +611,15 @@ def create_app(model_dir: str | Path, *, max_items: int = 256, max_image_bytes: 
         if content_type not in FORM_CONTENT_TYPES:
             raise HTTPException(415, f"Send a form ({' or '.join(FORM_CONTENT_TYPES)}), not "
                                      f"'{content_type or 'no content type'}'; JSON goes to /v1/predict.")
-        data, ext = None, ""
+        image = None
         if form.image is not None:
             limit = service.limits["max_image_bytes"]
             raw = form.image.file.read(limit + 1)  # never more than the limit in memory
             if len(raw) > limit:
                 raise HTTPException(413, f"image is over the image limit of {limit:,} bytes")
             if raw:  # a browser sends an empty part when no file was chosen
-                data, ext = service.image_bytes("image", raw)
-        return service.predict([_Item(form, data, ext)], form.top_k)
+                image = service.image_bytes("image", raw)
+        return service.predict([_Item(form, image)], form.top_k)
 
     return app
 
@@ -491,7 +634,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, **limits: int) -> None:
-    """Serve the model at ``http://host:port`` until interrupted (``limits``: see ``create_app``)."""
+    """Serve the model at ``http://host:port`` until interrupted (``limits``: the keyword arguments of
+    ``create_app``)."""
     import uvicorn
 
     app = create_app(model_dir, **limits)
