@@ -67,7 +67,7 @@ def test_refit_without_validation_is_a_plain_fit(caplog: pytest.LogCaptureFixtur
 def test_fusion_refit_keeps_both_temperatures_and_stacking(clean_catalog_dir: Path) -> None:
     frame = load_catalog(clean_catalog_dir, progress=False).products
     train, val = frame.iloc[::2], frame.iloc[1::2]
-    options = {**OPTIONS, "epochs": 10}
+    options = OPTIONS
     plain = Predictor(["metadata", "title"], **options).fit(train, val)
     refit = Predictor(["metadata", "title"], refit=True, **options).fit(train, val)
     assert refit.title_fallback and refit.text_scores

@@ -29,6 +29,7 @@ COMBINERS = ("concat", "gated")  # models.COMBINERS
 BALANCES = ("none", "sqrt", "inverse", "sampler")  # the modes training.class_weights / train_network know
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # backbones.list_backbones()
 MODALITIES = ("metadata", "title", "image")  # predictor.MODALITIES
+ENGINES = ("local", "ray")  # predict: this process (runs.predict_catalog) or Ray (distributed.predict_catalog_ray)
 
 # What `deepfusion train` writes into a run folder: the only entries --overwrite may delete. Anything else in
 # the folder is the user's, so the folder is refused rather than cleaned.
@@ -42,6 +43,8 @@ MODEL_FILES = frozenset(
         "model.safetensors",
         "fallback.safetensors",
         "text_scores.safetensors",
+        "no_metadata.safetensors",
+        "title_scores.safetensors",
         "backbone.safetensors",
         "config.json",
         "preprocessing.json",
@@ -65,6 +68,7 @@ USER_ERROR_CLASSES = (
     ("deepfusion.backbones", "BackboneError"),
     ("deepfusion.export", "ExportError"),
     ("deepfusion.runtime", "ExportLoadError"),
+    ("deepfusion.distributed", "DistributedError"),
 )
 
 app = typer.Typer(
@@ -373,10 +377,18 @@ def train(
             "--field-blanking",
             min=0.0,
             max=4.0,
-            help="Blanked copies per training product (metadata fields emptied at random), so products with "
-            "missing attributes are predicted well; 0 turns it off.",
+            help="Blanked copies per training product (attributes emptied one by one at random), so products "
+            "with some attributes missing are predicted well; 0 turns it off.",
         ),
-    ] = 1.0,
+    ] = 0.5,
+    metadata_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--metadata-fallback/--no-metadata-fallback",
+            help="Also train a network on the title (and image) alone, which answers for products that have a "
+            "title but no attributes.",
+        ),
+    ] = True,
     review_precision: Annotated[
         float,
         typer.Option(
@@ -432,6 +444,7 @@ def train(
         "title_fallback": title_fallback,
         "refit": refit,
         "field_blanking": field_blanking,
+        "metadata_fallback": metadata_fallback,
         "review_precision": review_precision,
     }
     if image_size:
@@ -498,12 +511,44 @@ def predict(
         ),
     ],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many ranked labels per product.")] = 3,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            callback=_one_of(ENGINES),
+            metavar=_choices(ENGINES),
+            help="local predicts in this process; ray spreads image decoding and prediction over a Ray cluster "
+            "(pip install 'deepfusion[ray]'), writes shards to OUT.parts/ and merges them into OUT. MODEL_DIR may "
+            "then also be a folder written by export.",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto) [default: "
+            "RAY_ADDRESS, else a Ray started on this machine for the command].",
+        ),
+    ] = None,
+    actors: Annotated[
+        int, typer.Option("--actors", min=1, help="With --engine ray: model replicas predicting at once.")
+    ] = 2,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict the category of every product in a catalog.
 
     Labels are not needed; each prediction comes with its confidence and the next best labels.
     """
+    if engine == "local" and address is not None:
+        raise typer.BadParameter("--address needs --engine ray.", param_hint="'--address'")
+    if engine == "ray":
+        from .distributed import predict_catalog_ray
+
+        n, catalog = predict_catalog_ray(
+            model_dir, data, out, top_k=top_k, address=address, actors=actors, progress=not quiet
+        )
+        typer.echo(f"{n:,} predictions -> {out}; {catalog.summary()}")
+        return
     from .runs import predict_catalog
 
     n, catalog = predict_catalog(model_dir, data, out, top_k=top_k, progress=not quiet)

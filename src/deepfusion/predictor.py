@@ -62,6 +62,8 @@ _FIRST_PASS = (
     "best_epoch_",
     "member_best_epochs_",
     "fallback_best_epochs_",
+    "no_metadata_temperature_",
+    "no_metadata_best_epochs_",
     "train_seconds_",
 )
 
@@ -104,8 +106,9 @@ class Predictor:
         finetune_epochs: int = 3,
         text_scores: bool = True,
         title_fallback: bool = True,
+        metadata_fallback: bool = True,
         refit: bool = False,
-        field_blanking: float = 1.0,
+        field_blanking: float = 0.5,
         review_precision: float = 0.98,
         cache_dir: str | Path | None = None,
         progress: bool = True,
@@ -118,6 +121,11 @@ class Predictor:
         # the title leans on it; the fallback learns to do without).
         self.fallback_modalities = tuple(m for m in self.modalities if m != "title")
         self.title_fallback = title_fallback and "title" in self.modalities and bool(self.fallback_modalities)
+        # A third network for products that have a title but no attributes at all (a product whose attributes are
+        # not filled in yet): title (+ image) and a title-only SVM's scores. The main network then only has to
+        # cope with attributes missing one by one.
+        self.no_metadata_modalities = tuple(m for m in self.modalities if m != "metadata")
+        self.metadata_fallback = metadata_fallback and "metadata" in self.modalities and "title" in self.modalities
         self.config = make_config(preset, **head_overrides)
         # Refit: once validation has calibrated the model, train it again on train + validation for the full
         # schedule (the calibration is kept), so the final model learns from every labelled product.
@@ -283,7 +291,6 @@ class Predictor:
                 )
 
         train_data = self._encode(products, train_image, text_scores=fit_text_scores)
-        train_data.product = source
         if "image" in self.modalities and self.augment_views > 0:
             train_data, y_train = self._with_augmented_views(train, source, train_data, y_train)
 
@@ -302,7 +309,6 @@ class Predictor:
             val_source, val_products = self._with_blanked_copies(val, seed=self.seed + 1)
             y_val = y_all[known][val_source]
             val_data = self._encode(val_products)
-            val_data.product = val_source
 
         result, self.temperature_ = self._train_head(
             train_data, y_train, val_data, y_val, n_classes, "+".join(self.modalities), cfg
@@ -312,6 +318,8 @@ class Predictor:
         self.best_epoch_ = result.best_epoch
         self.member_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
         self.train_seconds_ = result.seconds
+        if self.metadata_fallback:
+            self._fit_no_metadata(train, train_data, y_train, val, val_data, y_val, n_classes, cfg)
         if self.title_fallback:
             fallback, self.fallback_temperature_ = self._train_head(
                 self._fallback_inputs(train_data, products),
@@ -358,15 +366,63 @@ class Predictor:
         )
         return result, temperature
 
+    def _fit_no_metadata(
+        self,
+        train: pd.DataFrame,
+        train_data: ModalityData,
+        y_train: np.ndarray,
+        val: pd.DataFrame | None,
+        val_data: ModalityData | None,
+        y_val: np.ndarray | None,
+        n_classes: int,
+        cfg: HeadConfig,
+    ) -> None:
+        """Train the network for products without attributes on the training products as they are (the first
+        ``len(train)`` rows: no blanked copies), with a title-only SVM's out-of-fold scores."""
+        rows = np.arange(len(train))
+        self.title_text_model_ = TextScoreModel(seed=self.seed)
+        scores = self.title_text_model_.fit(
+            train_data.features["title"][rows], y_train[rows], n_classes, groups=duplicate_groups(train),
+            progress=self.progress,
+        )
+        val_inputs = None
+        if val_data is not None and val is not None:
+            val_rows = np.arange(len(val))
+            val_inputs = self._no_metadata_inputs(val_data, val_rows)
+        result, self.no_metadata_temperature_ = self._train_head(
+            self._no_metadata_inputs(train_data, rows, scores),
+            y_train[rows],
+            val_inputs,
+            y_val[: len(val)] if val_inputs is not None else None,
+            n_classes,
+            f"the no-metadata network ({'+'.join(self.no_metadata_modalities)})",
+            cfg,
+        )
+        self.no_metadata_net_ = result.net
+        self.no_metadata_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
+        self.train_seconds_ += result.seconds
+
+    def _no_metadata_inputs(
+        self, data: ModalityData, rows: np.ndarray, scores: np.ndarray | None = None
+    ) -> ModalityData:
+        """The no-metadata network's inputs for ``rows`` of ``data``: the title, the image if the model has one,
+        and the title-only SVM's scores (``scores``; default: the fitted SVM's)."""
+        names = [m for m in self.no_metadata_modalities if m in data.features]
+        features = {m: data.features[m][rows] for m in names}
+        present = {m: data.present[m][rows] for m in names}
+        features["text_scores"] = scores if scores is not None else self.title_text_model_.scores(features["title"])
+        present["text_scores"] = present["title"].copy()
+        return ModalityData(features, present, {"text_scores": "title"})
+
     def _with_blanked_copies(self, products: pd.DataFrame, seed: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
         """``products`` followed by their blanked copies, and for every row the position of the product it is."""
         rows = np.zeros(0, dtype=np.int64)
         copies = products.iloc[:0]
         if "metadata" in self.modalities and self.field_blanking > 0:
             blanking = FieldBlanking(share=self.field_blanking)
-            rows, copies = blanked_copies(
-                products, blanking, self.seed if seed is None else seed, allow_all=len(self.modalities) > 1
-            )
+            # Products without any attribute go to the no-metadata network when the model has one.
+            allow_all = len(self.modalities) > 1 and not self.metadata_fallback
+            rows, copies = blanked_copies(products, blanking, self.seed if seed is None else seed, allow_all=allow_all)
         source = np.concatenate([np.arange(len(products)), rows])
         return source, pd.concat([products, copies], ignore_index=True)
 
@@ -472,6 +528,11 @@ class Predictor:
             if len(rows):
                 logits[rows] = predict_logits(self.fallback_net_, _without_title(data, rows))
                 temperature[rows] = self.fallback_temperature_
+        if self.metadata_fallback and len(logits):
+            rows = np.flatnonzero(data.present["title"] & ~data.present["metadata"])
+            if len(rows):
+                logits[rows] = predict_logits(self.no_metadata_net_, self._no_metadata_inputs(data, rows))
+                temperature[rows] = self.no_metadata_temperature_
         return logits, temperature, {m: data.present[m] for m in self.modalities}
 
     def _proba(
@@ -586,6 +647,15 @@ class Predictor:
         if self.text_scores:
             save_numpy(self.text_model_.tensors(), str(path / "text_scores.safetensors"))
             prep["text_scores"] = self.text_model_.to_json()
+        if self.metadata_fallback:
+            save_numpy(self.title_text_model_.tensors(), str(path / "title_scores.safetensors"))
+            config["no_metadata"] = {
+                "modalities": list(self.no_metadata_modalities),
+                **_save_network(self.no_metadata_net_, path / "no_metadata.safetensors"),
+                "temperature": self.no_metadata_temperature_,
+                "member_best_epochs": self.no_metadata_best_epochs_,
+                "text_scores": self.title_text_model_.to_json(),
+            }
         if self.title_fallback:
             config["fallback"] = {
                 "modalities": list(self.fallback_modalities),
@@ -601,6 +671,27 @@ class Predictor:
         (path / "config.json").write_text(json.dumps(config, indent=2))
         (path / "preprocessing.json").write_text(json.dumps(prep))
         return path
+
+    def _load_no_metadata(self, path: Path, saved: dict[str, Any], head: HeadConfig) -> None:
+        """The no-metadata network and its title-only SVM (model_files does not check these two files yet, so a
+        damaged one is turned into a ModelLoadError here)."""
+        try:
+            self.title_text_model_ = TextScoreModel.from_state(
+                saved["text_scores"], load_numpy(str(path / "title_scores.safetensors"))
+            )
+            self.no_metadata_net_ = _load_network(
+                path / "no_metadata.safetensors", saved, len(self.labels_.classes_), head
+            )
+            self.no_metadata_temperature_ = float(saved["temperature"])
+        except Exception as exc:  # safetensors, torch and KeyError all mean the same thing to a user here
+            raise ModelLoadError(
+                f"{path}: the no-metadata network (no_metadata.safetensors, title_scores.safetensors, config.json "
+                f"'no_metadata') cannot be loaded ({type(exc).__name__}: {exc}). Restore the folder or train the "
+                "model again."
+            ) from None
+        if not (np.isfinite(self.no_metadata_temperature_) and self.no_metadata_temperature_ > 0):
+            raise ModelLoadError(f"{path}/config.json: no_metadata temperature must be positive and finite.")
+        self.no_metadata_best_epochs_ = saved.get("member_best_epochs", [])
 
     @classmethod
     def load(
@@ -627,6 +718,7 @@ class Predictor:
             review_precision=config.get("review_precision", 0.98),
             text_scores="text_scores" in prep,
             title_fallback="fallback" in config,
+            metadata_fallback="no_metadata" in config,
             cache_dir=cache_dir,
             progress=progress,
         )
@@ -656,6 +748,8 @@ class Predictor:
             )
             self.fallback_temperature_ = float(fallback["temperature"])
             self.fallback_best_epochs_ = fallback.get("member_best_epochs", [])
+        if "no_metadata" in config:
+            self._load_no_metadata(path, config["no_metadata"], head)
         self.best_epoch_ = config.get("best_epoch", 0)
         self.member_best_epochs_ = config.get("member_best_epochs", [self.best_epoch_])
         self.train_seconds_ = config.get("train_seconds", 0.0)
