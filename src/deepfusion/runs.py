@@ -103,6 +103,7 @@ def train_model(
     metrics.update(
         {
             "model": spec.name,
+            "date": time.strftime("%Y-%m-%d"),
             "modalities": list(spec.modalities),
             "preset": preset,
             "split": "test",
