@@ -796,7 +796,9 @@ def thumbnail_uri(path: str | Path | None, status: str = "ok", size: tuple[int, 
                     im.thumbnail((size[0] * 2, size[1] * 2))
                 else:
                     status = "too large"
-        except Exception:  # a file that changed since loading, or was never readable: show the placeholder
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            # A file that changed since loading, or was never readable: the thumbnail shows a placeholder.
+            log.warning("thumbnail of %s not drawn (%s: %s)", path, type(exc).__name__, exc)
             im = None
             status = "corrupt" if status == "ok" else status
     if im is None:
