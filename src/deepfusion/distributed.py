@@ -1,0 +1,639 @@
+"""Batch prediction and audit folds on Ray: the same jobs as ``runs.predict_catalog`` and the audit's fold loop,
+spread over the cores of one machine or the nodes of a Ray cluster.
+
+    from deepfusion.distributed import predict_catalog_ray
+    predict_catalog_ray("RUN/fusion", "catalog/", "predictions.parquet", top_k=3, actors=4)
+
+What runs where in ``predict_catalog_ray``:
+
+* The driver (the process that calls it) loads and validates the catalog with ``catalog.load_catalog``, exactly as
+  the local engine does, so the rejects report is the same file. The catalog loader mends damaged lines (stray
+  quotes, unquoted commas in titles) that a generic CSV reader such as ``ray.data.read_csv`` would split
+  differently, which is why the table is not read by Ray itself. A model folder written by ``train`` is exported
+  (``export.export_model``) to a temporary folder first; an exported folder (with ``manifest.json``) is used as
+  it is. The exported files travel to the workers through Ray's object store, so the model needs no shared disk.
+* Ray tasks read and decode the product images (the backbone's input pixels). The image files must be readable
+  at the same path on every node (a shared file system or the same copy everywhere).
+* A pool of Ray actors, each holding one ``runtime.ExportedModel`` (onnxruntime, numpy and Pillow; no torch),
+  embeds the pixels and predicts, batch after batch.
+* Ray writes the predictions as Parquet shards into ``OUT.parts/``; the driver merges them in catalog order
+  into ``OUT`` (.csv or .parquet), with the columns of the local engine.
+
+``run_folds_ray`` trains the audit's k fold models as parallel Ray tasks; only arrays (the fold's probabilities)
+come back, never a torch model.
+
+Ray is an optional dependency (``pip install 'deepfusion[ray]'``): this module imports it inside its functions,
+and its module level imports nothing that pulls in torch, so Ray workers that unpickle the actor class stay lean.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from . import runtime as rt
+
+if TYPE_CHECKING:
+    from .audit import FoldPlan
+    from .catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+RAY_REQUIREMENT = "ray[data]==2.60.0"
+ROW = "_row"  # the product's position in the loaded catalog: the shards carry it so the merge restores the order
+IMAGE_COLUMN = "image_path"
+BATCH_SIZE = rt.BATCH_SIZE  # products per actor call, the runtime's own network batch
+CONFIDENCE_DECIMALS = 4  # as runs.CONFIDENCE_DECIMALS (tests/test_ray.py checks that they agree)
+SHARD_SUFFIX = ".parquet"
+# CPUs per image-decoding task. Fractional, which also keeps Ray Data from fusing decoding into the model actors
+# (it fuses a task stage into the next actor stage when their resources match): decoding then scales as tasks of
+# its own instead of taking the actors' time.
+DECODE_CPUS = 0.5
+# What Ray may leave in a parts folder besides the shards; anything else there is the user's and is not deleted.
+PARTS_EXTRA = frozenset({"_SUCCESS"})
+# Set by the Ray Jobs manager in a submitted job's driver: the job's runtime_env is inside.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+class DistributedError(Exception):
+    """A distributed run that cannot start or finish (Ray missing, a parts folder holding foreign files); the
+    message says what to do."""
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the Data library is a separate import, and a separate extra
+    except ImportError as exc:
+        raise DistributedError(
+            f"--engine ray needs Ray Data: pip install 'deepfusion[ray]' (or '{RAY_REQUIREMENT}')."
+        ) from exc
+    return ray
+
+
+# ---------------------------------------------------------------------------------------------- Ray session
+@contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, ship_code: bool = True) -> Iterator[Any]:
+    """The ``ray`` module, connected for the duration of the block.
+
+    * Ray already initialised in this process (a notebook, a test, a caller's own ``ray.init``): used as it is
+      and left running.
+    * ``address`` given, or ``RAY_ADDRESS`` set (as it is inside a job submitted with ``ray job submit``): that
+      cluster is joined and disconnected from afterwards. With ``ship_code``, this package's source is sent to
+      the workers (``runtime_env`` ``py_modules``), so the nodes need only its dependencies, not an install of
+      this very version; skipped when a submitted job already brings its own ``py_modules``.
+    * Otherwise a local Ray with ``num_cpus`` logical CPUs is started here and shut down afterwards. Ray enables
+      token authentication for a local cluster by default (and writes ``~/.ray/auth_token`` when there is no
+      token yet); the ``RAY_AUTH_MODE`` it sets in this process is put back as it was when Ray shuts down.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)]} if ship_code else None
+        if runtime_env and "py_modules" in json.loads(os.environ.get(JOB_CONFIG_ENV, "{}")).get("runtime_env", {}):
+            runtime_env = None  # Ray refuses to merge two py_modules lists; the job's own code is what it asked for
+        log.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()  # disconnects this driver; the cluster keeps running
+        return
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    log.info("starting a local Ray with %s CPUs", num_cpus or "all")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
+
+
+def _joins_cluster(ray: Any, address: str | None) -> bool:
+    """Whether ``ray_session`` will join a cluster (rather than use this process's Ray or start a local one)."""
+    return not ray.is_initialized() and bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def _check_cpus(ray: Any, need: float, what: str, joined: bool) -> None:
+    """Refuse a run that Ray would never schedule: with fewer CPUs than the actors and one task need, Ray Data
+    waits for resources forever instead of failing. A joined cluster may still grow (an autoscaler adds nodes
+    for pending work), so there it is only a warning."""
+    have = float(ray.cluster_resources().get("CPU", 0.0))
+    if have >= need:
+        return
+    message = f"the Ray cluster has {have:g} CPUs; {what} need {need:g}"
+    if joined:
+        log.warning("%s: the run waits until the cluster grows (stop it and use fewer if it cannot)", message)
+        return
+    raise DistributedError(f"{message}. Use fewer, or a Ray with more CPUs.")
+
+
+# ---------------------------------------------------------------------------------------------- tasks and actors
+def _read_image(path: object) -> bytes | None:
+    """The bytes of an image file, None when there is no path, the file is over the size limit or unreadable
+    (as ``runtime.ExportedModel.predict_frame`` reads files)."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        file = Path(path)
+        if file.stat().st_size > rt.MAX_IMAGE_BYTES:
+            log.warning("image %s is over %s bytes; treated as missing", file, f"{rt.MAX_IMAGE_BYTES:,}")
+            return None
+        return file.read_bytes()
+    except OSError as exc:
+        log.warning("cannot read image %s (%s); treated as missing", path, exc)
+        return None
+
+
+def decode_pixels(data: bytes, size: Sequence[int], max_pixels: int) -> np.ndarray:
+    """The backbone's uint8 (height, width, 3) input for one image, decoded within ``max_pixels``: the steps of
+    ``runtime.ExportedModel.image_pixels``, which needs a loaded model (its onnxruntime sessions) that a decoding
+    task should not load. tests/test_ray.py checks that the two agree."""
+    h, w = int(size[0]), int(size[1])
+    with rt.open_image_within_budget(data, max_pixels, (w, h)) as im:
+        rgb = im.convert("RGB")
+    return np.asarray(rgb.resize((w, h), Image.BILINEAR), dtype=np.uint8)
+
+
+def decode_images(batch: dict[str, np.ndarray], *, size: Sequence[int], max_pixels: int) -> dict[str, np.ndarray]:
+    """A Ray Data task: read and decode the batch's images. Replaces ``image_path`` with ``pixels`` (n, height,
+    width, 3; zeros where there is no usable image) and ``decoded`` (bool)."""
+    paths = batch[IMAGE_COLUMN]
+    n = len(paths)
+    pixels = np.zeros((n, int(size[0]), int(size[1]), 3), dtype=np.uint8)
+    decoded = np.zeros(n, dtype=bool)
+    failures: list[str] = []
+    for i, path in enumerate(paths):
+        data = _read_image(path)
+        if data is None:
+            continue
+        try:
+            pixels[i] = decode_pixels(data, size, max_pixels)
+            decoded[i] = True
+        except rt.DECODE_ERRORS as exc:
+            failures.append(f"{path}: {type(exc).__name__}: {exc}")
+    if failures:
+        log.warning("%d images could not be decoded and are treated as missing; first: %s", len(failures), failures[0])
+    out = {k: v for k, v in batch.items() if k != IMAGE_COLUMN}
+    out["pixels"] = pixels
+    out["decoded"] = decoded
+    return out
+
+
+def output_columns(predictions: pd.DataFrame) -> pd.DataFrame:
+    """``runs.output_columns`` (which cannot be imported here: runs imports torch): drop ``top1_*``, round the
+    confidences."""
+    out = predictions.drop(columns=["top1_label", "top1_confidence"], errors="ignore")
+    for col in out.columns:
+        if col == "confidence" or col.endswith("_confidence"):
+            out[col] = out[col].round(CONFIDENCE_DECIMALS)
+    return out
+
+
+def _records(batch: Mapping[str, np.ndarray], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Products as the runtime takes them; a missing value (Arrow null, NaN) becomes None, as in
+    ``ExportedModel.predict_frame``. Ray hands a text column whose block holds only nulls over as float32 NaN
+    (not a Python float): left as it is, the runtime would read it as the text "nan", an unknown category."""
+    n = len(batch[ROW])
+    cols = {c: batch[c] for c in columns if c in batch}
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        row: dict[str, Any] = {}
+        for c, values in cols.items():
+            v = values[i]
+            row[c] = None if v is None or (isinstance(v, float | np.floating) and math.isnan(v)) else v
+        rows.append(row)
+    return rows
+
+
+class BatchPredictor:
+    """A Ray Data actor: one exported model, loaded once, predicting batch after batch.
+
+    ``files`` are the exported folder's files (name -> bytes), sent through the object store so that workers
+    need no access to the driver's disk; they are written to a private temporary folder only for
+    ``ExportedModel.load`` (which checks every SHA-256 against the manifest) and removed right after, since the
+    loaded sessions hold everything in memory."""
+
+    def __init__(self, files: Any, *, top_k: int, threads: int | None, max_image_pixels: int) -> None:
+        import ray
+
+        if isinstance(files, ray.ObjectRef):  # Ray Data hands constructor arguments over unresolved
+            files = ray.get(files)
+        folder = Path(tempfile.mkdtemp(prefix="deepfusion-model-"))
+        try:
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            self.model = rt.ExportedModel.load(folder, threads=threads, max_image_pixels=max_image_pixels)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.top_k = top_k
+        f = self.model.fields
+        self.columns = [f["id"], *f["categorical"], *f["numeric"], f["title"]]
+
+    def predict_table(self, batch: Mapping[str, np.ndarray]) -> pd.DataFrame:
+        """Unrounded predictions of one batch, in ``Predictor.predict_frame``'s columns, plus ``_row``."""
+        model = self.model
+        n = len(batch[ROW])
+        embeddings = None
+        if model.image is not None:
+            ok = np.asarray(batch["decoded"], dtype=bool).reshape(n)
+            features = np.zeros((n, model.image.dim), dtype=np.float32)
+            which = np.flatnonzero(ok)
+            pixels = np.asarray(batch["pixels"])
+            # The runtime's backbone batch, so each image is embedded in a call of the usual size.
+            for start in range(0, len(which), rt.IMAGE_BATCH):
+                chunk = which[start : start + rt.IMAGE_BATCH]
+                features[chunk] = model.embed_pixels(pixels[chunk])
+            embeddings = (features, ok)
+        rows = model.predict(_records(batch, self.columns), top_k=self.top_k, image_embeddings=embeddings)
+        confidence = np.array([r["confidence"] for r in rows], dtype=np.float64)
+        # Predictor.load reads a model without a threshold as 1.0, so the local engine flags every product then.
+        threshold = 1.0 if model.review_threshold is None else model.review_threshold
+        table: dict[str, Any] = {
+            "id": [r["id"] for r in rows],
+            "prediction": [r["prediction"] for r in rows],
+            "confidence": confidence,
+            "needs_review": confidence < threshold,
+            "inputs": [r["inputs"] for r in rows],
+        }
+        for j in range(min(self.top_k, len(model.classes))):
+            table[f"top{j + 1}_label"] = [r["top_k"][j]["label"] for r in rows]
+            table[f"top{j + 1}_confidence"] = np.array([r["top_k"][j]["confidence"] for r in rows], dtype=np.float64)
+        table[ROW] = np.asarray(batch[ROW], dtype=np.int64)
+        return pd.DataFrame(table)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+        return output_columns(self.predict_table(batch))
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _export_files(folder: Path) -> dict[str, bytes]:
+    """The files of an exported folder that ``ExportedModel.load`` reads: the manifest and those it lists."""
+    manifest = json.loads((folder / rt.MANIFEST).read_text(encoding="utf-8"))
+    return {
+        rt.MANIFEST: (folder / rt.MANIFEST).read_bytes(),
+        **{n: (folder / n).read_bytes() for n in manifest["files"]},
+    }
+
+
+@contextmanager
+def exported_model(model_dir: str | Path) -> Iterator[Path]:
+    """An exported folder for ``model_dir``: the folder itself when it is an export (``manifest.json``), else
+    an export of the model folder into a temporary folder, removed afterwards."""
+    model_dir = Path(model_dir)
+    if (model_dir / rt.MANIFEST).is_file():
+        yield model_dir
+        return
+    from .export import export_model  # torch: only on the driver, and only for a model folder
+
+    with tempfile.TemporaryDirectory(prefix="deepfusion-export-") as tmp:
+        log.info("exporting %s for the Ray workers", model_dir)
+        yield export_model(model_dir, Path(tmp) / "model")
+
+
+def _prepare_parts(parts: Path) -> None:
+    """An empty ``OUT.parts`` folder: shards of an earlier run are removed; a folder holding anything else (or
+    a file in the way) is refused rather than cleaned."""
+    if parts.is_symlink() or (parts.exists() and not parts.is_dir()):
+        raise DistributedError(f"{parts} exists and is not a folder; move it away so the shards can be written there.")
+    if parts.is_dir():
+        entries = list(parts.iterdir())
+        foreign = [
+            e.name
+            for e in entries
+            if e.is_symlink() or not e.is_file() or not (e.name.endswith(SHARD_SUFFIX) or e.name in PARTS_EXTRA)
+        ]
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:5])
+            raise DistributedError(
+                f"{parts} holds files that are not prediction shards ({shown}); move them away or choose another --out."
+            )
+        for entry in entries:
+            entry.unlink()
+    parts.mkdir(parents=True, exist_ok=True)
+
+
+def _blocks(products: pd.DataFrame, columns: Sequence[str], rows_per_block: int) -> list[pd.DataFrame]:
+    frame = products[[c for c in columns if c in products.columns]].copy()
+    frame.insert(0, ROW, np.arange(len(frame), dtype=np.int64))
+    # object dtype: a column of missing values only would otherwise reach Arrow as a null column of no type.
+    for col in frame.columns:
+        if col != ROW and frame[col].dtype != np.float64:
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    return [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)]
+
+
+def _shard_order(shards: list[Path]) -> tuple[list[Path], bool]:
+    """Shards sorted by their first row, and whether their row ranges are disjoint (each then merges as a whole)."""
+    spans = []
+    for shard in shards:
+        rows = pq.read_table(shard, columns=[ROW]).column(ROW).to_numpy()
+        if len(rows):
+            spans.append((int(rows.min()), int(rows.max()), shard))
+    spans.sort(key=lambda s: s[0])
+    disjoint = all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))
+    return [s[2] for s in spans], disjoint
+
+
+def _tables_in_order(shards: list[Path]) -> Iterator[pa.Table]:
+    ordered, disjoint = _shard_order(shards)
+    if disjoint:
+        for shard in ordered:  # one shard in memory at a time
+            yield pq.read_table(shard).sort_by(ROW)
+    elif ordered:
+        log.debug("prediction shards overlap in catalog order; merging them in memory")
+        yield pa.concat_tables([pq.read_table(s) for s in ordered]).sort_by(ROW)
+
+
+def merge_shards(parts: Path, out: Path, n_products: int) -> int:
+    """Write the shards of ``parts`` into ``out`` (.csv or .parquet) in catalog order, without ``_row``, as
+    ``runs.predict_catalog`` writes its file; returns the number of rows. Every catalog row must be there once."""
+    shards = sorted(p for p in parts.iterdir() if p.name.endswith(SHARD_SUFFIX))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    n = 0
+    expected = 0
+    try:
+        for table in _tables_in_order(shards):
+            rows = table.column(ROW).to_numpy()
+            if not np.array_equal(rows, np.arange(expected, expected + len(rows))):
+                raise DistributedError(f"the prediction shards in {parts} do not hold each catalog row once")
+            expected += len(rows)
+            preds = table.drop_columns([ROW]).to_pandas()
+            if out.suffix.lower() == ".parquet":
+                chunk = pa.Table.from_pandas(preds, preserve_index=False)
+                writer = writer or pq.ParquetWriter(out, chunk.schema)
+                writer.write_table(chunk)
+            else:
+                preds.to_csv(out, index=False, mode="w" if n == 0 else "a", header=n == 0)
+            n += len(preds)
+    finally:
+        if writer is not None:
+            writer.close()
+    if n != n_products:
+        raise DistributedError(f"{n} predictions in {parts} for {n_products} products; run the prediction again")
+    return n
+
+
+def _load_catalog(modalities: Sequence[str], data: str | Path, progress: bool) -> Catalog:
+    """The catalog as ``runs.predict_catalog`` loads it for a model with these inputs (same checks, same rejects)."""
+    from .catalog import load_catalog
+    from .runs import required_columns
+
+    return load_catalog(
+        data,
+        require_target=False,
+        require_images=tuple(modalities) == ("image",),
+        required_columns=required_columns(modalities),
+        check_image_files="image" in modalities,
+        progress=progress,
+    )
+
+
+def predict_catalog_ray(
+    model_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    top_k: int = 3,
+    address: str | None = None,
+    actors: int = 2,
+    batch_size: int = BATCH_SIZE,
+    cpus_per_actor: int = 1,
+    num_cpus: int | None = None,
+    progress: bool = True,
+) -> tuple[int, Catalog]:
+    """``runs.predict_catalog`` on Ray: predict every product of the catalog in ``data`` into ``out`` (.csv or
+    .parquet) with the same rows, columns and rejects file (``OUT-stem.rejects.csv``); the Parquet shards Ray
+    wrote stay in ``OUT.parts/``. Returns (number of predictions, catalog).
+
+    ``model_dir``: a model folder written by ``train`` (exported on the driver first, which needs torch there)
+    or a folder written by ``deepfusion export``. ``address``: a Ray cluster (``HOST:6379``, ``ray://HOST:10001``
+    or ``auto``); None uses ``RAY_ADDRESS`` when set, else starts a local Ray with ``num_cpus`` logical CPUs
+    (default: enough for the actors and one decoding task, at least the machine's cores). ``actors``: how many
+    model replicas predict at once, each with ``cpus_per_actor`` CPUs (its onnxruntime threads).
+    ``batch_size``: products per actor call (and per block of the dataset)."""
+    for name, value in (
+        ("top_k", top_k),
+        ("actors", actors),
+        ("batch_size", batch_size),
+        ("cpus_per_actor", cpus_per_actor),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    with exported_model(model_dir) as folder:
+        # Loaded here too: a broken export fails now, before a cluster is used; and its inputs pick the checks.
+        model = rt.ExportedModel.load(folder, threads=1)
+        catalog = _load_catalog(model.modalities, data, progress)
+        files = _export_files(folder)
+    products = catalog.products
+    f = model.fields
+    columns = [f["id"], *f["categorical"], *f["numeric"], f["title"]]
+    if model.image is not None:
+        columns.append(IMAGE_COLUMN)
+    _prepare_parts(parts)
+    # The actors, plus one CPU for the decoding and writing tasks, which Ray must be able to run beside them.
+    need = actors * cpus_per_actor + 1
+    started = time.perf_counter()
+    joined = _joins_cluster(_import_ray(), address)
+    with ray_session(address, num_cpus=num_cpus or max(os.cpu_count() or 1, need)) as ray:
+        _check_cpus(ray, need, f"{actors} actors of {cpus_per_actor} CPUs and the reading/writing tasks", joined)
+        ctx = ray.data.DataContext.get_current()
+        saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order)
+        ctx.enable_progress_bars = progress
+        # Blocks leave each stage in catalog order, so the shards cover consecutive rows and merge one at a time.
+        ctx.execution_options.preserve_order = True
+        try:
+            # Blocks of at most one batch, and no fewer blocks than actors, so a small catalog still keeps every
+            # actor busy.
+            rows_per_block = max(1, min(batch_size, math.ceil(len(products) / actors)))
+            ds = ray.data.from_pandas(_blocks(products, columns, rows_per_block))
+            if model.image is not None:
+                ds = ds.map_batches(
+                    decode_images,
+                    batch_size=rows_per_block,
+                    batch_format="numpy",
+                    num_cpus=DECODE_CPUS,
+                    fn_kwargs={"size": model.image.size, "max_pixels": model.max_image_pixels},
+                )
+            ds = ds.map_batches(
+                BatchPredictor,
+                batch_size=rows_per_block,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=cpus_per_actor,
+                fn_constructor_kwargs={
+                    "files": ray.put(files),
+                    "top_k": top_k,
+                    "threads": cpus_per_actor,
+                    "max_image_pixels": model.max_image_pixels,
+                },
+            )
+            ds.write_parquet(str(parts))
+        finally:
+            ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
+    n = merge_shards(parts, out, len(products))
+    catalog.write_rejects(out.with_name(out.stem + ".rejects.csv"))
+    log.info(
+        "wrote %d predictions to %s (shards in %s) in %.1fs with %d actors",
+        n,
+        out,
+        parts,
+        time.perf_counter() - started,
+        actors,
+    )
+    return n, catalog
+
+
+# ---------------------------------------------------------------------------------------------- audit folds
+def fit_fold(
+    products: pd.DataFrame,
+    plan: FoldPlan,
+    classes: Sequence[str],
+    k: int,
+    *,
+    modalities: Sequence[str],
+    preset: str,
+    seed: int,
+    predictor_options: Mapping[str, Any],
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One fold of ``audit.out_of_fold_probabilities``, in a Ray task: train on the other folds (validation carved
+    as the audit does, same seeds), predict the held-out products. Returns the held-out positions, their
+    probabilities (held, len(classes)) in ``classes`` order, and the fold's statistics."""
+    import torch
+
+    from .audit import carve_validation
+    from .catalog import TARGET
+    from .predictor import Predictor
+
+    if threads is not None:
+        torch.set_num_threads(threads)  # the task's CPUs, not every core of the node
+    start = time.perf_counter()
+    held = np.flatnonzero(plan.fold == k)
+    train_idx, val_idx = carve_validation(np.flatnonzero(plan.fold != k), products, plan, seed + k + 1)
+    predictor = Predictor(modalities, preset=preset, seed=seed, progress=False, **predictor_options)
+    predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
+    fold_proba = np.asarray(predictor.predict_proba(products.iloc[held], as_pandas=False), dtype=np.float64)
+    column = {c: j for j, c in enumerate(classes)}
+    proba = np.zeros((len(held), len(classes)), dtype=np.float64)
+    proba[:, [column[c] for c in predictor.classes_]] = fold_proba
+    judged = plan.judged[held]
+    given = products[TARGET].to_numpy()[held]
+    pred = np.asarray(predictor.classes_)[fold_proba.argmax(axis=1)]
+    acc = float((pred[judged] == given[judged]).mean()) if judged.any() else float("nan")
+    stats = {
+        "fold": k,
+        "train": len(train_idx),
+        "val": len(val_idx),
+        "held_out": len(held),
+        "judged": int(judged.sum()),
+        "accuracy": acc,
+        "best_epoch": predictor.best_epoch_,
+        "temperature": predictor.temperature_,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return held, proba, stats
+
+
+def _warm_image_cache(
+    products: pd.DataFrame, modalities: Sequence[str], preset: str, seed: int, options: Mapping[str, Any]
+) -> int:
+    """Embed every product image once into the on-disk cache, so the parallel folds read it instead of each
+    computing the same vectors (the sequential loop shares one embedder for the same reason)."""
+    from .predictor import Predictor
+
+    predictor = Predictor(modalities, preset=preset, seed=seed, progress=False, **options)
+    _, ok = predictor._embedder().embed(list(products["image_path"]))
+    return int(ok.sum())
+
+
+def run_folds_ray(
+    products: pd.DataFrame,
+    plan: FoldPlan,
+    classes: list[str],
+    *,
+    modalities: Sequence[str],
+    preset: str,
+    seed: int,
+    progress: bool,
+    predictor_options: dict[str, Any],
+    address: str | None = None,
+    cpus_per_fold: int = 1,
+    num_cpus: int | None = None,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """``audit.out_of_fold_probabilities`` with every fold trained in its own Ray task, all at once as far as the
+    cluster's CPUs allow (``cpus_per_fold`` each; torch uses that many threads). Same arguments and the same
+    result: probabilities (n, len(classes)) for every held-out product (rows of products that are in every
+    training fold stay zero) and the per-fold statistics, in fold order. The products go to the object store once;
+    each task returns only arrays. ``address`` / ``num_cpus``: as for ``predict_catalog_ray`` (a local Ray gets
+    one CPU per fold by default, at least the machine's cores). Models that read images first embed every image
+    once into the shared on-disk cache (one task; on a cluster, that node's cache), unless the backbone is
+    fine-tuned per fold."""
+    from tqdm.auto import tqdm
+
+    n_folds = int(plan.fold.max()) + 1
+    proba = np.zeros((len(products), len(classes)), dtype=np.float64)
+    stats: list[dict[str, Any]] = []
+    joined = _joins_cluster(_import_ray(), address)
+    with ray_session(address, num_cpus=num_cpus or max(os.cpu_count() or 1, n_folds * cpus_per_fold)) as ray:
+        _check_cpus(ray, cpus_per_fold, f"fold tasks of {cpus_per_fold} CPUs", joined)
+        products_ref = ray.put(products)
+        if "image" in modalities and not predictor_options.get("finetune_blocks"):
+            warm = ray.remote(num_cpus=cpus_per_fold)(_warm_image_cache)
+            n_images = ray.get(warm.remote(products_ref, modalities, preset, seed, predictor_options))
+            log.info("embedded %d product images into the cache before the folds", n_images)
+        task = ray.remote(num_cpus=cpus_per_fold)(fit_fold)
+        pending = [
+            task.remote(
+                products_ref,
+                plan,
+                classes,
+                k,
+                modalities=modalities,
+                preset=preset,
+                seed=seed,
+                predictor_options=predictor_options,
+                threads=cpus_per_fold,
+            )
+            for k in range(n_folds)
+        ]
+        with tqdm(total=n_folds, desc="audit folds", unit="fold", disable=not progress) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                held, fold_proba, fold_stats = ray.get(done[0])
+                proba[held] = fold_proba
+                stats.append(fold_stats)
+                bar.update(1)
+                log.info(
+                    "fold %d/%d: out-of-fold accuracy %.4f on %d products",
+                    fold_stats["fold"] + 1,
+                    n_folds,
+                    fold_stats["accuracy"],
+                    fold_stats["judged"],
+                )
+    stats.sort(key=lambda s: s["fold"])
+    return proba, stats

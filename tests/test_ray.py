@@ -1,0 +1,265 @@
+"""The Ray engine (distributed.py): `deepfusion predict --engine ray` writes what the local engine writes (same rows,
+labels, confidences, rejects file), from a model folder or an exported one, on a Ray it starts itself, one already
+running in the process, or a cluster joined by address; and the audit's folds as Ray tasks give the sequential
+loop's probabilities. All on tiny catalogs and a local Ray of two CPUs."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_catalog
+from typer.testing import CliRunner
+
+from deepfusion import Predictor, load_catalog, runs
+from deepfusion import distributed as dist  # imports Ray only inside its functions
+from deepfusion import runtime as rt
+from deepfusion.cli import app
+from deepfusion.export import export_model
+
+ray = pytest.importorskip("ray")
+
+
+SMALL = (64, 48)
+runner = CliRunner()
+EXTRA_ROWS = [
+    "6001,Men,Apparel,Topwear,,Red,Summer,2011,Casual,",  # no title: the no-title network answers
+    "6002,,,,,,,,,",  # nothing but the id
+    "6003,,,,,,,,,Titan Unisex Black Watch",  # title only
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_env(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Token authentication (Ray's default for a local cluster since 2.59) with a token in the environment, so
+    no Ray started here writes ~/.ray/auth_token; no RAY_ADDRESS from the caller's shell; one embedding cache.
+
+    RAY_AUTH_MODE is left unset: ``ray.init`` sets it to "token" for a new local cluster and refreshes the
+    configuration it read when ray was imported. Setting it here, after that import, would leave this process
+    reading "disabled" while the Ray it starts requires a token."""
+    mp = pytest.MonkeyPatch()
+    mp.delenv("RAY_AUTH_MODE", raising=False)
+    mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    mp.delenv("RAY_ADDRESS", raising=False)
+    mp.setenv("DEEPFUSION_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ.pop("RAY_AUTH_MODE", None)  # set by ray.init, not by the monkeypatch
+    mp.undo()
+
+
+@pytest.fixture
+def ray_running() -> object:
+    """The module's Ray, started on first use (a test that starts its own may have shut it down before)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+    return ray
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """metadata + title + image (64x48) with the no-title network, saved and exported."""
+    root = tmp_path_factory.mktemp("model")
+    frame = load_catalog(make_catalog(root / "catalog", messy=False, seed=1), progress=False).products
+    predictor = Predictor(["metadata", "title", "image"], preset="small", progress=False, epochs=5, image_size=SMALL)
+    predictor.fit(frame.iloc[::2], frame.iloc[1::2])
+    folder = predictor.save(root / "model")
+    return folder, export_model(folder, root / "exported")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The messy catalog (missing, corrupt and truncated images, a duplicate id, unquoted commas) plus products
+    without a title or without attributes."""
+    root = make_catalog(tmp_path_factory.mktemp("data") / "catalog", seed=3)
+    with (root / "styles.csv").open("a", encoding="utf-8") as f:
+        f.write("\n".join(EXTRA_ROWS) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local(model: tuple[Path, Path], catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local engine's CSV and Parquet predictions (and rejects) in one folder."""
+    out = tmp_path_factory.mktemp("local")
+    for name in ("preds.csv", "preds.parquet"):
+        runs.predict_catalog(model[0], catalog, out / name, progress=False)
+    return out
+
+
+def _invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def _assert_same(expected: pd.DataFrame, got: pd.DataFrame) -> None:
+    """Identical rows and labels; confidences as written (4 decimals) equal up to one rounding step."""
+    assert list(got.columns) == list(expected.columns)
+    assert len(got) == len(expected)
+    for col in expected.columns:
+        if col == "confidence" or col.endswith("_confidence"):
+            assert np.abs(got[col].to_numpy() - expected[col].to_numpy()).max() <= 1e-4 + 1e-12, col
+        else:
+            assert got[col].tolist() == expected[col].tolist(), col
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def test_helpers_agree_with_what_they_mirror(model: tuple[Path, Path], catalog: Path) -> None:
+    """decode_pixels is ExportedModel.image_pixels without a loaded model; output_columns is runs'."""
+    exported = rt.ExportedModel.load(model[1])
+    images = sorted((catalog / "images").glob("*.jpg"))[:8]  # the first is a grayscale JPEG
+    for image in images:
+        data = image.read_bytes()
+        try:
+            expected = exported.image_pixels(data)
+        except rt.DECODE_ERRORS:
+            with pytest.raises(rt.DECODE_ERRORS):
+                dist.decode_pixels(data, exported.image.size, exported.max_image_pixels)
+            continue
+        assert np.array_equal(dist.decode_pixels(data, exported.image.size, exported.max_image_pixels), expected)
+    assert dist.CONFIDENCE_DECIMALS == runs.CONFIDENCE_DECIMALS
+    frame = pd.DataFrame(
+        {
+            "id": ["a"],
+            "confidence": [0.123456],
+            "top1_label": ["x"],
+            "top1_confidence": [0.1],
+            "top2_confidence": [1 / 3],
+        }
+    )
+    pd.testing.assert_frame_equal(dist.output_columns(frame), runs.output_columns(frame))
+
+
+def test_unrounded_probabilities_match_the_predictor(model: tuple[Path, Path], catalog: Path) -> None:
+    """What an actor computes, before the 4-decimal rounding of the file: the Predictor's labels, inputs and
+    review flags, probabilities within 1e-5."""
+    products = load_catalog(catalog, require_target=False, progress=False).products
+    expected = Predictor.load(model[0], progress=False).predict_frame(products, top_k=3)
+    predictor = dist.BatchPredictor(dist._export_files(model[1]), top_k=3, threads=1, max_image_pixels=10**7)
+    columns = [*predictor.columns, dist.IMAGE_COLUMN]
+    got = []
+    for block in dist._blocks(products, columns, 16):  # several batches, as the actors get them
+        batch = {c: block[c].to_numpy() for c in block.columns}
+        decoded = dist.decode_images(batch, size=predictor.model.image.size, max_pixels=10**7)
+        got.append(predictor.predict_table(decoded))
+    table = pd.concat(got, ignore_index=True)
+    assert table[dist.ROW].tolist() == list(range(len(products)))
+    table = table.drop(columns=dist.ROW)
+    assert list(table.columns) == list(expected.columns)
+    for col in expected.columns:
+        if col.endswith("confidence"):
+            assert np.abs(table[col].to_numpy() - expected[col].to_numpy()).max() <= 1e-5, col
+        else:
+            assert table[col].tolist() == expected[col].tolist(), col
+    assert set(table["inputs"]) >= {"metadata+title+image", "metadata+title", "title", "none"}
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def test_cli_ray_engine_starts_its_own_ray_and_matches_local(
+    model: tuple[Path, Path], catalog: Path, local: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`deepfusion predict MODEL --engine ray` with no Ray running: it starts a local one, writes the local
+    engine's file and rejects, keeps the shards, and shuts its Ray down (RAY_AUTH_MODE as it was)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    out = tmp_path / "preds.csv"
+    text = _invoke("predict", str(model[0]), "--data", str(catalog), "--out", str(out), "--engine", "ray", "--quiet")
+    assert f"{len(pd.read_csv(local / 'preds.csv'))} predictions -> {out}" in text
+    assert not ray.is_initialized()
+    assert "RAY_AUTH_MODE" not in os.environ
+    _assert_same(pd.read_csv(local / "preds.csv", dtype={"id": str}), pd.read_csv(out, dtype={"id": str}))
+    # The same file but for Pillow's "<_io.BytesIO object at 0x...>" in a reason, which differs on every load.
+    rejects = [re.sub(r" at 0x[0-9a-f]+", "", (d / "preds.rejects.csv").read_text()) for d in (tmp_path, local)]
+    assert rejects[0] == rejects[1]
+    shards = list((tmp_path / "preds.csv.parts").glob("*.parquet"))
+    assert shards and sum(len(pd.read_parquet(s)) for s in shards) == len(pd.read_csv(out))
+
+
+def test_exported_folder_parquet_many_blocks(
+    ray_running: object, model: tuple[Path, Path], catalog: Path, local: Path, tmp_path: Path
+) -> None:
+    """An exported folder, the Ray already running in the process (left running), one actor, small batches:
+    the Parquet file equals the local engine's, in catalog order; a second run replaces the shards."""
+    out = tmp_path / "preds.parquet"
+    n, _ = dist.predict_catalog_ray(model[1], catalog, out, actors=1, batch_size=7, progress=False)
+    expected = pd.read_parquet(local / "preds.parquet")
+    assert n == len(expected)
+    got = pd.read_parquet(out)
+    _assert_same(expected, got)
+    assert got.dtypes.to_dict() == expected.dtypes.to_dict()
+    assert ray.is_initialized()
+    first = sorted(p.name for p in (tmp_path / "preds.parquet.parts").iterdir())
+    dist.predict_catalog_ray(model[1], catalog, out, actors=1, batch_size=7, progress=False)
+    again = sorted(p.name for p in (tmp_path / "preds.parquet.parts").iterdir())
+    assert len(again) == len(first) and not set(again) & set(first)
+
+
+def test_joins_a_cluster_by_address(
+    ray_running: object, model: tuple[Path, Path], catalog: Path, local: Path, tmp_path: Path
+) -> None:
+    """A separate driver process joins the running Ray by --address (the package's code shipped to the workers
+    as py_modules) and disconnects, leaving the cluster up."""
+    address = ray.get_runtime_context().gcs_address
+    out = tmp_path / "preds.csv"
+    args = ["predict", str(model[1]), "--data", str(catalog), "--out", str(out), "--engine", "ray"]
+    done = subprocess.run(
+        [sys.executable, "-m", "deepfusion.cli", *args, "--address", address, "--actors", "1", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same(pd.read_csv(local / "preds.csv", dtype={"id": str}), pd.read_csv(out, dtype={"id": str}))
+    assert ray.get(ray.put(1)) == 1  # still connected: the other driver only disconnected
+
+
+def test_user_errors_exit_2(ray_running: object, model: tuple[Path, Path], catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    result = runner.invoke(app, ["predict", str(model[0]), "--data", str(catalog), "--out", str(out), "--address", "x"])
+    assert result.exit_code == 2 and "--address needs --engine ray" in result.output
+    parts = tmp_path / "preds.csv.parts"
+    parts.mkdir()
+    (parts / "notes.txt").write_text("mine")
+    result = runner.invoke(
+        app, ["predict", str(model[1]), "--data", str(catalog), "--out", str(out), "--engine", "ray", "--quiet"]
+    )
+    assert result.exit_code == 2 and "not prediction shards (notes.txt)" in result.output
+    assert (parts / "notes.txt").read_text() == "mine"
+    # Two actors and the reading/writing tasks do not fit two CPUs: refused, instead of Ray waiting forever.
+    with pytest.raises(dist.DistributedError, match="has 2 CPUs"):
+        dist.predict_catalog_ray(model[1], catalog, tmp_path / "other.csv", actors=2, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- audit folds
+def test_audit_folds_as_ray_tasks_match_the_sequential_loop(ray_running: object, tmp_path: Path) -> None:
+    from deepfusion.audit import out_of_fold_probabilities, plan_folds
+    from deepfusion.catalog import ID, TARGET
+
+    products = load_catalog(make_catalog(tmp_path / "c", n_per_class=25, messy=False, seed=2), progress=False).products
+    products = products.sort_values(ID, kind="stable").reset_index(drop=True)
+    plan = plan_folds(products, 2, seed=0, min_class_groups=2)
+    classes = sorted(products[TARGET].astype(str).unique())
+    kwargs = {
+        "modalities": ("metadata", "title"),
+        "preset": "small",
+        "seed": 0,
+        "progress": False,
+        "predictor_options": {"epochs": 5, "title_fallback": False},
+    }
+    expected, expected_stats = out_of_fold_probabilities(products, plan, classes, **kwargs)
+    got, stats = dist.run_folds_ray(products, plan, classes, **kwargs)
+    assert [s["fold"] for s in stats] == [0, 1]
+    for a, b in zip(stats, expected_stats, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
+    assert np.abs(got - expected).max() <= 1e-5
