@@ -358,10 +358,10 @@ class Predictor:
                 temperature = 1.0
         best = [m.best_epoch for m in result.members] or [result.best_epoch]
         log.info(
-            "trained %s in %.1fs (best epoch %s, temperature %.3f)",
+            "trained %s in %.1fs (best epoch of each network: %s; temperature %.3f)",
             what,
             result.seconds,
-            "/".join(map(str, best)),
+            ", ".join(map(str, best)),
             temperature,
         )
         return result, temperature
