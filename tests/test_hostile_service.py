@@ -88,8 +88,9 @@ def test_request_images_stay_in_memory(model: dict[str, Any], env_cache: Path, t
         monkeypatch.setattr(tempfile, name, no_disk)
     monkeypatch.setattr(EmbeddingStore, "add", no_disk)
     forwards: list[int] = []
-    forward = service.embedder.forward
-    monkeypatch.setattr(service.embedder, "forward", lambda batch: (forwards.append(len(batch)), forward(batch))[1])
+    embedder = service.backend.embedder
+    forward = embedder.forward
+    monkeypatch.setattr(embedder, "forward", lambda batch: (forwards.append(len(batch)), forward(batch))[1])
     products = products_with_images(model["catalog"], 5)
     with TestClient(app) as client:
         first = client.post("/v1/predict", json={"products": products})
@@ -147,9 +148,10 @@ def test_big_requests_run_in_turns_with_the_same_answers(model: dict[str, Any],
         service.image_chunk, service.head_chunk = 2, 3
         images: list[int] = []
         rows: list[int] = []
-        forward, predict_frame = service.embedder.forward, service.predictor.predict_frame
-        monkeypatch.setattr(service.embedder, "forward", lambda b: (images.append(len(b)), forward(b))[1])
-        monkeypatch.setattr(service.predictor, "predict_frame",
+        embedder, predictor = service.backend.embedder, service.backend.predictor
+        forward, predict_frame = embedder.forward, predictor.predict_frame
+        monkeypatch.setattr(embedder, "forward", lambda b: (images.append(len(b)), forward(b))[1])
+        monkeypatch.setattr(predictor, "predict_frame",
                             lambda frame, **kw: (rows.append(len(frame)), predict_frame(frame, **kw))[1])
         chunked = client.post("/v1/predict", json={"products": products}).json()["predictions"]
     assert images == [2, 2, 2, 1] and rows == [3, 3, 1]

@@ -8,7 +8,10 @@ import importlib.util
 import io
 import json
 import math
+import re
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,10 +111,138 @@ def test_health_model_info_and_docs(client: TestClient, trained: dict[str, Path]
     assert info["temperature"] == pytest.approx(config["temperature"])
     assert info["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
     assert info["metrics"]["macro_f1"] == pytest.approx(metrics["macro_f1"])
-    assert info["limits"] == LIMITS
+    assert info["limits"] == LIMITS and info["backend"] == "model"
+    assert info["review_threshold"] == pytest.approx(config.get("review_threshold", 1.0))
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/healthz", "/v1/model", "/v1/predict", "/v1/predict/upload"} <= set(paths)
+    assert {"/healthz", "/v1/model", "/v1/predict", "/v1/predict/upload", "/metrics"} <= set(paths)
+
+
+def test_docs_are_served_offline(client: TestClient) -> None:
+    """/docs is Swagger UI from the swagger-ui-bundle package's files: no CDN, no external URL in the page, and
+    every script and stylesheet it names is served by the app itself."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert not re.search(r"https?://", page.text), page.text
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert any(r.endswith("swagger-ui-bundle.js") for r in refs) and any(r.endswith(".css") for r in refs), refs
+    for ref in refs:
+        assert ref.startswith("/"), ref
+        asset = client.get(ref)
+        assert asset.status_code == 200 and len(asset.content) > 100, ref
+    assert "/openapi.json" in page.text
+    assert client.get("/redoc").status_code == 404  # ReDoc would need a CDN
+    from swagger_ui_bundle import swagger_ui_path
+
+    # Swagger UI 4 cannot read OpenAPI 3.1, which FastAPI writes ("Unable to render this definition").
+    version = re.search(r"swagger-ui-(\d+)\.", str(swagger_ui_path))
+    assert version and int(version.group(1)) >= 5, swagger_ui_path
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert {"catalog row", "title only", "metadata only", "with image", "batch"} <= set(body["examples"])
+    prediction = schema["components"]["schemas"]["Prediction"]
+    assert {"inputs", "needs_review"} <= set(prediction["required"]) and prediction["examples"]
+    errors = schema["paths"]["/v1/predict"]["post"]["responses"]["422"]["content"]["application/json"]
+    assert "no_input" in errors["examples"]
+
+
+def _metrics(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def test_metrics_in_prometheus_format(trained: dict[str, Path]) -> None:
+    """Requests by endpoint and status, latency, predicted classes, confidence and needs_review; each app has a
+    registry of its own, so two apps in one process count separately."""
+    with TestClient(create_app(trained["model"], **LIMITS)) as c, TestClient(create_app(trained["model"])) as other:
+        products = catalog_payload(trained["catalog"])[:5]
+        for p in products:
+            p.pop("image_base64", None)
+        preds = c.post("/v1/predict", json={"products": products}).json()["predictions"]
+        c.post("/v1/predict", json={"products": [{}, {"id": "x"}]})  # 422: no input
+        c.get("/no/such/page")
+        c.get("/healthz")
+        m = _metrics(c)
+        assert m[("deepfusion_http_requests_total", (("endpoint", "/v1/predict"), ("method", "POST"),
+                                                     ("status", "200")))] == 1
+        assert m[("deepfusion_http_requests_total", (("endpoint", "/v1/predict"), ("method", "POST"),
+                                                     ("status", "422")))] == 1
+        assert m[("deepfusion_http_requests_total", (("endpoint", "other"), ("method", "GET"), ("status", "404")))] == 1
+        assert m[("deepfusion_http_request_duration_seconds_count", (("endpoint", "/v1/predict"),))] == 2
+        by_label = {dict(k[1])["label"]: v for k, v in m.items() if k[0] == "deepfusion_predictions_total"}
+        assert set(by_label) == set(c.get("/v1/model").json()["classes"])  # every class, 0 until predicted
+        assert sum(by_label.values()) == 5
+        for p in preds:
+            assert by_label[p["prediction"]] >= 1
+        assert m[("deepfusion_prediction_inputs_total", (("inputs", "metadata"),))] == 5
+        assert m[("deepfusion_prediction_confidence_count", ())] == 5
+        assert m[("deepfusion_prediction_confidence_sum", ())] == pytest.approx(sum(p["confidence"] for p in preds))
+        flagged = sum(p["needs_review"] for p in preds)
+        assert m[("deepfusion_predictions_needs_review_total", ())] == flagged
+        assert m[("deepfusion_needs_review_ratio", ())] == pytest.approx(flagged / 5)
+        assert m[("deepfusion_products_rejected_total", ())] == 2
+        assert m[("deepfusion_model_batch_size_count", (("stage", "head"),))] == 1
+        assert m[("deepfusion_model_info", (("backend", "model"), ("classes", "4"), ("modalities", "metadata"),
+                                            ("path", str(trained["model"])), ("version", __version__)))] == 1
+        assert sum(v for k, v in _metrics(other).items() if k[0] == "deepfusion_predictions_total") == 0
+
+
+def test_concurrent_single_requests_share_one_model_call(trained: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Micro-batching: single-product requests that arrive while the model is busy go through it in one call, and
+    each gets the answer it gets alone (its own top_k too)."""
+    app = create_app(trained["model"], batch_wait_ms=5)
+    service = app.state.service
+    products = [{k: v for k, v in p.items() if k != "image_base64"} for p in catalog_payload(trained["catalog"])[:8]]
+    with TestClient(app) as client:
+        alone = [client.post("/v1/predict", json={"products": [p], "top_k": 1 + i % 3}).json()["predictions"][0]
+                 for i, p in enumerate(products)]
+        calls: list[int] = []
+        predict_rows = service.backend.predict_rows
+        monkeypatch.setattr(service.backend, "predict_rows",
+                            lambda rows, *a: (calls.append(len(rows)), predict_rows(rows, *a))[1])
+        results: dict[int, Any] = {}
+
+        def post(i: int) -> None:
+            results[i] = client.post("/v1/predict", json={"products": [products[i]], "top_k": 1 + i % 3})
+
+        with service._lock.turn():  # the model is busy: the requests queue up behind it
+            threads = [threading.Thread(target=post, args=(i,)) for i in range(len(products))]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 30
+            while service.head_batcher.waiting < len(products) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert service.head_batcher.waiting == len(products)
+        for t in threads:
+            t.join(timeout=30)
+    assert calls == [len(products)]
+    for i, expected in enumerate(alone):
+        got = results[i].json()["predictions"][0]
+        assert got["id"] == expected["id"] and got["prediction"] == expected["prediction"]
+        assert [e["label"] for e in got["top_k"]] == [e["label"] for e in expected["top_k"]]
+        assert len(got["top_k"]) == 1 + i % 3
+        assert got["confidence"] == pytest.approx(expected["confidence"], abs=1e-6)
+
+
+def test_service_constants_match_the_catalog() -> None:
+    """http_app spells out the catalog's columns and image formats so that it need not import pandas."""
+    from deepfusion import catalog, embeddings, http_app, runtime, service
+
+    assert http_app.CATEGORICAL == catalog.CATEGORICAL and http_app.NUMERIC == catalog.NUMERIC
+    assert (http_app.ID, http_app.TITLE) == (catalog.ID, catalog.TITLE)
+    assert http_app.IMAGE_FORMATS == catalog.IMAGE_FORMATS == runtime.IMAGE_FORMATS
+    assert http_app.CHECK_DECODE_SIZE == catalog.CHECK_DECODE_SIZE
+    assert set(http_app.DECODE_ERRORS) <= set(embeddings.DECODE_ERRORS)
+    assert service.EXPORT_MANIFEST == runtime.MANIFEST
+    from deepfusion.features import clean_title
+
+    for text in ["", " ", "!!!", "-", "a", "Shirt", "İ", "\u212a", "日本", "x-y", "  9 ", "é", "_"]:
+        assert http_app._present_title(text) == bool(clean_title(text)), text
 
 
 def test_not_a_model_folder(tmp_path: Path) -> None:
@@ -152,6 +283,7 @@ def test_predictions_equal_cli_predict(client: TestClient, trained: dict[str, Pa
     for pred, (_, row) in zip(got, expected.iterrows(), strict=True):
         assert pred["prediction"] == row["prediction"]
         assert pred["confidence"] == pytest.approx(row["confidence"], abs=rounding)
+        assert pred["inputs"] == row["inputs"] and pred["needs_review"] == bool(row["needs_review"])
         assert len(pred["top_k"]) == 3
         for k, entry in enumerate(pred["top_k"], start=1):
             assert entry["label"] == row[f"top{k}_label"]
@@ -170,21 +302,46 @@ def test_predictions_equal_cli_predict(client: TestClient, trained: dict[str, Pa
         assert upload.status_code == 200, upload.text
         uploaded = upload.json()["predictions"][0]
         assert uploaded["id"] == product["id"] and uploaded["prediction"] == single["prediction"]
+        assert uploaded["inputs"] == single["inputs"] and uploaded["needs_review"] == single["needs_review"]
         assert uploaded["confidence"] == pytest.approx(single["confidence"], abs=1e-6)
 
 
 def test_missing_inputs_still_predicted(client: TestClient) -> None:
-    products = [{}, {"productDisplayName": ""}, {"id": 42, "gender": "Men"}, {"image_base64": None}]
+    products = [{"id": 42, "gender": "Men"}, {"year": 2012, "image_base64": None},
+                {"usage": " Casual ", "productDisplayName": ""}, {"season": "Summer", "productDisplayName": "Shirt"}]
     response = client.post("/v1/predict", json={"products": products, "top_k": 99})
     assert response.status_code == 200, response.text
     preds = response.json()["predictions"]
-    assert [p["id"] for p in preds] == ["0", "1", "42", "3"]  # missing id -> position; integer id -> text
+    assert [p["id"] for p in preds] == ["42", "1", "2", "3"]  # missing id -> position; integer id -> text
+    assert [p["inputs"] for p in preds] == ["metadata"] * 4  # a metadata-only model uses no title
     for p in preds:
         assert len(p["top_k"]) == 4  # top_k is capped at the number of classes
         assert sum(e["confidence"] for e in p["top_k"]) == pytest.approx(1.0)
+        assert isinstance(p["needs_review"], bool)
     upload = client.post("/v1/predict/upload", data={"gender": "Women", "year": ""},
                          files={"image": ("", b"")})  # a browser's "no file chosen"
     assert upload.status_code == 200, upload.text
+    assert upload.json()["predictions"][0]["inputs"] == "metadata"
+
+
+NO_INPUT = [{}, {"id": "only-an-id"}, {"productDisplayName": ""}, {"gender": "   ", "season": ""},
+            {"image_base64": None}, {"image_base64": ""}]
+
+
+def test_products_without_any_input_are_refused(client: TestClient) -> None:
+    """A product with none of the model's inputs gets a 422 that names it and lists the inputs, not a guess. This
+    model reads metadata only, so a title or an image alone is no input either."""
+    for product in NO_INPUT:
+        assert_message(client.post("/v1/predict", json={"products": [product]}), 422, "Product 0 has none",
+                       "metadata (gender, masterCategory, subCategory, baseColour, season, usage, year)")
+    batch = [{"gender": "Men"}, {}, {"year": 2011}, {"id": "x"}, {"productDisplayName": "Blue Shirt"},
+             {"image_base64": b64(jpeg_bytes())}]
+    response = client.post("/v1/predict", json={"products": batch})
+    assert_message(response, 422, "Products 1, 3, 4, 5 have none of the inputs this model reads")
+    assert [e["loc"] for e in response.json()["errors"]] == [["body", "products", i] for i in (1, 3, 4, 5)]
+    assert_message(client.post("/v1/predict/upload", data={"id": "7"}), 422, "The product has none", "metadata")
+    assert_message(client.post("/v1/predict/upload", data={"productDisplayName": "x"},
+                               files={"image": ("x.jpg", jpeg_bytes())}), 422, "none of the inputs")
 
 
 def test_images_are_checked_but_never_written(trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,11 +356,13 @@ def test_images_are_checked_but_never_written(trained: dict[str, Path], monkeypa
         monkeypatch.setattr(tempfile, name, no_disk)
     photo = jpeg_bytes()
     with TestClient(create_app(trained["model"])) as c:
-        response = c.post("/v1/predict", json={"products": [{"id": "a", "image_base64": b64(photo)}, {"id": "b"}]})
+        response = c.post("/v1/predict", json={"products": [{"id": "a", "gender": "Men", "image_base64": b64(photo)},
+                                                            {"id": "b", "year": 2012}]})
         assert response.status_code == 200, response.text
-        upload = c.post("/v1/predict/upload", data={"id": "c"}, files={"image": ("x.jpg", photo)})
+        upload = c.post("/v1/predict/upload", data={"id": "c", "gender": "Men"}, files={"image": ("x.jpg", photo)})
         assert upload.status_code == 200, upload.text
-        assert_message(c.post("/v1/predict/upload", files={"image": ("x.jpg", photo[:200])}), 422, "image")
+        assert_message(c.post("/v1/predict/upload", data={"gender": "Men"}, files={"image": ("x.jpg", photo[:200])}),
+                       422, "image", "not a readable image")
 
 
 # ---------------------------------------------------------------------------------------------- bad input

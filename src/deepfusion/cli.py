@@ -628,7 +628,14 @@ def export(
 @app.command()
 @_user_errors()
 def serve(
-    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder written by train.")],
+    model_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL_DIR",
+            help="A model folder written by train, or an exported folder (written by export: served with "
+            "onnxruntime, without torch, scikit-learn or pandas).",
+        ),
+    ],
     host: Annotated[
         str,
         typer.Option(
@@ -639,14 +646,53 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = 8000,
     max_items: Annotated[int, typer.Option("--max-items", min=1, help="Most products per request.")] = 256,
+    max_image_bytes: Annotated[
+        int, typer.Option("--max-image-bytes", min=1, help="Largest image file accepted, in bytes.")
+    ] = 5_000_000,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1, help="Largest request body accepted, in bytes.")
+    ] = 50_000_000,
+    max_image_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-image-pixels", min=1, help="Most pixels (width x height) one image may decode to; checked "
+            "from the header, before decoding."
+        ),
+    ] = 25_000_000,
+    embedding_cache_size: Annotated[
+        int,
+        typer.Option(
+            "--embedding-cache-size", min=0, help="Request-image embeddings kept in memory (0: none), so a "
+            "repeated image is not embedded again."
+        ),
+    ] = 2048,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(
+            "--batch-wait-ms", min=0, max=1000, help="Micro-batching: how long the first of several concurrent "
+            "small requests waits for the others to join its model call (0: only requests arriving while the "
+            "model is busy are combined)."
+        ),
+    ] = 2.0,
 ) -> None:
     """Serve a model over HTTP.
 
-    Endpoints: POST /v1/predict, GET /healthz, GET /v1/model; interactive docs at /docs.
+    Endpoints: POST /v1/predict, POST /v1/predict/upload, GET /healthz, GET /v1/model, GET /metrics
+    (Prometheus); interactive docs at /docs. See docs/http.md.
     """
     from .service import serve as run_server
 
-    run_server(model_dir, host=host, port=port, max_items=max_items)
+    run_server(
+        model_dir,
+        host=host,
+        port=port,
+        max_items=max_items,
+        max_image_bytes=max_image_bytes,
+        max_body_bytes=max_body_bytes,
+        max_image_pixels=max_image_pixels,
+        embedding_cache_size=embedding_cache_size,
+        batch_wait_ms=batch_wait_ms,
+    )
 
 
 if __name__ == "__main__":
