@@ -68,3 +68,12 @@ def test_given_backbone_weights_are_kept_by_the_model(saved_model: Path, tmp_pat
 def test_patience_none_turns_early_stopping_off() -> None:
     assert make_config("regularized", patience=None).patience is None
     assert make_config("regularized", combiner=None).combiner == "concat"  # None elsewhere means "not given"
+
+
+def test_batch_norm_models_load(clean_catalog_dir: Path, tmp_path: Path) -> None:
+    """The regularized preset has batch norm, whose update counter is an integer tensor: still a valid model."""
+    frame = load_catalog(clean_catalog_dir, progress=False).products
+    model = Predictor(["metadata", "title"], epochs=3, min_epochs=1, members=2, progress=False)
+    model.fit(frame.iloc[::2], frame.iloc[1::2]).save(tmp_path / "m")
+    loaded = Predictor.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.predict_proba(frame), model.predict_proba(frame), atol=1e-6)
