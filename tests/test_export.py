@@ -4,6 +4,7 @@ that was exported, from a folder that needs neither torch nor scikit-learn; and 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -24,7 +25,14 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from deepfusion import Predictor, load_catalog
 from deepfusion import runtime as rt
-from deepfusion.catalog import CATEGORICAL, IMAGE_FORMATS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, catalog_from_frame
+from deepfusion.catalog import (
+    CATEGORICAL,
+    IMAGE_FORMATS,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    NUMERIC,
+    catalog_from_frame,
+)
 from deepfusion.embeddings import ImageEmbedder
 from deepfusion.export import EXPORT_FILES, ExportError, export_model, tfidf_settings
 from deepfusion.features import MetadataEncoder, TitleEncoder, clean_title
@@ -62,9 +70,16 @@ TRICKY_TITLES = [
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
+# Products with a title and every metadata field empty (blank, whitespace, a year that is no number): the
+# no-metadata network's, with and without an image.
+NO_METADATA_IDS = ("title-only", "blank-fields", "bad-year-only", "long")
+
+
 def _test_products(root: Path) -> pd.DataFrame:
     """The messy tiny catalog (missing, corrupt and truncated images, odd fields) plus hand-made products: no
-    title, a title with no word in it, an empty product, unknown values, metadata only, title only."""
+    title, a title with no word in it, an empty product, unknown values, metadata only, title only, titles with
+    every metadata field blank; then copies of the catalog's products with every metadata field emptied ("-bare":
+    title + image, or title alone where the image is missing or broken)."""
     frame = load_catalog(make_catalog(root / "messy", seed=3), progress=False).products
     extra = pd.DataFrame(
         [
@@ -76,9 +91,39 @@ def _test_products(root: Path) -> pd.DataFrame:
             {"id": "title-only", "productDisplayName": "Levis Men Blue Jeans"},
             {"id": "  spaced  ", "usage": " Casual ", "year": " 2013 ", "productDisplayName": "  Titan Watch  "},
             {"id": "long", "productDisplayName": " ".join(["Black Heels"] * 150)},
+            {"id": "blank-fields", **dict.fromkeys(CATEGORICAL, " "), "year": "", "productDisplayName": "Nike Shoes"},
+            {"id": "bad-year-only", "year": "twenty", "productDisplayName": "Titan Women Watch"},
         ]
     )
-    return pd.concat([frame, extra], ignore_index=True)
+    bare = frame.iloc[::4].assign(**dict.fromkeys([*CATEGORICAL, *NUMERIC], None))
+    bare = bare.assign(id=bare["id"].astype(str) + "-bare")
+    return pd.concat([frame, extra, bare], ignore_index=True)
+
+
+def _no_metadata_rows(products: pd.DataFrame) -> np.ndarray:
+    """Positions of the products with a title and no metadata field."""
+    ids = products["id"].astype(str)
+    rows = ids.isin(NO_METADATA_IDS) | ids.str.endswith("-bare")
+    assert products.loc[rows, "productDisplayName"].notna().all()
+    return np.flatnonzero(rows.to_numpy())
+
+
+def _check_no_metadata_routing(model: ExportedModel, predictor: Predictor, products: pd.DataFrame) -> None:
+    """The products without metadata go through the no-metadata network: the exported model agrees with the
+    Predictor on them (checked by the caller) and would not without that network (main scores them otherwise)."""
+    rows = _no_metadata_rows(products)
+    assert "no_metadata" in model.networks
+    # (title, metadata): both -> main, a title alone -> no_metadata, no title -> the no-title fallback.
+    present = {"title": np.array([1, 1, 0, 0], bool), "metadata": np.array([1, 0, 1, 0], bool)}
+    routes = {k: list(v) for k, v in model._routes(present, 4).items()}
+    assert routes == {"main": [0], "fallback": [2, 3], "no_metadata": [1]}
+    expected = np.asarray(predictor.predict_proba(products.iloc[rows]))
+    records = products.iloc[rows].to_dict("records")
+    images = _read_images(products.iloc[rows]["image_path"]) if model.needs_images else None
+    np.testing.assert_allclose(model.predict_proba(records, images), expected, atol=1e-4, rtol=0)
+    main_only = copy.copy(model)
+    main_only.networks = {k: v for k, v in model.networks.items() if k != "no_metadata"}
+    assert np.abs(main_only.predict_proba(records, images) - expected).max() > 1e-3
 
 
 def _train(root: Path, modalities: list[str], **kwargs: object) -> tuple[Path, Path]:
@@ -142,6 +187,9 @@ def test_exported_text_model_predicts_like_the_predictor(text_model: tuple[Path,
     assert inputs["title-only"] == "title" and inputs["metadata-only"] == "metadata"
     blank = str(np.flatnonzero(products["id"].astype(str).to_numpy() == "")[0])
     assert blank in inputs and "spaced" in inputs  # a blank id becomes the product's position; ids are stripped
+    # Every metadata field empty (blank, whitespace, a year that is no number): the no-metadata network's.
+    assert {inputs[i] for i in NO_METADATA_IDS} == {"title"} and inputs["1001-bare"] == "title"
+    _check_no_metadata_routing(model, predictor, products)
 
 
 def test_exported_image_model_predicts_like_the_predictor(image_model: tuple[Path, Path], products: pd.DataFrame):
@@ -156,6 +204,10 @@ def test_exported_image_model_predicts_like_the_predictor(image_model: tuple[Pat
     # Missing (5003), corrupt (5004) and truncated (5005) images count as missing, in both.
     assert {inputs["5003"], inputs["5004"], inputs["5005"]} == {"metadata+title"}
     assert inputs["1001"] == "metadata+title+image"
+    # Without metadata: title + image, or the title alone (no image, or one that does not decode).
+    bare = {inputs[i] for i in inputs if i.endswith("-bare")}
+    assert inputs["1001-bare"] == "title+image" and bare == {"title+image", "title"}
+    _check_no_metadata_routing(model, predictor, products)
 
     # Bytes in, the same answers; and through image_pixels + embed_pixels, as a service would embed them.
     records = products.to_dict("records")
@@ -165,7 +217,7 @@ def test_exported_image_model_predicts_like_the_predictor(image_model: tuple[Pat
     np.testing.assert_allclose(proba, np.asarray(predictor.predict_proba(products)), atol=1e-4, rtol=0)
     np.testing.assert_allclose([r["confidence"] for r in by_bytes], expected["confidence"], atol=1e-4, rtol=0)
     emb, ok = model.embed_images(images)
-    assert ok.sum() == sum(v == "metadata+title+image" for v in expected["inputs"])
+    assert ok.sum() == sum("image" in v for v in expected["inputs"])
     by_embeddings = model.predict(records, image_embeddings=(emb, ok))
     assert [r["prediction"] for r in by_embeddings] == [r["prediction"] for r in by_bytes]
     # Without images the image input is absent, as for the Predictor when the fields are emptied.
@@ -196,19 +248,32 @@ def test_predictions_do_not_depend_on_batching(text_model: tuple[Path, Path], pr
 
 @pytest.mark.parametrize(
     ("modalities", "overrides"),
-    [(["metadata"], {}), (["metadata", "title"], {"members": 2, "combiner": "gated", "text_scores": False})],
-    ids=["metadata-only", "gated-ensemble"],
+    [
+        (["metadata"], {}),
+        (["metadata", "title"], {"members": 2, "combiner": "gated", "text_scores": False}),
+        (["metadata", "title"], {"title_fallback": False}),
+        (["metadata", "title"], {"metadata_fallback": False}),
+    ],
+    ids=["metadata-only", "gated-ensemble", "no-title-fallback", "no-metadata-fallback"],
 )
 def test_other_architectures_export(
     tmp_path: Path, products: pd.DataFrame, modalities: list[str], overrides: dict[str, object]
 ) -> None:
     model_dir, exported = _train(tmp_path, modalities, epochs=10, **overrides)
     manifest = json.loads((exported / "manifest.json").read_text())
-    assert ("fallback" in manifest["networks"]) == ("title" in modalities)
-    assert manifest["text_scores"] is None
-    expected = Predictor.load(model_dir, progress=False).predict_frame(products)
+    assert ("fallback" in manifest["networks"]) == ("title" in modalities and overrides.get("title_fallback", True))
+    has_no_metadata = "title" in modalities and overrides.get("metadata_fallback", True)
+    assert ("no_metadata" in manifest["networks"]) == has_no_metadata
+    assert (manifest["text_scores"] is None) == (not overrides.get("text_scores", True) or "title" not in modalities)
+    if has_no_metadata:  # its own title-only SVM, whether or not the main network stacks one
+        assert manifest["networks"]["no_metadata"]["inputs"] == ["title_indices", "title_values", "present_title"]
+    predictor = Predictor.load(model_dir, progress=False)
+    expected = predictor.predict_frame(products)
     model = ExportedModel.load(exported)
     _assert_same_predictions(expected, model.predict_frame(products), model.review_threshold)
+    np.testing.assert_allclose(
+        model.predict_proba(products.to_dict("records")), np.asarray(predictor.predict_proba(products)), atol=1e-4
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the folder
@@ -217,7 +282,7 @@ def test_export_folder_is_self_contained(image_model: tuple[Path, Path]) -> None
     manifest = json.loads((exported / "manifest.json").read_text())
     names = {p.name for p in exported.iterdir()}
     assert names == {"manifest.json", *manifest["files"]} and names <= EXPORT_FILES
-    assert {"main.onnx", "fallback.onnx", "backbone.onnx", "preprocessing.json"} <= names
+    assert {"main.onnx", "fallback.onnx", "no_metadata.onnx", "backbone.onnx", "preprocessing.json"} <= names
     for name, entry in manifest["files"].items():
         data = (exported / name).read_bytes()
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -231,6 +296,11 @@ def test_export_folder_is_self_contained(image_model: tuple[Path, Path]) -> None
         "metadata", "title_indices", "title_values", "image", "present_metadata", "present_title", "present_image",
     ]  # fmt: skip
     assert manifest["networks"]["fallback"]["inputs"] == ["metadata", "image", "present_metadata", "present_image"]
+    no_metadata = manifest["networks"]["no_metadata"]
+    assert no_metadata["file"] == "no_metadata.onnx" and no_metadata["modalities"] == ["title", "image"]
+    assert no_metadata["temperature"] == config["no_metadata"]["temperature"]
+    assert no_metadata["inputs"] == ["title_indices", "title_values", "image", "present_title", "present_image"]
+    assert no_metadata["text_scores"] == "title" and manifest["networks"]["main"]["text_scores"] == "title+metadata"
     assert manifest["image"]["size"] == list(SMALL) and manifest["image"]["file"] == "backbone.onnx"
     assert manifest["fields"]["categorical"] == CATEGORICAL
     # The backbone is the very file the training embedder ran.
@@ -264,6 +334,20 @@ def test_damaged_or_foreign_folders_are_refused(text_model: tuple[Path, Path], t
     manifest["format_version"] = 99
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportLoadError, match="export format 99"):
+        ExportedModel.load(copy)
+    # An export without the no-metadata network (format 1) would score products without metadata differently
+    # from the Predictor: refused, as is a network this runtime would not route products to.
+    original = json.loads((exported / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**original, "format_version": 1}))
+    with pytest.raises(ExportLoadError, match="export format 1; .*deepfusion export"):
+        ExportedModel.load(copy)
+    unknown = {**original, "networks": {**original["networks"], "no_image": original["networks"]["fallback"]}}
+    (copy / "manifest.json").write_text(json.dumps(unknown))
+    with pytest.raises(ExportLoadError, match="'no_image' is unknown"):
+        ExportedModel.load(copy)
+    (copy / "no_metadata.onnx").unlink()
+    (copy / "manifest.json").write_text(json.dumps(original))
+    with pytest.raises(ExportLoadError, match="no_metadata.onnx is missing"):
         ExportedModel.load(copy)
 
 
@@ -309,7 +393,8 @@ def test_exported_model_predicts_where_the_training_stack_cannot_be_imported(
     """Load runtime.py on its own and predict with torch, scikit-learn, scipy and pandas made unimportable:
     the answers are those of the runtime imported normally."""
     _, exported = image_model
-    rows = products.iloc[[0, 1, 30, -5, -3]]
+    ids = products["id"].astype(str)
+    rows = products.iloc[[0, 1, 30, *np.flatnonzero(ids.isin(["title-only", "metadata-only", "1001-bare"]))]]
     records = [{k: v for k, v in r.items() if k != "image_path" and v is not None and v == v} for r in
                rows.astype(object).to_dict("records")]  # fmt: skip
     images = _read_images(rows["image_path"])
@@ -341,7 +426,7 @@ print(json.dumps(model.predict(records, images)))
     assert [r["prediction"] for r in lean] == [r["prediction"] for r in expected]
     assert [r["inputs"] for r in lean] == [r["inputs"] for r in expected]
     np.testing.assert_allclose([r["confidence"] for r in lean], [r["confidence"] for r in expected], atol=1e-6)
-    assert "image" in lean[0]["inputs"]
+    assert "image" in lean[0]["inputs"] and lean[-1]["inputs"] == "title+image"  # 1001-bare: no metadata
 
 
 # ---------------------------------------------------------------------------------------------- the encoders

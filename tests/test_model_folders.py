@@ -25,14 +25,16 @@ REMEDIES = ("train the model again", "Train the model again", "restore the folde
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fusion model (metadata + title + image, stacked text scores, no-title fallback) on the tiny catalog, so
-    every file a model folder can have is there."""
+    """A fusion model (metadata + title + image, stacked text scores, no-title fallback, no-metadata network with
+    its title-only SVM) on the tiny catalog, so every file a model folder can have is there."""
     root = tmp_path_factory.mktemp("model_folders")
     frame = load_catalog(make_catalog(root / "catalog", messy=False), progress=False).products
     predictor = Predictor(["metadata", "title", "image"], preset="small", image_size=SMALL, progress=False,
                           cache_dir=root / "cache")
     predictor.fit(frame.iloc[::2], frame.iloc[1::2])
-    return predictor.save(root / "model")
+    model = predictor.save(root / "model")
+    assert (model / "no_metadata.safetensors").is_file() and (model / "title_scores.safetensors").is_file()
+    return model
 
 
 @pytest.fixture
@@ -125,6 +127,14 @@ def _swap_networks(folder: Path) -> None:
     (folder / "model.safetensors").write_bytes((folder / "fallback.safetensors").read_bytes())
 
 
+def _no_metadata(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
+    return _config(lambda c: change(c["no_metadata"]))
+
+
+def _fewer_labels(tensors: dict[str, np.ndarray]) -> None:
+    tensors.update(coef=tensors["coef"][:-1], intercept=tensors["intercept"][:-1])
+
+
 def _title_gap(prep: dict[str, Any]) -> None:
     vocab = prep["title"]["vocabularies"][0]
     vocab[next(iter(vocab))] = len(vocab) + 5
@@ -197,6 +207,42 @@ VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
     ("text scores missing", lambda f: (f / "text_scores.safetensors").unlink(), ["text_scores.safetensors"]),
     ("text scores shape", _tensors("text_scores.safetensors", lambda t: t.update(coef=t["coef"][:, :10])),
      ["text_scores.safetensors", "'coef'"]),
+    ("no_metadata not an object", _config(lambda c: c.update(no_metadata=[])), ["'no_metadata'", "JSON object"]),
+    ("no_metadata modalities", _no_metadata(lambda n: n.update(modalities=["metadata", "title"])),
+     ["no_metadata.modalities", "other than the metadata"]),
+    ("no_metadata temperature zero", _no_metadata(lambda n: n.update(temperature=0)),
+     ["no_metadata.temperature", "positive finite", "got 0"]),
+    ("no_metadata temperature NaN", _no_metadata(lambda n: n.update(temperature=float("nan"))),
+     ["no_metadata.temperature", "got NaN"]),
+    ("no_metadata temperature missing", _no_metadata(lambda n: n.pop("temperature")),
+     ["'no_metadata'", "no 'temperature'"]),
+    ("no_metadata input dim title", _no_metadata(lambda n: n["input_dims"].update(title=n["input_dims"]["title"] + 1)),
+     ["no_metadata.input_dims.title", "title encoder"]),
+    ("no_metadata input dim text scores", _no_metadata(lambda n: n["input_dims"].update(text_scores=3)),
+     ["no_metadata.input_dims.text_scores is 3", "4 labels"]),
+    ("no_metadata reads metadata", _no_metadata(lambda n: n["input_dims"].update(metadata=5)),
+     ["no_metadata.input_dims lists the inputs"]),
+    ("no_metadata weights missing", lambda f: (f / "no_metadata.safetensors").unlink(),
+     ["no_metadata.safetensors", "missing"]),
+    ("no_metadata weights truncated", _truncate("no_metadata.safetensors"), ["no_metadata.safetensors", "truncated"]),
+    ("no_metadata weights of another network",
+     lambda f: (f / "no_metadata.safetensors").write_bytes((f / "model.safetensors").read_bytes()),
+     ["no_metadata.safetensors", "encoders.metadata", "does not describe"]),
+    ("no_metadata weights NaN", _tensors("no_metadata.safetensors", _nan_weight), ["no_metadata.safetensors", "NaN"]),
+    ("title scores missing", lambda f: (f / "title_scores.safetensors").unlink(),
+     ["title_scores.safetensors", "missing", "title-only"]),
+    ("title scores truncated", _truncate("title_scores.safetensors"), ["title_scores.safetensors", "truncated"]),
+    ("title scores with metadata columns", _tensors("title_scores.safetensors", lambda t: t.update(
+        coef=np.hstack([t["coef"], np.zeros((t["coef"].shape[0], 3), np.float32)]))),
+     ["title_scores.safetensors", "'coef'", "title features"]),
+    ("title scores label count", _tensors("title_scores.safetensors", _fewer_labels),
+     ["title_scores.safetensors", "'coef'", "4 labels"]),
+    ("title scores NaN", _tensors("title_scores.safetensors", lambda t: t["intercept"].__setitem__(0, np.inf)),
+     ["title_scores.safetensors", "'intercept'", "NaN or infinite"]),
+    ("title score scale zero", _no_metadata(lambda n: n["text_scores"].update(scale=0)),
+     ["no_metadata.text_scores.scale"]),
+    ("title score settings missing", _no_metadata(lambda n: n.pop("text_scores")),
+     ["'no_metadata'", "no 'text_scores'"]),
     ("backbone weights outside", _weights_outside, ["backbone_weights", "outside the model folder"]),
     ("backbone weights symlink out", _weights_symlink_outside, ["backbone_weights", "outside the model folder"]),
     ("backbone weights absolute", _weights_absolute, ["backbone_weights", "absolute path"]),
@@ -221,19 +267,28 @@ def test_tampered_folder_is_refused_with_a_helpful_message(folder: Path, tamper:
     assert "Traceback" not in message and len(message) < 600, message
 
 
+def _fallback_as_main(folder: Path) -> None:
+    """Make the folder a metadata + image model: its no-title fallback becomes the main network."""
+
+    def change(config: dict[str, Any]) -> None:
+        fallback = config.pop("fallback")
+        config.update({k: fallback[k] for k in ("modalities", "input_dims", "sparse_inputs", "temperature")})
+
+    _config(change)(folder)
+    _prep(lambda p: (p.pop("text_scores"), p.pop("title")))(folder)
+    _swap_networks(folder)
+
+
 def test_label_count_mismatch_names_the_labels(saved_model: Path, tmp_path: Path) -> None:
     """Without the stacked text scores (whose width is the label count) the mismatch is found in the weights."""
     folder = tmp_path / "model"
     shutil.copytree(saved_model, folder)
-
-    def fallback_as_main(config: dict[str, Any]) -> None:
-        fallback = config.pop("fallback")
-        config.update({k: fallback[k] for k in ("modalities", "input_dims", "sparse_inputs", "temperature")})
-
-    _config(fallback_as_main)(folder)
-    _prep(lambda p: (p.pop("text_scores"), p.pop("title")))(folder)
-    _swap_networks(folder)  # the fallback is a metadata + image network: now a valid metadata + image model
-    config, prep = validate_model_folder(folder)
+    _fallback_as_main(folder)
+    # The no-metadata network scores titled products: a metadata + image model cannot have one.
+    with pytest.raises(ModelLoadError, match=r"'no_metadata' describes the network for titled products"):
+        validate_model_folder(folder)
+    _config(lambda c: c.pop("no_metadata"))(folder)
+    config, prep = validate_model_folder(folder)  # now a valid metadata + image model
     assert config["modalities"] == ["metadata", "image"]
     _prep(_drop_label)(folder)
     with pytest.raises(ModelLoadError, match=r"scores 4 classes, but preprocessing.json lists 3 labels"):

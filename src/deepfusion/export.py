@@ -12,6 +12,8 @@ onnxruntime, numpy and Pillow to predict (``deepfusion.runtime``). It holds:
   touches, not products with the whole (vocabulary x width) weight matrices. The stacked SVM's scores are
   computed inside the graph, so its inputs are only the modalities and one ``present_<modality>`` mask each.
 * ``fallback.onnx``: the no-title network (when the model has one), fed the same way without the title.
+* ``no_metadata.onnx``: the network for products with a title but no attribute at all (when the model has one):
+  the title, the image if the model has one, and its own title-only SVM folded in as the main graph's SVM is.
 * ``backbone.onnx``: the image backbone, the very file the training embedder runs (image models only).
 * ``preprocessing.json``: the model folder's own (labels, metadata encoder, title vocabularies and idfs, image
   scaling), copied unchanged; ``runtime.py`` reimplements the encoders in numpy from it.
@@ -32,7 +34,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +52,13 @@ from .predictor import IMAGE_CLIP, Predictor
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "deepfusion-export"
-EXPORT_VERSION = 1  # bump with runtime.EXPORT_VERSION when the folder layout or a graph's inputs change
+# Bump with runtime.EXPORT_VERSION when the folder layout or a graph's inputs change (2: no_metadata.onnx).
+EXPORT_VERSION = 2
 OPSET = 17
 MANIFEST = "manifest.json"
 # What an export folder may hold: an existing folder with anything else in it is refused, never cleaned.
 EXPORT_FILES = frozenset(
-    {MANIFEST, "main.onnx", "fallback.onnx", "backbone.onnx", "preprocessing.json", "metrics.json"}
+    {MANIFEST, "main.onnx", "fallback.onnx", "no_metadata.onnx", "backbone.onnx", "preprocessing.json", "metrics.json"}
 )
 # ONNX against torch on the sample batch; float32 sums in another order differ by far less.
 CHECK_ATOL = 1e-4
@@ -98,14 +101,21 @@ def _padded_copy(net: FusionNet | FusionEnsemble) -> FusionNet | FusionEnsemble:
 
 
 class _TextScores(nn.Module):
-    """The stacked SVM (text_scores.py) as a graph: (title TF-IDF, then the metadata encoding) @ coef.T +
-    intercept, divided by its scale, as ``TextScoreModel.scores`` computes it."""
+    """A stacked SVM (text_scores.py) as a graph: (title TF-IDF, then the metadata encoding if it reads it) @
+    coef.T + intercept, divided by its scale, as ``TextScoreModel.scores`` computes it. The main network's SVM
+    reads title + metadata; the no-metadata network's reads the title alone."""
 
-    def __init__(self, coef: np.ndarray, intercept: np.ndarray, scale: float, title_dim: int, has_metadata: bool):
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray, scale: float, title_dim: int, metadata_dim: int):
         super().__init__()
-        coef_t = torch.from_numpy(np.ascontiguousarray(np.asarray(coef, np.float32).T))  # (features, classes)
+        coef = np.asarray(coef, np.float32)
+        if coef.ndim != 2 or coef.shape[1] != title_dim + metadata_dim:
+            raise ExportError(
+                f"a text-score model reads {coef.shape[-1]} features, but the title encoder has {title_dim}"
+                + (f" and the metadata encoder {metadata_dim}" if metadata_dim else "")
+            )
+        coef_t = torch.from_numpy(np.ascontiguousarray(coef.T))  # (features, classes)
         self.title = _PaddedBag(coef_t[:title_dim])
-        self.metadata = nn.Parameter(coef_t[title_dim:].clone(), requires_grad=False) if has_metadata else None
+        self.metadata = nn.Parameter(coef_t[title_dim:].clone(), requires_grad=False) if metadata_dim else None
         self.intercept = nn.Parameter(torch.from_numpy(np.asarray(intercept, np.float32)), requires_grad=False)
         self.scale = float(scale)
 
@@ -179,11 +189,15 @@ def _sample_inputs(specs: list[ModalitySpec], rows: int = 5, tokens: int = 7, se
     return sample
 
 
+# The text scores a network reads, as the predictor computes them: (title TF-IDF, metadata or None) -> scores.
+ScoreFn = Callable[[sp.csr_matrix, np.ndarray | None], np.ndarray]
+
+
 def _reference_logits(
-    predictor: Predictor, net: FusionNet | FusionEnsemble, sample: dict[str, np.ndarray]
+    net: FusionNet | FusionEnsemble, sample: dict[str, np.ndarray], scores: ScoreFn | None
 ) -> np.ndarray:
     """The torch network's logits for ``sample``, through the predictor's own code: sparse inputs as
-    EmbeddingBag bags and the text scores from the fitted ``TextScoreModel``."""
+    EmbeddingBag bags and the text scores from the fitted ``TextScoreModel`` (``scores``)."""
     inputs: dict[str, Any] = {}
     present: dict[str, torch.Tensor] = {}
     csr: dict[str, sp.csr_matrix] = {}
@@ -205,17 +219,21 @@ def _reference_logits(
             inputs[spec.name] = torch.from_numpy(sample[spec.name])
         present[spec.name] = torch.from_numpy(sample[f"present_{spec.name}"])
     if any(s.name == "text_scores" for s in net.input_specs):
-        features = predictor._text_features(csr["title"], sample.get("metadata"))
-        inputs["text_scores"] = torch.from_numpy(predictor.text_model_.scores(features))
+        assert scores is not None
+        inputs["text_scores"] = torch.from_numpy(scores(csr["title"], sample.get("metadata")))
         present["text_scores"] = present["title"]
     with torch.no_grad():
         return net.eval()(Batch(inputs, present)).numpy()
 
 
 def _export_graph(
-    predictor: Predictor, net: FusionNet | FusionEnsemble, text_scores: _TextScores | None, file: Path
+    net: FusionNet | FusionEnsemble,
+    text_scores: _TextScores | None,
+    file: Path,
+    scores: ScoreFn | None = None,
 ) -> list[str]:
-    """Write ``net`` as an ONNX graph to ``file`` and check it against torch; returns the graph's input names."""
+    """Write ``net`` as an ONNX graph to ``file`` and check it against torch (``scores``: the text scores it
+    reads, computed as the predictor does); returns the graph's input names."""
     import onnxruntime as ort
 
     graph = _ExportGraph(net, text_scores).eval()
@@ -239,7 +257,7 @@ def _export_graph(
         )
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], sample)[0]
-    expected = _reference_logits(predictor, net, sample)
+    expected = _reference_logits(net, sample, scores)
     diff = float(np.abs(got - expected).max()) if got.size else 0.0
     if not diff <= CHECK_ATOL * max(1.0, float(np.abs(expected).max())):
         raise ExportError(f"{file.name}: the ONNX graph differs from the torch network by {diff:.2e}")
@@ -340,27 +358,50 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
     config = json.loads((model_dir / "config.json").read_text())
     has_title = "title" in predictor.modalities
     n_title = predictor.title_encoder_.n_features if has_title else 0
-    text = None
+    n_metadata = predictor.metadata_encoder_.n_features if "metadata" in predictor.modalities else 0
+    text = main_scores = None
     if predictor.text_scores:
         model = predictor.text_model_
-        text = _TextScores(model.coef_, model.intercept_, model.scale_, n_title, "metadata" in predictor.modalities)
+        text = _TextScores(model.coef_, model.intercept_, model.scale_, n_title, n_metadata)
+
+        def main_scores(title: sp.csr_matrix, metadata: np.ndarray | None) -> np.ndarray:
+            return predictor.text_model_.scores(predictor._text_features(title, metadata))
+
     title = {"vectorizers": tfidf_settings(predictor.title_encoder_.vectorizers_)} if has_title else None
     networks: dict[str, Any] = {
         "main": {
             "file": "main.onnx",
             "modalities": list(predictor.modalities),
-            "inputs": _export_graph(predictor, predictor.net_, text, folder / "main.onnx"),
+            "inputs": _export_graph(predictor.net_, text, folder / "main.onnx", main_scores),
             "output": "logits",
             "temperature": float(predictor.temperature_),
+            "text_scores": "title+metadata" if text is not None else None,
         }
     }
     if predictor.title_fallback:
         networks["fallback"] = {
             "file": "fallback.onnx",
             "modalities": list(predictor.fallback_modalities),
-            "inputs": _export_graph(predictor, predictor.fallback_net_, None, folder / "fallback.onnx"),
+            "inputs": _export_graph(predictor.fallback_net_, None, folder / "fallback.onnx"),
             "output": "logits",
             "temperature": float(predictor.fallback_temperature_),
+            "text_scores": None,
+        }
+    if predictor.metadata_fallback:
+        # Products with a title and no attribute (Predictor._logits): title (+ image) and the title-only SVM.
+        svm = predictor.title_text_model_
+        title_only = _TextScores(svm.coef_, svm.intercept_, svm.scale_, n_title, 0)
+
+        def title_scores(title: sp.csr_matrix, metadata: np.ndarray | None) -> np.ndarray:
+            return predictor.title_text_model_.scores(title)
+
+        networks["no_metadata"] = {
+            "file": "no_metadata.onnx",
+            "modalities": list(predictor.no_metadata_modalities),
+            "inputs": _export_graph(predictor.no_metadata_net_, title_only, folder / "no_metadata.onnx", title_scores),
+            "output": "logits",
+            "temperature": float(predictor.no_metadata_temperature_),
+            "text_scores": "title",
         }
     shutil.copyfile(model_dir / "preprocessing.json", folder / "preprocessing.json")
     if (model_dir / "metrics.json").is_file():

@@ -201,6 +201,8 @@ class _Checker:
         self.network("model.safetensors", config, len(classes), head, "")
         if "fallback" in config:
             self.fallback(config, modalities, widths, len(classes), head)
+        if "no_metadata" in config:
+            self.no_metadata(config, modalities, widths, len(classes), head)
         if text_scores:
             self.text_scores(prep, len(classes), widths)
         for key in FILE_KEYS:
@@ -454,19 +456,53 @@ class _Checker:
                         f"{n_classes} labels")
         return f"{base}: the head settings in config.json (encoder_dim, hidden, combiner, members) do not match"
 
+    def no_metadata(self, config: dict[str, Any], modalities: list[str], widths: dict[str, int], n_classes: int,
+                    head: Any) -> None:
+        """The network for products with a title but no attribute (no_metadata.safetensors) and its title-only
+        SVM (title_scores.safetensors), as ``Predictor.save`` writes them under config.json 'no_metadata'."""
+        file = "config.json"
+        saved = self.obj(config["no_metadata"], "'no_metadata'", file)
+        self.need("metadata" in modalities and "title" in modalities, file,
+                  "'no_metadata' describes the network for titled products without metadata, but the model's "
+                  f"modalities are {_show(modalities)}")
+        names = self.str_list(self.get(saved, "modalities", "'no_metadata'", file), "no_metadata.modalities", file,
+                              unique=True)
+        ok = "title" in names and "metadata" not in names and set(names) <= set(modalities)
+        self.need(ok, file, "no_metadata.modalities must be the model's modalities other than the metadata, got "
+                            f"{_show(names)}")
+        self.positive_finite(self.get(saved, "temperature", "'no_metadata'", file), "no_metadata.temperature", file)
+        if "member_best_epochs" in saved:
+            self.need(isinstance(saved["member_best_epochs"], list), file,
+                      "no_metadata.member_best_epochs must be a list")
+        # Its text scores are the title-only SVM's: one per label, whether or not the main network stacks an SVM.
+        self.inputs(saved, file, "no_metadata.", [*names, "text_scores"], {**widths, "text_scores": n_classes})
+        if not (self.folder / "no_metadata.safetensors").is_file():
+            self.fail("no_metadata.safetensors", "is missing (the network for products with a title but no "
+                                                 "metadata, named by config.json 'no_metadata')")
+        self.network("no_metadata.safetensors", saved, n_classes, head, "no_metadata.")
+        state = self.obj(self.get(saved, "text_scores", "'no_metadata'", file), "no_metadata.text_scores", file)
+        self.score_model(state, file, "no_metadata.text_scores", "title_scores.safetensors",
+                         "the title-only text model that config.json 'no_metadata' names", n_classes,
+                         widths["title"], "title")
+
     def text_scores(self, prep: dict[str, Any], n_classes: int, widths: dict[str, int]) -> None:
         file = "preprocessing.json"
         state = self.obj(prep["text_scores"], "'text_scores'", file)
+        self.score_model(state, file, "text_scores", "text_scores.safetensors",
+                         "the stacked text model that preprocessing.json names", n_classes,
+                         widths["title"] + widths.get("metadata", 0), "title + metadata")
+
+    def score_model(self, state: dict[str, Any], file: str, where: str, name: str, what: str, n_classes: int,
+                    width: int, features: str) -> None:
+        """A ``TextScoreModel``: its settings ``state`` (at ``where`` in ``file``) and its tensors in ``name``."""
         for key in ("C", "floor"):
-            self.need(_is_finite(self.get(state, key, "'text_scores'", file)), file,
-                      f"text_scores.{key} must be a finite number")
+            self.need(_is_finite(self.get(state, key, f"'{where}'", file)), file,
+                      f"{where}.{key} must be a finite number")
         for key in ("folds", "seed"):
-            self.int_at(self.get(state, key, "'text_scores'", file), f"text_scores.{key}", file)
-        self.positive_finite(self.get(state, "scale", "'text_scores'", file), "text_scores.scale", file)
-        name = "text_scores.safetensors"
+            self.int_at(self.get(state, key, f"'{where}'", file), f"{where}.{key}", file)
+        self.positive_finite(self.get(state, "scale", f"'{where}'", file), f"{where}.scale", file)
         if not (self.folder / name).is_file():
-            self.fail(name, "is missing (the stacked text model that preprocessing.json names)")
-        width = widths["title"] + widths.get("metadata", 0)
+            self.fail(name, f"is missing ({what})")
         expected = {"coef": (n_classes, width), "intercept": (n_classes,)}
         found = self.tensor_header(name)
         for key, shape in expected.items():
@@ -474,5 +510,5 @@ class _Checker:
             dtype, got = found[key]
             self.need(dtype in FLOAT_DTYPES, name, f"tensor '{key}' is {dtype}, not floating point")
             self.need(got == shape, name, f"tensor '{key}' has shape {list(got)}, but {n_classes} labels and "
-                                          f"{width} title + metadata features give {list(shape)}")
+                                          f"{width} {features} features give {list(shape)}")
         self.finite_tensors(name, list(expected))

@@ -12,8 +12,8 @@ clean-up of ``catalog.catalog_from_frame``, ``features.clean_title``, the title'
 ``TfidfVectorizer``: analyzers, sublinear tf, idf, l2 norm, in the same float32 / float64 steps), the metadata
 encoding (``MetadataEncoder``: one-hot, medians, missing indicators, scaler), and the image preprocessing of
 ``embeddings.ImageEmbedder`` (decoding within a pixel budget, RGB, bilinear resize, normalisation, float16
-rounding of the backbone's features). Products without a title go to the no-title network, as in
-``Predictor._logits``.
+rounding of the backbone's features). Products are routed as in ``Predictor._logits``: without a title to the
+no-title network, with a title but no attribute at all to the no-metadata network (when the model has them).
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "deepfusion-export"
-EXPORT_VERSION = 1  # the export layout this runtime reads (export.EXPORT_VERSION)
+EXPORT_VERSION = 2  # the export layout this runtime reads (export.EXPORT_VERSION); 2 added no_metadata.onnx
+# The networks of an export and the modalities each needs the model to have for its routing (Predictor._logits).
+NETWORKS: dict[str, tuple[str, ...]] = {"main": (), "fallback": ("title",), "no_metadata": ("metadata", "title")}
 MANIFEST = "manifest.json"
 UNKNOWN = "Unknown"  # a missing categorical value, as features.UNKNOWN
 # As catalog.IMAGE_FORMATS / MAX_IMAGE_PIXELS / MAX_IMAGE_BYTES (tests check they agree): common photo formats
@@ -495,7 +497,15 @@ class ExportedModel:
         if list(prep["labels"]["classes"]) != list(manifest["classes"]):
             raise ExportLoadError(f"{prep_path} and {MANIFEST} name different classes. {REEXPORT}")
         networks = {}
+        modalities = manifest["modalities"]
         for key, net in manifest["networks"].items():
+            if key not in NETWORKS:  # a network this runtime would not route to: its products would be mis-scored
+                raise ExportLoadError(f"{folder / MANIFEST}: network {key!r} is unknown to this runtime. {REEXPORT}")
+            if not set(NETWORKS[key]) <= set(modalities):
+                raise ExportLoadError(
+                    f"{folder / MANIFEST}: network {key} needs the {' and '.join(NETWORKS[key])} modalities, "
+                    f"but the model has {'+'.join(modalities)}. {REEXPORT}"
+                )
             inputs = [str(i) for i in net["inputs"]]
             networks[key] = _Network(
                 session(listed(net["file"], f"network {key}"), inputs),
@@ -509,7 +519,6 @@ class ExportedModel:
                 )
         if "main" not in networks:
             raise ExportLoadError(f"{folder / MANIFEST} has no main network. {REEXPORT}")
-        modalities = manifest["modalities"]
         metadata = MetadataTransform(prep["metadata"]) if "metadata" in modalities else None
         title = (
             TitleVectorizer.from_state(manifest["title"]["vectorizers"], prep["title"])
@@ -628,12 +637,7 @@ class ExportedModel:
             present["image"] = ok
         logits = np.zeros((n, len(self.classes)), dtype=np.float32)
         temperature = np.zeros(n, dtype=np.float64)
-        fallback = self.networks.get("fallback")
-        # As Predictor._logits: without a title a product is scored by the no-title network, when there is one.
-        routes = [("main", np.arange(n))]
-        if fallback is not None and "title" in present:
-            routes = [("main", np.flatnonzero(present["title"])), ("fallback", np.flatnonzero(~present["title"]))]
-        for key, which in routes:
+        for key, which in self._routes(present, n).items():
             net = self.networks[key]
             for start in range(0, len(which), batch_size):
                 chunk = which[start : start + batch_size]
@@ -641,6 +645,17 @@ class ExportedModel:
                 logits[chunk] = net.session.run(["logits"], feed)[0]
                 temperature[chunk] = net.temperature
         return [r.id for r in rows], logits, temperature, {m: present[m] for m in self.modalities}
+
+    def _routes(self, present: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """Which rows each network scores, as Predictor._logits routes them: a product without a title goes to the
+        no-title network, one with a title but no attribute at all to the no-metadata network (each when the
+        model has it), every other product to the main network."""
+        network = np.full(n, "main", dtype=object)
+        if "fallback" in self.networks:
+            network[~present["title"]] = "fallback"
+        if "no_metadata" in self.networks:
+            network[present["title"] & ~present["metadata"]] = "no_metadata"
+        return {key: np.flatnonzero(network == key) for key in self.networks if (network == key).any()}
 
     def _feed(
         self,
