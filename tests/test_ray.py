@@ -1,10 +1,12 @@
 """The Ray engine (distributed.py): `deepfusion predict --engine ray` writes what the local engine writes (same rows,
 labels, confidences, rejects file), from a model folder or an exported one, on a Ray it starts itself, one already
 running in the process, or a cluster joined by address; and the audit's folds as Ray tasks give the sequential
-loop's probabilities. All on tiny catalogs and a local Ray of two CPUs."""
+loop's probabilities, so `deepfusion audit --engine ray` finds the local engine's label issues. All on tiny
+catalogs and a local Ray of two CPUs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -263,3 +265,37 @@ def test_audit_folds_as_ray_tasks_match_the_sequential_loop(ray_running: object,
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
     assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
     assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_cli_audit_on_ray_gives_the_local_label_issues(ray_running: object, tmp_path: Path) -> None:
+    """`deepfusion audit --engine ray` (fold models as Ray tasks on the module's Ray) finds the same out-of-fold
+    label issues as the local engine with the same seed: the planted label errors, with the same suggestions."""
+    from test_audit import FLIPS, plant_errors
+
+    data = make_catalog(tmp_path / "catalog", n_per_class=20, messy=False, seed=1)
+    plant_errors(data)
+    args = ["audit", "--data", str(data), "--folds", "2", "--modalities", "metadata,title", "--seed", "0", "--quiet"]
+    _invoke(*args, "--out", str(tmp_path / "local"))
+    text = _invoke(*args, "--out", str(tmp_path / "ray"), "--engine", "ray")
+    assert "products queued for review" in text
+    assert ray.is_initialized()  # the Ray already running in the process was used and left running
+    queues = {e: pd.read_csv(tmp_path / e / "audit.csv", dtype={"id": str}) for e in ("local", "ray")}
+    issues = {e: q[q["issue"].str.contains("label")].set_index("id").sort_index() for e, q in queues.items()}
+    assert set(FLIPS) <= set(issues["ray"].index)
+    assert list(issues["ray"].index) == list(issues["local"].index)
+    for col in ("current_label", "suggested_label", "issue"):
+        assert issues["ray"][col].tolist() == issues["local"][col].tolist(), col
+    assert np.abs(issues["ray"]["confidence"] - issues["local"]["confidence"]).max() <= 1e-4
+    assert set(queues["ray"]["id"]) == set(queues["local"]["id"])
+    summaries = {e: json.loads((tmp_path / e / "audit.json").read_text()) for e in ("local", "ray")}
+    assert [summaries[e]["engine"] for e in ("local", "ray")] == ["local", "ray"]
+    for a, b in zip(summaries["ray"]["fold_stats"], summaries["local"]["fold_stats"], strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def test_audit_engine_errors(tmp_path: Path) -> None:
+    data = make_catalog(tmp_path / "catalog", messy=False)
+    result = runner.invoke(app, ["audit", "--data", str(data), "--out", str(tmp_path / "o"), "--address", "x"])
+    assert result.exit_code == 2 and "--address needs --engine ray" in result.output
+    result = runner.invoke(app, ["audit", "--data", str(data), "--out", str(tmp_path / "o"), "--engine", "spark"])
+    assert result.exit_code == 2

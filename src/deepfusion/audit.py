@@ -32,7 +32,7 @@ import io
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ DEFAULT_TOP_N = 200
 MIN_CLASS_GROUPS = 10
 HIERARCHY_MAX_SHARE = 0.1
 VAL_FRACTION = 0.1
+ENGINES = ("local", "ray")  # where the fold models train: this process, or Ray tasks (distributed.run_folds_ray)
 QUEUE_COLUMNS = [
     "rank",
     ID,
@@ -140,6 +141,71 @@ def carve_validation(
     return np.setdiff1d(pool, val), val
 
 
+def fit_fold(
+    products: pd.DataFrame,
+    plan: FoldPlan,
+    classes: Sequence[str],
+    k: int,
+    *,
+    modalities: Sequence[str],
+    preset: str,
+    seed: int,
+    predictor_options: Mapping[str, Any],
+    progress: bool = False,
+    threads: int | None = None,
+    embedder: Any = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Fold ``k`` of the audit: train on the other folds (a validation part carved out of them, seeded
+    ``seed + k + 1``), predict the held-out products. The one fold body of both engines: the local loop
+    (``out_of_fold_probabilities``) and the Ray tasks (``distributed.run_folds_ray``).
+
+    Returns the held-out positions, their probabilities (held, len(classes)) in ``classes`` order and the fold's
+    statistics. ``threads``: torch threads for this fold (a Ray task uses its CPUs, not every core of the node);
+    None leaves torch's setting alone. ``embedder``: an ``ImageEmbedder`` to share between folds (its cache is
+    then read once), for models that read images with the stock backbone."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    held = np.flatnonzero(plan.fold == k)
+    train_idx, val_idx = carve_validation(np.flatnonzero(plan.fold != k), products, plan, seed + k + 1)
+    predictor = Predictor(modalities, preset=preset, seed=seed, progress=progress, **predictor_options)
+    if embedder is not None:
+        predictor._embedder_obj = embedder
+    predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
+    fold_proba = np.asarray(predictor.predict_proba(products.iloc[held], as_pandas=False), dtype=np.float64)
+    column = {c: j for j, c in enumerate(classes)}
+    proba = np.zeros((len(held), len(classes)), dtype=np.float64)
+    proba[:, [column[c] for c in predictor.classes_]] = fold_proba
+    judged = plan.judged[held]
+    given = products[TARGET].to_numpy()[held]
+    pred = np.asarray(predictor.classes_)[fold_proba.argmax(axis=1)]
+    acc = float((pred[judged] == given[judged]).mean()) if judged.any() else float("nan")
+    stats = {
+        "fold": k,
+        "train": len(train_idx),
+        "val": len(val_idx),
+        "held_out": len(held),
+        "judged": int(judged.sum()),
+        "accuracy": acc,
+        "best_epoch": predictor.best_epoch_,
+        "temperature": predictor.temperature_,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return held, proba, stats
+
+
+def shared_embedder(
+    modalities: Sequence[str], preset: str, seed: int, predictor_options: Mapping[str, Any]
+) -> Any:
+    """The image embedder every fold can share (one cache read for all of them), or None: the model reads no
+    image, or it fine-tunes the backbone per fold (each fold then embeds with its own weights)."""
+    if "image" not in modalities or predictor_options.get("finetune_blocks"):
+        return None
+    return Predictor(modalities, preset=preset, seed=seed, progress=False, **predictor_options)._embedder()
+
+
 def out_of_fold_probabilities(
     products: pd.DataFrame,
     plan: FoldPlan,
@@ -152,46 +218,33 @@ def out_of_fold_probabilities(
     predictor_options: dict[str, Any],
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Probabilities (n, len(classes)) for every held-out product from the model that did not see it; rows of
-    products in every training fold stay zero. Also returns per-fold statistics."""
+    products in every training fold stay zero. Also returns per-fold statistics. The folds run one after the
+    other in this process (``fit_fold``); ``distributed.run_folds_ray`` runs the same folds as Ray tasks."""
     proba = np.zeros((len(products), len(classes)), dtype=np.float64)
-    column = {c: j for j, c in enumerate(classes)}
     n_folds = int(plan.fold.max()) + 1
     stats: list[dict[str, Any]] = []
-    shared_embedder = None
+    embedder = shared_embedder(modalities, preset, seed, predictor_options)
+    if embedder is not None:
+        embedder.progress = progress
     bar = tqdm(range(n_folds), desc="audit folds", unit="fold", disable=not progress)
     for k in bar:
-        start = time.perf_counter()
-        held = np.flatnonzero(plan.fold == k)
-        train_idx, val_idx = carve_validation(np.flatnonzero(plan.fold != k), products, plan, seed + k + 1)
-        predictor = Predictor(modalities, preset=preset, seed=seed, progress=progress, **predictor_options)
-        if shared_embedder is not None:
-            # One embedder (and its loaded cache) for all folds, instead of re-reading the cache every fold.
-            predictor._embedder_obj = shared_embedder
-        predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
-        if "image" in predictor.modalities:
-            shared_embedder = predictor._embedder()
-        fold_proba = predictor.predict_proba(products.iloc[held], as_pandas=False)
-        cols = [column[c] for c in predictor.classes_]
-        proba[np.ix_(held, cols)] = fold_proba
-        judged = plan.judged[held]
-        given = products[TARGET].to_numpy()[held]
-        pred = np.asarray(predictor.classes_)[fold_proba.argmax(axis=1)]
-        acc = float((pred[judged] == given[judged]).mean()) if judged.any() else float("nan")
-        stats.append(
-            {
-                "fold": k,
-                "train": len(train_idx),
-                "val": len(val_idx),
-                "held_out": len(held),
-                "judged": int(judged.sum()),
-                "accuracy": acc,
-                "best_epoch": predictor.best_epoch_,
-                "temperature": predictor.temperature_,
-                "seconds": round(time.perf_counter() - start, 1),
-            }
+        held, fold_proba, fold_stats = fit_fold(
+            products,
+            plan,
+            classes,
+            k,
+            modalities=modalities,
+            preset=preset,
+            seed=seed,
+            predictor_options=predictor_options,
+            progress=progress,
+            embedder=embedder,
         )
+        proba[held] = fold_proba
+        stats.append(fold_stats)
+        acc = fold_stats["accuracy"]
         bar.set_postfix(accuracy=round(acc, 4))
-        log.info("fold %d/%d: out-of-fold accuracy %.4f on %d products", k + 1, n_folds, acc, int(judged.sum()))
+        log.info("fold %d/%d: out-of-fold accuracy %.4f on %d products", k + 1, n_folds, acc, fold_stats["judged"])
     return proba, stats
 
 
@@ -514,12 +567,22 @@ def audit_catalog(
     top_n: int = DEFAULT_TOP_N,
     min_class_groups: int = MIN_CLASS_GROUPS,
     hierarchy_max_share: float = HIERARCHY_MAX_SHARE,
+    engine: str = "local",
+    address: str | None = None,
     **predictor_options: Any,
 ) -> pd.DataFrame:
     """Audit the catalog in ``data``; write ``audit.csv``, ``audit.html``, ``rejects.csv`` and ``audit.json`` to
     ``out`` and return the review queue (most suspicious first).
 
-    ``predictor_options`` go to ``Predictor`` (e.g. ``image_size``, ``cache_dir``, ``epochs``)."""
+    ``engine``: "local" trains the fold models one after the other in this process; "ray" trains them as
+    parallel Ray tasks (``distributed.run_folds_ray``; ``pip install 'deepfusion[ray]'``), on the cluster at
+    ``address`` (``HOST:6379``, ``ray://HOST:10001`` or ``auto``; default ``RAY_ADDRESS``, else a Ray started on
+    this machine). Both give the same folds, seeds and queue. ``predictor_options`` go to ``Predictor`` (e.g.
+    ``image_size``, ``cache_dir``, ``epochs``)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if address is not None and engine != "ray":
+        raise ValueError("address is only used with engine='ray'")
     cleanlab = _require_cleanlab()
     started = time.perf_counter()
     out = Path(out)
@@ -535,16 +598,19 @@ def audit_catalog(
         predictor_options.setdefault("title_fallback", False)
     plan = plan_folds(products, folds, seed, min_class_groups)
     classes = sorted(products[TARGET].astype(str).unique())
-    proba, fold_stats = out_of_fold_probabilities(
-        products,
-        plan,
-        classes,
-        modalities=mods,
-        preset=preset,
-        seed=seed,
-        progress=progress,
-        predictor_options=predictor_options,
-    )
+    fold_args: dict[str, Any] = {
+        "modalities": mods,
+        "preset": preset,
+        "seed": seed,
+        "progress": progress,
+        "predictor_options": predictor_options,
+    }
+    if engine == "ray":
+        from .distributed import run_folds_ray  # Ray is an optional extra: imported only when asked for
+
+        proba, fold_stats = run_folds_ray(products, plan, classes, address=address, **fold_args)
+    else:
+        proba, fold_stats = out_of_fold_probabilities(products, plan, classes, **fold_args)
     judged = plan.judged
     labels = products[TARGET].to_numpy()[judged]
     if judged.any():
@@ -579,6 +645,7 @@ def audit_catalog(
         "preset": preset,
         "folds": folds,
         "seed": seed,
+        "engine": engine,
         "predictor_options": {k: list(v) if isinstance(v, tuple) else v for k, v in predictor_options.items()},
         "cleanlab_version": cleanlab.__version__,
         "method": "out-of-fold probabilities (StratifiedGroupKFold over duplicate groups) + cleanlab "

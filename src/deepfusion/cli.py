@@ -29,7 +29,9 @@ COMBINERS = ("concat", "gated")  # models.COMBINERS
 BALANCES = ("none", "sqrt", "inverse", "sampler")  # the modes training.class_weights / train_network know
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # backbones.list_backbones()
 MODALITIES = ("metadata", "title", "image")  # predictor.MODALITIES
-ENGINES = ("local", "ray")  # predict: this process (runs.predict_catalog) or Ray (distributed.predict_catalog_ray)
+# predict: this process (runs.predict_catalog) or Ray (distributed.predict_catalog_ray); audit: the fold models in
+# this process (audit.out_of_fold_probabilities) or as Ray tasks (distributed.run_folds_ray).
+ENGINES = ("local", "ray")
 
 # What `deepfusion train` writes into a run folder: the only entries --overwrite may delete. Anything else in
 # the folder is the user's, so the folder is refused rather than cleaned.
@@ -591,17 +593,44 @@ def audit(
         ),
     ] = "metadata,title,image",
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the folds and the networks.")] = 42,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            callback=_one_of(ENGINES),
+            metavar=_choices(ENGINES),
+            help="local trains the fold models one after the other in this process; ray trains them as parallel "
+            "Ray tasks (pip install 'deepfusion[train,ray]'), with the same folds, seeds and result.",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto) [default: "
+            "RAY_ADDRESS, else a Ray started on this machine for the command].",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Find products whose category is probably wrong.
 
     Every product is judged by a model trained on the other folds; the suspicious ones form a ranked review queue.
     """
+    if engine == "local" and address is not None:
+        raise typer.BadParameter("--address needs --engine ray.", param_hint="'--address'")
     from .audit import audit_catalog
     from .predictor import parse_modalities
 
     queue = audit_catalog(
-        data, out, modalities=parse_modalities(modalities), folds=folds, seed=seed, progress=not quiet
+        data,
+        out,
+        modalities=parse_modalities(modalities),
+        folds=folds,
+        seed=seed,
+        progress=not quiet,
+        engine=engine,
+        address=address,
     )
     typer.echo(f"{len(queue):,} products queued for review -> {out / 'audit.csv'}, {out / 'audit.html'}")
 

@@ -19,8 +19,9 @@ What runs where in ``predict_catalog_ray``:
 * Ray writes the predictions as Parquet shards into ``OUT.parts/``; the driver merges them in catalog order
   into ``OUT`` (.csv or .parquet), with the columns of the local engine.
 
-``run_folds_ray`` trains the audit's k fold models as parallel Ray tasks; only arrays (the fold's probabilities)
-come back, never a torch model.
+``run_folds_ray`` trains the audit's k fold models as parallel Ray tasks (``deepfusion audit --engine ray``), each
+task running ``audit.fit_fold``, the fold body of the local loop; only arrays (the fold's probabilities) come back,
+never a torch model.
 
 Ray is an optional dependency (``pip install 'deepfusion[ray]'``): this module imports it inside its functions,
 and its module level imports nothing that pulls in torch, so Ray workers that unpickle the actor class stay lean.
@@ -509,65 +510,17 @@ def predict_catalog_ray(
 
 
 # ---------------------------------------------------------------------------------------------- audit folds
-def fit_fold(
-    products: pd.DataFrame,
-    plan: FoldPlan,
-    classes: Sequence[str],
-    k: int,
-    *,
-    modalities: Sequence[str],
-    preset: str,
-    seed: int,
-    predictor_options: Mapping[str, Any],
-    threads: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """One fold of ``audit.out_of_fold_probabilities``, in a Ray task: train on the other folds (validation carved
-    as the audit does, same seeds), predict the held-out products. Returns the held-out positions, their
-    probabilities (held, len(classes)) in ``classes`` order, and the fold's statistics."""
-    import torch
-
-    from .audit import carve_validation
-    from .catalog import TARGET
-    from .predictor import Predictor
-
-    if threads is not None:
-        torch.set_num_threads(threads)  # the task's CPUs, not every core of the node
-    start = time.perf_counter()
-    held = np.flatnonzero(plan.fold == k)
-    train_idx, val_idx = carve_validation(np.flatnonzero(plan.fold != k), products, plan, seed + k + 1)
-    predictor = Predictor(modalities, preset=preset, seed=seed, progress=False, **predictor_options)
-    predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
-    fold_proba = np.asarray(predictor.predict_proba(products.iloc[held], as_pandas=False), dtype=np.float64)
-    column = {c: j for j, c in enumerate(classes)}
-    proba = np.zeros((len(held), len(classes)), dtype=np.float64)
-    proba[:, [column[c] for c in predictor.classes_]] = fold_proba
-    judged = plan.judged[held]
-    given = products[TARGET].to_numpy()[held]
-    pred = np.asarray(predictor.classes_)[fold_proba.argmax(axis=1)]
-    acc = float((pred[judged] == given[judged]).mean()) if judged.any() else float("nan")
-    stats = {
-        "fold": k,
-        "train": len(train_idx),
-        "val": len(val_idx),
-        "held_out": len(held),
-        "judged": int(judged.sum()),
-        "accuracy": acc,
-        "best_epoch": predictor.best_epoch_,
-        "temperature": predictor.temperature_,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    return held, proba, stats
-
-
 def _warm_image_cache(
     products: pd.DataFrame, modalities: Sequence[str], preset: str, seed: int, options: Mapping[str, Any]
 ) -> int:
-    """Embed every product image once into the on-disk cache, so the parallel folds read it instead of each
-    computing the same vectors (the sequential loop shares one embedder for the same reason)."""
-    from .predictor import Predictor
+    """A Ray task: embed every product image once into the on-disk cache, so the parallel folds read it instead of
+    each computing the same vectors (the local loop shares one embedder for the same reason)."""
+    from .audit import shared_embedder
 
-    predictor = Predictor(modalities, preset=preset, seed=seed, progress=False, **options)
-    _, ok = predictor._embedder().embed(list(products["image_path"]))
+    embedder = shared_embedder(modalities, preset, seed, options)
+    if embedder is None:
+        return 0
+    _, ok = embedder.embed(list(products["image_path"]))
     return int(ok.sum())
 
 
@@ -595,9 +548,13 @@ def run_folds_ray(
     fine-tuned per fold."""
     from tqdm.auto import tqdm
 
+    from .audit import fit_fold  # the local loop's fold body (torch, scikit-learn): not at this module's import
+
     n_folds = int(plan.fold.max()) + 1
     proba = np.zeros((len(products), len(classes)), dtype=np.float64)
     stats: list[dict[str, Any]] = []
+    if n_folds == 0:  # nothing to judge (every class too rare): no model to train, no Ray to start
+        return proba, stats
     joined = _joins_cluster(_import_ray(), address)
     with ray_session(address, num_cpus=num_cpus or max(os.cpu_count() or 1, n_folds * cpus_per_fold)) as ray:
         _check_cpus(ray, cpus_per_fold, f"fold tasks of {cpus_per_fold} CPUs", joined)
@@ -606,6 +563,7 @@ def run_folds_ray(
             warm = ray.remote(num_cpus=cpus_per_fold)(_warm_image_cache)
             n_images = ray.get(warm.remote(products_ref, modalities, preset, seed, predictor_options))
             log.info("embedded %d product images into the cache before the folds", n_images)
+        # Pickled by reference (deepfusion.audit.fit_fold): the workers run the local loop's own fold body.
         task = ray.remote(num_cpus=cpus_per_fold)(fit_fold)
         pending = [
             task.remote(
