@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -147,8 +148,10 @@ def test_interrupted_run_leaves_a_usable_cache(catalog_dir: Path, cache_dir: Pat
     monkeypatch.setattr(EmbeddingStore, "add", real_add)
     folder = embedder.store().folder
     assert not list(folder.glob(".tmp-*"))
-    # A killed writer can leave a half-written temp file behind; it must never be read as a shard.
-    (folder / ".tmp-garbage.npz").write_bytes(b"partial")
+    # A killed writer can leave a half-written temp file behind, or a shard's vectors without its keys file (which
+    # is written last); neither is ever read as a shard.
+    (folder / ".tmp-garbage.npy").write_bytes(b"partial")
+    (folder / "shard-killed.values.npy").write_bytes(b"\x93NUMPY partial")
     resumed = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
     assert len(resumed.store()) == 16
     emb, ok = resumed.embed(paths)
@@ -351,3 +354,45 @@ def test_embed_bytes_keeps_vectors_in_memory_only(catalog_dir: Path, cache_dir: 
     assert calls == [] and np.array_equal(again, emb[1:3])  # both from the cache
     with pytest.raises(ValueError, match="max_entries"):
         EmbeddingLRU(-1)
+
+
+def test_cache_is_memory_mapped_and_older_shards_are_converted(
+    catalog_dir: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shards are .npy pairs whose vectors are read memory-mapped; a cache of the earlier single-file format (.npz)
+    is converted on first open with the same vectors; a shard of another width or a truncated one is skipped."""
+    import logging
+
+    from deepfusion.embeddings import image_sha1
+
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("10*.jpg"))[:12]
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=cache_dir, progress=False)
+    emb, ok = embedder.embed(paths)
+    store = embedder.store()
+    folder = store.folder
+    assert sorted(p.name.split(".", 1)[1] for p in folder.glob("shard-*")) == ["keys.npy", "values.npy"]
+    assert store._maps and all(isinstance(m, mmap.mmap) for m in store._maps)  # not read into memory
+    # The same vectors written as an old .npz shard, in a fresh cache: converted, then read memory-mapped.
+    old = cache_dir / "old"
+    keys = np.load(next(folder.glob("*.keys.npy")))
+    values = np.load(next(folder.glob("*.values.npy")))
+    legacy = ImageEmbedder(image_size=SMALL, cache_dir=old, progress=False).store().folder
+    np.savez(legacy / "shard-0123.npz", keys=keys.astype("S64"), values=values)
+    converted = ImageEmbedder(image_size=SMALL, cache_dir=old, progress=False)
+    converted.session = lambda: (_ for _ in ()).throw(AssertionError("should not run the backbone"))  # type: ignore
+    again, ok2 = converted.embed(paths)
+    np.testing.assert_array_equal(again, emb)
+    np.testing.assert_array_equal(ok2, ok)
+    assert sorted(p.name for p in legacy.glob("shard-*")) == ["shard-0123.keys.npy", "shard-0123.values.npy"]
+    # Foreign and damaged shards in the new format: skipped with a warning, those images embedded again.
+    key = np.array([image_sha1(Path(paths[0]).read_bytes()).encode()])
+    np.save(legacy / "shard-wide.values.npy", np.ones((1, 10), np.float16))
+    np.save(legacy / "shard-wide.keys.npy", key)
+    (legacy / "shard-cut.values.npy").write_bytes((legacy / "shard-0123.values.npy").read_bytes()[:300])
+    np.save(legacy / "shard-cut.keys.npy", keys)
+    with caplog.at_level(logging.WARNING, logger="deepfusion.embeddings"):
+        store = ImageEmbedder(image_size=SMALL, cache_dir=old, progress=False).store()
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "1x10" in messages and "shard-cut.keys.npy" in messages and "truncated" in messages
+    assert len(store) == len(keys)
+    np.testing.assert_array_equal(store.get(key[0].decode()), values[list(keys).index(key[0])])

@@ -2,9 +2,10 @@
 
 An embedding is keyed by the SHA-1 of the image bytes plus a transform key (backbone, weights, input size,
 normalisation, augmentation view), so renamed or duplicated files are embedded once, a second run computes
-nothing, and a catalog where only some images are new computes only those. The cache is a folder of ``.npz``
-shards (``keys``: fixed-width bytes, ``values``: float16), each written to a temporary file and renamed into
-place, so a run killed mid-way leaves only complete shards behind.
+nothing, and a catalog where only some images are new computes only those. The cache is a folder of shards, each
+two ``.npy`` files (``EmbeddingStore``): the vectors (float16), read memory-mapped, and their keys. Each file is
+written to a temporary file and renamed into place, the keys last, so a run killed mid-way leaves only complete
+shards behind.
 
 Every image is decoded once, within a pixel budget (``catalog.open_image_within_budget``: the header is read
 first, JPEGs are decoded at a reduced scale when they are much larger than the backbone input). An image that
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import random
 import struct
@@ -87,58 +89,205 @@ def augment(image: Image.Image, seed: int) -> Image.Image:
     return image
 
 
+KEYS_SUFFIX = ".keys.npy"
+VALUES_SUFFIX = ".values.npy"
+LEGACY_SUFFIX = ".npz"  # the format before memory-mapped shards: keys and values in one zip; converted on open
+
+
 class EmbeddingStore:
-    """Append-only, crash-safe store of (key -> vector) in one folder per transform key. With ``dim``, shards
-    whose vectors have another width (a foreign or older cache in the same place) are skipped with a warning."""
+    """Append-only, crash-safe store of (key -> vector) in one folder per transform key, read memory-mapped.
+
+    A shard is two files: ``shard-ID.values.npy`` (float16, n x dim) and ``shard-ID.keys.npy`` (the n keys,
+    fixed-width bytes). Each is written to a temporary file, flushed and renamed into place, the values first: a
+    shard exists once its keys file does, so a run killed mid-way leaves complete shards and at worst a values
+    file without keys, which is never read. The values are opened with ``mmap_mode="r"``: a lookup reads its rows
+    through the page cache, and the process holds only the index in memory (the keys, sorted, with each one's
+    shard and row), not the vectors. benchmarks/RESULTS.md ("Cost growth") has the measured bytes per product.
+
+    With ``dim``, shards whose vectors have another width (a foreign or older cache in the same place) are skipped
+    with a warning. Shards of the earlier single-file format (``shard-ID.npz``) are converted on open (kept in
+    memory instead when the folder is read-only)."""
 
     def __init__(self, folder: Path, dim: int | None = None) -> None:
         self.folder = folder
         self.dim = dim
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._index: dict[bytes, np.ndarray] = {}
-        for shard in sorted(self.folder.glob("shard-*.npz")):
-            try:
-                with np.load(shard, allow_pickle=False) as z:
-                    keys, values = z["keys"], z["values"]
-            except SHARD_ERRORS as exc:  # a foreign or damaged file: skip it rather than fail the run
-                log.warning("ignoring unreadable cache shard %s (%s); its images are embedded again", shard, exc)
-                continue
-            if values.ndim != 2 or len(keys) != len(values) or (dim is not None and values.shape[1] != dim):
-                log.warning(
-                    "ignoring cache shard %s: it holds %s vectors for %d keys, this backbone's are %s wide; its "
-                    "images are embedded again",
-                    shard,
-                    "x".join(map(str, values.shape)),
-                    len(keys),
-                    dim,
-                )
-                continue
-            for k, v in zip(keys, values, strict=True):
-                self._index[bytes(k)] = v
+        self._lock = threading.Lock()
+        self._values: list[np.ndarray] = []  # per shard: (n, dim) float16, memory-mapped
+        self._maps: list[mmap.mmap | None] = []  # per shard: its mapping (None: a shard read into memory)
+        self._keys = np.zeros(0, dtype="S40")  # sorted, unique
+        self._shard = np.zeros(0, dtype=np.int32)
+        self._row = np.zeros(0, dtype=np.int32)
+        self._pending: list[tuple[np.ndarray, int]] = []  # (keys, shard) not in the index yet
+        for legacy in sorted(self.folder.glob(f"shard-*{LEGACY_SUFFIX}")):
+            self._convert(legacy)
+        for keys_file in sorted(self.folder.glob(f"shard-*{KEYS_SUFFIX}")):
+            self._open(keys_file)
+
+    # ------------------------------------------------------------------ reading
+    def _usable(self, name: Path, keys: np.ndarray, values: np.ndarray) -> bool:
+        if (
+            keys.ndim == 1
+            and values.ndim == 2
+            and len(keys) == len(values)
+            and (self.dim is None or values.shape[1] == self.dim)
+        ):
+            return True
+        log.warning(
+            "ignoring cache shard %s: it holds %s vectors for %d keys, this backbone's are %s wide; its images are "
+            "embedded again",
+            name,
+            "x".join(map(str, values.shape)),
+            len(keys),
+            self.dim,
+        )
+        return False
+
+    def _open(self, keys_file: Path) -> None:
+        values_file = keys_file.with_name(keys_file.name[: -len(KEYS_SUFFIX)] + VALUES_SUFFIX)
+        try:
+            keys = np.load(keys_file, allow_pickle=False)
+            values, mapping = _map_npy(values_file)
+        except SHARD_ERRORS as exc:  # a foreign or damaged file: skip it rather than fail the run
+            log.warning("ignoring unreadable cache shard %s (%s); its images are embedded again", keys_file, exc)
+            return
+        if self._usable(keys_file, keys, values):
+            self._register(keys, values, mapping)
+
+    def _convert(self, legacy: Path) -> None:
+        """Rewrite an ``.npz`` shard as a memory-mapped one (same name, same vectors) and remove it."""
+        stem = legacy.name[: -len(LEGACY_SUFFIX)]
+        if (self.folder / f"{stem}{KEYS_SUFFIX}").exists():  # converted already, by another process
+            legacy.unlink(missing_ok=True)
+            return
+        try:
+            with np.load(legacy, allow_pickle=False) as z:
+                keys, values = z["keys"], z["values"]
+            keys = np.array([bytes(k) for k in keys]) if len(keys) else keys  # as narrow as the keys (S64 before)
+        except FileNotFoundError:  # another process converted it since this one listed the folder
+            return
+        except SHARD_ERRORS as exc:
+            log.warning("ignoring unreadable cache shard %s (%s); its images are embedded again", legacy, exc)
+            return
+        if not self._usable(legacy, keys, values):
+            return
+        try:
+            self._write(stem, keys, values.astype(np.float16))
+        except OSError as exc:  # a read-only cache: still usable, from memory
+            log.info("cannot convert cache shard %s (%s); reading it into memory", legacy, exc)
+            self._register(keys, values)
+            return
+        legacy.unlink(missing_ok=True)
+        log.debug("converted cache shard %s to memory-mapped .npy files", legacy)
+
+    def _register(self, keys: np.ndarray, values: np.ndarray, mapping: mmap.mmap | None = None) -> None:
+        with self._lock:
+            self._values.append(values)
+            self._maps.append(mapping)
+            self._pending.append((keys, len(self._values) - 1))
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The sorted keys and each one's shard and row, with the shards registered since the last call merged in
+        (a key stored twice, by two runs that embedded the same image at once, keeps its first shard)."""
+        with self._lock:
+            if self._pending:
+                keys = np.concatenate([self._keys, *(k for k, _ in self._pending)])
+                shard = np.concatenate([self._shard, *(np.full(len(k), s, np.int32) for k, s in self._pending)])
+                row = np.concatenate([self._row, *(np.arange(len(k), dtype=np.int32) for k, _ in self._pending)])
+                order = np.argsort(keys, kind="stable")
+                keys, shard, row = keys[order], shard[order], row[order]
+                first = np.ones(len(keys), dtype=bool)
+                first[1:] = keys[1:] != keys[:-1]
+                self._keys, self._shard, self._row = keys[first], shard[first], row[first]
+                self._pending = []
+            return self._keys, self._shard, self._row
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index()[0])
+
+    def locate(self, keys: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Shard and row of each key (-1 and -1 for a key that is not stored, or None)."""
+        stored, shard, row = self._index()
+        n = len(keys)
+        where = np.full(n, -1, dtype=np.int32), np.full(n, -1, dtype=np.int32)
+        given = [i for i, k in enumerate(keys) if k]
+        if not given or not len(stored):
+            return where
+        query = np.array([keys[i].encode() for i in given])  # type: ignore[union-attr]
+        pos = np.minimum(np.searchsorted(stored, query), len(stored) - 1)
+        hit = stored[pos] == query
+        idx = np.asarray(given)[hit]
+        where[0][idx], where[1][idx] = shard[pos[hit]], row[pos[hit]]
+        return where
+
+    def read(self, shard: np.ndarray, row: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Copy the located vectors (``locate``) into the rows of ``out``; returns the mask of rows filled. Rows
+        are read shard by shard in file order, so each page of a shard is read once."""
+        found = shard >= 0
+        for s in np.unique(shard[found]):
+            idx = np.flatnonzero(shard == s)
+            idx = idx[np.argsort(row[idx], kind="stable")]
+            out[idx] = self._values[int(s)][row[idx]]
+            _release(self._maps[int(s)])
+        return found
 
     def get(self, key: str) -> np.ndarray | None:
-        return self._index.get(key.encode())
+        """One stored vector (float16), or None."""
+        shard, row = self.locate([key])
+        return None if shard[0] < 0 else np.array(self._values[int(shard[0])][int(row[0])])
 
-    def add(self, keys: Sequence[str], values: np.ndarray) -> None:
-        if not len(keys):
-            return
-        encoded = np.array([k.encode() for k in keys], dtype="S64")
-        values = values.astype(np.float16)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.folder)
+    # ------------------------------------------------------------------ writing
+    def _write_file(self, path: Path, array: np.ndarray) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=self.folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, keys=encoded, values=values)
+                np.save(f, array, allow_pickle=False)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.folder / f"shard-{uuid.uuid4().hex}.npz")
+            os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        for k, v in zip(encoded, values, strict=True):
-            self._index[bytes(k)] = v
+
+    def _write(self, stem: str, keys: np.ndarray, values: np.ndarray) -> None:
+        """Write one shard, values first: its keys file makes it exist (``_open`` reads only shards with one)."""
+        self._write_file(self.folder / f"{stem}{VALUES_SUFFIX}", values)
+        self._write_file(self.folder / f"{stem}{KEYS_SUFFIX}", keys)
+        self._open(self.folder / f"{stem}{KEYS_SUFFIX}")
+
+    def add(self, keys: Sequence[str], values: np.ndarray) -> None:
+        """Store ``values`` (n, dim) under ``keys`` as a new shard; the vectors are kept as float16."""
+        if not len(keys):
+            return
+        encoded = np.array([k.encode() for k in keys])
+        self._write(f"shard-{uuid.uuid4().hex}", encoded, np.asarray(values).astype(np.float16))
+
+
+def _map_npy(path: Path) -> tuple[np.ndarray, mmap.mmap]:
+    """The array of a ``.npy`` file, memory-mapped read-only, and its mapping (``np.load(mmap_mode="r")`` without
+    hiding the mapping, which ``_release`` needs)."""
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+        if fortran or dtype.hasobject:
+            raise ValueError(f"{path.name} is not a C-ordered numeric array")
+        count = int(np.prod(shape))
+        if os.fstat(f.fileno()).st_size < offset + count * dtype.itemsize:
+            raise ValueError(f"{path.name} is shorter than its header says (a truncated file)")
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    array = np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return array, mapping
+
+
+def _release(mapping: mmap.mmap | None) -> None:
+    """Drop a shard's pages from this process (they stay in the page cache, and are read again on the next
+    lookup), so reading vectors out of the cache does not add the whole cache to the process's resident memory."""
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 class EmbeddingLRU:
@@ -358,24 +507,25 @@ class ImageEmbedder:
         paths = [str(p) if p else None for p in paths]
         store = self.store(view)
         out = np.zeros((len(paths), self.dim), dtype=np.float32)
-        ok = np.zeros(len(paths), dtype=bool)
         with ThreadPoolExecutor(self.threads) as pool:
             hashed = list(pool.map(self._hash, paths, chunksize=256))
         keys = [key for key, _ in hashed]
         errors = {path: error for path, (_, error) in zip(paths, hashed, strict=True) if error}
+        shard, row = store.locate(keys)
         todo: dict[str, str] = {}
-        for key, path in zip(keys, paths, strict=True):
-            if key is not None and store.get(key) is None and key not in todo and key not in self._undecodable:
-                todo[key] = path  # type: ignore[assignment]
+        for i in np.flatnonzero(shard < 0):
+            key = keys[i]
+            if key is not None and key not in todo and key not in self._undecodable:
+                todo[key] = paths[i]  # type: ignore[assignment]
         failed = self._compute(list(todo.values()), view, store) if todo else []
         errors.update(failed)
-        for i, key in enumerate(keys):
-            vec = store.get(key) if key else None
-            if vec is not None:
-                out[i] = vec
-                ok[i] = True
-            elif key in self._undecodable:
-                errors.setdefault(paths[i], self._undecodable[key])  # type: ignore[arg-type]
+        if todo:
+            shard, row = store.locate(keys)
+        ok = store.read(shard, row, out)
+        for i in np.flatnonzero(~ok):
+            key = keys[i]
+            if key in self._undecodable:
+                errors.setdefault(paths[i], self._undecodable[key])  # type: ignore[arg-type, index]
         computed = len(todo) - len(failed)
         log.info(
             "embedded %d images: %d computed, %d reused (cache or duplicate), %d without a readable image",
