@@ -5,6 +5,7 @@
     python benchmarks/run.py --sections finetune --finetune-configs 2x3,4x6  # opt-in: backbone fine-tuning
     python benchmarks/run.py --sections title_encoders                      # opt-in: needs .[minilm]
     python benchmarks/run.py --sections refit --refit-splits 42,7,11,19,23  # opt-in: fusion with --refit
+    python benchmarks/run.py --sections scaling                             # opt-in: cost growth to 400k, Ray
 
 All models share one catalog load and one leakage-safe split (seed 42), so their numbers are comparable.
 Speeds are reported as ratios measured in the same run.
@@ -52,6 +53,7 @@ class Bench:
         self.cache_dir = cache_dir
         self.finetune_configs: list[str] = ["2x3"]
         self.finetuned_weights: Path | None = None
+        self.scaling_workdir: Path | None = None
         self.results: dict[str, Any] = (
             json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
         )
@@ -1046,6 +1048,207 @@ def finetune_section(b: Bench) -> None:
     b.save()
 
 
+SCALING_SMALL = 10_000  # products of the small catalog, a seeded sample of the real one
+SCALING_REPEATS = 10  # the large catalog: the real one this many times, ids changed (about 400k products)
+SCALING_RAY_ACTORS = (1, 2)
+SCALING_RAY_CATALOG = "10k"  # the products that Ray and the local engine both predict
+
+
+def _per_product(a: dict[str, Any], b: dict[str, Any], key: str = "products") -> float | None:
+    """Peak RSS added per product (bytes) from step row ``a`` to the larger ``b``."""
+    if b[key] == a[key]:
+        return None
+    return (b["peak_rss_mb"] - a["peak_rss_mb"]) * 1e6 / (b[key] - a[key])
+
+
+def scaling_section(b: Bench) -> None:
+    """Cost growth: wall time and peak resident memory of load, embed, fit and predict at about 10k, 40k and 400k
+    products, each step in a process of its own (benchmarks/scaling.py); then batch prediction on Ray with 1 and 2
+    actors against the local engine on the same products. The model is the default fusion model (metadata + title
+    + image). The 400k catalog is the real one repeated with changed ids (same images, hard-linked), made in a
+    temporary folder; its images are already in the cache from the 40k step, so embedding at 400k measures the
+    per-product cost of a warm cache (every distinct image is computed once, at 40k). Fit is measured at 10k and
+    40k only. Opt-in: about an hour on 2 CPUs."""
+    import tempfile
+
+    import scaling as sc
+
+    from deepfusion.embeddings import ImageEmbedder
+
+    products = b.catalog.products
+    sample = products.sample(n=min(SCALING_SMALL, len(products)), random_state=SEED).sort_index()
+    with tempfile.TemporaryDirectory(prefix="deepfusion-scaling-") as name:
+        # --scaling-workdir keeps the catalogs, caches and models (e.g. to reuse the 40k embedding cache).
+        tmp = b.scaling_workdir or Path(name)
+        tmp.mkdir(parents=True, exist_ok=True)
+        catalogs = {
+            "10k": sc.make_catalog(sample, tmp / "c10k"),
+            "40k": sc.make_catalog(products, tmp / "c40k"),
+            "400k": sc.make_catalog(products, tmp / "c400k", repeats=SCALING_REPEATS),
+        }
+        log.info("scaling catalogs: %s", catalogs)
+        onnx_home = tmp / "onnx-home"
+        ImageEmbedder(cache_dir=onnx_home, progress=False).session()  # the backbone's ONNX file, exported once
+
+        def cache(label: str) -> str:
+            """An embedding cache of its own (empty when first asked for) that shares the exported backbone."""
+            folder = tmp / f"cache-{label}"
+            if not folder.exists():
+                folder.mkdir()
+                (folder / "onnx").symlink_to(onnx_home / "onnx", target_is_directory=True)
+            return str(folder)
+
+        def data(label: str) -> str:
+            return str(tmp / f"c{label}")
+
+        def step(
+            name: str, label: str, args: dict[str, Any], env: dict[str, str] | None = None, **tags: Any
+        ) -> dict[str, Any]:
+            return {"step": name, "catalog": label, **tags, **sc.run_step(name, args, env)}
+
+        rows = [step("load", label, {"data": data(label)}) for label in catalogs]
+        # Cold: every distinct image computed into an empty cache. Warm: the 40k cache, which holds every image.
+        for label, store, state in (("10k", "10k", "cold"), ("40k", "40k", "cold"), ("40k", "40k", "warm")):
+            rows.append(step("embed", label, {"paths": f"{data(label)}/paths.txt", "cache": cache(store)}, cache=state))
+        rows.append(step("embed", "400k", {"paths": f"{data('400k')}/paths.txt", "cache": cache("40k")}, cache="warm"))
+        model = str(tmp / "fusion-40k")
+        for label in ("10k", "40k"):
+            args = {"data": data(label), "cache": cache(label), "modalities": list(sc.FUSION)}
+            rows.append(step("fit", label, args | ({"model": model} if label == "40k" else {}), inputs="fusion"))
+        args = {"data": data("40k"), "cache": cache("40k"), "modalities": list(sc.TEXT)}
+        rows.append(step("fit", "40k", args, inputs="metadata+title"))
+        for label in catalogs:
+            args = {"model": model, "data": data(label), "out": str(tmp / f"pred-{label}.parquet")}
+            rows.append(step("predict", label, args, env={"DEEPFUSION_CACHE": cache("40k")}, cache="warm"))
+
+        # Ray against the local engine on the same products, both computing every image embedding: the local
+        # engine with an empty cache, the Ray actors on the exported model (they keep no cache).
+        exported = str(tmp / "fusion-40k-export")
+        sc.run_step("export", {"model": model, "out": exported, "cache": cache("40k")})
+        label = SCALING_RAY_CATALOG
+        args = {"model": model, "data": data(label), "out": str(tmp / "local-cold.parquet")}
+        ray_rows = [{"engine": "local", **sc.run_step("predict", args, env={"DEEPFUSION_CACHE": cache("cold")})}]
+        for actors in SCALING_RAY_ACTORS:
+            args = {"model": exported, "data": data(label), "out": str(tmp / f"ray-{actors}.parquet"), "actors": actors}
+            ray_rows.append({"engine": "ray", **sc.run_step("ray_predict", args)})
+    for row in ray_rows:
+        row["products_per_s"] = row["products"] / row["seconds"]
+    b.results["scaling"] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "model": "fusion (metadata + title + image), regularized",
+        "cpus": os.cpu_count(),
+        "catalogs": catalogs,
+        "rows": rows,
+        "ray": {"catalog": SCALING_RAY_CATALOG, "products": catalogs[SCALING_RAY_CATALOG], "rows": ray_rows},
+        "markdown": _scaling_markdown(rows, ray_rows, catalogs),
+    }
+    b.save()
+
+
+def _scaling_markdown(rows: list[dict[str, Any]], ray_rows: list[dict[str, Any]], catalogs: dict[str, int]) -> str:
+    def find(step: str, catalog: str, **tags: Any) -> dict[str, Any]:
+        return next(
+            r
+            for r in rows
+            if r["step"] == step and r["catalog"] == catalog and all(r.get(k) == v for k, v in tags.items())
+        )
+
+    def what(r: dict[str, Any]) -> str:
+        if r["step"] == "load":
+            return f"validated table {r['table_bytes_per_product']:.0f} B/product"
+        if r["step"] == "embed":
+            return f"{r['cache']} cache, {r['computed']:,} images computed"
+        if r["step"] == "fit":
+            return f"{r['inputs']}, {r['train']:,} train + {r['val']:,} validation, {r['epochs_run']} epochs"
+        return "local engine, warm cache, Parquet out"
+
+    table = [
+        [
+            r["step"],
+            f"{catalogs[r['catalog']]:,}",
+            what(r),
+            f"{r['seconds']:,.1f}",
+            f"{r.get('train', r['products']) / r['seconds']:,.0f}",
+            f"{r['peak_rss_mb']:,.0f}",
+        ]
+        for r in rows
+    ]
+    cpus = os.cpu_count()
+    md = md_table(
+        "Cost growth: time and memory from 10k to 400k products",
+        f"Measured {time.strftime('%Y-%m-%d')} on {cpus} CPUs (`python benchmarks/run.py --sections scaling`, "
+        "opt-in; benchmarks/scaling.py). Each step runs in a process of its own; peak RSS is that process's "
+        "high-water mark (VmHWM), imports included. Model: the default fusion model (metadata + title + image), "
+        "predicting with the model fitted at 40k. The 400k catalog is the real one repeated "
+        f"{SCALING_REPEATS} times with changed ids (same image files), so its distinct images are the 40k "
+        "catalog's: they are embedded once (cold, 40k) and embedding at 400k reads the cache. Products/s counts "
+        "training products for fit.",
+        ["step", "catalog products", "what", "wall s", "products/s", "peak RSS MB"],
+        table,
+    )
+    growth = []
+    for name, a, c in (
+        ("load", find("load", "40k"), find("load", "400k")),
+        ("embed (warm)", find("embed", "40k", cache="warm"), find("embed", "400k")),
+        ("predict", find("predict", "40k"), find("predict", "400k")),
+    ):
+        per = _per_product(a, c)
+        growth.append(f"{name} {per:,.0f} B" if per is not None else f"{name} —")
+    fit10, fit40 = find("fit", "10k", inputs="fusion"), find("fit", "40k", inputs="fusion")
+    text_fit = find("fit", "40k", inputs="metadata+title")
+    fit_per = _per_product(fit10, fit40, key="train") or 0.0
+    image_share = (fit40["peak_rss_mb"] - text_fit["peak_rss_mb"]) * 1e6 / text_fit["train"]
+    train400 = round(fit40["train"] * catalogs["400k"] / catalogs["40k"])
+    fit_s400 = fit40["seconds"] * train400 / fit40["train"]
+    fit_mb400 = fit40["peak_rss_mb"] + fit_per * (train400 - fit40["train"]) / 1e6
+    e40 = find("embed", "40k", cache="warm")
+    md += (
+        "\n\nPeak RSS added per product from 40k to 400k: "
+        + "; ".join(growth)
+        + f". Fit: {fit_per:,.0f} B per training product from 10k to 40k. Fit was not run at 400k: growing "
+        f"as measured, its {train400:,} training products would take about {fit_s400 / 3600:.1f} h and "
+        f"{fit_mb400 / 1000:.1f} GB here."
+        "\n\nImage features at training time: `ImageEmbedder.embed` hands the trainer float32 vectors of "
+        f"{e40['dim']:,} values, {e40['features_bytes_per_product']:,.0f} B per product; the embedding cache "
+        "behind it is memory-mapped float16 shards, of which the process keeps only a sorted key index. With the "
+        "fit's own copies of those features (scaled, and for the blanked training copies), the fusion fit at 40k "
+        f"peaks at {fit40['peak_rss_mb']:,.0f} MB against {text_fit['peak_rss_mb']:,.0f} MB for the same fit "
+        f"without images (metadata + title, {text_fit['seconds']:,.0f} s): {image_share:,.0f} B per training "
+        "product for the image input."
+    )
+    local = ray_rows[0]
+    ray = {r["actors"]: r for r in ray_rows if r["engine"] == "ray"}
+    md += "\n\n" + md_table(
+        "Batch prediction on Ray",
+        f"The {local['products']:,} products of the {SCALING_RAY_CATALOG} catalog with the fusion model fitted at "
+        "40k, every image embedded on the way (the local engine with an empty cache; the Ray actors run the "
+        "exported ONNX model and keep no cache). Wall time from the call to the merged output file, catalog load "
+        "included; the local Ray (as many logical CPUs as the machine has cores, at least actors + 1) was started "
+        "before the clock. Peak RSS is the driver's only.",
+        ["engine", "wall s", "products/s", "vs local", "driver peak RSS MB"],
+        [
+            [
+                "local" if r["engine"] == "local" else f"ray, {r['actors']} actor{'s' if r['actors'] > 1 else ''}",
+                f"{r['seconds']:,.1f}",
+                f"{r['products_per_s']:,.0f}",
+                f"{r['products_per_s'] / local['products_per_s']:.2f}x",
+                f"{r['peak_rss_mb']:,.0f}",
+            ]
+            for r in ray_rows
+        ],
+    )
+    if 1 in ray and 2 in ray:
+        one, added = ray[1]["products_per_s"], ray[2]["products_per_s"] - ray[1]["products_per_s"]
+        md += (
+            f"\n\nThe second actor added {added:,.0f} products/s ({added / one:.0%} of the first actor's rate) on "
+            f"this {cpus}-CPU machine, where both actors share the cores with the image-decoding tasks and the "
+            "driver. Where each actor gets a core of its own (a cluster, or a node with cores to spare), an added "
+            f"actor is expected to add up to one actor's rate, about {one:,.0f} products/s per core; here the "
+            f"second one added {added:,.0f}."
+        )
+    return md
+
+
 SECTIONS: dict[str, Callable[[Bench], None]] = {
     "metadata": metadata_section,
     "embedding": embedding_section,
@@ -1061,10 +1264,11 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "label_noise": label_noise_section,
     "refit": refit_section,
     "missing_inputs": missing_inputs_section,
+    "scaling": scaling_section,
 }
 
 # Sections left out of a plain run: they need an optional extra or take long on a CPU.
-OPT_IN = ("title_encoders", "finetune", "refit")
+OPT_IN = ("title_encoders", "finetune", "refit", "scaling")
 
 
 def md_table(title: str, intro: str, header: list[str], rows: list[list[str]]) -> str:
@@ -1136,7 +1340,7 @@ def render(r: dict[str, Any]) -> str:
         "finetune",
         "fusion_analysis",
     )
-    for extra in (*extras, "prediction"):
+    for extra in (*extras, "prediction", "scaling"):
         if extra in r:
             lines += [r[extra]["markdown"], ""]
     return "\n".join(lines) + "\n"
@@ -1157,6 +1361,9 @@ def main() -> None:
     parser.add_argument(
         "--reuse-missing", action="store_true", help="missing_inputs section: reuse OUT/missing/fusion if trained"
     )
+    parser.add_argument(
+        "--scaling-workdir", type=Path, default=None, help="scaling section: keep its catalogs and caches here"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (args.data / "styles.csv").is_file() and not (args.data / "styles.parquet").is_file():
@@ -1167,6 +1374,7 @@ def main() -> None:
     bench.refit_splits = [int(x) for x in args.refit_splits.split(",")]
     bench.reuse_refit = args.reuse_refit
     bench.reuse_missing = args.reuse_missing
+    bench.scaling_workdir = args.scaling_workdir
     for name in args.sections.split(","):
         SECTIONS[name.strip()](bench)
     bench.save()
