@@ -47,6 +47,7 @@ MODEL_FILES = frozenset(
         "text_scores.safetensors",
         "no_metadata.safetensors",
         "title_scores.safetensors",
+        "image_expert.safetensors",
         "backbone.safetensors",
         "config.json",
         "preprocessing.json",
@@ -71,6 +72,7 @@ USER_ERROR_CLASSES = (
     ("deepfusion.export", "ExportError"),
     ("deepfusion.runtime", "ExportLoadError"),
     ("deepfusion.distributed", "DistributedError"),
+    ("deepfusion.tracking", "TrackingError"),
 )
 
 app = typer.Typer(
@@ -427,12 +429,37 @@ def train(
             "anything else is refused).",
         ),
     ] = False,
+    track: Annotated[
+        bool,
+        typer.Option(
+            "--track",
+            help="Log the run to MLflow (parameters, per-epoch metrics, test metrics, report.html and the model "
+            "folder as artifacts); needs deepfusion[track]. Store: --tracking-uri, else MLFLOW_TRACKING_URI, else "
+            "./mlruns.",
+        ),
+    ] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            metavar="URI",
+            help="MLflow tracking server or store (http://HOST:5000, file:/path, a folder); implies --track.",
+        ),
+    ] = None,
+    experiment: Annotated[
+        str, typer.Option("--experiment", help="With --track: the MLflow experiment the run is logged under.")
+    ] = "deepfusion",
     quiet: QuietOpt = False,
 ) -> None:
     """Train models on a catalog and compare them.
 
     Each model is evaluated on the held-out test split; report.html in the run folder compares them.
     """
+    track = track or tracking_uri is not None
+    if track:  # before hours of training: MLflow installed, the store usable
+        from .tracking import open_store
+
+        open_store(tracking_uri, experiment)
     _prepare_run_folder(out, overwrite)
     from .runs import train_run
 
@@ -472,6 +499,13 @@ def train(
         )
     if (out / "report.html").exists():
         typer.echo(f"report: {out / 'report.html'}")
+    if track:
+        from .tracking import resolve_uri, track_run
+
+        logged = {"model": model, "preset": preset, "seed": seed, "modalities": modalities, **options}
+        ids = track_run(out, list(results), uri=tracking_uri, experiment=experiment, options=logged)
+        runs = ", ".join(f"{k} run {v}" for k, v in ids.items())
+        typer.echo(f"tracked in MLflow ({resolve_uri(tracking_uri)}): {runs}")
 
 
 @app.command()
