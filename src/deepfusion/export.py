@@ -45,6 +45,7 @@ from torch import nn
 
 from . import __version__
 from .catalog import CATEGORICAL, ID, NUMERIC, TITLE
+from .mixing import ExpertMix
 from .model_files import validate_model_folder
 from .models import Batch, FusionEnsemble, FusionNet, ModalitySpec, SparseBatch
 from .predictor import IMAGE_CLIP, Predictor
@@ -85,8 +86,12 @@ class _PaddedBag(nn.Module):
         return (self.weight[indices] * per_sample_weights.unsqueeze(-1)).sum(dim=1)
 
 
-def _padded_copy(net: FusionNet | FusionEnsemble) -> FusionNet | FusionEnsemble:
+def _padded_copy(net: FusionNet | FusionEnsemble | ExpertMix) -> FusionNet | FusionEnsemble | ExpertMix:
     """A copy of ``net`` whose EmbeddingBags (sparse encoders and wide paths) take padded index / value pairs."""
+    if isinstance(net, ExpertMix):  # the mix's network reads the title; its image expert has no sparse input
+        mix = copy.deepcopy(net).eval()
+        mix.net = _padded_copy(net.net)
+        return mix
     net = copy.deepcopy(net).eval()
     members = list(net.members) if isinstance(net, FusionEnsemble) else [net]
     for member in members:
@@ -129,7 +134,7 @@ class _TextScores(nn.Module):
 class _ExportGraph(nn.Module):
     """Flat named tensors in, logits out: what an ONNX graph needs. Builds the ``Batch`` the network reads."""
 
-    def __init__(self, net: FusionNet | FusionEnsemble, text_scores: _TextScores | None) -> None:
+    def __init__(self, net: FusionNet | FusionEnsemble | ExpertMix, text_scores: _TextScores | None) -> None:
         super().__init__()
         self.net = _padded_copy(net)
         self.text_scores = text_scores
@@ -194,7 +199,7 @@ ScoreFn = Callable[[sp.csr_matrix, np.ndarray | None], np.ndarray]
 
 
 def _reference_logits(
-    net: FusionNet | FusionEnsemble, sample: dict[str, np.ndarray], scores: ScoreFn | None
+    net: FusionNet | FusionEnsemble | ExpertMix, sample: dict[str, np.ndarray], scores: ScoreFn | None
 ) -> np.ndarray:
     """The torch network's logits for ``sample``, through the predictor's own code: sparse inputs as
     EmbeddingBag bags and the text scores from the fitted ``TextScoreModel`` (``scores``)."""
@@ -227,7 +232,7 @@ def _reference_logits(
 
 
 def _export_graph(
-    net: FusionNet | FusionEnsemble,
+    net: FusionNet | FusionEnsemble | ExpertMix,
     text_scores: _TextScores | None,
     file: Path,
     scores: ScoreFn | None = None,
@@ -398,9 +403,10 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
         networks["no_metadata"] = {
             "file": "no_metadata.onnx",
             "modalities": list(predictor.no_metadata_modalities),
-            "inputs": _export_graph(predictor.no_metadata_net_, title_only, folder / "no_metadata.onnx", title_scores),
+            # The mix (mixing.py): the network with the title SVM and the image expert, calibration included.
+            "inputs": _export_graph(predictor.no_metadata_mix_, title_only, folder / "no_metadata.onnx", title_scores),
             "output": "logits",
-            "temperature": float(predictor.no_metadata_temperature_),
+            "temperature": 1.0,
             "text_scores": "title",
         }
     shutil.copyfile(model_dir / "preprocessing.json", folder / "preprocessing.json")

@@ -480,6 +480,22 @@ class _Checker:
             self.fail("no_metadata.safetensors", "is missing (the network for products with a title but no "
                                                  "metadata, named by config.json 'no_metadata')")
         self.network("no_metadata.safetensors", saved, n_classes, head, "no_metadata.")
+        if "mix_weights" in saved:  # mixing.py: (with or without an image) x (network, text scores, image expert)
+            w = saved["mix_weights"]
+            ok = (isinstance(w, list) and len(w) == 2
+                  and all(isinstance(r, list) and len(r) == 3 and all(_is_finite(v) for v in r) for r in w))
+            self.need(ok, file, f"no_metadata.mix_weights must be 2 rows of 3 finite numbers, got {_show(w)}")
+        if "image_expert" in saved:
+            expert = self.obj(saved["image_expert"], "'no_metadata.image_expert'", file)
+            self.need("image" in modalities, file, "no_metadata.image_expert is an image network, but the model "
+                                                   f"reads no image (modalities {_show(modalities)})")
+            self.positive_finite(self.get(expert, "temperature", "'no_metadata.image_expert'", file),
+                                 "no_metadata.image_expert.temperature", file)
+            self.inputs(expert, file, "no_metadata.image_expert.", ["image"], widths)
+            if not (self.folder / "image_expert.safetensors").is_file():
+                self.fail("image_expert.safetensors", "is missing (the image-only network that config.json "
+                                                      "'no_metadata.image_expert' names)")
+            self.network("image_expert.safetensors", expert, n_classes, head, "no_metadata.image_expert.")
         state = self.obj(self.get(saved, "text_scores", "'no_metadata'", file), "no_metadata.text_scores", file)
         self.score_model(state, file, "no_metadata.text_scores", "title_scores.safetensors",
                          "the title-only text model that config.json 'no_metadata' names", n_classes,

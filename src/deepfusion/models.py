@@ -31,18 +31,18 @@ class HeadConfig:
     batch_size: int = 256
     patience: int | None = 8
     # Early stopping may only end training after this many epochs: with the one-cycle schedule the validation
-    # score is noisy while the learning rate is high, and stopping then cost the image model about half a point
-    # (exploratory run, 3 seeds on the real catalog: 86.2% mean with patience alone, 86.7% with this floor).
+    # score is noisy while the learning rate is high, and stopping then cost the image model accuracy
+    # (an exploratory three-seed run on the real catalog, docs/experiments.md).
     min_epochs: int = 30
     label_smoothing: float = 0.0
     modality_dropout: float = 0.15
     combiner: str = "concat"
     # Wide & Deep: these inputs also get a direct linear path to the logits, so the network keeps a linear
     # classifier's strength (a TF-IDF + metadata linear SVM is hard to beat). Not the image: a linear map of 1904
-    # image features overfits (fusion 97.67% vs 98.17% with title only, one seed).
+    # image features overfits (docs/experiments.md).
     wide: tuple[str, ...] = ("title", "metadata", "text_scores")
     # Ensemble: this many networks trained from seeds seed, seed + 1, ... in parallel threads, one per CPU core
-    # (on 2 cores two fusion networks took 230 s vs 173 s for one); the prediction is the mean of their logits.
+    # (so two members cost far less than twice one on two cores); the prediction is the mean of their logits.
     members: int = 2
     # Class imbalance: none | sqrt | inverse (loss weights ~ count^-1/2 or ^-1) | sampler (sqrt-weighted sampling).
     # On the real catalog none of them beat plain cross-entropy on macro-F1 by more than run-to-run noise, and

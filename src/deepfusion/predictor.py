@@ -30,6 +30,7 @@ from .catalog import CATEGORICAL, ID, NUMERIC, TARGET, TITLE, catalog_from_frame
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
 from .missing import FieldBlanking, blanked_copies, without_modalities
+from .mixing import ExpertMix, fit_mix_weights
 from .model_files import FORMAT_VERSION, ModelLoadError, validate_model_folder
 from .models import FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, build_network, make_config
 from .split import duplicate_groups
@@ -64,6 +65,9 @@ _FIRST_PASS = (
     "fallback_best_epochs_",
     "no_metadata_temperature_",
     "no_metadata_best_epochs_",
+    "no_metadata_mix_weights_",
+    "image_expert_temperature_",
+    "image_expert_best_epochs_",
     "train_seconds_",
 )
 
@@ -238,6 +242,8 @@ class Predictor:
             self.refit_ = {"products": len(full), "epochs": cfg.epochs, "train_seconds": self.train_seconds_}
             self.train_seconds_ += kept.pop("train_seconds_")
             self.__dict__.update(kept)
+            if self.metadata_fallback:
+                self._build_no_metadata_mix()
         return self
 
     def _review_threshold(self, val: pd.DataFrame | None) -> float:
@@ -320,6 +326,14 @@ class Predictor:
         self.train_seconds_ = result.seconds
         if self.metadata_fallback:
             self._fit_no_metadata(train, train_data, y_train, val, val_data, y_val, n_classes, cfg)
+            if "image" in self.modalities:
+                self._fit_image_expert(len(train), train_data, y_train, len(val) if val is not None else 0,
+                                       val_data, y_val, n_classes, cfg)
+            if val is not None and len(val):
+                self._fit_no_metadata_mix(val)
+            elif not hasattr(self, "no_metadata_mix_weights_"):
+                self.no_metadata_mix_weights_ = _network_alone(self.no_metadata_temperature_)
+            self._build_no_metadata_mix()
         if self.title_fallback:
             fallback, self.fallback_temperature_ = self._train_head(
                 self._fallback_inputs(train_data, products),
@@ -401,6 +415,61 @@ class Predictor:
         self.no_metadata_net_ = result.net
         self.no_metadata_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
         self.train_seconds_ += result.seconds
+
+    def _fit_image_expert(
+        self,
+        n_train: int,
+        train_data: ModalityData,
+        y_train: np.ndarray,
+        n_val: int,
+        val_data: ModalityData | None,
+        y_val: np.ndarray | None,
+        n_classes: int,
+        cfg: HeadConfig,
+    ) -> None:
+        """An image-only network, one of the experts mixed into the no-metadata network's answer (mixing.py),
+        trained on the training products that have an image (no blanked copies: they share the image)."""
+
+        def image_only(data: ModalityData, n: int) -> tuple[ModalityData, np.ndarray]:
+            rows = np.flatnonzero(data.present["image"][:n])
+            return ModalityData({"image": data.features["image"][rows]}, {"image": data.present["image"][rows]}), rows
+
+        train_inputs, rows = image_only(train_data, n_train)
+        val_inputs = y = None
+        if val_data is not None and y_val is not None and n_val:
+            val_inputs, val_rows = image_only(val_data, n_val)
+            y = y_val[val_rows]
+        result, self.image_expert_temperature_ = self._train_head(
+            train_inputs, y_train[rows], val_inputs, y, n_classes, "the image expert (image only)", cfg
+        )
+        self.image_expert_ = result.net
+        self.image_expert_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
+        self.train_seconds_ += result.seconds
+
+    def _fit_no_metadata_mix(self, val: pd.DataFrame) -> None:
+        """The no-metadata network's mix weights (mixing.py), chosen on the validation products as they would
+        arrive without attributes: with their image, and once more without it (title only)."""
+        titled = val[[bool(clean_title(t)) for t in val[TITLE]]].reset_index(drop=True)
+        y = self.labels_.transform(titled[TARGET])
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] = []
+        cases = [("metadata",), ("metadata", "image")] if "image" in self.modalities else [("metadata",)]
+        for absent in cases:
+            data = self._encode(titled, absent=absent)
+            inputs = self._no_metadata_inputs(data, np.arange(len(titled)))
+            image = predict_logits(self.image_expert_, inputs) if "image" in self.modalities else None
+            has = inputs.present["image"] if "image" in inputs.present else np.zeros(len(titled), dtype=bool)
+            parts.append((predict_logits(self.no_metadata_net_, inputs), inputs.features["text_scores"], image, has))
+        net, text, image, has = (np.concatenate([p[i] for p in parts]) if parts[0][i] is not None else None
+                                 for i in range(4))
+        self.no_metadata_mix_weights_ = fit_mix_weights(
+            net, self.no_metadata_temperature_, text, image, getattr(self, "image_expert_temperature_", 1.0),
+            has, np.tile(y, len(parts)), "no-metadata mix",
+        )
+
+    def _build_no_metadata_mix(self) -> None:
+        self.no_metadata_mix_ = ExpertMix(
+            self.no_metadata_net_, getattr(self, "image_expert_", None), self.no_metadata_mix_weights_
+        ).eval()
 
     def _no_metadata_inputs(
         self, data: ModalityData, rows: np.ndarray, scores: np.ndarray | None = None
@@ -531,8 +600,9 @@ class Predictor:
         if self.metadata_fallback and len(logits):
             rows = np.flatnonzero(data.present["title"] & ~data.present["metadata"])
             if len(rows):
-                logits[rows] = predict_logits(self.no_metadata_net_, self._no_metadata_inputs(data, rows))
-                temperature[rows] = self.no_metadata_temperature_
+                # The mix's weights hold its calibration (mixing.py).
+                logits[rows] = predict_logits(self.no_metadata_mix_, self._no_metadata_inputs(data, rows))
+                temperature[rows] = 1.0
         return logits, temperature, {m: data.present[m] for m in self.modalities}
 
     def _proba(
@@ -655,7 +725,14 @@ class Predictor:
                 "temperature": self.no_metadata_temperature_,
                 "member_best_epochs": self.no_metadata_best_epochs_,
                 "text_scores": self.title_text_model_.to_json(),
+                "mix_weights": np.asarray(self.no_metadata_mix_weights_).tolist(),
             }
+            if getattr(self, "image_expert_", None) is not None:
+                config["no_metadata"]["image_expert"] = {
+                    **_save_network(self.image_expert_, path / "image_expert.safetensors"),
+                    "temperature": self.image_expert_temperature_,
+                    "member_best_epochs": self.image_expert_best_epochs_,
+                }
         if self.title_fallback:
             config["fallback"] = {
                 "modalities": list(self.fallback_modalities),
@@ -683,6 +760,16 @@ class Predictor:
                 path / "no_metadata.safetensors", saved, len(self.labels_.classes_), head
             )
             self.no_metadata_temperature_ = float(saved["temperature"])
+            if "image_expert" in saved:
+                self.image_expert_ = _load_network(
+                    path / "image_expert.safetensors", saved["image_expert"], len(self.labels_.classes_), head
+                )
+                self.image_expert_temperature_ = float(saved["image_expert"]["temperature"])
+                self.image_expert_best_epochs_ = saved["image_expert"].get("member_best_epochs", [])
+            # Models saved before the mix: the network alone, as they predicted then.
+            self.no_metadata_mix_weights_ = np.asarray(
+                saved.get("mix_weights", _network_alone(self.no_metadata_temperature_)), dtype=np.float64
+            )
         except Exception as exc:  # safetensors, torch and KeyError all mean the same thing to a user here
             raise ModelLoadError(
                 f"{path}: the no-metadata network (no_metadata.safetensors, title_scores.safetensors, config.json "
@@ -692,6 +779,7 @@ class Predictor:
         if not (np.isfinite(self.no_metadata_temperature_) and self.no_metadata_temperature_ > 0):
             raise ModelLoadError(f"{path}/config.json: no_metadata temperature must be positive and finite.")
         self.no_metadata_best_epochs_ = saved.get("member_best_epochs", [])
+        self._build_no_metadata_mix()
 
     @classmethod
     def load(
@@ -780,6 +868,11 @@ def inputs_used(present: dict[str, np.ndarray], n: int) -> list[str]:
     """Per product, the inputs it had, joined by '+' in modality order ("none" when it had none)."""
     names = list(present)
     return ["+".join(m for m in names if present[m][i]) or "none" for i in range(n)]
+
+
+def _network_alone(temperature: float) -> np.ndarray:
+    """Mix weights (mixing.py) that give the calibrated network alone, with or without an image."""
+    return np.array([[1.0 / temperature, 0.0, 0.0]] * 2)
 
 
 def _without_title(data: ModalityData, rows: np.ndarray | None = None) -> ModalityData:

@@ -1,0 +1,129 @@
+"""Late mixing: a network's logits plus weighted scores of single-input experts, for products missing inputs.
+
+A product that arrives with a title and a photo but no attributes is answered by the no-metadata network
+(predictor.py). That network learns from title, image and the title-only SVM's scores at once, and on its own
+it does not quite reach what its parts say together: the title-only SVM is the strongest single reader of a
+title, and an image-only network the best reader of a photo. ``ExpertMix`` adds them back after the network:
+
+    logits = w_net * network(x) + w_text * text_scores(x) + w_image * image_expert(x)
+
+with one weight triple for products with an image and one for products without (then w_image is 0). The weights
+are chosen on the validation products with the product's inputs withheld as they arrive (``fit_mix_weights``:
+a small grid, then temperature scaling of the mixed logits, folded into the weights), so the mixed logits are
+calibrated as they are. A grid point of (1, 0, 0) is the network alone: the mix only departs from it where
+validation says it helps. The mix is a torch module over the same inputs as the network, so prediction,
+the service and the ONNX export run one and the same computation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import Batch, FusionEnsemble, FusionNet
+from .training import fit_temperature
+
+log = logging.getLogger(__name__)
+
+# Relative weights tried for each term; logits enter calibrated (divided by their own temperature).
+NET_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+TEXT_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+IMAGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class ExpertMix(nn.Module):
+    """``weights[case] · (network, text scores, image expert)`` where case 1 is "the product has an image".
+
+    ``weights`` (2, 3) are effective multipliers of the raw logits and scores (calibration included)."""
+
+    def __init__(
+        self, net: FusionNet | FusionEnsemble, image_expert: FusionNet | FusionEnsemble | None, weights: np.ndarray
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.image_expert = image_expert
+        self.n_classes = net.n_classes
+        self.input_specs = net.input_specs
+        self.register_buffer("weights", torch.as_tensor(np.asarray(weights, dtype=np.float32)))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        logits = self.net(batch)
+        first = next(iter(batch.present.values()))
+        has_image = batch.present.get("image", torch.zeros_like(first, dtype=torch.bool))
+        w = self.weights[has_image.long()]  # (B, 3)
+        out = w[:, 0:1] * logits
+        if "text_scores" in batch.inputs:
+            out = out + w[:, 1:2] * batch.inputs["text_scores"]
+        if self.image_expert is not None:
+            # Products without an image have w_image = 0; their expert output is finite (the missing encoding).
+            out = out + w[:, 2:3] * self.image_expert(batch)
+        return out
+
+
+def _accuracy(z: np.ndarray, y: np.ndarray) -> float:
+    return float((z.argmax(axis=1) == y).mean()) if len(y) else 0.0
+
+
+def fit_case_weights(
+    net: np.ndarray, net_temperature: float, text: np.ndarray | None, image: np.ndarray | None,
+    image_temperature: float, y: np.ndarray,
+) -> tuple[np.ndarray, float, float]:
+    """Weights (3,) for one case (effective multipliers of net logits, text scores, image logits), the validation
+    accuracy of the network alone and of the mix. ``text``/``image``: None when that term is not available."""
+    parts = [net / net_temperature, text, None if image is None else image / image_temperature]
+    grids = [NET_GRID, TEXT_GRID if text is not None else (0.0,), IMAGE_GRID if image is not None else (0.0,)]
+    base = np.array([1.0, 0.0, 0.0])
+    best, best_key = base, (_accuracy(parts[0], y), 0.0)
+    alone = best_key[0]
+    for point in itertools.product(*grids):
+        w = np.array(point)
+        if not w.any():
+            continue
+        z = sum(wi * p for wi, p in zip(w, parts, strict=True) if wi)
+        # Ties go to the point closest to the network alone: the mix moves only where validation says so.
+        key = (_accuracy(z, y), -float(np.abs(w - base).sum()))
+        if key > best_key:
+            best, best_key = w, key
+    z = sum(wi * p for wi, p in zip(best, parts, strict=True) if wi)
+    temperature = fit_temperature(np.asarray(z, dtype=np.float32), y) if len(y) else 1.0
+    scale = np.array([1.0 / net_temperature, 1.0, 1.0 / image_temperature]) / temperature
+    return best * scale, alone, best_key[0]
+
+
+def fit_mix_weights(
+    net: np.ndarray,
+    net_temperature: float,
+    text: np.ndarray | None,
+    image: np.ndarray | None,
+    image_temperature: float,
+    has_image: np.ndarray,
+    y: np.ndarray,
+    what: str,
+) -> np.ndarray:
+    """The (2, 3) weights of an ``ExpertMix`` from validation logits (rows: products as they arrive, with or
+    without an image, ``has_image``). A case without validation rows keeps the calibrated network alone."""
+    weights = np.array([[1.0 / net_temperature, 0.0, 0.0]] * 2)
+    for case in (0, 1):
+        rows = has_image == bool(case)
+        if not rows.any():
+            continue
+        case_text = None if text is None else text[rows]
+        case_image = None if image is None or not case else image[rows]
+        weights[case], alone, mixed = fit_case_weights(
+            net[rows], net_temperature, case_text, case_image, image_temperature, y[rows]
+        )
+        log.info(
+            "%s, products %s an image: validation accuracy %.4f with the network alone, %.4f mixed (%d products; "
+            "weights %s)",
+            what,
+            "with" if case else "without",
+            alone,
+            mixed,
+            int(rows.sum()),
+            np.round(weights[case], 4).tolist(),
+        )
+    return weights
