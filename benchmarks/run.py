@@ -6,6 +6,7 @@
     python benchmarks/run.py --sections title_encoders                      # opt-in: needs .[minilm]
     python benchmarks/run.py --sections refit --refit-splits 42,7,11,19,23  # opt-in: fusion with --refit
     python benchmarks/run.py --sections scaling                             # opt-in: cost growth to 400k, Ray
+    python benchmarks/run.py --sections serving --serve-model RUN/fusion    # opt-in: server latency, throughput
 
 All models share one catalog load and one leakage-safe split (seed 42), so their numbers are comparable.
 Speeds are reported as ratios measured in the same run.
@@ -54,6 +55,7 @@ class Bench:
         self.finetune_configs: list[str] = ["2x3"]
         self.finetuned_weights: Path | None = None
         self.scaling_workdir: Path | None = None
+        self.serve_model: Path | None = None
         self.results: dict[str, Any] = (
             json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
         )
@@ -1048,6 +1050,82 @@ def finetune_section(b: Bench) -> None:
     b.save()
 
 
+SERVING_REQUESTS = 300  # per scenario (backend x image new/cached x concurrency)
+
+
+def serving_section(b: Bench) -> None:
+    """Latency and throughput of `deepfusion serve`, one product per request (benchmarks/latency.py): the exported
+    folder (lean runtime: onnxruntime, no torch) against the model folder (torch), new and cached images, at
+    concurrency 1 and 4. Needs a trained fusion model: --serve-model, default OUT/missing/fusion (the
+    missing_inputs section's)."""
+    import tempfile
+
+    import latency
+
+    from deepfusion.export import export_model
+
+    model = b.serve_model or b.out / "missing" / "fusion"
+    if not (model / "config.json").is_file():
+        sys.exit(f"serving section: no model at {model}; pass --serve-model RUN/fusion, or run missing_inputs first")
+    test = b.catalog.products.set_index(ID, drop=False).loc[b.split.ids("test")].reset_index(drop=True)
+    items = latency.payloads(test, 2 * SERVING_REQUESTS + 32)
+    env = {"DEEPFUSION_CACHE": str(b.cache_dir)} if b.cache_dir else None
+    with tempfile.TemporaryDirectory(prefix="deepfusion-serving-") as name:
+        exported = export_model(model, Path(name) / "export", cache_dir=b.cache_dir)
+        rows = [{"backend": "export", **r} for r in latency.scenarios(exported, items, requests=SERVING_REQUESTS)]
+        rows += [
+            {"backend": "model folder", **r}
+            for r in latency.scenarios(model, items, requests=SERVING_REQUESTS, env=env)
+        ]
+    b.results["serving"] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "model": str(model),
+        "cpus": os.cpu_count(),
+        "rows": rows,
+        "markdown": _serving_markdown(rows),
+    }
+    b.save()
+
+
+def _serving_markdown(rows: list[dict[str, Any]]) -> str:
+    def find(backend: str, image: str, c: int) -> dict[str, Any]:
+        return next(r for r in rows if r["backend"] == backend and r["image"] == image and r["concurrency"] == c)
+
+    table = []
+    for r in rows:
+        other = find("model folder", r["image"], r["concurrency"])
+        table.append(
+            [
+                "exported folder (onnxruntime)" if r["backend"] == "export" else "model folder (torch)",
+                f"{r['image']} image",
+                str(r["concurrency"]),
+                f"{r['p50_ms']:.1f}",
+                f"{r['p95_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"{r['requests_per_s']:.0f}",
+                f"{r['requests_per_s'] / other['requests_per_s']:.2f}x",
+            ]
+        )
+    new1, cached4 = find("export", "new", 1), find("export", "cached", 4)
+    new4 = find("export", "new", 4)
+    return md_table(
+        "Serving: latency and throughput, one product per request",
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs (`python benchmarks/run.py --sections "
+        "serving`, benchmarks/latency.py): `deepfusion serve` started per scenario, the fusion model (metadata + "
+        f"title + image), {SERVING_REQUESTS} requests per scenario, each one test product with its photo inline "
+        "(base64 JSON), sent from 1 or 4 client threads with keep-alive connections; client and server share the "
+        "cores. New image: a photo the server has not seen; cached: the same 32 products repeated after one pass. "
+        "Latency is the client's time per request; the last column is throughput against the model folder's in "
+        "the same scenario.",
+        ["served", "image", "concurrency", "p50 ms", "p95 ms", "p99 ms", "requests/s", "vs model folder"],
+        table,
+    ) + (
+        f"\n\nAims (issue #25): p95 at most 20 ms for a new image at concurrency 1: {new1['p95_ms']:.1f} ms; at "
+        f"least 100 requests/s at concurrency 4: {new4['requests_per_s']:.0f} with new images, "
+        f"{cached4['requests_per_s']:.0f} with cached ones."
+    )
+
+
 SCALING_SMALL = 10_000  # products of the small catalog, a seeded sample of the real one
 SCALING_REPEATS = 10  # the large catalog: the real one this many times, ids changed (about 400k products)
 SCALING_RAY_ACTORS = (1, 2)
@@ -1265,10 +1343,11 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "refit": refit_section,
     "missing_inputs": missing_inputs_section,
     "scaling": scaling_section,
+    "serving": serving_section,
 }
 
 # Sections left out of a plain run: they need an optional extra or take long on a CPU.
-OPT_IN = ("title_encoders", "finetune", "refit", "scaling")
+OPT_IN = ("title_encoders", "finetune", "refit", "scaling", "serving")
 
 
 def md_table(title: str, intro: str, header: list[str], rows: list[list[str]]) -> str:
@@ -1340,7 +1419,7 @@ def render(r: dict[str, Any]) -> str:
         "finetune",
         "fusion_analysis",
     )
-    for extra in (*extras, "prediction", "scaling"):
+    for extra in (*extras, "prediction", "scaling", "serving"):
         if extra in r:
             lines += [r[extra]["markdown"], ""]
     return "\n".join(lines) + "\n"
@@ -1361,6 +1440,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse-missing", action="store_true", help="missing_inputs section: reuse OUT/missing/fusion if trained"
     )
+    parser.add_argument("--serve-model", type=Path, default=None, help="serving section: the model folder served")
     parser.add_argument(
         "--scaling-workdir", type=Path, default=None, help="scaling section: keep its catalogs and caches here"
     )
@@ -1375,6 +1455,7 @@ def main() -> None:
     bench.reuse_refit = args.reuse_refit
     bench.reuse_missing = args.reuse_missing
     bench.scaling_workdir = args.scaling_workdir
+    bench.serve_model = args.serve_model
     for name in args.sections.split(","):
         SECTIONS[name.strip()](bench)
     bench.save()
