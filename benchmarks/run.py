@@ -339,7 +339,8 @@ def missing_inputs_section(b: Bench) -> None:
         "The default fusion model on the test products with the fields of the withheld inputs emptied in the data "
         "(what `predict` and the service see), and once with each metadata field empty with chance 0.3. A product "
         "without a title is answered by the no-title network, one with a title but no attribute by the "
-        "no-metadata network mixed with the title SVM and the image expert (mixing.py). Baseline: TF-IDF + linear SVM fitted on the same text inputs and tested on the same "
+        "no-metadata network mixed with the title SVM and the image expert (mixing.py). Baseline: TF-IDF + linear "
+        "SVM fitted on the same text inputs and tested on the same "
         f"products. Fusion model trained on {metrics.get('date', 'an earlier day')}.",
         ["inputs", "emptied", "accuracy", "macro-F1", "TF-IDF + SVM baseline"],
         [
@@ -1072,6 +1073,7 @@ def serving_section(b: Bench) -> None:
     env = {"DEEPFUSION_CACHE": str(b.cache_dir)} if b.cache_dir else None
     with tempfile.TemporaryDirectory(prefix="deepfusion-serving-") as name:
         exported = export_model(model, Path(name) / "export", cache_dir=b.cache_dir)
+        agreement = _export_agreement(model, exported, test, b.cache_dir)
         rows = [{"backend": "export", **r} for r in latency.scenarios(exported, items, requests=SERVING_REQUESTS)]
         rows += [
             {"backend": "model folder", **r}
@@ -1082,9 +1084,59 @@ def serving_section(b: Bench) -> None:
         "model": str(model),
         "cpus": os.cpu_count(),
         "rows": rows,
-        "markdown": _serving_markdown(rows),
+        "agreement": agreement,
+        "markdown": _serving_markdown(rows) + "\n\n" + _agreement_markdown(agreement),
     }
     b.save()
+
+
+def _export_agreement(model: Path, exported: Path, test: Any, cache_dir: Path | None) -> list[dict[str, Any]]:
+    """The exported model (runtime.ExportedModel, images read and embedded by it) against the trained model
+    (Predictor, image embeddings from the cache) on the test products as they are and with the metadata or the
+    title emptied (the no-metadata and no-title routes): label agreement and the largest probability gap."""
+    from deepfusion import Predictor
+    from deepfusion.missing import without_modalities
+    from deepfusion.runtime import ExportedModel
+
+    predictor = Predictor.load(model, cache_dir=cache_dir, progress=False)
+    lean = ExportedModel.load(exported)
+    rows = []
+    for absent in ((), ("metadata",), ("title",)):
+        products = without_modalities(test, absent) if absent else test
+        expected = predictor.predict_proba(products, as_pandas=False)
+        frame = products[[c for c in products.columns if c != "articleType"]]
+        got = lean.predict_frame(frame, top_k=len(lean.classes))
+        proba = np.zeros_like(expected)
+        index = {c: i for i, c in enumerate(predictor.classes_)}
+        for j in range(len(lean.classes)):
+            cols = got[f"top{j + 1}_label"].map(index).to_numpy()
+            proba[np.arange(len(got)), cols] = got[f"top{j + 1}_confidence"].to_numpy()
+        same = np.asarray(predictor.classes_)[expected.argmax(1)] == got["prediction"].to_numpy()
+        rows.append(
+            {
+                "emptied": "+".join(absent) or "nothing",
+                "products": len(products),
+                "label_agreement": float(same.mean()),
+                "max_probability_gap": float(np.abs(proba - expected).max()),
+            }
+        )
+        log.info("export agreement, %s emptied: %s", rows[-1]["emptied"], rows[-1])
+    return rows
+
+
+def _agreement_markdown(rows: list[dict[str, Any]]) -> str:
+    return md_table(
+        "Exported model against the trained model",
+        "The served export (`deepfusion export`, runtime.ExportedModel: onnxruntime, numpy, Pillow; it reads and "
+        "embeds each image itself) against the model folder it was exported from (`Predictor`, image embeddings "
+        "from the cache), on every test product as it is, with its attributes emptied (the no-metadata route) and "
+        "with its title emptied (the no-title route); probabilities compared unrounded, every class.",
+        ["fields emptied", "products", "same label", "largest probability difference"],
+        [
+            [r["emptied"], f"{r['products']:,}", f"{r['label_agreement']:.2%}", f"{r['max_probability_gap']:.1e}"]
+            for r in rows
+        ],
+    )
 
 
 def _serving_markdown(rows: list[dict[str, Any]]) -> str:
@@ -1209,6 +1261,7 @@ def scaling_section(b: Bench) -> None:
         for actors in SCALING_RAY_ACTORS:
             args = {"model": exported, "data": data(label), "out": str(tmp / f"ray-{actors}.parquet"), "actors": actors}
             ray_rows.append({"engine": "ray", **sc.run_step("ray_predict", args)})
+            ray_rows[-1]["agreement"] = ray_agreement(tmp / "local-cold.parquet", tmp / f"ray-{actors}.parquet")
     for row in ray_rows:
         row["products_per_s"] = row["products"] / row["seconds"]
     b.results["scaling"] = {
@@ -1221,6 +1274,29 @@ def scaling_section(b: Bench) -> None:
         "markdown": _scaling_markdown(rows, ray_rows, catalogs),
     }
     b.save()
+
+
+def _agreement_cell(agreement: dict[str, Any] | None) -> str:
+    if not agreement:
+        return ""
+    if not agreement["same_rows"]:
+        return "rows differ"
+    return f"{agreement['same_labels']:.2%} (confidence within {agreement['max_confidence_diff']:.4f})"
+
+
+def ray_agreement(local: Path, ray: Path) -> dict[str, Any]:
+    """How the Ray engine's output file compares with the local engine's on the same products: same ids in the same
+    order, same labels, largest confidence difference (both files hold confidences rounded to 4 decimals)."""
+    import pandas as pd
+
+    a, b = pd.read_parquet(local), pd.read_parquet(ray)
+    same_rows = len(a) == len(b) and bool((a["id"].to_numpy() == b["id"].to_numpy()).all())
+    return {
+        "products": len(a),
+        "same_rows": same_rows,
+        "same_labels": float((a["prediction"].to_numpy() == b["prediction"].to_numpy()).mean()) if same_rows else 0.0,
+        "max_confidence_diff": float((a["confidence"] - b["confidence"]).abs().max()) if same_rows else None,
+    }
 
 
 def _scaling_markdown(rows: list[dict[str, Any]], ray_rows: list[dict[str, Any]], catalogs: dict[str, int]) -> str:
@@ -1303,7 +1379,7 @@ def _scaling_markdown(rows: list[dict[str, Any]], ray_rows: list[dict[str, Any]]
         "exported ONNX model and keep no cache). Wall time from the call to the merged output file, catalog load "
         "included; the local Ray (as many logical CPUs as the machine has cores, at least actors + 1) was started "
         "before the clock. Peak RSS is the driver's only.",
-        ["engine", "wall s", "products/s", "vs local", "driver peak RSS MB"],
+        ["engine", "wall s", "products/s", "vs local", "driver peak RSS MB", "same labels as local"],
         [
             [
                 "local" if r["engine"] == "local" else f"ray, {r['actors']} actor{'s' if r['actors'] > 1 else ''}",
@@ -1311,6 +1387,7 @@ def _scaling_markdown(rows: list[dict[str, Any]], ray_rows: list[dict[str, Any]]
                 f"{r['products_per_s']:,.0f}",
                 f"{r['products_per_s'] / local['products_per_s']:.2f}x",
                 f"{r['peak_rss_mb']:,.0f}",
+                _agreement_cell(r.get("agreement")),
             ]
             for r in ray_rows
         ],
