@@ -299,3 +299,42 @@ def test_audit_engine_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--address needs --engine ray" in result.output
     result = runner.invoke(app, ["audit", "--data", str(data), "--out", str(tmp_path / "o"), "--engine", "spark"])
     assert result.exit_code == 2
+
+
+def test_embedding_on_ray_fills_the_cache_with_the_local_vectors(ray_running: object, tmp_path: Path) -> None:
+    """embed_images_ray writes the vectors ImageEmbedder.embed computes (the same cache keys and float16 values),
+    so a fit afterwards computes nothing; a second call finds nothing to embed."""
+    from deepfusion.embeddings import ImageEmbedder
+
+    frame = load_catalog(make_catalog(tmp_path / "catalog", messy=False, seed=4), progress=False).products
+    paths = list(frame["image_path"])
+    on_ray = ImageEmbedder(image_size=SMALL, cache_dir=tmp_path / "ray-cache", progress=False)
+    assert dist.embed_images_ray(on_ray, paths, actors=1, progress=False) == len(set(paths))
+    assert on_ray.uncached(paths) == {}
+    assert dist.embed_images_ray(on_ray, paths, actors=1, progress=False) == 0
+    local = ImageEmbedder(image_size=SMALL, cache_dir=tmp_path / "local-cache", progress=False)
+    expected, ok = local.embed(paths)
+    got, got_ok = ImageEmbedder(image_size=SMALL, cache_dir=tmp_path / "ray-cache", progress=False).embed(paths)
+    assert ok.all() and got_ok.all()
+    np.testing.assert_allclose(got, expected, atol=2e-3, rtol=2e-3)  # float16 vectors from two sessions
+
+
+def test_cli_train_on_ray_embeds_there_and_trains_the_same_model(
+    ray_running: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = make_catalog(tmp_path / "catalog", messy=False, seed=5)
+    results = {}
+    for engine in ("ray", "local"):
+        monkeypatch.setenv("DEEPFUSION_CACHE", str(tmp_path / f"cache-{engine}"))  # each engine embeds afresh
+        out = tmp_path / engine
+        args = ["train", "--data", str(data), "--out", str(out), "--model", "image", "--preset", "small"]
+        args += ["--image-size", "64x48", "--engine", engine, "--actors", "1", "--quiet"]
+        with caplog.at_level("INFO", logger="deepfusion.distributed"):
+            result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        results[engine] = pd.read_csv(out / "image" / "test_predictions.csv")
+    assert any("new images on Ray" in r.getMessage() for r in caplog.records)
+    assert list(results["ray"]["predicted"]) == list(results["local"]["predicted"])
+    np.testing.assert_allclose(results["ray"]["confidence"], results["local"]["confidence"], atol=1e-3)
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"), "--address", "auto"])
+    assert result.exit_code == 2 and "--address needs --engine ray" in result.output

@@ -449,12 +449,35 @@ def train(
     experiment: Annotated[
         str, typer.Option("--experiment", help="With --track: the MLflow experiment the run is logged under.")
     ] = "deepfusion",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            callback=_one_of(ENGINES),
+            metavar=_choices(ENGINES),
+            help="ray embeds the images on a Ray cluster first (pip install 'deepfusion[ray]'), into the embedding "
+            "cache training reads; the networks train here either way.",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto) [default: "
+            "RAY_ADDRESS, else a Ray started on this machine for the command].",
+        ),
+    ] = None,
+    actors: Annotated[
+        int, typer.Option("--actors", min=1, help="With --engine ray: backbone replicas embedding at once.")
+    ] = 2,
     quiet: QuietOpt = False,
 ) -> None:
     """Train models on a catalog and compare them.
 
     Each model is evaluated on the held-out test split; report.html in the run folder compares them.
     """
+    if engine == "local" and address is not None:
+        raise typer.BadParameter("--address needs --engine ray.", param_hint="'--address'")
     track = track or tracking_uri is not None
     if track:  # before hours of training: MLflow installed, the store usable
         from .tracking import open_store
@@ -491,6 +514,9 @@ def train(
         modalities=modalities,
         predictor_options=options,
         progress=not quiet,
+        engine=engine,
+        address=address,
+        actors=actors,
     )
     for name, m in results.items():
         typer.echo(

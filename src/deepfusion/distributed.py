@@ -509,21 +509,103 @@ def predict_catalog_ray(
     return n, catalog
 
 
-# ---------------------------------------------------------------------------------------------- audit folds
-def _warm_image_cache(
-    products: pd.DataFrame, modalities: Sequence[str], preset: str, seed: int, options: Mapping[str, Any]
+# ---------------------------------------------------------------------------------------------- embedding
+class BatchEmbedder:
+    """A Ray Data actor: the image backbone's ONNX graph (bytes through the object store), loaded once, embedding
+    decoded pixels batch after batch as ``ImageEmbedder.forward`` does (normalised, float16-rounded)."""
+
+    def __init__(self, onnx: Any, *, mean: Sequence[float], std: Sequence[float], threads: int) -> None:
+        import onnxruntime as ort
+        import ray
+
+        if isinstance(onnx, ray.ObjectRef):
+            onnx = ray.get(onnx)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(onnx, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.mean = np.array(mean, np.float32)
+        self.std = np.array(std, np.float32)
+        self.dim = int(self.session.get_outputs()[0].shape[1])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.asarray(batch["decoded"], dtype=bool)
+        features = np.zeros((len(ok), self.dim), dtype=np.float16)
+        which = np.flatnonzero(ok)
+        pixels = np.asarray(batch["pixels"])
+        for start in range(0, len(which), rt.IMAGE_BATCH):
+            chunk = which[start : start + rt.IMAGE_BATCH]
+            x = ((pixels[chunk].astype(np.float32) / 255.0 - self.mean) / self.std).transpose(0, 3, 1, 2)
+            features[chunk] = self.session.run(None, {"images": np.ascontiguousarray(x)})[0].astype(np.float16)
+        return {"key": batch["key"], "features": features, "decoded": ok}
+
+
+def embed_images_ray(
+    embedder: Any,
+    paths: Sequence[str | Path | None],
+    *,
+    address: str | None = None,
+    actors: int = 2,
+    batch_size: int = 64,
+    num_cpus: int | None = None,
+    progress: bool = True,
 ) -> int:
-    """A Ray task: embed every product image once into the on-disk cache, so the parallel folds read it instead of
-    each computing the same vectors (the local loop shares one embedder for the same reason)."""
-    from .audit import shared_embedder
+    """Embed the images of ``paths`` that ``embedder``'s cache lacks on Ray Data, into that cache: Ray tasks read
+    and decode the images, a pool of ``actors`` backbone replicas (onnxruntime, no torch) embeds them, and the
+    driver writes the vectors into the on-disk cache, where training (``Predictor.fit``) and the audit then read
+    them. Returns how many images were embedded. Images that do not decode are left out (``embed`` reports them).
+    ``address`` / ``num_cpus``: as for ``predict_catalog_ray``; with nothing to embed no Ray is started."""
+    from tqdm.auto import tqdm
 
-    embedder = shared_embedder(modalities, preset, seed, options)
-    if embedder is None:
+    if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
+        raise ValueError(f"actors must be a positive integer, got {actors!r}")
+    todo = embedder.uncached(paths)
+    if not todo:
+        log.info("every image is in the embedding cache already; nothing to embed on Ray")
         return 0
-    _, ok = embedder.embed(list(products["image_path"]))
-    return int(ok.sum())
+    onnx = embedder.onnx_file().read_bytes()
+    frame = pd.DataFrame({"key": list(todo), IMAGE_COLUMN: list(todo.values())})
+    rows_per_block = max(1, min(batch_size, math.ceil(len(frame) / actors)))
+    blocks = [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)]
+    need = actors + 1
+    joined = _joins_cluster(_import_ray(), address)
+    store = embedder.store(0)
+    done = 0
+    with ray_session(address, num_cpus=num_cpus or max(os.cpu_count() or 1, need)) as ray:
+        _check_cpus(ray, need, f"{actors} embedding actors and the decoding tasks", joined)
+        ds = ray.data.from_pandas(blocks).map_batches(
+            decode_images,
+            batch_size=rows_per_block,
+            batch_format="numpy",
+            num_cpus=DECODE_CPUS,
+            fn_kwargs={"size": embedder.image_size, "max_pixels": embedder.max_pixels},
+        )
+        ds = ds.map_batches(
+            BatchEmbedder,
+            batch_size=rows_per_block,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=1,
+            fn_constructor_kwargs={
+                "onnx": ray.put(onnx),
+                "mean": embedder.spec.mean,
+                "std": embedder.spec.std,
+                "threads": 1,
+            },
+        )
+        with tqdm(total=len(frame), desc="embedding images on Ray", unit="img", disable=not progress) as bar:
+            # Written a shard at a time, so an interrupted run keeps what it finished.
+            for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
+                ok = np.asarray(batch["decoded"], dtype=bool)
+                if ok.any():
+                    store.add([str(k) for k in batch["key"][ok]], np.asarray(batch["features"])[ok])
+                done += int(ok.sum())
+                bar.update(len(ok))
+    log.info("embedded %d of %d new images on Ray (%d actors) into %s", done, len(frame), actors, store.folder)
+    return done
 
 
+# ---------------------------------------------------------------------------------------------- audit folds
 def run_folds_ray(
     products: pd.DataFrame,
     plan: FoldPlan,
@@ -548,7 +630,8 @@ def run_folds_ray(
     fine-tuned per fold."""
     from tqdm.auto import tqdm
 
-    from .audit import fit_fold  # the local loop's fold body (torch, scikit-learn): not at this module's import
+    # The local loop's fold body (torch, scikit-learn): not at this module's import.
+    from .audit import fit_fold, shared_embedder
 
     n_folds = int(plan.fold.max()) + 1
     proba = np.zeros((len(products), len(classes)), dtype=np.float64)
@@ -559,9 +642,9 @@ def run_folds_ray(
     with ray_session(address, num_cpus=num_cpus or max(os.cpu_count() or 1, n_folds * cpus_per_fold)) as ray:
         _check_cpus(ray, cpus_per_fold, f"fold tasks of {cpus_per_fold} CPUs", joined)
         products_ref = ray.put(products)
-        if "image" in modalities and not predictor_options.get("finetune_blocks"):
-            warm = ray.remote(num_cpus=cpus_per_fold)(_warm_image_cache)
-            n_images = ray.get(warm.remote(products_ref, modalities, preset, seed, predictor_options))
+        embedder = shared_embedder(modalities, preset, seed, predictor_options)
+        if embedder is not None:  # every image once, on Ray Data, into the cache the folds read
+            n_images = embed_images_ray(embedder, list(products["image_path"]), actors=1, progress=progress)
             log.info("embedded %d product images into the cache before the folds", n_images)
         # Pickled by reference (deepfusion.audit.fit_fold): the workers run the local loop's own fold body.
         task = ray.remote(num_cpus=cpus_per_fold)(fit_fold)

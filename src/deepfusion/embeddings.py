@@ -501,6 +501,24 @@ class ImageEmbedder:
         except (OSError, ImageTooLarge) as exc:
             return None, f"{type(exc).__name__}: {exc}"
 
+    def uncached(self, paths: Sequence[str | Path | None], view: int = 0) -> dict[str, str]:
+        """Content key -> path of each distinct readable image in ``paths`` that the cache does not hold yet: what
+        ``embed`` would compute (``distributed.embed_images_ray`` computes it on Ray instead)."""
+        paths = [str(p) if isinstance(p, str | os.PathLike) and str(p) else None for p in paths]
+        with ThreadPoolExecutor(self.threads) as pool:
+            keys = [key for key, _ in pool.map(self._hash, paths, chunksize=256)]
+        shard, _ = self.store(view).locate(keys)
+        todo: dict[str, str] = {}
+        for i in np.flatnonzero(shard < 0):
+            key = keys[i]
+            if key is not None and key not in todo and key not in self._undecodable:
+                todo[key] = paths[i]  # type: ignore[assignment]
+        return todo
+
+    def onnx_file(self) -> Path:
+        """The backbone's ONNX graph (exported into the cache on first use)."""
+        return onnx_model_path(self.spec, self.weights, self.image_size, self.cache_dir)
+
     def embed(self, paths: Sequence[str | Path | None], view: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings (n, dim) float32 and a bool mask of the images that could be read and decoded. Images that
         cannot be are treated as missing and reported together in one warning."""

@@ -163,6 +163,11 @@ class Predictor:
             )
         return self._embedder_obj
 
+    def image_embedder(self):  # noqa: ANN201 - embeddings.ImageEmbedder, imported lazily
+        """The ``ImageEmbedder`` this model embeds images with (its backbone, weights, input size and cache), e.g.
+        to fill the embedding cache ahead of ``fit`` (``distributed.embed_images_ray``)."""
+        return self._embedder()
+
     def _backbone_weights(self) -> str | Path | None:
         """The weights the backbone embeds with: fine-tuned by ``fit``, else the ones given (None: the stock
         ImageNet weights)."""

@@ -193,8 +193,18 @@ def train_run(
     modalities: str | Sequence[str] | None = None,
     predictor_options: dict[str, Any] | None = None,
     progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+    actors: int = 2,
 ) -> dict[str, dict[str, Any]]:
-    """Load and validate the catalog, split it, train each requested model; returns metrics per model."""
+    """Load and validate the catalog, split it, train each requested model; returns metrics per model.
+    ``engine="ray"``: the images are embedded on Ray Data first (``distributed.embed_images_ray``, into the
+    embedding cache that training reads; ``address`` / ``actors`` as for ``predict --engine ray``); the networks
+    train in this process."""
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be local or ray, got {engine!r}")
+    if address is not None and engine != "ray":
+        raise ValueError("address is only used with engine='ray'")
     out = Path(out)
     specs = model_specs(model, modalities)
     needs_images = any("image" in s.modalities for s in specs)
@@ -209,6 +219,8 @@ def train_run(
     write_json(out / "split.json", {**split.report(), **summary})
     if needs_images:
         log.info("products without a readable image are kept; image models treat the image as absent")
+    if engine == "ray":
+        _embed_on_ray(specs, catalog, preset, seed, predictor_options or {}, address, actors, progress)
     results = {}
     for spec in specs:
         results[spec.name] = train_model(
@@ -225,6 +237,32 @@ def train_run(
 
     write_report(out)
     return results
+
+
+def _embed_on_ray(
+    specs: Sequence[ModelSpec],
+    catalog: Catalog,
+    preset: str,
+    seed: int,
+    options: dict[str, Any],
+    address: str | None,
+    actors: int,
+    progress: bool,
+) -> None:
+    """Fill the embedding cache of every image model on Ray, so their fits read the vectors instead of computing
+    them (models sharing a backbone share the vectors: the second finds nothing left to embed)."""
+    from .distributed import embed_images_ray
+
+    for spec in specs:
+        if "image" not in spec.modalities:
+            continue
+        if options.get("finetune_blocks"):
+            log.info("%s fine-tunes its backbone: its images are embedded during training, not on Ray", spec.name)
+            continue
+        embedder = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress, **options).image_embedder()
+        embed_images_ray(
+            embedder, list(catalog.products["image_path"]), address=address, actors=actors, progress=progress
+        )
 
 
 def _catalog_for(predictor: Predictor, data: str | Path, *, require_target: bool, progress: bool) -> Catalog:
