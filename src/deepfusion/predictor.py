@@ -94,7 +94,28 @@ def parse_modalities(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 class Predictor:
-    """Categorize products from any subset of {metadata, title, image}."""
+    """Categorize products from any subset of {metadata, title, image}.
+
+    Parameters:
+        modalities: the inputs, a subset of ``("metadata", "title", "image")`` (or "metadata,title").
+        preset: network settings, ``"regularized"`` (the model to use), ``"small"`` or ``"overfit"`` (models.PRESETS).
+        seed: seed of the networks, the blanked copies and the out-of-fold SVMs.
+        backbone: image backbone name (backbones.BACKBONES); weights: your own state-dict file for it (None: the
+            packaged ImageNet weights); image_size: its input (height, width) (None: the backbone's default).
+        augment_views: augmented views of each training image added as training rows.
+        finetune_blocks, finetune_epochs: fine-tune the backbone's last blocks for that many epochs first (0: frozen).
+        text_scores: stack a linear SVM's class scores on title + metadata as a network input (text_scores.py).
+        title_fallback: also train a network without the title, for products that have none.
+        metadata_fallback: also train a network (and its title SVM and image expert, mixing.py) for products with a
+            title and no attribute.
+        refit: after early stopping and calibration on validation, train again on train + validation.
+        field_blanking: blanked training copies per product (missing.py); 0 turns them off.
+        review_precision: ``needs_review`` marks predictions below the confidence at which validation products
+            were right this often.
+        cache_dir: the embedding cache and the backbone's ONNX file (None: ~/.cache/deepfusion or
+            $DEEPFUSION_CACHE); progress: progress bars.
+        **head_overrides: fields of models.HeadConfig that replace the preset's (e.g. ``members=1``).
+    """
 
     def __init__(
         self,

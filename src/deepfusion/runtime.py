@@ -484,6 +484,9 @@ class ExportedModel:
                 raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # the graphs are chains: parallel branches would only add contention
+        # Idle worker threads sleep instead of spinning: a server also decodes images and answers requests on these
+        # cores, and spinning threads took that time from them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
         def session(file: Path, inputs: Sequence[str]) -> ort.InferenceSession:
             sess = ort.InferenceSession(str(file), sess_options=options, providers=["CPUExecutionProvider"])
