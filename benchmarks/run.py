@@ -373,10 +373,12 @@ def prediction_section(b: Bench) -> None:
     meta_rate = _throughput(lambda: meta.predict_frame(test), len(test))
     with tempfile.TemporaryDirectory() as tmp:
         cold = Predictor.load(folder, progress=False, cache_dir=tmp)
-        cold._embedder().session()
+        cold.image_embedder().session()
         cold_rate = _throughput(lambda: cold.predict_frame(test), len(test))
         floor = _throughput(
-            lambda: cold._embedder()._compute(list(test["image_path"].dropna()), 0, cold._embedder().store(9)),
+            lambda: cold.image_embedder()._compute(
+                list(test["image_path"].dropna()), 0, cold.image_embedder().store(9)
+            ),
             len(test),
         )
     md = [

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepfusion import load_catalog
+from deepfusion import Predictor, load_catalog
 from deepfusion.backbones import (
     BackboneError,
     build_torch_extractor,
@@ -396,3 +396,12 @@ def test_cache_is_memory_mapped_and_older_shards_are_converted(
     assert "1x10" in messages and "shard-cut.keys.npy" in messages and "truncated" in messages
     assert len(store) == len(keys)
     np.testing.assert_array_equal(store.get(key[0].decode()), values[list(keys).index(key[0])])
+
+
+def test_a_given_embedder_is_the_one_the_predictor_embeds_with(tmp_path: Path) -> None:
+    from deepfusion.embeddings import ImageEmbedder
+
+    shared = ImageEmbedder(image_size=(64, 48), cache_dir=tmp_path, progress=False)
+    predictor = Predictor(["metadata", "image"], embedder=shared, progress=False)
+    assert predictor.image_embedder() is shared and predictor.embedder is shared
+    assert Predictor(["image"], cache_dir=tmp_path, progress=False).image_embedder() is not shared

@@ -170,9 +170,9 @@ def fit_fold(
     start = time.perf_counter()
     held = np.flatnonzero(plan.fold == k)
     train_idx, val_idx = carve_validation(np.flatnonzero(plan.fold != k), products, plan, seed + k + 1)
-    predictor = Predictor(modalities, preset=preset, seed=seed, progress=progress, **predictor_options)
-    if embedder is not None:
-        predictor._embedder_obj = embedder
+    predictor = Predictor(
+        modalities, preset=preset, seed=seed, progress=progress, embedder=embedder, **predictor_options
+    )
     predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
     fold_proba = np.asarray(predictor.predict_proba(products.iloc[held], as_pandas=False), dtype=np.float64)
     column = {c: j for j, c in enumerate(classes)}
@@ -203,7 +203,7 @@ def shared_embedder(
     image, or it fine-tunes the backbone per fold (each fold then embeds with its own weights)."""
     if "image" not in modalities or predictor_options.get("finetune_blocks"):
         return None
-    return Predictor(modalities, preset=preset, seed=seed, progress=False, **predictor_options)._embedder()
+    return Predictor(modalities, preset=preset, seed=seed, progress=False, **predictor_options).image_embedder()
 
 
 def out_of_fold_probabilities(

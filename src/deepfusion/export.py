@@ -414,10 +414,8 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
         shutil.copyfile(model_dir / "metrics.json", folder / "metrics.json")
     image = None
     if "image" in predictor.modalities:
-        from .backbones import onnx_model_path
-
-        embedder = predictor._embedder()
-        source = onnx_model_path(embedder.spec, embedder.weights, embedder.image_size, embedder.cache_dir)
+        embedder = predictor.image_embedder()
+        source = embedder.onnx_file()
         shutil.copyfile(source, folder / "backbone.onnx")
         image = {
             "file": "backbone.onnx",

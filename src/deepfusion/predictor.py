@@ -114,6 +114,8 @@ class Predictor:
             were right this often.
         cache_dir: the embedding cache and the backbone's ONNX file (None: ~/.cache/deepfusion or
             $DEEPFUSION_CACHE); progress: progress bars.
+        embedder: an ``embeddings.ImageEmbedder`` to embed with (e.g. one shared by several models, so they share
+            its cache reads); None builds one from backbone, weights, image_size and cache_dir.
         **head_overrides: fields of models.HeadConfig that replace the preset's (e.g. ``members=1``).
     """
 
@@ -137,6 +139,7 @@ class Predictor:
         review_precision: float = 0.98,
         cache_dir: str | Path | None = None,
         progress: bool = True,
+        embedder: Any | None = None,
         **head_overrides: Any,
     ) -> None:
         self.modalities = parse_modalities(modalities)
@@ -169,12 +172,17 @@ class Predictor:
         self.finetune_epochs = finetune_epochs
         self.cache_dir = cache_dir
         self.progress = progress
+        self.embedder = embedder
 
     # ----------------------------------------------------------------- features
     def _embedder(self):  # noqa: ANN202 - imported lazily: metadata-only use never loads the backbone
         from .embeddings import ImageEmbedder
 
         if getattr(self, "_embedder_obj", None) is None:
+            # A given embedder is used until fine-tuning changes the backbone's weights.
+            if self.embedder is not None and not getattr(self, "finetuned_", False):
+                self._embedder_obj = self.embedder
+                return self._embedder_obj
             self._embedder_obj = ImageEmbedder(
                 self.backbone,
                 weights=self._backbone_weights(),
