@@ -314,6 +314,7 @@ class Predictor:
             raw, ok = self._embedder().embed(list(train["image_path"]))
             self.image_mean_, self.image_std_ = image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
             train_image = (self._scale_image(raw)[source], ok[source])
+            del raw  # the scaled copy is what training reads; the raw vectors would only add to the peak
         y_train = self.labels_.transform(products[TARGET])
         n_classes = len(self.labels_.classes_)
         fit_text_scores = None
@@ -511,8 +512,11 @@ class Predictor:
         """The no-metadata network's inputs for ``rows`` of ``data``: the title, the image if the model has one,
         and the title-only SVM's scores (``scores``; default: the fitted SVM's)."""
         names = [m for m in self.no_metadata_modalities if m in data.features]
-        features = {m: data.features[m][rows] for m in names}
-        present = {m: data.present[m][rows] for m in names}
+        # The first rows in order (training: the products before their blanked copies) are a slice: views of the
+        # image features instead of a copy of them.
+        pick: np.ndarray | slice = slice(0, len(rows)) if np.array_equal(rows, np.arange(len(rows))) else rows
+        features = {m: data.features[m][pick] for m in names}
+        present = {m: data.present[m][pick] for m in names}
         features["text_scores"] = scores if scores is not None else self.title_text_model_.scores(features["title"])
         present["text_scores"] = present["title"].copy()
         return ModalityData(features, present, {"text_scores": "title"})
