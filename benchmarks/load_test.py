@@ -88,14 +88,19 @@ def server_in_thread(app: Any, timeout_s: float = 30.0) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def server_in_subprocess(model_dir: str | Path, timeout_s: float = 120.0, **limits: int) -> Iterator[str]:
-    """Run ``deepfusion.service.serve`` in a child process (its log goes to a temporary file)."""
+def server_in_subprocess(
+    model_dir: str | Path, timeout_s: float = 120.0, env: dict[str, str] | None = None, **limits: float
+) -> Iterator[str]:
+    """Run ``deepfusion.service.serve`` in a child process (its log goes to a temporary file); ``env``: variables
+    added to its environment; ``limits``: serve's keyword options."""
     port = free_port()
     code = ("import json, sys; from deepfusion.service import serve; "
             "serve(sys.argv[1], host=sys.argv[2], port=int(sys.argv[3]), **json.loads(sys.argv[4]))")
     with tempfile.TemporaryFile("w+") as server_log:
         command = [sys.executable, "-c", code, str(model_dir), HOST, str(port), json.dumps(limits)]
-        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         try:
             base_url = f"http://{HOST}:{port}"
             try:
@@ -136,7 +141,11 @@ def catalog_products(data: str | Path, limit: int, images: bool,
     from deepfusion import load_catalog
 
     catalog = load_catalog(data, require_target=False, check_image_files=images, progress=False)
-    frame = catalog.products.head(limit)
+    return frame_products(catalog.products.head(limit), images, max_image_bytes)
+
+
+def frame_products(frame: Any, images: bool, max_image_bytes: int = 5_000_000) -> list[dict[str, Any]]:
+    """Rows of a loaded catalog's products (a DataFrame) as API payload dicts (optionally with base64 images)."""
     products = []
     for row in frame.to_dict("records"):
         product: dict[str, Any] = {"id": str(row["id"])}

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from .catalog import ID, TARGET, TITLE, load_catalog
 from .features import clean_title
 from .predictor import Predictor, parse_modalities
-from .runs import required_columns, write_json
+from .runs import required_columns, shared_embedder, write_json
 from .split import duplicate_groups
 
 log = logging.getLogger(__name__)
@@ -194,16 +194,6 @@ def fit_fold(
         "seconds": round(time.perf_counter() - start, 1),
     }
     return held, proba, stats
-
-
-def shared_embedder(
-    modalities: Sequence[str], preset: str, seed: int, predictor_options: Mapping[str, Any]
-) -> Any:
-    """The image embedder every fold can share (one cache read for all of them), or None: the model reads no
-    image, or it fine-tunes the backbone per fold (each fold then embeds with its own weights)."""
-    if "image" not in modalities or predictor_options.get("finetune_blocks"):
-        return None
-    return Predictor(modalities, preset=preset, seed=seed, progress=False, **predictor_options).image_embedder()
 
 
 def out_of_fold_probabilities(

@@ -142,6 +142,19 @@ DataOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto) [default: "
+        "RAY_ADDRESS, else a Ray started on this machine for the command].",
+    ),
+]
+
+
+def _check_address(engine: str, address: str | None) -> None:
+    if engine == "local" and address is not None:
+        raise typer.BadParameter("--address needs --engine ray.", param_hint="'--address'")
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -459,14 +472,7 @@ def train(
             "cache training reads; the networks train here either way.",
         ),
     ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="With --engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto) [default: "
-            "RAY_ADDRESS, else a Ray started on this machine for the command].",
-        ),
-    ] = None,
+    address: AddressOpt = None,
     actors: Annotated[
         int, typer.Option("--actors", min=1, help="With --engine ray: backbone replicas embedding at once.")
     ] = 2,
@@ -476,8 +482,7 @@ def train(
 
     Each model is evaluated on the held-out test split; report.html in the run folder compares them.
     """
-    if engine == "local" and address is not None:
-        raise typer.BadParameter("--address needs --engine ray.", param_hint="'--address'")
+    _check_address(engine, address)
     track = track or tracking_uri is not None
     if track:  # before hours of training: MLflow installed, the store usable
         from .tracking import open_store
@@ -584,14 +589,7 @@ def predict(
             "then also be a folder written by export.",
         ),
     ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="With --engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto) [default: "
-            "RAY_ADDRESS, else a Ray started on this machine for the command].",
-        ),
-    ] = None,
+    address: AddressOpt = None,
     actors: Annotated[
         int, typer.Option("--actors", min=1, help="With --engine ray: model replicas predicting at once.")
     ] = 2,
@@ -601,8 +599,7 @@ def predict(
 
     Labels are not needed; each prediction comes with its confidence and the next best labels.
     """
-    if engine == "local" and address is not None:
-        raise typer.BadParameter("--address needs --engine ray.", param_hint="'--address'")
+    _check_address(engine, address)
     if engine == "ray":
         from .distributed import predict_catalog_ray
 
@@ -663,22 +660,14 @@ def audit(
             "Ray tasks (pip install 'deepfusion[train,ray]'), with the same folds, seeds and result.",
         ),
     ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="With --engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto) [default: "
-            "RAY_ADDRESS, else a Ray started on this machine for the command].",
-        ),
-    ] = None,
+    address: AddressOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Find products whose category is probably wrong.
 
     Every product is judged by a model trained on the other folds; the suspicious ones form a ranked review queue.
     """
-    if engine == "local" and address is not None:
-        raise typer.BadParameter("--address needs --engine ray.", param_hint="'--address'")
+    _check_address(engine, address)
     from .audit import audit_catalog
     from .predictor import parse_modalities
 

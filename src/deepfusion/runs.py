@@ -10,7 +10,7 @@ import json
 import logging
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,17 @@ def train_run(
     return results
 
 
+def shared_embedder(
+    modalities: Sequence[str], preset: str, seed: int, predictor_options: Mapping[str, Any]
+) -> Any:
+    """The image embedder that every model of these settings can share (the audit's folds, the image models of a
+    ``train`` run: one cache read for all of them), or None: the model reads no image, or it fine-tunes the
+    backbone (each model then embeds with its own weights)."""
+    if "image" not in modalities or predictor_options.get("finetune_blocks"):
+        return None
+    return Predictor(modalities, preset=preset, seed=seed, progress=False, **predictor_options).image_embedder()
+
+
 def _embed_on_ray(
     specs: Sequence[ModelSpec],
     catalog: Catalog,
@@ -250,19 +261,16 @@ def _embed_on_ray(
     progress: bool,
 ) -> None:
     """Fill the embedding cache of every image model on Ray, so their fits read the vectors instead of computing
-    them (models sharing a backbone share the vectors: the second finds nothing left to embed)."""
+    them (models sharing a backbone share the vectors: the second finds nothing left to embed). A model that
+    fine-tunes its backbone embeds during training instead."""
     from .distributed import embed_images_ray
 
     for spec in specs:
-        if "image" not in spec.modalities:
-            continue
-        if options.get("finetune_blocks"):
-            log.info("%s fine-tunes its backbone: its images are embedded during training, not on Ray", spec.name)
-            continue
-        embedder = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress, **options).image_embedder()
-        embed_images_ray(
-            embedder, list(catalog.products["image_path"]), address=address, actors=actors, progress=progress
-        )
+        embedder = shared_embedder(spec.modalities, preset, seed, options)
+        if embedder is not None:
+            embed_images_ray(
+                embedder, list(catalog.products["image_path"]), address=address, actors=actors, progress=progress
+            )
 
 
 def _catalog_for(predictor: Predictor, data: str | Path, *, require_target: bool, progress: bool) -> Catalog:
