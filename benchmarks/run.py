@@ -1165,7 +1165,8 @@ def _serving_markdown(rows: list[dict[str, Any]]) -> str:
     return md_table(
         "Serving: latency and throughput, one product per request",
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs (`python benchmarks/run.py --sections "
-        "serving`, benchmarks/latency.py): `deepfusion serve` started per scenario, the fusion model (metadata + "
+        "serving`, benchmarks/latency.py): the server (`deepfusion.service.serve`, what `deepfusion serve` runs) "
+        "started in a process of its own per scenario, the fusion model (metadata + "
         f"title + image), {SERVING_REQUESTS} requests per scenario, each one test product with its photo inline "
         "(base64 JSON), sent from 1 or 4 client threads with keep-alive connections; client and server share the "
         "cores. New image: a photo the server has not seen; cached: the same 32 products repeated after one pass. "
