@@ -89,7 +89,7 @@ def test_missing_required_column_names_file_and_fix(tmp_path: Path) -> None:
 def test_missing_folder_and_table(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="does not exist"):
         load_catalog(tmp_path / "nope", progress=False)
-    with pytest.raises(CatalogError, match="No styles.csv or styles.parquet"):
+    with pytest.raises(CatalogError, match="No product table found"):
         load_catalog(tmp_path, progress=False)
 
 

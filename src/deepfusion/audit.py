@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from .catalog import ID, TARGET, TITLE, load_catalog
 from .features import clean_title
 from .predictor import Predictor, parse_modalities
-from .runs import required_columns, shared_embedder, write_json
+from .runs import shared_embedder, write_json
 from .split import duplicate_groups
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,8 @@ def hierarchy_breaks(products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SH
     ``expected_subCategory``, ``dominant_share`` (share of the articleType under the dominant pair), ``n_dominant``,
     ``n_class`` and ``reason``."""
     keys = [TARGET, "masterCategory", "subCategory"]
+    if not set(keys) <= set(products.columns):  # a catalog without the fashion hierarchy's columns
+        return pd.DataFrame(index=products.index[:0])
     frame = products[keys].astype(object).where(products[keys].notna(), "(empty)")
     counts = frame.value_counts().rename("n").reset_index()
     counts["n_class"] = counts.groupby(TARGET)["n"].transform("sum")
@@ -559,9 +561,11 @@ def audit_catalog(
     hierarchy_max_share: float = HIERARCHY_MAX_SHARE,
     engine: str = "local",
     address: str | None = None,
+    catalog_options: Mapping[str, Any] | None = None,
     **predictor_options: Any,
 ) -> pd.DataFrame:
-    """Audit the catalog in ``data``; write ``audit.csv``, ``audit.html``, ``rejects.csv`` and ``audit.json`` to
+    """Audit the catalog in ``data`` (read with ``catalog_options``: load_catalog's schema, label, text, ...);
+    write ``audit.csv``, ``audit.html``, ``rejects.csv`` and ``audit.json`` to
     ``out`` and return the review queue (most suspicious first).
 
     ``engine``: "local" trains the fold models one after the other in this process; "ray" trains them as
@@ -578,8 +582,12 @@ def audit_catalog(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mods = parse_modalities(modalities)
-    catalog = load_catalog(data, require_target=True, required_columns=required_columns(mods), progress=progress)
+    catalog = load_catalog(
+        data, require_target=True, required_modalities=mods, progress=progress, **dict(catalog_options or {})
+    )
     catalog.write_rejects(out / "rejects.csv")
+    predictor_options["schema"] = catalog.schema
+    mods = tuple(m for m in mods if m != "metadata" or catalog.schema.metadata)
     # Sorting by id makes the folds depend on the products, not on the order of the rows in the file.
     products = catalog.products.sort_values(ID, kind="stable").reset_index(drop=True)
 

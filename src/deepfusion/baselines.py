@@ -20,10 +20,18 @@ from .features import MetadataEncoder, TitleEncoder
 class TextSVMBaseline:
     """Linear SVM (C=0.5) on the title's TF-IDF and/or the one-hot metadata, as ``inputs`` names."""
 
-    def __init__(self, inputs: Sequence[str] = ("metadata", "title"), C: float = 0.5, seed: int = 42) -> None:
+    def __init__(
+        self,
+        inputs: Sequence[str] = ("metadata", "title"),
+        C: float = 0.5,
+        seed: int = 42,
+        metadata_fields: tuple[Sequence[str], Sequence[str]] | None = None,
+    ) -> None:
         self.inputs = tuple(inputs)
         self.C = C
         self.seed = seed
+        # (categorical, numeric) columns of the metadata (None: the fashion catalog's)
+        self.metadata_fields = metadata_fields
 
     def _features(self, products: pd.DataFrame) -> sp.csr_matrix:
         parts = []
@@ -38,7 +46,8 @@ class TextSVMBaseline:
         if unknown or not self.inputs:
             raise ValueError(f"TextSVMBaseline reads metadata and/or title, not {sorted(unknown) or 'nothing'}")
         if "metadata" in self.inputs:
-            self.metadata_encoder_ = MetadataEncoder().fit(products)
+            fields = self.metadata_fields or (None, None)
+            self.metadata_encoder_ = MetadataEncoder(*map(_as_list, fields)).fit(products)
         if "title" in self.inputs:
             self.title_encoder_ = TitleEncoder().fit(products)
         self.svm_ = LinearSVC(C=self.C, random_state=self.seed).fit(self._features(products), products[TARGET])
@@ -46,3 +55,7 @@ class TextSVMBaseline:
 
     def predict(self, products: pd.DataFrame) -> np.ndarray:
         return self.svm_.predict(self._features(products))
+
+
+def _as_list(columns: Sequence[str] | None) -> list[str] | None:
+    return None if columns is None else list(columns)

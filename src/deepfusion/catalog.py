@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,13 +27,29 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .schema import (
+    FASHION,
+    ID_COLUMN,
+    LABEL_COLUMN,
+    TEXT_COLUMN,
+    CatalogSchema,
+    SchemaError,
+    combine_text,
+    looks_like_fashion,
+    parse_number,
+    resolve_schema,
+)
+
 log = logging.getLogger(__name__)
 
-ID = "id"
-TARGET = "articleType"
-TITLE = "productDisplayName"
-CATEGORICAL = ["gender", "masterCategory", "subCategory", "baseColour", "season", "usage"]
-NUMERIC = ["year"]
+# The products frame's role columns (schema.py): the product id, the label and the product's text.
+ID = ID_COLUMN
+TARGET = LABEL_COLUMN
+TITLE = TEXT_COLUMN
+# The fashion catalog's attributes (schema.FASHION), the default schema's.
+CATEGORICAL = list(FASHION.categorical)
+NUMERIC = list(FASHION.numeric)
+SEPARATORS = (",", ";", "\t", "|")
 METADATA = CATEGORICAL + NUMERIC
 COLUMNS = [ID, "gender", "masterCategory", "subCategory", TARGET, "baseColour", "season", "year", "usage", TITLE]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -108,6 +126,8 @@ class Catalog:
     rows_in: int = 0
     continuation_lines: int = 0
     recovered_ids: list[str] = field(default_factory=list)
+    schema: CatalogSchema = FASHION
+    separator: str | None = None  # the field separator of a delimited table
 
     @property
     def dropped(self) -> pd.DataFrame:
@@ -157,23 +177,49 @@ def resolve_data_dir(data: str | Path) -> Path:
     return path
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".parquet", ".jsonl", ".ndjson", ".json")
+
+
 def _find_table(folder: Path) -> Path | None:
+    """The product table: ``folder`` itself when it is a file; in a folder ``styles.csv`` / ``styles.parquet``
+    (the Kaggle layout), else the folder's only table file (CSV, TSV, Parquet or JSON Lines)."""
     if folder.is_file():
         return folder
     for name in ("styles.csv", "styles.parquet"):
         if (folder / name).is_file():
             return folder / name
-    return None
+    tables = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
+    tables = [p for p in tables if p.name not in ("rejects.csv", "split.csv")]
+    return tables[0] if len(tables) == 1 else None
 
 
-def read_styles_table(path: Path, *, max_field_chars: int = MAX_FIELD_CHARS) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def _table_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "json"
+    return "csv"
+
+
+def sniff_separator(header_line: str) -> str:
+    """The field separator of a delimited file, from its header line: the candidate that splits it into the most
+    fields (a comma when none does)."""
+    counts = {sep: len(next(csv.reader([header_line], delimiter=sep), [])) for sep in SEPARATORS}
+    best = max(counts, key=lambda sep: (counts[sep], sep == ","))
+    return best if counts[best] > 1 else ","
+
+
+def read_styles_table(
+    path: Path, *, max_field_chars: int = MAX_FIELD_CHARS, sep: str | None = None, schema: CatalogSchema | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Read a styles table as strings. Returns (table, rejected rows, number of recovered rows).
 
     In CSV files a title with unquoted commas spills into extra fields. When the title is the last column and
     the row still makes sense with the extra fields joined back into it (see ``_shift_evidence``), the row is
     kept whole; otherwise it is rejected. A quote that opens a field and never closes damages only its own line.
     """
-    styles = _read_styles(path, max_field_chars)
+    styles = _read_styles(path, max_field_chars, sep=sep, schema=schema)
     return styles.table.reset_index(drop=True), _reject_frame(styles.rejects), len(styles.recovered_ids)
 
 
@@ -198,23 +244,88 @@ class _Styles:
     recovered_ids: list[str] = field(default_factory=list)
     raws: dict[int, str] = field(default_factory=dict)
     continuation_lines: int = 0
+    separator: str | None = None
 
 
-def _read_styles(path: Path, max_field_chars: int) -> _Styles:
-    if path.suffix.lower() == ".parquet":
+def _read_styles(
+    path: Path, max_field_chars: int, *, sep: str | None = None, schema: CatalogSchema | None = None
+) -> _Styles:
+    """Read a product table as strings. ``schema`` (when known before reading) says which column a title with
+    unquoted separators may be rejoined into and which columns are categorical; without it, the fashion layout's
+    rules apply to a table with its columns."""
+    kind = _table_kind(path)
+    if kind == "parquet":
         return _read_parquet(path, max_field_chars)
     text = _read_text(path)
+    if kind == "json":
+        return _read_json_lines(path, text, max_field_chars)
     _allow_fields_up_to(len(text))
     lines = _physical_lines(text)
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
-        raise CatalogError(f"{path} is empty. It needs a header row with at least: {ID}, {TARGET}.")
-    header = [h.strip() for h in next(csv.reader([lines[first]]), [])]
+        raise CatalogError(f"{path} is empty. It needs a header row naming its columns.")
+    if sep is None:
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else sniff_separator(lines[first])
+    header = [h.strip() for h in next(csv.reader([lines[first]], delimiter=sep), [])]
     _check_unique_columns(path, header)
-    records, continuation = _records(lines, first + 1, len(header))
-    styles = _table_from_records(records, header, max_field_chars)
+    if schema is None and looks_like_fashion(header):
+        schema = FASHION
+    records, continuation = _records(lines, first + 1, len(header), sep)
+    styles = _table_from_records(records, header, max_field_chars, sep, schema)
     styles.continuation_lines = continuation
+    styles.separator = sep
     return styles
+
+
+def _read_json_lines(path: Path, text: str, max_field_chars: int) -> _Styles:
+    """A JSON Lines table (one object per line; a JSON array of objects is read too). A line that is not a JSON
+    object is rejected on its own."""
+    rows: list[dict[str, str]] = []
+    index: list[int] = []
+    styles = _Styles(table=pd.DataFrame(), rows_in=0)
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            items = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise CatalogError(f"{path} is not valid JSON ({exc}). Write one JSON object per line.") from exc
+        entries = [(i + 1, item, json.dumps(item)[:RAW_PREVIEW_CHARS]) for i, item in enumerate(items)]
+    else:
+        entries = []
+        for i, line in enumerate(_physical_lines(text)):
+            if not line.strip():
+                continue
+            try:
+                entries.append((i + 1, json.loads(line), line))
+            except json.JSONDecodeError as exc:
+                entries.append((i + 1, exc, line))
+    for line_no, item, raw in entries:
+        styles.rows_in += 1
+        if not isinstance(item, dict):
+            why = f"line {line_no} is not a JSON object" + (f" ({item})" if isinstance(item, Exception) else "")
+            styles.rejects.append(_reject(f"line {line_no}", why, "dropped", line_no, raw))
+            continue
+        values = {str(k).strip(): _json_value(v) for k, v in item.items()}
+        long = [k for k, v in values.items() if len(v) > max_field_chars]
+        if long:
+            why = f"field '{long[0]}' too long (the limit is {max_field_chars:,} characters, max_field_chars)"
+            styles.rejects.append(_reject(values.get(ID, "") or f"line {line_no}", why, "dropped", line_no, raw))
+            continue
+        rows.append(values)
+        index.append(line_no)
+        styles.raws[line_no] = raw
+    styles.table = pd.DataFrame(rows, index=index, dtype=str).fillna("")
+    if styles.table.empty and not len(styles.table.columns):
+        styles.table = pd.DataFrame(index=pd.Index([], dtype=int))
+    return styles
+
+
+def _json_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def _read_text(path: Path) -> str:
@@ -253,7 +364,7 @@ def _check_unique_columns(path: Path, header: Sequence[str]) -> None:
         )
 
 
-def _records(lines: Sequence[str], start: int, n_columns: int) -> tuple[list[_Record], int]:
+def _records(lines: Sequence[str], start: int, n_columns: int, sep: str = ",") -> tuple[list[_Record], int]:
     """Group the physical lines from index ``start`` into records. Returns them and the number of non-blank
     lines that continue a record begun on an earlier line."""
     records: list[_Record] = []
@@ -264,14 +375,14 @@ def _records(lines: Sequence[str], start: int, n_columns: int) -> tuple[list[_Re
             i += 1
             continue
         if '"' not in lines[i]:  # most lines: csv would split them exactly so, only slower
-            records.append(_Record(i + 1, lines[i].split(","), lines[i]))
+            records.append(_Record(i + 1, lines[i].split(sep), lines[i]))
             i += 1
             continue
-        span = _record_span(lines, i, n_columns)
-        fields = _parse_lines(lines[i : i + span]) if span else None
+        span = _record_span(lines, i, n_columns, sep)
+        fields = _parse_lines(lines[i : i + span], sep) if span else None
         if span is None or fields is None or (span > 1 and len(fields) != n_columns):
             # The quote is stray: it may damage this line, not the ones after it.
-            records.append(_Record(i + 1, lines[i].split(","), lines[i], literal=True))
+            records.append(_Record(i + 1, lines[i].split(sep), lines[i], literal=True))
             i += 1
             continue
         records.append(_Record(i + 1, fields, "\n".join(lines[i : i + span])))
@@ -280,22 +391,22 @@ def _records(lines: Sequence[str], start: int, n_columns: int) -> tuple[list[_Re
     return records, continuation
 
 
-def _record_span(lines: Sequence[str], i: int, n_columns: int) -> int | None:
+def _record_span(lines: Sequence[str], i: int, n_columns: int, sep: str = ",") -> int | None:
     """How many physical lines the record starting at index ``i`` takes: more than one only for a quoted field
     with line breaks; None when the opening quote is stray (it never closes before a line that reads as a row
     of its own, or within MAX_RECORD_LINES)."""
-    in_quotes = _ends_in_quotes(lines[i], False)
+    in_quotes = _ends_in_quotes(lines[i], False, sep)
     span = 1
     while in_quotes:
         j = i + span
-        if span >= MAX_RECORD_LINES or j >= len(lines) or _looks_like_row(lines[j], n_columns):
+        if span >= MAX_RECORD_LINES or j >= len(lines) or _looks_like_row(lines[j], n_columns, sep):
             return None
-        in_quotes = _ends_in_quotes(lines[j], True)
+        in_quotes = _ends_in_quotes(lines[j], True, sep)
         span += 1
     return span
 
 
-def _ends_in_quotes(line: str, in_quotes: bool) -> bool:
+def _ends_in_quotes(line: str, in_quotes: bool, sep: str = ",") -> bool:
     """Whether a quoted field is open at the end of ``line``, by the rules of csv's default (non-strict)
     dialect: a quote opens a field only at its start, a doubled quote inside is a literal one, and after the
     closing quote the field goes on unquoted."""
@@ -306,21 +417,21 @@ def _ends_in_quotes(line: str, in_quotes: bool) -> bool:
                 i = line.find('"', i + 2)
                 continue
             in_quotes = False
-        elif i == 0 or line[i - 1] == ",":
+        elif i == 0 or line[i - 1] == sep:
             in_quotes = True
         i = line.find('"', i + 1)
     return in_quotes
 
 
-def _looks_like_row(line: str, n_columns: int) -> bool:
+def _looks_like_row(line: str, n_columns: int, sep: str = ",") -> bool:
     # The rest of a quoted field rarely has many commas; a line with over half the header's fields is taken
     # for the next row, so a stray quote cannot turn it into part of a title.
-    return line.count(",") + 1 > n_columns // 2
+    return line.count(sep) + 1 > n_columns // 2
 
 
-def _parse_lines(lines: Sequence[str]) -> list[str] | None:
+def _parse_lines(lines: Sequence[str], sep: str = ",") -> list[str] | None:
     """The fields of the one record that ``lines`` make up, or None when csv reads them otherwise."""
-    reader = csv.reader([f"{line}\n" for line in lines])
+    reader = csv.reader([f"{line}\n" for line in lines], delimiter=sep)
     try:
         fields = next(reader, [])
     except csv.Error:
@@ -328,14 +439,21 @@ def _parse_lines(lines: Sequence[str]) -> list[str] | None:
     return fields if reader.line_num == len(lines) else None
 
 
-def _table_from_records(records: list[_Record], header: list[str], max_field_chars: int) -> _Styles:
+def _table_from_records(
+    records: list[_Record], header: list[str], max_field_chars: int, sep: str, schema: CatalogSchema | None
+) -> _Styles:
     n_columns = len(header)
-    vocab = _vocabulary([r for r in records if len(r.fields) == n_columns and not r.literal], header)
+    clean = [r for r in records if len(r.fields) == n_columns and not r.literal]
+    vocab = _vocabulary(clean, header, schema)
+    rejoin = schema is not None and header[-1] in schema.text
+    numeric = tuple(schema.numeric) if schema is not None else ()
+    label = schema.label if schema is not None else None
+    id_column = schema.id if schema is not None and schema.id else ID
     styles = _Styles(table=pd.DataFrame(), rows_in=len(records), raws={r.line: r.raw for r in records})
     kept: list[_Record] = []
     for record in records:
-        fields, why = _fit_fields(record, header, vocab, max_field_chars)
-        pid = _field(record.fields, header, ID) or f"line {record.line}"
+        fields, why = _fit_fields(record, header, vocab, max_field_chars, sep if rejoin else None, numeric, label)
+        pid = _field(record.fields, header, id_column) or f"line {record.line}"
         if fields is None:
             why += f"; {UNCLOSED_QUOTE}" if record.literal else ""
             styles.rejects.append(_reject(pid, why, "dropped", record.line, record.raw))
@@ -352,9 +470,16 @@ def _table_from_records(records: list[_Record], header: list[str], max_field_cha
 
 
 def _fit_fields(
-    record: _Record, header: list[str], vocab: Mapping[str, set[str]], max_field_chars: int
+    record: _Record,
+    header: list[str],
+    vocab: Mapping[str, set[str]],
+    max_field_chars: int,
+    rejoin_sep: str | None,
+    numeric: Sequence[str],
+    label: str | None,
 ) -> tuple[list[str] | None, str]:
-    """The record's fields, one per column (a title with unquoted commas rejoined), or None and why not."""
+    """The record's fields, one per column, or None and why not. With ``rejoin_sep`` (the last column is a text
+    column), a title with unquoted separators is rejoined when the row still makes sense."""
     n_columns, fields = len(header), record.fields
     for i, value in enumerate(fields):
         if len(value) > max_field_chars:
@@ -366,30 +491,35 @@ def _fit_fields(
     if len(fields) == n_columns:
         return fields, ""
     why = f"line {record.line} has {len(fields)} fields, the header has {n_columns}"
-    if len(fields) < n_columns or header[-1] != TITLE:
+    if len(fields) < n_columns or rejoin_sep is None:
         return None, why
-    joined = [*fields[: n_columns - 1], ",".join(fields[n_columns - 1 :])]
-    problems = _shift_evidence(dict(zip(header, joined, strict=True)), vocab)
+    joined = [*fields[: n_columns - 1], rejoin_sep.join(fields[n_columns - 1 :])]
+    problems = _shift_evidence(dict(zip(header, joined, strict=True)), vocab, numeric, label)
     if problems:
         return None, f"{why} (not rejoined into the title: {'; '.join(problems)})"
     return joined, ""
 
 
-def _vocabulary(records: Sequence[_Record], header: list[str]) -> dict[str, set[str]]:
-    """The values each categorical column takes in the rows that parsed cleanly."""
-    columns = [c for c in (*CATEGORICAL, TARGET) if c in header]
+def _vocabulary(records: Sequence[_Record], header: list[str], schema: CatalogSchema | None) -> dict[str, set[str]]:
+    """The values each categorical column (and the label) takes in the rows that parsed cleanly."""
+    if schema is None:
+        return {}
+    columns = [c for c in (*schema.categorical, schema.label) if c and c in header]
     return {c: {r.fields[header.index(c)].strip() for r in records} - {""} for c in columns}
 
 
-def _shift_evidence(values: Mapping[str, str], vocab: Mapping[str, set[str]]) -> list[str]:
+def _shift_evidence(
+    values: Mapping[str, str], vocab: Mapping[str, set[str]], numeric: Sequence[str], label: str | None = TARGET
+) -> list[str]:
     """Signs that a row's extra fields come from a comma before the title, not in it: rejoining them into the
     title would then leave values in the wrong columns (and a wrong label). Values are judged against those
     of the cleanly parsed rows: a target or a value typical of another column is evidence, and so are two
     values seen nowhere, while one new value alone is not (real catalogs have rare values)."""
     problems: list[str] = []
-    year = values.get("year", "").strip()
-    if year and not _is_number(year):
-        problems.append(f"year '{_preview(year, 40)}' is not a number")
+    for col in numeric:
+        number = values.get(col, "").strip()
+        if number and math.isnan(parse_number(number)):
+            problems.append(f"{col} '{_preview(number, 40)}' is not a number")
     unseen: list[str] = []
     for col, known in vocab.items():
         value = values[col].strip()
@@ -398,21 +528,13 @@ def _shift_evidence(values: Mapping[str, str], vocab: Mapping[str, set[str]]) ->
         elsewhere = [c for c, other in vocab.items() if c != col and value in other]
         if elsewhere:
             problems.append(f"{col} '{_preview(value, 40)}' is a {elsewhere[0]} value")
-        elif col == TARGET:
+        elif col == label:
             problems.append(f"{col} '{_preview(value, 40)}' appears in no other row")
         else:
             unseen.append(col)
     if len(unseen) > 1:
         problems.append(f"{' and '.join(unseen)} have values found in no other row")
     return problems
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _field(fields: Sequence[str], header: list[str], name: str) -> str:
@@ -618,22 +740,43 @@ class _RejectLog:
 def load_catalog(
     data: str | Path,
     *,
+    schema: CatalogSchema | None = None,
+    label: str | None = None,
+    id: str | None = None,  # noqa: A002 - the role's name, as on the command line
+    text: Sequence[str] | None = None,
+    categorical: Sequence[str] | None = None,
+    numeric: Sequence[str] | None = None,
+    image: str | None = None,
+    image_sep: str | None = None,
+    images_dir: str | Path | None = None,
+    sep: str | None = None,
     require_target: bool = True,
     require_images: bool = False,
     required_columns: Iterable[str] = (),
+    required_modalities: Sequence[str] = (),
     check_image_files: bool = True,
     progress: bool = True,
     max_field_chars: int = MAX_FIELD_CHARS,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     rejects_path: str | Path | None = None,
 ) -> Catalog:
-    """Load ``styles.csv``/``styles.parquet`` and ``images/`` from ``data`` and validate every row.
+    """Load a product table and its images from ``data`` (a table file, or a folder holding one) and validate every
+    row.
+
+    The table is CSV with any separator (sniffed from the header, or ``sep``), TSV, Parquet or JSON Lines. Its
+    columns' roles come from ``schema`` (e.g. a model's), else the built-in fashion schema for a table with the
+    Kaggle columns, else ``schema.infer_schema``; ``label``, ``id``, ``text``, ``categorical``, ``numeric``,
+    ``image`` and ``image_sep`` replace single roles (as the command line's flags). Images are looked up in
+    ``images_dir`` (default: ``images/`` beside the table): by the image column's file names or paths, or as
+    ``<id>.jpg``.
 
     Rows are dropped (with a reason) for: a malformed line (wrong number of fields that cannot be mended, a
-    field over ``max_field_chars``), an empty or duplicate id, an empty target when ``require_target``, and a
+    field over ``max_field_chars``), an empty or duplicate id, an empty label when ``require_target``, and a
     missing or unusable image when ``require_images``. Problems that do not stop a product from being used
-    (a non-numeric year, an unclosed quote, a broken image or one outside ``images/`` for a model that does
-    not look at images) are recorded with action "kept". Images are decoded within ``max_image_pixels``.
+    (a value that is not a number in a numeric column, an unclosed quote, a broken image or one outside the images
+    folder for a model that does not look at images) are recorded with action "kept". Images are decoded within
+    ``max_image_pixels``. ``required_columns``: columns (of the catalog's own names) that must be present;
+    ``required_modalities``: the inputs a model reads, whose columns must be present (``columns_for``).
 
     With ``rejects_path`` the rejects report is written there, also when the load then fails. Raises
     ``CatalogError`` when the catalog cannot be read or no product is usable; in the latter case its
@@ -643,17 +786,37 @@ def load_catalog(
     table_path = _find_table(folder)
     if table_path is None:
         raise CatalogError(
-            f"No styles.csv or styles.parquet in {folder}. The folder must hold the product table "
-            "(styles.csv or styles.parquet) and an images/ folder with <id>.jpg files."
+            f"No product table found in {folder}: it must hold styles.csv / styles.parquet or exactly one table "
+            f"file ({', '.join(TABLE_SUFFIXES)}). Pass the table file itself with --data FILE."
         )
-    styles = _read_styles(table_path, max_field_chars)
-    required = [ID, *([TARGET] if require_target else []), *required_columns]
-    table = _with_catalog_columns(styles.table, table_path, required)
+    styles = _read_styles(table_path, max_field_chars, sep=sep, schema=schema)
+    roles = {"label": label, "id": id, "text": text, "categorical": categorical, "numeric": numeric,
+             "image": image, "image_sep": image_sep}
+    try:
+        schema = resolve_schema(
+            styles.table, schema=schema, need_label=require_target, kaggle_layout=table_path.stem == "styles", **roles
+        )
+    except SchemaError as exc:
+        raise CatalogError(f"{table_path}: {exc}") from None
+    required = [
+        *([schema.id] if schema.id else []),
+        *([schema.label] if require_target else []),
+        *required_columns,
+        *columns_for(required_modalities, schema),
+    ]
+    table = _with_catalog_columns(styles.table, table_path, required, schema)
     rejects = _RejectLog(styles.raws, styles.rejects + styles.notes)
-    products = _to_products(_drop_unusable_rows(table, rejects, require_target), rejects)
-    images_dir = (table_path.parent if folder.is_file() else folder) / "images"
+    products = _to_products(_drop_unusable_rows(table, rejects, require_target, schema), rejects, schema)
+    base = table_path.parent
+    image_roots = [Path(images_dir)] if images_dir is not None else [base / "images"]
+    if images_dir is None and schema.image:
+        image_roots.append(base)  # an image column's relative paths may start at the table's folder
+    if images_dir is not None and not Path(images_dir).is_dir():
+        raise CatalogError(f"The images folder {images_dir} does not exist. Pass the folder with --images-dir DIR.")
     image_options = {"check_files": check_image_files, "max_pixels": max_image_pixels, "progress": progress}
-    products = _attach_images(products, images_dir, rejects, require_images=require_images, **image_options)
+    products = _attach_images(
+        products, image_roots, rejects, schema, require_images=require_images, **image_options
+    )
     catalog = Catalog(
         products=products.reset_index(drop=True),
         rejects=rejects.frame(),
@@ -662,6 +825,8 @@ def load_catalog(
         rows_in=styles.rows_in,
         continuation_lines=styles.continuation_lines,
         recovered_ids=styles.recovered_ids,
+        schema=schema,
+        separator=styles.separator,
     )
     if rejects_path is not None:
         catalog.write_rejects(Path(rejects_path))
@@ -672,56 +837,96 @@ def load_catalog(
     return catalog
 
 
-def _with_catalog_columns(table: pd.DataFrame, table_path: Path, required: Iterable[str]) -> pd.DataFrame:
+def columns_for(modalities: Sequence[str], schema: CatalogSchema) -> list[str]:
+    """The catalog columns (the user's names) a model of these modalities reads."""
+    cols: list[str] = []
+    if "metadata" in modalities:
+        cols += [*schema.metadata, *schema.text]  # name_length comes from the title
+    if "title" in modalities:
+        cols += schema.text
+    return list(dict.fromkeys(cols))
+
+
+def _with_catalog_columns(
+    table: pd.DataFrame, table_path: Path, required: Iterable[str], schema: CatalogSchema
+) -> pd.DataFrame:
     missing = [c for c in dict.fromkeys(required) if c not in table.columns]
     if missing:
         raise CatalogError(
             f"{table_path} lacks required column(s) {', '.join(missing)}. Found: {', '.join(table.columns)}. "
-            "Add the column (values may be empty) or rename the matching column."
+            "Add the column (values may be empty), rename the matching column, or name it with --label / --id."
         )
     table = table.copy()
-    for col in COLUMNS:
+    absent = [col for _, col in schema.columns() if col not in table.columns]
+    if absent and not schema.is_fashion:
+        log.warning("%s has no column %s; read as empty", table_path, ", ".join(absent))
+    for col in [*(COLUMNS if schema.is_fashion else []), *absent]:
         if col not in table.columns:
             table[col] = ""
     for col in table.columns:
         table[col] = table[col].fillna("").astype(str).str.strip()
+    # The role columns under the products frame's own names (schema.py).
+    if schema.id and schema.id != ID:
+        table[ID] = table[schema.id]
+    elif not schema.id:
+        table[ID] = [str(line) for line in table.index]  # the product's line (row) in the table
+    if schema.label and schema.label != TARGET:
+        table[TARGET] = table[schema.label]
+    elif TARGET not in table.columns:
+        table[TARGET] = ""
+    if tuple(schema.text) != (TITLE,):
+        texts = table[list(schema.text)].to_numpy() if schema.text else [[]] * len(table)
+        table[TITLE] = [combine_text(list(row)) or "" for row in texts]
     return table
 
 
-def _drop_unusable_rows(table: pd.DataFrame, rejects: _RejectLog, require_target: bool) -> pd.DataFrame:
+def _drop_unusable_rows(
+    table: pd.DataFrame, rejects: _RejectLog, require_target: bool, schema: CatalogSchema
+) -> pd.DataFrame:
     table = rejects.drop(table, table[ID] == "", "empty id")
     dup = table[ID].duplicated(keep="first")
     table = rejects.drop(table, dup, "duplicate id (an earlier row has the same id; the first one is kept)")
     if require_target:
-        table = rejects.drop(table, table[TARGET] == "", f"empty target ({TARGET})")
+        table = rejects.drop(table, table[TARGET] == "", f"empty target ({schema.label})")
     return table
 
 
-def _to_products(table: pd.DataFrame, rejects: _RejectLog) -> pd.DataFrame:
-    year = pd.to_numeric(table["year"].where(table["year"] != ""), errors="coerce")
-    bad_year = (table["year"] != "") & year.isna()
-    for line, pid, raw in zip(table.index[bad_year], table.loc[bad_year, ID], table.loc[bad_year, "year"], strict=True):
-        rejects.add(pid, f"non-numeric year '{_preview(raw, 40)}' (treated as missing)", "kept", line)
+def _to_products(table: pd.DataFrame, rejects: _RejectLog, schema: CatalogSchema) -> pd.DataFrame:
     products = table.copy()
-    products["year"] = year.astype("float64")
-    for col in CATEGORICAL + [TARGET, TITLE]:
+    for col in schema.numeric:
+        raw = table[col]
+        if schema.is_fashion:
+            number = pd.to_numeric(raw.where(raw != ""), errors="coerce")
+        else:
+            number = pd.Series([parse_number(v) if v else math.nan for v in raw], index=raw.index)
+        bad = (raw != "") & number.isna()
+        for line, pid, value in zip(table.index[bad], table.loc[bad, ID], raw[bad], strict=True):
+            rejects.add(pid, f"non-numeric {col} '{_preview(value, 40)}' (treated as missing)", "kept", line)
+        products[col] = number.astype("float64")
+    for col in [*schema.categorical, TARGET, TITLE]:
         products[col] = products[col].replace("", np.nan)
     return products
 
 
 def _attach_images(
     products: pd.DataFrame,
-    images_dir: Path,
+    roots: Sequence[Path],
     rejects: _RejectLog,
+    schema: CatalogSchema,
     *,
     require_images: bool,
     check_files: bool,
     max_pixels: int,
     progress: bool,
 ) -> pd.DataFrame:
-    paths, checks = _image_checks(
-        list(products[ID]), images_dir, check_files=check_files, max_pixels=max_pixels, progress=progress
-    )
+    if schema.image:
+        refs = list(products[schema.image])
+        located = [_locate_image_ref(ref, roots, schema.image_sep) for ref in refs]
+        paths, checks = _checks_of(located, check_files=check_files, max_pixels=max_pixels, progress=progress)
+    else:
+        paths, checks = _image_checks(
+            list(products[ID]), roots[0], check_files=check_files, max_pixels=max_pixels, progress=progress
+        )
     products["image_path"] = [
         str(p) if c.status in ("ok", "unchecked") else None for p, c in zip(paths, checks, strict=True)
     ]
@@ -739,12 +944,57 @@ def _attach_images(
     return products
 
 
+def _locate_image_ref(ref: str, roots: Sequence[Path], image_sep: str | None) -> tuple[Path | None, str]:
+    """The image file an image column's value names (the first of several that exists), inside one of ``roots``;
+    or None and why not."""
+    values = [v.strip() for v in (ref.split(image_sep) if image_sep else [ref])]
+    values = [v for v in values if v]
+    if not values:
+        return None, ""
+    why = ""
+    for value in values:
+        if value.lower().startswith(("http://", "https://")):
+            why = why or "image link (reading images from links is not supported yet; give local files)"
+            continue
+        if "\x00" in value:
+            why = f"{OUTSIDE_FOLDER} (the reference holds a NUL character)"
+            continue
+        for root in roots:
+            candidate = Path(value) if Path(value).is_absolute() else root / value
+            try:
+                if not candidate.is_file():
+                    continue
+                inside = candidate.resolve().is_relative_to(root.resolve())
+            except (OSError, ValueError):
+                continue
+            if not inside:
+                why = f"{OUTSIDE_FOLDER} ('{_preview(value, 80)}' resolves outside {root})"
+                continue
+            return candidate, ""
+    return None, why
+
+
+def _checks_of(
+    located: Sequence[tuple[Path | None, str]], *, check_files: bool, max_pixels: int, progress: bool
+) -> tuple[list[Path | None], list[ImageCheck]]:
+    paths = [path for path, _ in located]
+    if check_files:
+        checks = check_images(paths, progress=progress, max_pixels=max_pixels)
+    else:
+        checks = [ImageCheck("unchecked" if p else "missing", None, "" if p else "image file not found") for p in paths]
+    checks = [
+        ImageCheck("missing", None, why, outside=why.startswith(OUTSIDE_FOLDER)) if why else check
+        for (_, why), check in zip(located, checks, strict=True)
+    ]
+    return paths, checks
+
+
 def _no_products_error(catalog: Catalog, rejects_path: str | Path | None) -> CatalogError:
     source = catalog.source
     if catalog.rows_in == 0:
         message = (
             f"{source} has a header but no product rows. Add one line per product below the header "
-            f"(columns: {', '.join(COLUMNS)})."
+            f"(columns: {', '.join(c for _, c in catalog.schema.columns())})."
         )
     else:
         examples = list(dict.fromkeys(_preview(str(r), 120) for r in catalog.dropped["reason"]))[:3]
@@ -767,27 +1017,53 @@ def _add_notes(catalog: Catalog, n_unclosed: int) -> None:
 
 
 def catalog_from_frame(
-    frame: pd.DataFrame, *, require_target: bool = False, image_column: str | None = None
+    frame: pd.DataFrame,
+    *,
+    schema: CatalogSchema | None = None,
+    require_target: bool = False,
+    image_column: str | None = None,
 ) -> pd.DataFrame:
-    """Normalise a user's DataFrame (Python API) to the columns the models read, without touching disk."""
+    """Normalise a user's DataFrame (Python API) to a products frame (schema.py; default: the fashion schema),
+    without touching disk. A frame that already has the products frame's columns (a loaded catalog's) keeps them."""
+    schema = schema or FASHION
     products = frame.copy()
     if ID not in products.columns:
-        products[ID] = [str(i) for i in range(len(products))]
+        if schema.id and schema.id in products.columns:
+            products[ID] = products[schema.id]
+        else:
+            products[ID] = [str(i) for i in range(len(products))]
+    if TARGET not in products.columns and schema.label and schema.label in products.columns:
+        products[TARGET] = products[schema.label]
     if require_target and TARGET not in products.columns:
-        raise CatalogError(f"The DataFrame has no '{TARGET}' column to learn from or evaluate against.")
-    for col in COLUMNS:
+        raise CatalogError(f"The DataFrame has no '{schema.label or TARGET}' column to learn from or evaluate against.")
+    if TITLE not in products.columns:
+        texts = [c for c in schema.text if c in products.columns]
+        values = products[texts].astype(object).to_numpy() if texts else [[]] * len(products)
+        products[TITLE] = [combine_text(list(row)) for row in values]
+    for col in [*(COLUMNS if schema.is_fashion else [TARGET, TITLE]), *schema.metadata]:
         if col not in products.columns:
             products[col] = np.nan
     missing_id = products[ID].isna() | (products[ID].astype(str).str.strip() == "")
     products[ID] = products[ID].astype(str).str.strip()
     products.loc[missing_id, ID] = [str(i) for i in np.flatnonzero(missing_id.to_numpy())]
-    products["year"] = pd.to_numeric(products["year"], errors="coerce").astype("float64")
-    for col in CATEGORICAL + [TARGET, TITLE]:
+    for col in schema.numeric:
+        if schema.is_fashion:
+            products[col] = pd.to_numeric(products[col], errors="coerce").astype("float64")
+        else:
+            products[col] = np.array([parse_number(v) for v in products[col]], dtype=np.float64)
+    for col in [*schema.categorical, TARGET, TITLE]:
         values = products[col].astype(object)
         values = values.where(values.notna(), None)
         products[col] = [None if v is None or str(v).strip() == "" else str(v).strip() for v in values]
+    if image_column is None and "image_path" not in products.columns:
+        image_column = schema.image  # a saved schema's image column; an explicit image_column always wins
     if image_column and image_column in products.columns:
-        products["image_path"] = products[image_column]
+        refs = products[image_column].astype(object)
+        sep = schema.image_sep
+        products["image_path"] = [
+            (str(r).split(sep)[0].strip() if sep else str(r)) if isinstance(r, str | Path) and str(r) else None
+            for r in refs
+        ]
     elif "image_path" not in products.columns:
         products["image_path"] = None
     # object dtype: pandas 3 would store None as NaN in a string column, which reads as the path "nan".

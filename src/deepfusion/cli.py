@@ -36,7 +36,10 @@ ENGINES = ("local", "ray")
 # What `deepfusion train` writes into a run folder: the only entries --overwrite may delete. Anything else in
 # the folder is the user's, so the folder is refused rather than cleaned.
 RUN_FILES = frozenset(
-    {"split.csv", "split.json", "rejects.csv", "comparison.json", "report.html", "summary.md", "summary.json"}
+    {
+        "split.csv", "split.json", "rejects.csv", "comparison.json", "report.html", "summary.md", "summary.json",
+        "schema.json",
+    }
 )
 MODEL_FOLDERS = frozenset(MODELS) - {"all"}
 # Inside a model folder: what Predictor.save, runs.train_model and the report write.
@@ -138,9 +141,110 @@ DataOpt = Annotated[
     str,
     typer.Option(
         "--data",
-        help="Folder with styles.csv (or .parquet) and images/, or kaggle:OWNER/NAME to download through kagglehub.",
+        help="The product table (CSV with any separator, TSV, Parquet or JSON Lines) or a folder holding it (and "
+        "images/), or kaggle:OWNER/NAME to download through kagglehub.",
     ),
 ]
+
+
+def _columns(value: str | None) -> str | None:
+    if value is not None and not [c for c in value.split(",") if c.strip()]:
+        raise typer.BadParameter("give one or more column names, comma-separated")
+    return value
+
+
+def _check_sep(value: str | None) -> str | None:
+    if value is None:
+        return None
+    sep = SEP_NAMES.get(value.lower(), value)
+    if len(sep) != 1:
+        raise typer.BadParameter(f"a separator is one character (or tab), not {value!r}")
+    return sep
+
+
+SEP_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+LabelOpt = Annotated[
+    str | None,
+    typer.Option("--label", help="The column holding each product's category [default: articleType for the fashion "
+                 "catalog's columns; required for any other catalog]."),
+]
+IdOpt = Annotated[
+    str | None,
+    typer.Option("--id", help="The column holding each product's id [default: inferred (id, sku, uniq_id...); "
+                 "none found: the row number]."),
+]
+TextOpt = Annotated[
+    str | None,
+    typer.Option("--text", callback=_columns, help="Text columns, comma-separated, the title first (a long "
+                 "description adds only its first words) [default: inferred]."),
+]
+CategoricalOpt = Annotated[
+    str | None,
+    typer.Option("--categorical", callback=_columns, help="Attribute columns with a few repeated values (brand, "
+                 "colour...), comma-separated [default: inferred]."),
+]
+NumericOpt = Annotated[
+    str | None,
+    typer.Option("--numeric", callback=_columns, help="Number columns (price, year...; currency signs are fine), "
+                 "comma-separated [default: inferred]."),
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option("--image", help="The column holding each product's image file name or path, inside --images-dir "
+                 "[default: inferred; none: IMAGES_DIR/<id>.jpg]."),
+]
+ImageSepOpt = Annotated[
+    str | None,
+    typer.Option("--image-sep", callback=_check_sep, help="The character separating several images in the image "
+                 "column (the first that exists is used)."),
+]
+ImagesDirOpt = Annotated[
+    Path | None,
+    typer.Option("--images-dir", help="The folder holding the images [default: images/ beside the table; with an "
+                 "image column, also the table's folder]."),
+]
+SchemaOpt = Annotated[
+    Path | None,
+    typer.Option("--schema", help="A JSON file naming the columns' roles (keys id, label, text, categorical, "
+                 "numeric, image, image_sep), such as the schema.json train writes; flags override it."),
+]
+SepOpt = Annotated[
+    str | None,
+    typer.Option("--sep", callback=_check_sep, help="Field separator of a delimited table (',', ';', tab, '|') "
+                 "[default: sniffed from the header; tab for .tsv]."),
+]
+
+
+def _catalog_options(
+    *,
+    schema: Path | None = None,
+    label: str | None = None,
+    id: str | None = None,  # noqa: A002 - the role's name, as the flag's
+    text: str | None = None,
+    categorical: str | None = None,
+    numeric: str | None = None,
+    image: str | None = None,
+    image_sep: str | None = None,
+    images_dir: Path | None = None,
+    sep: str | None = None,
+) -> dict[str, Any]:
+    """The flags that say where a catalog's columns and images are, as load_catalog's options."""
+    def split(value: str | None) -> list[str] | None:
+        return None if value is None else [c.strip() for c in value.split(",") if c.strip()]
+
+    options: dict[str, Any] = {
+        "label": label, "id": id, "text": split(text), "categorical": split(categorical),
+        "numeric": split(numeric), "image": image, "image_sep": image_sep, "images_dir": images_dir, "sep": sep,
+    }
+    if schema is not None:
+        from .catalog import CatalogError
+        from .schema import SchemaError, read_schema_file
+
+        try:
+            options["schema"] = read_schema_file(schema)
+        except SchemaError as exc:
+            raise CatalogError(str(exc)) from None
+    return {k: v for k, v in options.items() if v is not None}
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 AddressOpt = Annotated[
     str | None,
@@ -476,12 +580,27 @@ def train(
     actors: Annotated[
         int, typer.Option("--actors", min=1, help="With --engine ray: backbone replicas embedding at once.")
     ] = 2,
+    label: LabelOpt = None,
+    id_column: IdOpt = None,
+    text: TextOpt = None,
+    categorical: CategoricalOpt = None,
+    numeric: NumericOpt = None,
+    image: ImageOpt = None,
+    image_sep: ImageSepOpt = None,
+    images_dir: ImagesDirOpt = None,
+    schema: SchemaOpt = None,
+    sep: SepOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train models on a catalog and compare them.
 
-    Each model is evaluated on the held-out test split; report.html in the run folder compares them.
+    Each model is evaluated on the held-out test split; report.html in the run folder compares them. The columns'
+    roles come from --schema and the column flags, else from the data (written to RUN/schema.json).
     """
+    catalog_options = _catalog_options(
+        schema=schema, label=label, id=id_column, text=text, categorical=categorical, numeric=numeric,
+        image=image, image_sep=image_sep, images_dir=images_dir, sep=sep,
+    )
     _check_address(engine, address)
     track = track or tracking_uri is not None
     if track:  # before hours of training: MLflow installed, the store usable
@@ -522,7 +641,15 @@ def train(
         engine=engine,
         address=address,
         actors=actors,
+        catalog_options=catalog_options,
     )
+    if (out / "schema.json").exists():
+        from .schema import CatalogSchema, read_schema_file
+
+        used: CatalogSchema = read_schema_file(out / "schema.json")
+        if not used.is_fashion:
+            typer.echo(f"columns ({used.name}; saved to {out / 'schema.json'}, pass it back with --schema to change):")
+            typer.echo("  " + used.describe().replace("\n", "\n  "))
     for name, m in results.items():
         typer.echo(
             f"{name:9s} test accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  "
@@ -547,12 +674,17 @@ def evaluate(
     ],
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, summary.md and rejects.csv.")],
+    id_column: IdOpt = None,
+    image: ImageOpt = None,
+    images_dir: ImagesDirOpt = None,
+    sep: SepOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a saved model on a labelled catalog."""
+    """Evaluate a saved model on a labelled catalog (its columns as the model's saved schema names them)."""
     from .runs import evaluate_model
 
-    m = evaluate_model(model_dir, data, out, progress=not quiet)
+    options = _catalog_options(id=id_column, image=image, images_dir=images_dir, sep=sep)
+    m = evaluate_model(model_dir, data, out, progress=not quiet, catalog_options=options)
     typer.echo(
         f"accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  on {m['n']:,} products "
         f"-> {out / 'metrics.json'}"
@@ -593,13 +725,22 @@ def predict(
     actors: Annotated[
         int, typer.Option("--actors", min=1, help="With --engine ray: model replicas predicting at once.")
     ] = 2,
+    id_column: IdOpt = None,
+    image: ImageOpt = None,
+    images_dir: ImagesDirOpt = None,
+    sep: SepOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict the category of every product in a catalog.
 
-    Labels are not needed; each prediction comes with its confidence and the next best labels.
+    Labels are not needed; each prediction comes with its confidence and the next best labels. The catalog's
+    columns are read as the model's saved schema names them; --id, --image and --images-dir say where they are
+    in this catalog. The output keeps the id column's name.
     """
     _check_address(engine, address)
+    catalog_options = _catalog_options(id=id_column, image=image, images_dir=images_dir, sep=sep)
+    if engine == "ray" and catalog_options:
+        raise typer.BadParameter("--id, --image, --images-dir and --sep are not read by --engine ray yet.")
     if engine == "ray":
         from .distributed import predict_catalog_ray
 
@@ -610,7 +751,9 @@ def predict(
         return
     from .runs import predict_catalog
 
-    n, catalog = predict_catalog(model_dir, data, out, top_k=top_k, progress=not quiet)
+    n, catalog = predict_catalog(
+        model_dir, data, out, top_k=top_k, progress=not quiet, catalog_options=catalog_options
+    )
     typer.echo(f"{n:,} predictions -> {out}; {catalog.summary()}")
 
 
@@ -661,6 +804,16 @@ def audit(
         ),
     ] = "local",
     address: AddressOpt = None,
+    label: LabelOpt = None,
+    id_column: IdOpt = None,
+    text: TextOpt = None,
+    categorical: CategoricalOpt = None,
+    numeric: NumericOpt = None,
+    image: ImageOpt = None,
+    image_sep: ImageSepOpt = None,
+    images_dir: ImagesDirOpt = None,
+    schema: SchemaOpt = None,
+    sep: SepOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Find products whose category is probably wrong.
@@ -680,6 +833,10 @@ def audit(
         progress=not quiet,
         engine=engine,
         address=address,
+        catalog_options=_catalog_options(
+            schema=schema, label=label, id=id_column, text=text, categorical=categorical, numeric=numeric,
+            image=image, image_sep=image_sep, images_dir=images_dir, sep=sep,
+        ),
     )
     typer.echo(f"{len(queue):,} products queued for review -> {out / 'audit.csv'}, {out / 'audit.html'}")
 

@@ -397,16 +397,20 @@ def merge_shards(parts: Path, out: Path, n_products: int) -> int:
     return n
 
 
-def _load_catalog(modalities: Sequence[str], data: str | Path, progress: bool) -> Catalog:
-    """The catalog as ``runs.predict_catalog`` loads it for a model with these inputs (same checks, same rejects)."""
+def _load_catalog(
+    modalities: Sequence[str], data: str | Path, progress: bool, schema: dict[str, Any] | None = None
+) -> Catalog:
+    """The catalog as ``runs.predict_catalog`` loads it for a model with these inputs and this saved schema (same
+    checks, same rejects)."""
     from .catalog import load_catalog
-    from .runs import required_columns
+    from .schema import FASHION, CatalogSchema
 
     return load_catalog(
         data,
+        schema=CatalogSchema.from_json(schema) if schema else FASHION,
         require_target=False,
         require_images=tuple(modalities) == ("image",),
-        required_columns=required_columns(modalities),
+        required_modalities=modalities,
         check_image_files="image" in modalities,
         progress=progress,
     )
@@ -448,7 +452,7 @@ def predict_catalog_ray(
     with exported_model(model_dir) as folder:
         # Loaded here too: a broken export fails now, before a cluster is used; and its inputs pick the checks.
         model = rt.ExportedModel.load(folder, threads=1)
-        catalog = _load_catalog(model.modalities, data, progress)
+        catalog = _load_catalog(model.modalities, data, progress, model.manifest.get("schema"))
         files = _export_files(folder)
     products = catalog.products
     f = model.fields

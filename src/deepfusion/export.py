@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .catalog import CATEGORICAL, ID, NUMERIC, TITLE
+from .catalog import ID, TITLE
 from .mixing import ExpertMix
 from .model_files import validate_model_folder
 from .models import Batch, FusionEnsemble, FusionNet, ModalitySpec, SparseBatch
@@ -436,7 +436,8 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
         "model_format_version": config.get("format_version"),
         "classes": list(predictor.classes_),
         "modalities": list(predictor.modalities),
-        "fields": {"id": ID, "title": TITLE, "categorical": list(CATEGORICAL), "numeric": list(NUMERIC)},
+        "fields": _fields(predictor),
+        "schema": predictor.schema_.to_json(),
         "preprocessing": "preprocessing.json",
         "networks": networks,
         "title": title,
@@ -446,3 +447,18 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
     if "review_threshold" in config:
         manifest["review_threshold"] = float(config["review_threshold"])
     return manifest
+
+
+def _fields(predictor: Predictor) -> dict[str, Any]:
+    """The product fields the runtime reads: the products frame's id and text columns (``text``: the catalog's text
+    columns, combined as schema.combine_text when a product has no ``title`` field) and the model's attributes."""
+    encoder = getattr(predictor, "metadata_encoder_", None)
+    schema = predictor.schema_
+    return {
+        "id": ID,
+        "title": TITLE,
+        "text": list(schema.text),
+        "categorical": list(encoder.categorical if encoder is not None else schema.categorical),
+        "numeric": list(encoder.numeric if encoder is not None else schema.numeric),
+        "numbers": "plain" if schema.is_fashion else "catalog",
+    }

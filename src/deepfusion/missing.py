@@ -17,7 +17,8 @@ import pandas as pd
 from .catalog import CATEGORICAL, NUMERIC, TITLE
 
 METADATA_FIELDS = (*CATEGORICAL, *NUMERIC)
-# The columns that carry each modality in a products frame.
+# The columns that carry each modality in a products frame (the metadata's: the fashion schema's, unless a model
+# names its own).
 MODALITY_COLUMNS: dict[str, tuple[str, ...]] = {
     "metadata": METADATA_FIELDS,
     "title": (TITLE,),
@@ -65,18 +66,27 @@ def blank_fields(
     return out
 
 
-def without_modalities(products: pd.DataFrame, absent: Sequence[str]) -> pd.DataFrame:
-    """``products`` with the columns of the ``absent`` modalities emptied, as a product without them arrives."""
+def without_modalities(
+    products: pd.DataFrame, absent: Sequence[str], metadata_fields: Sequence[str] = METADATA_FIELDS
+) -> pd.DataFrame:
+    """``products`` with the columns of the ``absent`` modalities emptied, as a product without them arrives
+    (``metadata_fields``: the model's attribute columns)."""
     out = products.copy()
+    columns = {**MODALITY_COLUMNS, "metadata": tuple(metadata_fields)}
     for modality in absent:
-        for col in MODALITY_COLUMNS[modality]:
+        for col in columns[modality]:
             if col in out.columns:
                 out[col] = None
     return out
 
 
 def blanked_copies(
-    products: pd.DataFrame, blanking: FieldBlanking, seed: int, *, allow_all: bool = True
+    products: pd.DataFrame,
+    blanking: FieldBlanking,
+    seed: int,
+    *,
+    allow_all: bool = True,
+    fields: Sequence[str] = METADATA_FIELDS,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Training's blanked copies: the row positions copied (``share`` copies per product on average) and the copies
     themselves, reproducible from ``seed``. ``allow_all`` is False for a metadata-only model, where a copy with every
@@ -94,5 +104,6 @@ def blanked_copies(
         rng,
         p_field=blanking.p_field,
         p_all=blanking.p_all if allow_all else 0.0,
+        fields=fields,
     )
     return rows, copies

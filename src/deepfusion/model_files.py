@@ -189,6 +189,7 @@ class _Checker:
         self.need(version == FORMAT_VERSION, "config.json",
                   f"model format {_show(version)}; this DeepFusion reads format {FORMAT_VERSION}", RETRAIN)
         modalities = self.modalities(config)
+        self.schema(config)
         head = self.head(config)
         self.scalars(config, modalities)
         prep = self.read_json("preprocessing.json")
@@ -213,6 +214,18 @@ class _Checker:
                     self.need("_conv_stem.weight" in tensors, str(config[key]),
                               f"does not hold {config.get('backbone')} backbone weights (no '_conv_stem.weight')")
         return config, prep
+
+    def schema(self, config: dict[str, Any]) -> None:
+        """The catalog schema the model reads (absent in models saved before it: the fashion columns)."""
+        if config.get("schema") is None:
+            return
+        from .schema import CatalogSchema, SchemaError
+
+        self.need(isinstance(config["schema"], dict), "config.json", "'schema' must be an object")
+        try:
+            CatalogSchema.from_json(config["schema"])
+        except SchemaError as exc:
+            self.fail("config.json", f"'schema' is not a valid catalog schema ({exc})")
 
     def modalities(self, config: dict[str, Any]) -> list[str]:
         value = self.get(config, "modalities", "", "config.json")

@@ -26,13 +26,14 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
-from .catalog import CATEGORICAL, ID, NUMERIC, TARGET, TITLE, catalog_from_frame
+from .catalog import ID, TARGET, TITLE, catalog_from_frame
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
 from .missing import FieldBlanking, blanked_copies, without_modalities
 from .mixing import ExpertMix, fit_mix_weights
 from .model_files import FORMAT_VERSION, ModelLoadError, validate_model_folder
 from .models import FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, build_network, make_config
+from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
 from .split import duplicate_groups
 from .text_scores import TextScoreModel
 from .training import (
@@ -114,6 +115,8 @@ class Predictor:
             were right this often.
         cache_dir: the embedding cache and the backbone's ONNX file (None: ~/.cache/deepfusion or
             $DEEPFUSION_CACHE); progress: progress bars.
+        schema: the roles of the DataFrame's columns (schema.CatalogSchema; None: ``fit``'s ``label`` and inference,
+            or the fashion catalog's columns); the fitted one is ``schema_``, saved with the model.
         embedder: an ``embeddings.ImageEmbedder`` to embed with (e.g. one shared by several models, so they share
             its cache reads); None builds one from backbone, weights, image_size and cache_dir.
         **head_overrides: fields of models.HeadConfig that replace the preset's (e.g. ``members=1``).
@@ -140,9 +143,11 @@ class Predictor:
         cache_dir: str | Path | None = None,
         progress: bool = True,
         embedder: Any | None = None,
+        schema: CatalogSchema | None = None,
         **head_overrides: Any,
     ) -> None:
         self.modalities = parse_modalities(modalities)
+        self.schema = schema
         # Stacking (text_scores.py): a linear SVM's class scores on metadata + title as one more network input.
         self.text_scores = text_scores and "title" in self.modalities
         # A second network on the other modalities answers for products without a title (a network that always had
@@ -227,12 +232,12 @@ class Predictor:
         input features to its scores (default: the fitted SVM's scores; training passes the fit, which returns
         out-of-fold ones)."""
         if absent:
-            products = without_modalities(products, absent)
+            products = without_modalities(products, absent, self.metadata_fields)
         features: dict[str, Any] = {}
         present: dict[str, np.ndarray] = {}
         if "metadata" in self.modalities:
             features["metadata"] = self.metadata_encoder_.transform(products)
-            attrs = products[CATEGORICAL + NUMERIC]
+            attrs = products[list(self.metadata_fields)]
             present["metadata"] = attrs.notna().any(axis=1).to_numpy()
         if "title" in self.modalities:
             features["title"] = self.title_encoder_.transform(products)
@@ -254,14 +259,31 @@ class Predictor:
 
     # ----------------------------------------------------------------- fit
     def fit(
-        self, train: pd.DataFrame, val: pd.DataFrame | None = None, *, image_column: str | None = None
+        self,
+        train: pd.DataFrame,
+        val: pd.DataFrame | None = None,
+        *,
+        label: str | None = None,
+        image_column: str | None = None,
     ) -> Predictor:
         """Fit encoders on ``train`` only, train the network (early stopping on ``val``), calibrate on ``val``.
-        With ``refit=True`` the encoders and networks are then fitted again on ``train`` + ``val`` for the
-        configuration's full number of epochs, keeping the temperatures calibrated on ``val``."""
-        train = catalog_from_frame(train, require_target=True, image_column=image_column)
+        ``label``: the column to learn (the other columns' roles are inferred, schema.infer_schema, unless the
+        Predictor was given a ``schema``). With ``refit=True`` the encoders and networks are then fitted again on
+        ``train`` + ``val`` for the configuration's full number of epochs, keeping the temperatures calibrated on
+        ``val``."""
+        self.schema_ = self._fit_schema(train, label)
+        if "metadata" in self.modalities and not self.schema_.metadata:
+            raise ValueError(
+                "The model reads metadata, but the catalog schema has no categorical or numeric column. Name them "
+                "(--categorical / --numeric) or train without metadata (--modalities title,image)."
+            )
+        train = catalog_from_frame(train, schema=self.schema_, require_target=True, image_column=image_column)
         train = train[train[TARGET].notna()].reset_index(drop=True)
-        val = catalog_from_frame(val, require_target=True, image_column=image_column) if val is not None else None
+        val = (
+            catalog_from_frame(val, schema=self.schema_, require_target=True, image_column=image_column)
+            if val is not None
+            else None
+        )
         val = self._fit_pass(train, val, self.config, finetune=self.finetune_blocks > 0)
         self.review_threshold_ = self._review_threshold(val)
         self.refit_: dict[str, Any] | None = None
@@ -279,6 +301,27 @@ class Predictor:
             if self.metadata_fallback:
                 self._build_no_metadata_mix()
         return self
+
+    def _fit_schema(self, train: pd.DataFrame, label: str | None) -> CatalogSchema:
+        if self.schema is not None:
+            return self.schema if label is None else self.schema.with_roles(label=label)
+        if label is None:
+            return FASHION
+        try:
+            return resolve_schema(train, label=label)
+        except SchemaError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        """The attribute columns the metadata modality reads."""
+        encoder = getattr(self, "metadata_encoder_", None)
+        if encoder is not None:
+            return (*encoder.categorical, *encoder.numeric)
+        return self._schema().metadata
+
+    def _schema(self) -> CatalogSchema:
+        return getattr(self, "schema_", None) or self.schema or FASHION
 
     def _review_threshold(self, val: pd.DataFrame | None) -> float:
         """The lowest confidence t such that validation products predicted with confidence >= t are right at
@@ -302,7 +345,8 @@ class Predictor:
         self.labels_ = LabelEncoder().fit(train[TARGET])
         self.train_counts_ = {str(k): int(v) for k, v in train[TARGET].value_counts().items()}
         if "metadata" in self.modalities:
-            self.metadata_encoder_ = MetadataEncoder().fit(train)
+            schema = self._schema()
+            self.metadata_encoder_ = MetadataEncoder(list(schema.categorical), list(schema.numeric)).fit(train)
         if "title" in self.modalities:
             self.title_encoder_ = TitleEncoder().fit(train)
         train_image = None
@@ -529,7 +573,13 @@ class Predictor:
             blanking = FieldBlanking(share=self.field_blanking)
             # Products without any attribute go to the no-metadata network when the model has one.
             allow_all = len(self.modalities) > 1 and not self.metadata_fallback
-            rows, copies = blanked_copies(products, blanking, self.seed if seed is None else seed, allow_all=allow_all)
+            rows, copies = blanked_copies(
+                products,
+                blanking,
+                self.seed if seed is None else seed,
+                allow_all=allow_all,
+                fields=self.metadata_fields,
+            )
         source = np.concatenate([np.arange(len(products)), rows])
         return source, pd.concat([products, copies], ignore_index=True)
 
@@ -608,7 +658,7 @@ class Predictor:
         products' ids as index, or the bare array with ``as_pandas=False``. ``absent`` empties the fields of those
         modalities (e.g. ``["image"]``) to see how the model does on products that arrive without them."""
         self._check_fitted()
-        products = catalog_from_frame(frame, image_column=image_column)
+        products = catalog_from_frame(frame, schema=self._schema(), image_column=image_column)
         proba = self._proba(products, absent)[0]
         if not as_pandas:
             return proba
@@ -667,7 +717,7 @@ class Predictor:
         """``id, prediction, confidence, inputs`` plus the top-k labels and probabilities, one row per product.
         ``inputs`` names the inputs the prediction used ("title+image"; "none" for an empty product)."""
         self._check_fitted()
-        products = catalog_from_frame(frame, image_column=image_column)
+        products = catalog_from_frame(frame, schema=self._schema(), image_column=image_column)
         proba, present = self._proba(products, image_embeddings=image_embeddings)
         top_k = max(1, min(top_k, proba.shape[1]))
         top = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
@@ -697,7 +747,7 @@ class Predictor:
         """Metrics against the ``articleType`` column. Products of a class the model never learned count as
         errors (the model cannot predict them). With ``return_predictions`` the per-product predictions are
         added under ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
-        products = catalog_from_frame(frame, require_target=True, image_column=image_column)
+        products = catalog_from_frame(frame, schema=self._schema(), require_target=True, image_column=image_column)
         products = products[products[TARGET].notna()].reset_index(drop=True)
         logits, temperature, _ = self._logits(products, absent)
         proba = softmax(logits / temperature[:, None])
@@ -743,6 +793,7 @@ class Predictor:
             "field_blanking": self.field_blanking,
             "review_precision": self.review_precision,
             "review_threshold": self.review_threshold_,
+            "schema": self._schema().to_json(),
             **network,
         }
         prep: dict[str, Any] = {"labels": self.labels_.to_json()}
@@ -849,6 +900,8 @@ class Predictor:
             progress=progress,
         )
         self.config = head
+        # Format-1 models before the schema read the fashion catalog's columns.
+        self.schema_ = CatalogSchema.from_json(config["schema"]) if config.get("schema") else FASHION
         self.labels_ = LabelEncoder.from_json(prep["labels"])
         if "metadata" in prep:
             self.metadata_encoder_ = MetadataEncoder.from_json(prep["metadata"])

@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .baselines import TextSVMBaseline
-from .catalog import ID, METADATA, TARGET, TITLE, Catalog, load_catalog
+from .catalog import ID, TARGET, Catalog, CatalogError, columns_for, load_catalog
 from .evaluation import summary_markdown
 from .missing import blank_fields, without_modalities
 from .predictor import MODEL_KINDS, Predictor, parse_modalities
+from .schema import FASHION, CatalogSchema
 from .split import Split, split_by_duplicate_groups
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,51 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
-def required_columns(modalities: Sequence[str]) -> list[str]:
-    cols: list[str] = []
-    if "metadata" in modalities:
-        cols += [*METADATA, TITLE]  # name_length comes from the title
-    if "title" in modalities:
-        cols.append(TITLE)
-    return cols
+def required_columns(modalities: Sequence[str], schema: CatalogSchema = FASHION) -> list[str]:
+    """The catalog columns (the user's names) a model of these modalities must find in a catalog."""
+    return columns_for(modalities, schema)
+
+
+# The options of load_catalog that say where a catalog's columns and images are (the CLI's --label, --text, ...).
+CATALOG_OPTIONS = ("schema", "label", "id", "text", "categorical", "numeric", "image", "image_sep", "images_dir", "sep")
+
+
+def _catalog_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(options) - set(CATALOG_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown catalog options {unknown}; expected some of {', '.join(CATALOG_OPTIONS)}")
+    return options
+
+
+def usable_specs(specs: list[ModelSpec], catalog: Catalog, model: str) -> list[ModelSpec]:
+    """``specs`` without the inputs this catalog does not have: no image found for any product, or no attribute
+    column in its schema. A model left with nothing to read is an error, with what to do."""
+    has_images = bool(catalog.products["image_status"].isin(["ok", "unchecked"]).any())
+    has_metadata = bool(catalog.schema.metadata)
+    has_text = bool(catalog.schema.text)
+    lacking = {m for m, ok in (("image", has_images), ("metadata", has_metadata), ("title", has_text)) if not ok}
+    out: list[ModelSpec] = []
+    for spec in specs:
+        mods = tuple(m for m in spec.modalities if m not in lacking)
+        if mods == spec.modalities:
+            out.append(spec)
+            continue
+        dropped = ", ".join(m for m in spec.modalities if m in lacking)
+        if not mods or (model == "all" and spec.name != "fusion"):
+            if model != "all":
+                raise CatalogError(
+                    f"The {spec.name} model reads {dropped}, which this catalog does not have (no image found, or "
+                    "no such column in its schema: see schema.json). Choose another --model, name the columns "
+                    "(--image, --categorical, --numeric, --text) or pass --images-dir."
+                )
+            log.warning("no %s model: the catalog has no %s", spec.name, dropped)
+            continue
+        log.warning("%s model without %s: the catalog has none", spec.name, dropped)
+        out.append(ModelSpec(spec.name, mods))
+    if not out:
+        raise CatalogError("No model can be trained on this catalog: it has no image, no text and no attribute.")
+    return out
 
 
 @dataclass
@@ -91,7 +130,8 @@ def train_model(
     on test, save to ``out_dir``."""
     products = catalog.products.set_index(ID, drop=False)
     parts = {name: products.loc[split.ids(name)].reset_index(drop=True) for name in ("train", "val", "test")}
-    predictor = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress, **(predictor_options or {}))
+    options = {"schema": catalog.schema, **(predictor_options or {})}
+    predictor = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress, **options)
     start = time.perf_counter()
     predictor.fit(parts["train"], parts["val"])
     fit_seconds = time.perf_counter() - start
@@ -142,7 +182,9 @@ def input_ablation(predictor: Predictor, train: pd.DataFrame, test: pd.DataFrame
         if not inputs:
             return None
         if inputs not in baselines:
-            baselines[inputs] = TextSVMBaseline(inputs).fit(train)
+            encoder = getattr(predictor, "metadata_encoder_", None)
+            fields = (encoder.categorical, encoder.numeric) if encoder is not None else None
+            baselines[inputs] = TextSVMBaseline(inputs, metadata_fields=fields).fit(train)
         return float((baselines[inputs].predict(products) == products[TARGET].to_numpy()).mean())
 
     mods = list(predictor.modalities)
@@ -150,9 +192,10 @@ def input_ablation(predictor: Predictor, train: pd.DataFrame, test: pd.DataFrame
     for mask in range(1, 2 ** len(mods)):
         kept = [m for i, m in enumerate(mods) if mask >> i & 1]
         absent = [m for m in mods if m not in kept]
-        cases.append((kept, absent, without_modalities(test, absent)))
+        cases.append((kept, absent, without_modalities(test, absent, predictor.metadata_fields)))
     if "metadata" in mods:
-        blanked = blank_fields(test, np.random.default_rng(seed), p_field=RANDOM_BLANKING)
+        rng = np.random.default_rng(seed)
+        blanked = blank_fields(test, rng, p_field=RANDOM_BLANKING, fields=predictor.metadata_fields)
         cases.append((mods, [f"each metadata field with chance {RANDOM_BLANKING}"], blanked))
     rows = []
     for kept, absent, products in cases:
@@ -196,8 +239,11 @@ def train_run(
     engine: str = "local",
     address: str | None = None,
     actors: int = 2,
+    catalog_options: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Load and validate the catalog, split it, train each requested model; returns metrics per model.
+    ``catalog_options``: where the catalog's columns and images are (load_catalog's schema, label, text, ...,
+    images_dir, sep); the schema used is written to ``schema.json`` and saved with every model.
     ``engine="ray"``: the images are embedded on Ray Data first (``distributed.embed_images_ray``, into the
     embedding cache that training reads; ``address`` / ``actors`` as for ``predict --engine ray``); the networks
     train in this process."""
@@ -208,11 +254,18 @@ def train_run(
     out = Path(out)
     specs = model_specs(model, modalities)
     needs_images = any("image" in s.modalities for s in specs)
-    cols = sorted({c for s in specs for c in required_columns(s.modalities)})
     catalog = load_catalog(
-        data, require_target=True, required_columns=cols, progress=progress, rejects_path=out / "rejects.csv"
+        data,
+        require_target=True,
+        required_modalities=sorted({m for s in specs for m in s.modalities if m != "image"}),
+        progress=progress,
+        rejects_path=out / "rejects.csv",
+        **_catalog_options(catalog_options),
     )
     catalog.write_rejects(out / "rejects.csv")
+    write_json(out / "schema.json", catalog.schema.to_json())
+    specs = usable_specs(specs, catalog, model)
+    needs_images = any("image" in s.modalities for s in specs)
     split = split_by_duplicate_groups(catalog.products, seed=seed)
     split.to_frame().to_csv(out / "split.csv", index=False)
     summary = {"catalog": catalog.summary(), "notes": catalog.notes, "source": str(catalog.source)}
@@ -273,21 +326,48 @@ def _embed_on_ray(
             )
 
 
-def _catalog_for(predictor: Predictor, data: str | Path, *, require_target: bool, progress: bool) -> Catalog:
+def catalog_for_model(
+    predictor: Predictor,
+    data: str | Path,
+    *,
+    require_target: bool,
+    progress: bool,
+    catalog_options: Mapping[str, Any] | None = None,
+) -> Catalog:
+    """``data`` loaded the way ``predictor`` reads products: its saved schema, with ``catalog_options`` (e.g.
+    another image column or images folder) replacing where a column is found."""
     images_only = predictor.modalities == ("image",)
+    options = {"schema": predictor.schema_, **_catalog_options(catalog_options)}
     return load_catalog(
         data,
         require_target=require_target,
         require_images=images_only,
-        required_columns=required_columns(predictor.modalities),
+        required_modalities=predictor.modalities,
         check_image_files="image" in predictor.modalities,
         progress=progress,
+        **options,
     )
 
 
-def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path, *, progress: bool = True) -> dict:
+def user_columns(frame: pd.DataFrame, schema: CatalogSchema) -> pd.DataFrame:
+    """``frame`` with the id column under the catalog's own name (``id`` when products are numbered by row)."""
+    if schema.id and schema.id != ID and ID in frame.columns:
+        return frame.rename(columns={ID: schema.id})
+    return frame
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    catalog_options: Mapping[str, Any] | None = None,
+) -> dict:
     predictor = Predictor.load(model_dir, progress=progress)
-    catalog = _catalog_for(predictor, data, require_target=True, progress=progress)
+    catalog = catalog_for_model(
+        predictor, data, require_target=True, progress=progress, catalog_options=catalog_options
+    )
     out = Path(out)
     catalog.write_rejects(out / "rejects.csv")
     metrics = predictor.evaluate(catalog.products)
@@ -318,11 +398,14 @@ def predict_catalog(
     top_k: int = 3,
     chunk_size: int = 8192,
     progress: bool = True,
+    catalog_options: Mapping[str, Any] | None = None,
 ) -> tuple[int, Catalog]:
     """Predict every product of a catalog into ``out`` (.csv or .parquet), in chunks so memory stays flat
-    however large the catalog; returns (number of predictions, catalog)."""
+    however large the catalog; returns (number of predictions, catalog). The id column keeps the catalog's name."""
     predictor = Predictor.load(model_dir, progress=progress)
-    catalog = _catalog_for(predictor, data, require_target=False, progress=progress)
+    catalog = catalog_for_model(
+        predictor, data, require_target=False, progress=progress, catalog_options=catalog_options
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     products = catalog.products
@@ -331,7 +414,8 @@ def predict_catalog(
     chunks = range(0, max(len(products), 1), chunk_size)
     try:
         for start in tqdm(chunks, desc="predicting", unit="chunk", disable=not progress or len(chunks) < 2):
-            preds = output_columns(predictor.predict_frame(products.iloc[start : start + chunk_size], top_k=top_k))
+            chunk = predictor.predict_frame(products.iloc[start : start + chunk_size], top_k=top_k)
+            preds = user_columns(output_columns(chunk), catalog.schema)
             n += len(preds)
             if out.suffix.lower() == ".parquet":
                 table = pa.Table.from_pandas(preds, preserve_index=False)

@@ -1,0 +1,406 @@
+"""Which column of a catalog plays which role: id, label, text, categorical, numeric, image.
+
+A catalog export can have any columns. ``CatalogSchema`` names them by role; it is given on the command line
+(``--label COL --text A,B ...``), in a JSON schema file (``--schema FILE``), or inferred from the data
+(``infer_schema``: AutoGluon-style rules, logged and saved so the user sees what was decided and can correct it).
+The Kaggle fashion layout is the built-in ``FASHION`` schema, used when a catalog has its columns and nothing else
+is said. The schema is saved with every model, so ``predict``, ``evaluate`` and the service read new products the
+way the model was trained.
+
+Inside the package a loaded catalog is a *products frame* whose role columns have fixed names
+(``catalog.ID``, ``catalog.TARGET``, ``catalog.TITLE``: the product id, the label and the product's text, several
+text columns combined by ``combine_text``); categorical and numeric columns keep their own names. Those fixed
+names are reserved: a column of the user's catalog with one of them can only play that role.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ROLES = ("id", "label", "text", "categorical", "numeric", "image")
+# The products frame's own column names for the roles (catalog.ID / TARGET / TITLE; catalog.py imports them).
+ID_COLUMN = "id"
+LABEL_COLUMN = "articleType"
+TEXT_COLUMN = "productDisplayName"
+RESERVED = {ID_COLUMN: "id", LABEL_COLUMN: "label", TEXT_COLUMN: "text"}
+# Columns the loader adds to a products frame; a catalog column of that name would be overwritten.
+DERIVED_COLUMNS = ("image_path", "image_sha1", "image_status", "image_width", "image_height", "image_mode")
+
+# Beside the first text column (normally the title), each further text column adds at most this many words: a
+# description of hundreds of words would otherwise outweigh the title in the TF-IDF vector, where the title
+# carries most of the signal.
+EXTRA_TEXT_WORDS = 48
+
+_TAG = re.compile(r"<[^>]{0,500}>")
+_SPACE = re.compile(r"\s+")
+# A number as exports write them: an optional currency sign or code before it, thousands separators, a decimal
+# point ("£3.42", "$1,299.00", "12", "-0.5").
+_NUMBER = re.compile(r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*$")
+_ID_NAMES = {"id", "sku", "uniqid", "productid", "itemid", "asin", "articleid", "styleid", "productcode"}
+_IMAGE_WORDS = ("image", "img", "photo", "picture")
+_IMAGE_VALUE = re.compile(r"(^https?://)|(\.(jpe?g|png|webp|gif|bmp)(\?.*)?$)", re.IGNORECASE)
+
+
+class SchemaError(ValueError):
+    """A schema that does not fit the catalog; the message names the column and what to pass instead."""
+
+
+@dataclass(frozen=True)
+class CatalogSchema:
+    """The roles of a catalog's columns.
+
+    ``id``: the product id column (None: products are numbered by their row). ``label``: the category column
+    (None for a catalog that is only predicted). ``text``: text columns, the title first (its words all count;
+    each further column adds its first ``EXTRA_TEXT_WORDS`` words). ``categorical``/``numeric``: attribute columns.
+    ``image``: the column holding each product's image file (a file name, or a path relative to or inside the images
+    folder; None: ``<images folder>/<id>.jpg``), several separated by ``image_sep``. ``ignored``: columns the
+    schema leaves out, with why (inference only; informative).
+    """
+
+    id: str | None = ID_COLUMN
+    label: str | None = LABEL_COLUMN
+    text: tuple[str, ...] = (TEXT_COLUMN,)
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    image: str | None = None
+    image_sep: str | None = None
+    name: str = "custom"
+    ignored: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("text", "categorical", "numeric"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        seen: dict[str, str] = {}
+        for role, col in self.columns():
+            if col in seen and seen[col] != role:
+                raise SchemaError(f"Column '{col}' is given two roles ({seen[col]} and {role}); give it one.")
+            seen[col] = role
+        for col, role in seen.items():
+            own = RESERVED.get(col)
+            if own is not None and own != role:
+                raise SchemaError(
+                    f"Column '{col}' is the {role} column, but DeepFusion uses the name '{col}' for the product's "
+                    f"{own}. Rename the column in your catalog (or make it the {own} column)."
+                )
+            if col in DERIVED_COLUMNS:
+                raise SchemaError(f"Column '{col}' has a name DeepFusion uses for its own image columns; rename it.")
+        if self.image_sep == "":
+            raise SchemaError("image_sep must be a character such as '|', or None.")
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(role, column) for every column the schema uses."""
+        pairs = [("id", self.id), ("label", self.label), ("image", self.image)]
+        out = [(role, col) for role, col in pairs if col]
+        out += [(role, col) for role in ("text", "categorical", "numeric") for col in getattr(self, role)]
+        return out
+
+    @property
+    def metadata(self) -> tuple[str, ...]:
+        return (*self.categorical, *self.numeric)
+
+    @property
+    def is_fashion(self) -> bool:
+        return self.name == "fashion"
+
+    def with_roles(self, **roles: Any) -> CatalogSchema:
+        """This schema with some roles given anew (as the command line's flags do): a column given a new role
+        leaves its old one."""
+        given = {k: v for k, v in roles.items() if v is not None}
+        if not given:
+            return self
+        columns = {k: v for k, v in given.items() if k != "image_sep"}
+        moved = {c for v in columns.values() for c in ([v] if isinstance(v, str) else v)}
+        kept: dict[str, Any] = {}
+        for role in ("text", "categorical", "numeric"):
+            kept[role] = tuple(c for c in getattr(self, role) if c not in moved)
+        for role in ("id", "label", "image"):
+            kept[role] = None if getattr(self, role) in moved else getattr(self, role)
+        kept.update({k: tuple(v) if k in ("text", "categorical", "numeric") else v for k, v in given.items()})
+        name = self.name if not (set(given) - {"image_sep"}) else "custom"
+        return replace(self, **kept, name=name, ignored={})
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("text", "categorical", "numeric"):
+            out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CatalogSchema:
+        unknown = sorted(set(data) - {*ROLES, "image_sep", "name", "ignored"})
+        if unknown:
+            raise SchemaError(
+                f"Unknown schema key(s) {', '.join(unknown)}; the keys are: {', '.join(ROLES)}, image_sep."
+            )
+
+        def one(key: str, default: str | None = None) -> str | None:
+            value = data.get(key, default)
+            if value is not None and not isinstance(value, str):
+                raise SchemaError(f"Schema key '{key}' must be a column name (a string) or null, not {value!r}.")
+            return value or None
+
+        def many(key: str) -> tuple[str, ...]:
+            value = data.get(key, [])
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise SchemaError(f"Schema key '{key}' must be a list of column names, not {value!r}.")
+            return tuple(value)
+
+        ignored = data.get("ignored") or {}
+        return cls(
+            id=one("id"),
+            label=one("label"),
+            text=many("text"),
+            categorical=many("categorical"),
+            numeric=many("numeric"),
+            image=one("image"),
+            image_sep=one("image_sep"),
+            name=str(data.get("name") or "custom"),
+            ignored={str(k): str(v) for k, v in ignored.items()} if isinstance(ignored, dict) else {},
+        )
+
+    def describe(self) -> str:
+        """One line per role, for the log and the CLI."""
+        image = "(images/<id>.jpg)"
+        if self.image:
+            image = self.image + (f" (several separated by {self.image_sep!r})" if self.image_sep else "")
+        lines = [
+            f"id: {self.id or '(row number)'}",
+            f"label: {self.label or '(none)'}",
+            f"text: {', '.join(self.text) or '(none)'}",
+            f"categorical: {', '.join(self.categorical) or '(none)'}",
+            f"numeric: {', '.join(self.numeric) or '(none)'}",
+            f"image: {image}",
+        ]
+        if self.ignored:
+            lines.append("ignored: " + "; ".join(f"{c} ({why})" for c, why in self.ignored.items()))
+        return "\n".join(lines)
+
+
+FASHION = CatalogSchema(
+    id=ID_COLUMN,
+    label=LABEL_COLUMN,
+    text=(TEXT_COLUMN,),
+    categorical=("gender", "masterCategory", "subCategory", "baseColour", "season", "usage"),
+    numeric=("year",),
+    image=None,
+    name="fashion",
+)
+
+
+def read_schema_file(path: str | Path) -> CatalogSchema:
+    """A schema from a JSON file (the ``schema.json`` that ``train`` writes is one)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SchemaError(f"Cannot read the schema file {path}: {exc}.") from exc
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"The schema file {path} is not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise SchemaError(f"The schema file {path} must hold a JSON object with the keys {', '.join(ROLES)}.")
+    return CatalogSchema.from_json(data)
+
+
+# ---------------------------------------------------------------------------------------------- values
+def clean_text(value: object) -> str:
+    """A text field as a person reads it: HTML tags and entities, non-breaking spaces and replacement characters
+    removed, white space collapsed. Missing values become ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value)
+    if "<" in text or "&" in text:
+        text = html.unescape(_TAG.sub(" ", text))
+    text = text.replace("\ufffd", " ").replace("\xa0", " ")
+    return _SPACE.sub(" ", text).strip()
+
+
+def combine_text(values: Sequence[object], extra_words: int = EXTRA_TEXT_WORDS) -> str | None:
+    """A product's text from its text columns (title first): the first non-empty one whole, each later one's first
+    ``extra_words`` words; None when every column is empty."""
+    parts: list[str] = []
+    for value in values:
+        text = clean_text(value)
+        if not text:
+            continue
+        parts.append(text if not parts else " ".join(text.split(" ")[:extra_words]))
+    return " ".join(parts) or None
+
+
+def parse_number(value: object) -> float:
+    """A number as catalogs write one ("£3.42", "1,299", "12"); NaN when missing or not a number."""
+    if value is None:
+        return math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        return number if math.isfinite(number) else math.nan
+    match = _NUMBER.match(str(value).strip())
+    if not match or not any(ch.isdigit() for ch in match.group(1)):
+        return math.nan
+    number = float(match.group(1).replace(",", ""))
+    return number if math.isfinite(number) else math.nan
+
+
+# ---------------------------------------------------------------------------------------------- inference
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def looks_like_fashion(columns: Iterable[str]) -> bool:
+    cols = set(columns)
+    return {ID_COLUMN, LABEL_COLUMN, TEXT_COLUMN} <= cols
+
+
+def infer_schema(
+    table: pd.DataFrame,
+    label: str | None,
+    *,
+    id: str | None = None,
+    image: str | None = None,
+    fixed: Iterable[str] = (),
+) -> CatalogSchema:
+    """Roles for the columns of ``table`` (values as read, strings), AutoGluon-style: ``label`` as given; an id
+    column by its name and unique values; an image column by its name and file-like or link values; then for each
+    other column: numbers (at least 95% of the filled values parse as numbers, currency signs allowed) are numeric,
+    long or mostly unique strings are text (the shortest first: the title), the rest categorical; empty columns and
+    columns of one value are ignored. ``fixed``: columns already given a role (left out)."""
+    n = len(table)
+    fixed = {c for c in fixed if c}
+    ignored: dict[str, str] = {}
+    if label is not None and label not in table.columns:
+        raise SchemaError(f"No label column '{label}' in the catalog. Its columns: {', '.join(table.columns)}.")
+
+    def filled(col: str) -> pd.Series:
+        values = table[col].fillna("").astype(str).str.strip()
+        return values[values != ""]
+
+    taken = {label, image, id, *fixed} - {None}
+    if id is None:
+        for col in table.columns:
+            values = filled(col)
+            if col not in taken and _norm(col) in _ID_NAMES and len(values) == n and values.is_unique:
+                id = col
+                break
+    if image is None:
+        for col in table.columns:
+            if col in taken or col == id or not any(w in col.lower() for w in _IMAGE_WORDS):
+                continue
+            values = filled(col)
+            if len(values) and values.head(200).str.contains(_IMAGE_VALUE).mean() >= 0.5:
+                image = col
+                break
+    taken |= {id, image} - {None}
+    text: list[tuple[float, str]] = []
+    categorical: list[str] = []
+    numeric: list[str] = []
+    for col in table.columns:
+        if col in taken:
+            continue
+        values = filled(col)
+        if len(values) < max(1, 0.01 * n):
+            ignored[col] = "empty" if not len(values) else "almost always empty"
+            continue
+        n_unique = values.nunique()
+        if n_unique == 1:
+            ignored[col] = "one value"
+            continue
+        if col in RESERVED or col in DERIVED_COLUMNS:
+            ignored[col] = "reserved name"
+            continue
+        sample = values.head(5000)
+        if sample.map(parse_number).notna().mean() >= 0.95:
+            numeric.append(col)
+            continue
+        if sample.str.match(r"https?://").mean() >= 0.5:
+            ignored[col] = "links"
+            continue
+        words = sample.str.count(" ") + 1
+        if words.median() >= 4 or n_unique / len(values) > 0.5:
+            text.append((float(sample.str.len().median()), col))
+        else:
+            categorical.append(col)
+    text_cols = tuple(col for _, col in sorted(text, key=lambda t: t[0]))
+    return CatalogSchema(
+        id=id,
+        label=label,
+        text=text_cols,
+        categorical=tuple(categorical),
+        numeric=tuple(numeric),
+        image=image,
+        name="inferred",
+        ignored=ignored,
+    )
+
+
+def resolve_schema(
+    table: pd.DataFrame,
+    *,
+    schema: CatalogSchema | None = None,
+    label: str | None = None,
+    id: str | None = None,
+    text: Sequence[str] | None = None,
+    categorical: Sequence[str] | None = None,
+    numeric: Sequence[str] | None = None,
+    image: str | None = None,
+    image_sep: str | None = None,
+    need_label: bool = True,
+    kaggle_layout: bool = False,
+) -> CatalogSchema:
+    """The schema for ``table``: ``schema`` (a saved or given one) or, without it, the built-in fashion schema when
+    the table has its columns (or ``kaggle_layout``: the table is the Kaggle set's styles.csv) and no column role is
+    given, else the inferred one; then every role given here replaces the schema's."""
+    roles = {"label": label, "id": id, "text": text, "categorical": categorical, "numeric": numeric,
+             "image": image, "image_sep": image_sep}
+    given = {k: v for k, v in roles.items() if v is not None}
+    if schema is None:
+        columns_given = set(given) - {"image_sep", "image"}
+        fashion = looks_like_fashion(table.columns) or kaggle_layout
+        if fashion and (not columns_given or given.get("label") == LABEL_COLUMN):
+            schema = FASHION
+        else:
+            if label is None and need_label:
+                hints = [c for c in table.columns if "categ" in c.lower() or "type" in c.lower()]
+                hint = f" (perhaps {', '.join(repr(h) for h in hints[:3])})" if hints else ""
+                raise SchemaError(
+                    f"Which column holds the category? Pass --label COLUMN{hint}. "
+                    f"Columns: {', '.join(table.columns)}."
+                )
+            fixed = [c for k in ("text", "categorical", "numeric") for c in (given.get(k) or [])]
+            schema = infer_schema(table, label, id=id, image=image, fixed=fixed)
+    schema = schema.with_roles(**given)
+    if not schema.is_fashion:  # the fashion layout's missing columns are reported by the loader, as before
+        check_columns(schema, table.columns, need_label=need_label)
+    if schema.name != "fashion":
+        log.info("catalog schema (%s):\n%s", schema.name, schema.describe())
+    return schema
+
+
+def check_columns(schema: CatalogSchema, columns: Iterable[str], *, need_label: bool) -> None:
+    """Every column the schema names is in ``columns`` (the label only when ``need_label``)."""
+    cols = set(columns)
+    missing = [
+        f"{col} ({role})" for role, col in schema.columns() if col not in cols and (role != "label" or need_label)
+    ]
+    if missing:
+        raise SchemaError(
+            f"The catalog lacks the column(s) {', '.join(missing)} that the schema names. Its columns: "
+            f"{', '.join(sorted(cols))}. Add them (values may be empty) or give the right names "
+            "(--label, --text, --categorical, --numeric, --image, --id or --schema)."
+        )
+    if need_label and not schema.label:
+        raise SchemaError("The schema has no label column: pass --label COLUMN.")
+    if not (schema.text or schema.metadata or schema.image is not None):
+        raise SchemaError("The schema gives the model no input: name text, categorical, numeric or image columns.")
