@@ -170,8 +170,8 @@ LabelOpt = Annotated[
 ]
 IdOpt = Annotated[
     str | None,
-    typer.Option("--id", help="The column holding each product's id [default: inferred (id, sku, uniq_id...); "
-                 "none found: the row number]."),
+    typer.Option("--id", help="The column holding each product's id [default: inferred from names such as id, sku "
+                 "or uniq_id; none found: the row number]."),
 ]
 TextOpt = Annotated[
     str | None,
@@ -180,12 +180,12 @@ TextOpt = Annotated[
 ]
 CategoricalOpt = Annotated[
     str | None,
-    typer.Option("--categorical", callback=_columns, help="Attribute columns with a few repeated values (brand, "
-                 "colour...), comma-separated [default: inferred]."),
+    typer.Option("--categorical", callback=_columns, help="Attribute columns with a few repeated values such as "
+                 "brand or colour, comma-separated [default: inferred]."),
 ]
 NumericOpt = Annotated[
     str | None,
-    typer.Option("--numeric", callback=_columns, help="Number columns (price, year...; currency signs are fine), "
+    typer.Option("--numeric", callback=_columns, help="Number columns such as price or year (currency signs are fine), "
                  "comma-separated [default: inferred]."),
 ]
 ImageOpt = Annotated[
@@ -680,7 +680,10 @@ def evaluate(
     sep: SepOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a saved model on a labelled catalog (its columns as the model's saved schema names them)."""
+    """Evaluate a saved model on a labelled catalog.
+
+    The catalog's columns are read as the model's saved schema names them; flags say where they moved.
+    """
     from .runs import evaluate_model
 
     options = _catalog_options(id=id_column, image=image, images_dir=images_dir, sep=sep)

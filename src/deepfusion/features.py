@@ -78,8 +78,11 @@ class MetadataEncoder:
             self.medians_[c] = float(median) if pd.notna(median) else 0.0
         lengths = name_length(frame[TITLE])
         self.medians_["name_length"] = float(np.median(lengths[lengths > 0])) if (lengths > 0).any() else 0.0
-        self.onehot_ = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
-        self.onehot_.fit(self._categorical_frame(frame))
+        # A catalog may have numbers but no categorical attribute: scikit-learn's encoder refuses zero columns.
+        self.onehot_ = None
+        if self.categorical:
+            self.onehot_ = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
+            self.onehot_.fit(self._categorical_frame(frame))
         self.scaler_ = StandardScaler().fit(self._numeric_frame(frame))
         if self.missing_indicators:
             # The 0/1 flags stay 0/1: scaled by their (often tiny) spread in training, one missing year would become
@@ -88,17 +91,25 @@ class MetadataEncoder:
             self.scaler_.mean_[flags], self.scaler_.scale_[flags], self.scaler_.var_[flags] = 0.0, 1.0, 1.0
         return self
 
+    @property
+    def categories(self) -> list[np.ndarray]:
+        return list(self.onehot_.categories_) if self.onehot_ is not None else []
+
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        onehot = self.onehot_.transform(self._categorical_frame(frame))
+        if self.onehot_ is None:
+            onehot = np.zeros((len(frame), 0), dtype=np.float32)
+        else:
+            onehot = self.onehot_.transform(self._categorical_frame(frame))
         numeric = self.scaler_.transform(self._numeric_frame(frame)).astype(np.float32)
         return np.hstack([onehot, numeric]).astype(np.float32)
 
     @property
     def n_features(self) -> int:
-        return sum(len(c) for c in self.onehot_.categories_) + len(self.numeric_features)
+        return sum(len(c) for c in self.categories) + len(self.numeric_features)
 
     def feature_names(self) -> list[str]:
-        return [*self.onehot_.get_feature_names_out(self.categorical), *self.numeric_features]
+        onehot = self.onehot_.get_feature_names_out(self.categorical) if self.onehot_ is not None else []
+        return [*onehot, *self.numeric_features]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,7 +117,7 @@ class MetadataEncoder:
             "numeric": self.numeric,
             "missing_indicators": self.missing_indicators,
             "medians": self.medians_,
-            "categories": [list(map(str, c)) for c in self.onehot_.categories_],
+            "categories": [list(map(str, c)) for c in self.categories],
             "scaler_mean": self.scaler_.mean_.tolist(),
             "scaler_scale": self.scaler_.scale_.tolist(),
             "scaler_var": self.scaler_.var_.tolist(),
@@ -118,10 +129,14 @@ class MetadataEncoder:
         enc = cls(state["categorical"], state["numeric"], state.get("missing_indicators", False))
         enc.medians_ = {k: float(v) for k, v in state["medians"].items()}
         cats = [np.array(c, dtype=object) for c in state["categories"]]
-        enc.onehot_ = OneHotEncoder(categories=cats, handle_unknown="ignore", sparse_output=False, dtype=np.float32)
-        # Fitting on the category lists themselves reproduces the saved encoder exactly.
-        width = max(len(c) for c in cats)
-        enc.onehot_.fit(np.array([[c[min(i, len(c) - 1)] for c in cats] for i in range(width)], dtype=object))
+        enc.onehot_ = None
+        if cats:
+            enc.onehot_ = OneHotEncoder(
+                categories=cats, handle_unknown="ignore", sparse_output=False, dtype=np.float32
+            )
+            # Fitting on the category lists themselves reproduces the saved encoder exactly.
+            width = max(len(c) for c in cats)
+            enc.onehot_.fit(np.array([[c[min(i, len(c) - 1)] for c in cats] for i in range(width)], dtype=object))
         enc.scaler_ = StandardScaler()
         enc.scaler_.mean_ = np.array(state["scaler_mean"])
         enc.scaler_.scale_ = np.array(state["scaler_scale"])

@@ -1,0 +1,241 @@
+"""Catalogs in schemas nobody wrote code for: the user's columns, files and formats, through the public API and CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import CLASSES, draw_product
+from typer.testing import CliRunner
+
+from deepfusion import schema as schema_module
+from deepfusion.catalog import load_catalog
+from deepfusion.cli import app
+from deepfusion.schema import CatalogSchema, SchemaError, clean_text, combine_text, infer_schema, parse_number
+
+runner = CliRunner()
+
+# A retailer's own export: category paths as labels, a long HTML description, a brand, a price in pounds, and a
+# relative image path. The paths' words are not in the titles, so a model must learn them, not copy them.
+PATHS = {
+    "Tshirts": "Clothing > Tops > T-Shirts",
+    "Jeans": "Clothing > Bottoms > Denim",
+    "Heels": "Shoes > Women > Heels",
+    "Watches": "Accessories > Watches",
+}
+WORDS = {
+    "Tshirts": "cotton crew neck tee",
+    "Jeans": "slim fit denim trousers",
+    "Heels": "stiletto pump heel",
+    "Watches": "analogue wrist watch",
+}
+
+
+def toy_table(root: Path, n_per_class: int = 14, seed: int = 0, images: bool = True) -> pd.DataFrame:
+    """The products of a generated export (images drawn under root/pics/), as the user's table."""
+    rng = random.Random(seed)
+    if images:
+        (root / "pics" / "sub").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, article in enumerate(CLASSES):
+        for i in range(n_per_class):
+            sku = f"SKU-{k}{i:03d}"
+            image = f"pics/sub/{sku}.png"
+            if images:
+                draw_product(article, rng, mark=k * 100 + i).save(root / image)
+            description = (
+                f"<p>The {WORDS[article]} you were looking for.&nbsp;</p><ul><li>Made by Brand{i % 3}</li>"
+                + "<li>" + " ".join(f"filler{j}" for j in range(120)) + "</li></ul>\ufffd"
+            )
+            rows.append(
+                {
+                    "sku": sku,
+                    "title": f"Brand{i % 3} {WORDS[article]} model {i}",
+                    "description": description,
+                    "brand": f"Brand{i % 3}",
+                    "price": f"£{1000 + 10 * k + i:,}.99",
+                    "image": image,
+                    "category_path": PATHS[article],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def write_table(table: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        table.to_parquet(path, index=False)
+    elif path.suffix == ".jsonl":
+        table.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif path.suffix == ".tsv":
+        table.to_csv(path, sep="\t", index=False)
+    else:
+        table.to_csv(path, sep=";", index=False)
+    return path
+
+
+def run(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def fails(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    return result.output
+
+
+def test_text_helpers_clean_and_balance() -> None:
+    assert clean_text("<p>Soft&nbsp;toy&amp;co</p>\ufffd\u00a0 ") == "Soft toy&co"
+    long = " ".join(f"w{i}" for i in range(500))
+    combined = combine_text(["Short title", long])
+    # The title comes whole and first; the description adds a bounded number of words, not 500.
+    assert combined.startswith("Short title ")
+    assert len(combined.split()) == 2 + schema_module.EXTRA_TEXT_WORDS
+    assert combine_text([None, "", "  "]) is None
+    assert parse_number("£1,299.99") == pytest.approx(1299.99)
+    assert parse_number("$ 12") == 12
+    assert pd.isna(parse_number("twelve")) and pd.isna(parse_number(""))
+
+
+@pytest.mark.parametrize("name", ["products.csv", "products.tsv", "products.parquet", "products.jsonl"])
+def test_formats_load_with_the_inferred_schema(tmp_path: Path, name: str) -> None:
+    table = toy_table(tmp_path)
+    path = write_table(table, tmp_path / name)
+    catalog = load_catalog(path, label="category_path", progress=False)
+    s = catalog.schema
+    assert (s.id, s.label, s.image) == ("sku", "category_path", "image")
+    assert s.text == ("title", "description") and s.categorical == ("brand",) and s.numeric == ("price",)
+    products = catalog.products
+    assert len(products) == len(table)
+    assert not (catalog.rejects["action"] == "dropped").any()
+    assert set(products["articleType"]) == set(PATHS.values())
+    assert (products["image_status"] == "ok").all()
+    # The price is a number, the description's HTML is gone and it does not drown the title.
+    assert products["price"].between(1000, 1100).all()
+    text = products["productDisplayName"].iloc[0]
+    assert text.startswith("Brand0 cotton crew neck tee model 0 The cotton") and "<" not in text and "&" not in text
+    # The folder holding the one table works too.
+    assert len(load_catalog(tmp_path, label="category_path", progress=False).products) == len(table)
+
+
+def test_schema_inference_and_errors(tmp_path: Path) -> None:
+    table = toy_table(tmp_path, images=False)
+    inferred = infer_schema(table, label="category_path")
+    assert inferred.id == "sku" and inferred.image == "image"
+    round_trip = CatalogSchema.from_json(json.loads(json.dumps(inferred.to_json())))
+    assert round_trip == inferred
+    # A column given a new role leaves its old one; given two roles at once, it is refused.
+    moved = inferred.with_roles(text=("title", "brand"))
+    assert moved.text == ("title", "brand") and moved.categorical == ()
+    with pytest.raises(SchemaError, match="brand"):
+        inferred.with_roles(text=("title", "brand"), categorical=("brand",))
+    path = write_table(table, tmp_path / "p.csv")
+    with pytest.raises(Exception, match="nope"):
+        load_catalog(path, label="nope", progress=False)
+
+
+def test_cli_train_predict_any_catalog(tmp_path: Path) -> None:
+    table = toy_table(tmp_path)
+    data = write_table(table, tmp_path / "export.csv")
+    out = tmp_path / "run"
+    text = run(
+        "train", "--data", str(data), "--label", "category_path", "--model", "fusion", "--preset", "small",
+        "--out", str(out), "--quiet",
+    )
+    # What inference decided is printed and saved, so the user can correct it.
+    assert "category_path" in text and "sku" in text
+    saved = json.loads((out / "schema.json").read_text())
+    assert saved["id"] == "sku" and saved["text"] == ["title", "description"] and saved["image"] == "image"
+    config = json.loads((out / "fusion" / "config.json").read_text())
+    assert config["schema"] == saved
+
+    # predict on the same products in another format, without the label: the id column keeps its name and the
+    # prediction is the whole path as written.
+    unlabelled = write_table(table.drop(columns=["category_path"]), tmp_path / "new.parquet")
+    preds_path = tmp_path / "preds.csv"
+    run("predict", str(out / "fusion"), "--data", str(unlabelled), "--images-dir", str(tmp_path), "--out",
+        str(preds_path), "--quiet")
+    preds = pd.read_csv(preds_path, dtype=str)
+    assert list(preds.columns[:2]) == ["sku", "prediction"]
+    assert list(preds["sku"]) == list(table["sku"])
+    assert set(preds["prediction"]) <= set(PATHS.values())
+    accuracy = (preds["prediction"].to_numpy() == table["category_path"].to_numpy()).mean()
+    assert accuracy >= 0.9, accuracy
+
+    # The image column can be found elsewhere at predict time; a product whose image is gone is still categorized.
+    moved = table.drop(columns=["category_path"]).rename(columns={"image": "photo"})
+    moved.loc[0, "photo"] = "pics/sub/not-there.png"
+    moved_path = write_table(moved, tmp_path / "moved.tsv")
+    run("predict", str(out / "fusion"), "--data", str(moved_path), "--image", "photo", "--images-dir", str(tmp_path),
+        "--out", str(tmp_path / "moved.csv"), "--quiet")
+    moved_preds = pd.read_csv(tmp_path / "moved.csv", dtype=str)
+    assert len(moved_preds) == len(moved) and moved_preds["prediction"].notna().all()
+
+    # evaluate follows the saved schema on a labelled file.
+    run("evaluate", str(out / "fusion"), "--data", str(data), "--out", str(tmp_path / "eval"), "--quiet")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9
+
+    # A schema file (the one train saved, corrected by the user) gives the roles instead of inference: here the
+    # description is dropped from the text, and brand becomes ignored.
+    corrected = dict(saved, text=["title"], categorical=[])
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps(corrected))
+    out2 = tmp_path / "run2"
+    run("train", "--data", str(data), "--schema", str(schema_file), "--model", "metadata", "--preset", "small",
+        "--out", str(out2), "--quiet")
+    saved2 = json.loads((out2 / "schema.json").read_text())
+    assert saved2["text"] == ["title"] and saved2["categorical"] == [] and saved2["numeric"] == ["price"]
+
+
+def test_cli_flags_rows_without_id_and_several_images(tmp_path: Path) -> None:
+    table = toy_table(tmp_path).drop(columns=["sku"])
+    # Several images per product, separated by '|': the first that exists is used.
+    table["image"] = "missing/" + table.index.astype(str) + ".png|" + table["image"]
+    data = write_table(table, tmp_path / "export.csv")
+    out = tmp_path / "run"
+    run(
+        "train", "--data", str(data), "--label", "category_path", "--text", "title", "--categorical", "brand",
+        "--numeric", "price", "--image", "image", "--image-sep", "|", "--sep", ";", "--model", "fusion",
+        "--preset", "small", "--out", str(out), "--quiet",
+    )
+    saved = json.loads((out / "schema.json").read_text())
+    assert saved["id"] is None and saved["text"] == ["title"] and saved["image_sep"] == "|"
+    catalog = load_catalog(data, schema=CatalogSchema.from_json(saved), progress=False)
+    assert (catalog.products["image_status"] == "ok").all()
+    preds_path = tmp_path / "preds.csv"
+    run("predict", str(out / "fusion"), "--data", str(data), "--out", str(preds_path), "--quiet")
+    preds = pd.read_csv(preds_path, dtype=str)
+    # Products without an id column are numbered by their line in the file.
+    assert preds.columns[0] == "id" and len(preds) == len(table)
+    assert (preds["prediction"].to_numpy() == table["category_path"].to_numpy()).mean() >= 0.9
+
+
+def test_cli_column_errors_exit_2(tmp_path: Path) -> None:
+    data = write_table(toy_table(tmp_path, images=False), tmp_path / "export.csv")
+    out = fails("train", "--data", str(data), "--label", "nope", "--model", "metadata", "--out", str(tmp_path / "r"))
+    assert "nope" in out
+    out = fails(
+        "train", "--data", str(data), "--label", "category_path", "--text", "title,brand", "--categorical", "brand",
+        "--model", "metadata", "--out", str(tmp_path / "r2"),
+    )
+    assert "brand" in out
+    # Without a label, a non-fashion table cannot be trained on: the message names the flag.
+    assert "--label" in fails("train", "--data", str(data), "--model", "metadata", "--out", str(tmp_path / "r3"))
+
+
+def test_model_without_saved_schema_loads_as_fashion(catalog_dir: Path, tmp_path: Path) -> None:
+    """A model folder written before schemas were saved (no "schema" in config.json) is a fashion model."""
+    out = tmp_path / "run"
+    run("train", "--data", str(catalog_dir), "--model", "metadata", "--preset", "small", "--out", str(out), "--quiet")
+    config_path = out / "metadata" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["schema"]["name"] == "fashion"
+    del config["schema"]
+    config_path.write_text(json.dumps(config))
+    run("predict", str(out / "metadata"), "--data", str(catalog_dir), "--out", str(tmp_path / "p.csv"), "--quiet")
+    assert pd.read_csv(tmp_path / "p.csv").columns[0] == "id"
