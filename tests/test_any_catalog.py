@@ -239,3 +239,54 @@ def test_model_without_saved_schema_loads_as_fashion(catalog_dir: Path, tmp_path
     config_path.write_text(json.dumps(config))
     run("predict", str(out / "metadata"), "--data", str(catalog_dir), "--out", str(tmp_path / "p.csv"), "--quiet")
     assert pd.read_csv(tmp_path / "p.csv").columns[0] == "id"
+
+
+def test_service_and_export_follow_the_schema(tmp_path: Path) -> None:
+    """The service's request fields are the catalog's own columns (in /docs too); the model folder and its export
+    answer the same, prices written as the catalog writes them included."""
+    from fastapi.testclient import TestClient
+
+    from deepfusion.runtime import combine_text as lean_combine
+    from deepfusion.runtime import parse_number as lean_number
+    from deepfusion.service import create_app
+
+    table = toy_table(tmp_path, images=False)
+    data = write_table(table.drop(columns=["image"]), tmp_path / "export.csv")
+    out = tmp_path / "run"
+    run("train", "--data", str(data), "--label", "category_path", "--model", "fusion", "--preset", "small",
+        "--out", str(out), "--quiet")
+    exported = tmp_path / "exported"
+    run("export", str(out / "fusion"), "--out", str(exported))
+    products = [
+        {"sku": row.sku, "title": row.title, "description": row.description, "brand": row.brand,
+         "price": row.price}
+        for row in table.head(12).itertuples()
+    ]
+    products.append({"title": WORDS["Watches"]})  # no id: its position
+    answers = []
+    for folder in (out / "fusion", exported):
+        with TestClient(create_app(folder)) as client:
+            openapi = client.get("/openapi.json").json()
+            fields = openapi["components"]["schemas"]["Product"]["properties"]
+            assert {"sku", "title", "description", "brand", "price", "image_base64"} <= set(fields)
+            assert "productDisplayName" not in fields and "gender" not in fields
+            response = client.post("/v1/predict", json={"products": products, "top_k": 2})
+            assert response.status_code == 200, response.text
+            answers.append(response.json()["predictions"])
+            refused = client.post("/v1/predict", json={"products": [{"sku": "x", "description": "   "}]})
+            assert refused.status_code == 422 and "title (title, description)" in refused.json()["detail"]
+            wrong = client.post("/v1/predict", json={"products": [{"productDisplayName": "a watch"}]})
+            assert wrong.status_code == 422  # a field the catalog does not have
+    model_answers, export_answers = answers
+    assert [p["id"] for p in model_answers] == [*table["sku"].head(12), "12"]
+    assert [p["prediction"] for p in model_answers] == [p["prediction"] for p in export_answers]
+    for a, b in zip(model_answers, export_answers, strict=True):
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-4)
+    truth = list(table["category_path"].head(12)) + [PATHS["Watches"]]
+    assert sum(p["prediction"] == t for p, t in zip(model_answers, truth, strict=True)) >= 12
+    # The lean runtime's copies of the text and number rules agree with the package's.
+    for values in (["<b>Soft</b>&nbsp;toy", " ".join(["w"] * 80)], [None, "x\ufffd"], ["", ""]):
+        assert lean_combine(values) == combine_text(values)
+    for value in ("£1,299.99", "$ 12", "twelve", "", None, 3.5, "1,2"):
+        assert (pd.isna(lean_number(value)) and pd.isna(parse_number(value))) or lean_number(value) == parse_number(
+            value)

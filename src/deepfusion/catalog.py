@@ -621,6 +621,9 @@ def _decode_within_budget(
     return image, stored
 
 
+NO_IMAGES_FOLDER = "no images folder"
+
+
 @dataclass(frozen=True)
 class ImageCheck:
     status: str  # ok | missing | corrupt | unchecked
@@ -702,7 +705,9 @@ def _image_checks(
 ) -> tuple[list[Path | None], list[ImageCheck]]:
     if not images_dir.is_dir():
         log.warning("No images/ folder at %s; every product has no image", images_dir)
-        return [None] * len(ids), [ImageCheck("missing", None, "image file not found")] * len(ids)
+        # A catalog without images is not a catalog of products with a problem: no per-product note (unless the
+        # model needs images, when each product dropped is listed).
+        return [None] * len(ids), [ImageCheck("missing", None, NO_IMAGES_FOLDER)] * len(ids)
     root = images_dir.resolve()
     located = [_locate_image(images_dir, root, pid) for pid in ids]
     paths = [path for path, _ in located]
@@ -937,7 +942,7 @@ def _attach_images(
     products["image_mode"] = [c.mode for c in checks]
     action = "dropped" if require_images else "kept"
     for line, pid, check in zip(products.index, products[ID], checks, strict=True):
-        if check.status in ("missing", "corrupt"):
+        if check.status in ("missing", "corrupt") and (require_images or check.detail != NO_IMAGES_FOLDER):
             rejects.add(pid, check.reason, action, line)
     if require_images:
         products = products.loc[~products["image_status"].isin(["missing", "corrupt"])]

@@ -765,15 +765,30 @@ def predict(
 def eda(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for eda.html, eda.json and rejects.csv.")],
+    label: LabelOpt = None,
+    id_column: IdOpt = None,
+    text: TextOpt = None,
+    categorical: CategoricalOpt = None,
+    numeric: NumericOpt = None,
+    image: ImageOpt = None,
+    image_sep: ImageSepOpt = None,
+    images_dir: ImagesDirOpt = None,
+    schema: SchemaOpt = None,
+    sep: SepOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Explore a catalog before training.
 
-    Writes a self-contained HTML report plus the same figures as JSON, and the rejected rows.
+    Writes a self-contained HTML report plus the same figures as JSON, and the rejected rows. The catalog's
+    columns are read as train reads them (the same flags, or a schema file).
     """
     from .eda import write_eda_report
 
-    report = write_eda_report(data, out, progress=not quiet)
+    options = _catalog_options(
+        schema=schema, label=label, id=id_column, text=text, categorical=categorical, numeric=numeric,
+        image=image, image_sep=image_sep, images_dir=images_dir, sep=sep,
+    )
+    report = write_eda_report(data, out, progress=not quiet, catalog_options=options)
     o, t = report["overview"], report["target"]
     typer.echo(
         f"{o['rows']:,} products, {t['n_classes']} classes, {o['rejects']['dropped']:,} rows dropped, "

@@ -18,6 +18,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .catalog import CATEGORICAL, COLUMNS, ID, TARGET, TITLE, Catalog, load_catalog, read_styles_table
+from .schema import CatalogSchema
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,42 @@ SMALL_THUMB = (45, 60)  # inside table cells (hierarchy breaks, confusion exampl
 THUMB_MAX_PIXELS = 40_000_000  # a larger photo gets the placeholder instead of being decoded for a thumbnail
 TARGET_BARS = 40  # classes drawn with their name in the target chart; every class is in the table beside it
 BREAK_GROUPS = 25
+RELATION_MAX_VALUES = 30  # a categorical column of another catalog is drawn against the target up to this many values
+METADATA_BARS = 40  # values of a categorical column kept in its chart (and eda.json); the rest are summed
+NUMERIC_BINS = 12
 PLACEHOLDER_PATTERN = r"na|n/a|nan|null|none|-|\?|unknown"
 ACCENT = "#3b6ea5"
 
 
 # ------------------------------------------------------------------------------------------------ figures
+
+
+@dataclass(frozen=True)
+class _Roles:
+    """Which columns of the catalog the report treats as what: the fashion catalog's fixed ones, or those its
+    schema names (schema.py)."""
+
+    label: str
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+    relation: tuple[str, ...]
+    text: tuple[str, ...]
+    columns: tuple[str, ...]
+    fashion: bool
+
+    @property
+    def metadata(self) -> tuple[str, ...]:
+        return METADATA_COLUMNS if self.fashion else (*self.categorical, *self.numeric)
+
+
+def _roles(schema: CatalogSchema, products: pd.DataFrame) -> _Roles:
+    if schema.is_fashion:
+        return _Roles(TARGET, tuple(CATEGORICAL), ("year",), tuple(RELATION_COLUMNS), (TITLE,), tuple(COLUMNS), True)
+    relation = tuple(c for c in schema.categorical
+                     if 2 <= products[c].nunique(dropna=True) <= RELATION_MAX_VALUES)[:3]
+    columns = tuple(dict.fromkeys(c for _, c in schema.columns()))
+    return _Roles(schema.label or TARGET, tuple(schema.categorical), tuple(schema.numeric), relation,
+                  tuple(schema.text), columns, False)
 
 
 def _clean(obj: Any) -> Any:
@@ -80,17 +113,19 @@ def _share(part: float, whole: float) -> float | None:
     return round(part / whole, 6) if whole else None
 
 
-def _column_kind(name: str) -> str:
-    if name == ID:
+def _column_kind(name: str, roles: _Roles, schema: CatalogSchema) -> str:
+    if name == (schema.id if not roles.fashion else ID):
         return "identifier"
-    if name == TARGET:
+    if name == roles.label:
         return "categorical (target)"
-    if name in CATEGORICAL:
+    if name in roles.categorical:
         return "categorical"
-    if name == "year":
+    if name in roles.numeric:
         return "numeric"
-    if name == TITLE:
+    if name in roles.text:
         return "text"
+    if name == schema.image:
+        return "image"
     return "other"
 
 
@@ -101,8 +136,8 @@ def _is_missing(values: pd.Series) -> pd.Series:
 def _reason_kind(reason: str) -> str:
     if re.match(r"line \d+ has \d+ fields", reason):
         return "malformed line (wrong number of fields)"
-    if reason.startswith("non-numeric year"):
-        return "non-numeric year (treated as missing)"
+    if reason.startswith("non-numeric "):
+        return f"non-numeric {reason.split()[1]} (treated as missing)"
     return reason.split(":")[0].split(" (")[0]
 
 
@@ -164,17 +199,17 @@ def _recovered_ids(source: Path, header: Sequence[str]) -> list[str]:
     return [f[where].strip() for f in reader if len(f) > len(header)]
 
 
-def _overview(catalog: Catalog, raw: pd.DataFrame, raw_rejects: pd.DataFrame) -> dict[str, Any]:
+def _overview(catalog: Catalog, raw: pd.DataFrame, raw_rejects: pd.DataFrame, roles: _Roles) -> dict[str, Any]:
     products, rejects = catalog.products, catalog.rejects
     n = len(products)
     file_columns = list(raw.columns)
-    extra = [c for c in file_columns if c not in COLUMNS]
+    extra = [c for c in file_columns if c not in roles.columns]
     columns = []
-    for name in [*COLUMNS, *extra]:
+    for name in [*roles.columns, *extra]:
         values = products[name] if name in products.columns else pd.Series([None] * n, dtype=object)
         missing = int(_is_missing(values).sum())
         columns.append({
-            "name": name, "kind": _column_kind(name), "dtype": str(values.dtype),
+            "name": name, "kind": _column_kind(name, roles, catalog.schema), "dtype": str(values.dtype),
             "in_file": name in file_columns, "missing": missing, "missing_share": _share(missing, n),
             "unique": int(values.nunique(dropna=True)),
         })
@@ -210,25 +245,32 @@ def _overview(catalog: Catalog, raw: pd.DataFrame, raw_rejects: pd.DataFrame) ->
     }
 
 
-def _quality(catalog: Catalog, raw: pd.DataFrame, raw_rejects: pd.DataFrame,
-             recovered: list[str]) -> dict[str, Any]:
-    products, rejects = catalog.products, catalog.rejects
-    year = products["year"].dropna()
-    non_numeric = rejects[rejects["reason"].astype(str).str.startswith("non-numeric year")]
-    lo, hi = PLAUSIBLE_YEARS
-    implausible = year[(year < lo) | (year > hi)]
-    has = len(year) > 0
+def _numeric_stats(products: pd.DataFrame, rejects: pd.DataFrame, col: str) -> dict[str, Any]:
+    values = products[col].dropna()
+    non_numeric = rejects[rejects["reason"].astype(str).str.startswith(f"non-numeric {col} ")]
+    has = len(values) > 0
     examples = non_numeric["reason"].astype(str).str.extract(r"'(.*)'")[0].tolist()[:N_EXAMPLES]
-    numeric = {"year": {
-        "min": year.min() if has else None, "max": year.max() if has else None,
-        "median": year.median() if has else None, "mean": round(float(year.mean()), 3) if has else None,
-        "missing": int(products["year"].isna().sum()), "non_numeric": len(non_numeric),
-        "non_numeric_examples": examples, "plausible_range": [lo, hi], "implausible": len(implausible),
-    }}
+    stats = {
+        "min": values.min() if has else None, "max": values.max() if has else None,
+        "median": values.median() if has else None, "mean": round(float(values.mean()), 3) if has else None,
+        "missing": int(products[col].isna().sum()), "non_numeric": len(non_numeric),
+        "non_numeric_examples": examples, "plausible_range": None, "implausible": None,
+    }
+    if col == "year":  # a catalog year far from today is a typo
+        lo, hi = PLAUSIBLE_YEARS
+        stats["plausible_range"] = [lo, hi]
+        stats["implausible"] = int(((values < lo) | (values > hi)).sum())
+    return stats
+
+
+def _quality(catalog: Catalog, raw: pd.DataFrame, raw_rejects: pd.DataFrame,
+             recovered: list[str], roles: _Roles) -> dict[str, Any]:
+    products, rejects = catalog.products, catalog.rejects
+    numeric = {col: _numeric_stats(products, rejects, col) for col in roles.numeric}
     unique = {}
-    for col in [TARGET, *CATEGORICAL]:
+    for name, col in [(roles.label, TARGET), *((c, c) for c in roles.categorical)]:
         counts = _counts(products[col])
-        unique[col] = {
+        unique[name] = {
             "unique": len(counts),
             "most_common": next(iter(counts.items()), (None, 0))[0],
             "most_common_count": next(iter(counts.values()), 0),
@@ -243,12 +285,12 @@ def _quality(catalog: Catalog, raw: pd.DataFrame, raw_rejects: pd.DataFrame,
         double[col] = int(values.str.strip().str.contains(r"\s{2,}", regex=True).sum())
     placeholders = {}
     for col in text_cols:
-        if col in (ID, "year"):
+        if col in (ID, catalog.schema.id, *roles.numeric):
             continue
         values = raw[col].fillna("").astype(str).str.strip()
         placeholders[col] = int(values.str.fullmatch(PLACEHOLDER_PATTERN, case=False).sum())
     case_variants: dict[str, list[dict[str, Any]]] = {}
-    for col in [TARGET, *CATEGORICAL]:
+    for col in [roles.label, *roles.categorical]:
         if col not in raw.columns:
             continue
         values = raw[col].fillna("").astype(str).str.strip()
@@ -259,7 +301,8 @@ def _quality(catalog: Catalog, raw: pd.DataFrame, raw_rejects: pd.DataFrame,
             if len(sub) > 1:
                 groups.append({"variants": {str(k[1]): int(v) for k, v in sub.items()}})
         case_variants[col] = groups
-    titles = raw[TITLE].fillna("").astype(str).str.strip() if TITLE in raw.columns else pd.Series(dtype=str)
+    title = roles.text[0] if roles.text else None
+    titles = raw[title].fillna("").astype(str).str.strip() if title in raw.columns else pd.Series(dtype=str)
     titles = titles[titles != ""].drop_duplicates()
     lower_sizes = titles.str.lower().value_counts()
     title_case = lower_sizes[lower_sizes > 1]
@@ -286,12 +329,12 @@ def _quality(catalog: Catalog, raw: pd.DataFrame, raw_rejects: pd.DataFrame,
             "recovered_comma_rows": catalog.recovered_rows,
             "recovered_comma_ids": recovered[:50],
             "malformed_rows": len(raw_rejects),
-            "non_numeric_year": len(non_numeric),
+            "non_numeric": {col: stats["non_numeric"] for col, stats in numeric.items()},
         },
     }
 
 
-def _target(products: pd.DataFrame) -> dict[str, Any]:
+def _target(products: pd.DataFrame, label: str = TARGET) -> dict[str, Any]:
     counts = _counts(products[TARGET])
     n = sum(counts.values())
     values = np.array(list(counts.values()), dtype=np.int64)
@@ -300,7 +343,7 @@ def _target(products: pd.DataFrame) -> dict[str, Any]:
     largest = {"class": names[0], "count": int(values[0])} if names else None
     smallest = {"class": names[-1], "count": int(values[-1])} if names else None
     return {
-        "column": TARGET,
+        "column": label,
         "n_labelled": n,
         "n_classes": len(counts),
         "counts": counts,
@@ -323,16 +366,38 @@ def _target(products: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _metadata(products: pd.DataFrame) -> dict[str, Any]:
+def _binned(values: pd.Series) -> dict[str, int]:
+    """Counts of a numeric column in equal-width bins over its 1st-99th percentiles (the rest in the end bins)."""
+    values = values.dropna().astype(float)
+    if values.empty:
+        return {}
+    lo, hi = np.percentile(values, [1, 99])
+    if lo == hi:
+        return {f"{lo:g}": len(values)}
+    edges = np.linspace(lo, hi, NUMERIC_BINS + 1)
+    counts = np.bincount(np.clip(np.searchsorted(edges, values, side="right") - 1, 0, NUMERIC_BINS - 1),
+                         minlength=NUMERIC_BINS)
+    return {f"{edges[i]:.4g}–{edges[i + 1]:.4g}": int(c) for i, c in enumerate(counts)}
+
+
+def _metadata(products: pd.DataFrame, roles: _Roles) -> dict[str, Any]:
     out = {}
-    for col in METADATA_COLUMNS:
+    for col in roles.metadata:
         values = products[col]
         if col == "year":
             values = values.dropna().astype(int).astype(str)
             counts = {k: int(v) for k, v in sorted(values.value_counts().items())}
+            unique = len(counts)
+        elif col in roles.numeric:
+            counts, unique = _binned(values), int(values.nunique(dropna=True))
         else:
             counts = _counts(values)
-        out[col] = {"counts": counts, "missing": int(products[col].isna().sum()), "unique": len(counts)}
+            unique = len(counts)
+            if not roles.fashion and len(counts) > METADATA_BARS:
+                kept = dict(list(counts.items())[:METADATA_BARS])
+                kept[f"({unique - METADATA_BARS:,} other values)"] = sum(counts.values()) - sum(kept.values())
+                counts = kept
+        out[col] = {"counts": counts, "missing": int(products[col].isna().sum()), "unique": unique}
     return out
 
 
@@ -342,8 +407,11 @@ def _crosstab(products: pd.DataFrame, col: str, classes: list[str]) -> dict[str,
     return {c: {k: int(v) for k, v in table.loc[c].items() if v} for c in classes if c in table.index}
 
 
-def _relationships(products: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {col: _crosstab(products, col, classes) for col in RELATION_COLUMNS}
+def _relationships(products: pd.DataFrame, classes: list[str], roles: _Roles) -> dict[str, Any]:
+    out: dict[str, Any] = {col: _crosstab(products, col, classes) for col in roles.relation}
+    if not roles.fashion:  # the fashion catalog's masterCategory > subCategory > articleType tree
+        out["hierarchy"] = None
+        return out
     sub, master = _dominant(products, TARGET, "subCategory"), _dominant(products, TARGET, "masterCategory")
     placement = {}
     for cls in classes:
@@ -428,8 +496,8 @@ def _samples(products: pd.DataFrame, target: dict[str, Any], quality: dict[str, 
         add([pid], f"{st} image", 1)
     reasons = rejects["reason"].astype(str)
     kept = rejects[(rejects["action"] == "kept") & reasons.str.startswith("non-numeric")]
-    add(kept[ID].astype(str), "non-numeric year", 4)
-    for col in ("subCategory", "masterCategory"):
+    add(kept[ID].astype(str), "non-numeric value", 4)
+    for col in ("subCategory", "masterCategory") if rel["hierarchy"] else ():
         for g in rel["hierarchy"]["breaks"][col]["groups"][:4]:
             add(g["ids"][:1], f"{col} '{g['found']}' (usually '{g['expected']}')", 1)
     for ex in (dup_images["conflicting_examples"][:2] + dup_images["examples"][:2])[:3]:
@@ -454,19 +522,20 @@ def build_eda(catalog: Catalog, *, progress: bool = True) -> dict[str, Any]:
     """Every figure of the EDA report for a loaded catalog, as a JSON-serialisable dict."""
     started = time.perf_counter()
     steps = tqdm(total=8, desc="eda figures", disable=not progress, leave=False)
-    raw, raw_rejects, _ = read_styles_table(catalog.source)
+    raw, raw_rejects, _ = read_styles_table(catalog.source, sep=catalog.separator, schema=catalog.schema)
     recovered = _recovered_ids(catalog.source, list(raw.columns))
     steps.update()
     products = catalog.products
-    overview = _overview(catalog, raw, raw_rejects)
+    roles = _roles(catalog.schema, products)
+    overview = _overview(catalog, raw, raw_rejects, roles)
     steps.update()
-    quality = _quality(catalog, raw, raw_rejects, recovered)
+    quality = _quality(catalog, raw, raw_rejects, recovered, roles)
     steps.update()
-    target = _target(products)
+    target = _target(products, roles.label)
     steps.update()
-    metadata = _metadata(products)
+    metadata = _metadata(products, roles)
     steps.update()
-    relationships = _relationships(products, list(target["counts"]))
+    relationships = _relationships(products, list(target["counts"]), roles)
     steps.update()
     images = _images(products)
     steps.update()
@@ -477,6 +546,7 @@ def build_eda(catalog: Catalog, *, progress: bool = True) -> dict[str, Any]:
     eda = {
         "meta": {
             "source": str(catalog.source),
+            "schema": catalog.schema.to_json(),
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "summary": catalog.summary(),
             "notes": list(catalog.notes),
@@ -855,7 +925,9 @@ def render_eda_html(eda: dict[str, Any], catalog: Catalog, *, progress: bool = T
         eda[k] for k in ("overview", "quality", "target", "metadata", "relationships", "images", "samples"))
     classes = list(tg["counts"])
     n = ov["rows"]
-    charts = tqdm(total=5 + len(METADATA_COLUMNS) + len(RELATION_COLUMNS), desc="eda charts",
+    roles = _roles(catalog.schema, catalog.products)
+    label = roles.label
+    charts = tqdm(total=5 + len(roles.metadata) + len(roles.relation), desc="eda charts",
                   disable=not progress, leave=False)
 
     def chart(make: Any, *args: Any, **kwargs: Any) -> str:
@@ -868,7 +940,7 @@ def render_eda_html(eda: dict[str, Any], catalog: Catalog, *, progress: bool = T
     cards = "".join([
         _card(_n(n), "products loaded"),
         _card(_n(ov["n_columns"]), "columns in the table"),
-        _card(_n(tg["n_classes"]), f"{TARGET} classes"),
+        _card(_n(tg["n_classes"]), f"{label} classes"),
         _card(_n(im["status"]["ok"]), "readable images"),
         _card(_n(ov["images"]["without_image"]), "products without a usable image",
               "bad" if ov["images"]["without_image"] else ""),
@@ -877,7 +949,7 @@ def render_eda_html(eda: dict[str, Any], catalog: Catalog, *, progress: bool = T
         _card(_n(ov["duplicate_images"]["groups"]), "groups of byte-identical images",
               "warn" if ov["duplicate_images"]["groups"] else ""),
         _card(_n(hb["rows_breaking"]), "products breaking the category hierarchy",
-              "warn" if hb["rows_breaking"] else ""),
+              "warn" if hb["rows_breaking"] else "") if hb else "",
         _card(_ratio(tg["imbalance_ratio"]), "largest / smallest class",
               "warn" if (tg["imbalance_ratio"] or 0) >= 10 else ""),
         _card(_n(tg["classes_under_10"]), "classes with < 10 products",
@@ -914,17 +986,18 @@ def render_eda_html(eda: dict[str, Any], catalog: Catalog, *, progress: bool = T
 {_table(["kind", "rows", "groups / ids", "groups with conflicting labels", "examples"], dup_rows,
         numeric=[1, 2, 3])}
 {_dup_examples(di, "Largest groups of byte-identical images")}
-{_dup_examples(di, f"Byte-identical images with different {TARGET}", "conflicting_examples")}
+{_dup_examples(di, f"Byte-identical images with different {label}", "conflicting_examples")}
 {_dup_examples(dt, "Largest groups of identical titles")}
 <h3>Rejected and flagged rows</h3>
 {_table(["reason", "action", "rows"], reason_rows, numeric=[2]) if reason_rows else '<p class="ok">None.</p>'}
 </section>"""
 
     # 2. Quality
-    y = q["numeric"]["year"]
-    year_rows = [("year", *(f"{v:g}" if v is not None else "n/a" for v in (y["min"], y["max"], y["median"])),
+    year_rows = [(col, *(f"{v:g}" if v is not None else "n/a" for v in (y["min"], y["max"], y["median"])),
                   f"{y['mean']:.2f}" if y["mean"] is not None else "n/a", y["missing"], y["non_numeric"],
-                  y["implausible"])]
+                  y["implausible"] if y["implausible"] is not None else "")
+                 for col, y in q["numeric"].items()]
+    plausible = next((y["plausible_range"] for y in q["numeric"].values() if y["plausible_range"]), None)
     uniq_rows = [(c, u["unique"], u["most_common"], u["most_common_count"], u["singletons"])
                  for c, u in q["unique_values"].items()]
     fmt_rows = [
@@ -941,14 +1014,15 @@ def render_eda_html(eda: dict[str, Any], catalog: Catalog, *, progress: bool = T
         ("malformed lines (dropped)", fmt["malformed_rows"], ""),
         ("placeholder values meaning 'missing' (e.g. NA, null)", fmt["placeholders_total"],
          _per_col(fmt["placeholders"])),
-        ("non-numeric year (kept as missing)", fmt["non_numeric_year"],
-         ", ".join(y["non_numeric_examples"][:5])),
+        *((f"non-numeric {col} (kept as missing)", y["non_numeric"], ", ".join(y["non_numeric_examples"][:5]))
+          for col, y in q["numeric"].items()),
     ]
     quality_html = f"""
 <section id="quality"><h2>2. Quality checks</h2>
 <h3>Numeric ranges</h3>
 {_table(["column", "min", "max", "median", "mean", "missing", "non-numeric", "outside " + "–".join(
-        str(v) for v in y["plausible_range"])], year_rows, numeric=range(1, 8))}
+        str(v) for v in plausible) if plausible else "implausible"], year_rows, numeric=range(1, 8))
+ if year_rows else '<p class="note">The catalog has no numeric column.</p>'}
 <h3>Formatting problems</h3>
 <p class="note">Checked on the raw strings of {_n(fmt['rows_checked'])} rows, before the loader strips
 whitespace. Placeholder values are kept as ordinary values by the loader.</p>
@@ -977,49 +1051,50 @@ whitespace. Placeholder values are kept as ordinary values by the loader.</p>
     cov_rows += [(f"classes needed for {lvl}", k) for lvl, k in tg["classes_to_cover"].items()]
     all_rows = [(i + 1, c, v, _pct(v / tg["n_labelled"], 2)) for i, (c, v) in enumerate(tg["counts"].items())]
     target_html = f"""
-<section id="target"><h2>3. Target distribution ({TARGET})</h2>
-<div class="cols"><div>{_img(class_chart, f"the largest {TARGET} classes and their product counts")}</div>
+<section id="target"><h2>3. Target distribution ({label})</h2>
+<div class="cols"><div>{_img(class_chart, f"the largest {label} classes and their product counts")}</div>
 <div><h3>All {tg['n_classes']} classes</h3><div class="scroll">
-{_table(["#", TARGET, "products", "share"], all_rows, numeric=[0, 2, 3])}</div>
-<p class="note">Classes under 10 products: {_e(", ".join(tg["names_under_10"])) or "none"}.</p></div></div>
+{_table(["#", label, "products", "share"], all_rows, numeric=[0, 2, 3])}</div>
+<p class="note">Classes under 10 products: {_e(_some(tg["names_under_10"])) or "none"}.</p></div></div>
 <div class="cols"><div><h3>Imbalance</h3>{_table(["figure", "value"], imb_rows, numeric=[1])}
 <h3>Coverage</h3>{_table(["classes", "share of products"], cov_rows, numeric=[1])}</div>
-<div>{_img(rank_chart, f"all {TARGET} classes by rank")}{_img(coverage_chart, "top-k coverage")}</div></div>
+<div>{_img(rank_chart, f"all {label} classes by rank")}{_img(coverage_chart, "top-k coverage")}</div></div>
 </section>"""
 
     # 4. Metadata
     meta_imgs = []
-    for col in METADATA_COLUMNS:
+    for col in roles.metadata:
         info = md[col]
         missing = f", {info['missing']:,} missing" if info["missing"] else ""
-        title = f"{col} ({info['unique']} values{missing})"
-        horizontal = len(info["counts"]) > 12 and col != "year"
+        title = f"{col} ({info['unique']:,} values{missing})"
+        horizontal = len(info["counts"]) > 12 and col not in roles.numeric
         data = chart(_bar_chart, info["counts"], title, col, "products", horizontal=horizontal)
         meta_imgs.append(_img(data, f"{col} distribution"))
     metadata_html = f"""
 <section id="metadata"><h2>4. Metadata distributions</h2>
-<div class="charts">{''.join(meta_imgs)}</div>
+<div class="charts">{''.join(meta_imgs) or '<p class="note">The catalog has no attribute column.</p>'}</div>
 </section>"""
 
     # 5. Relationships
     heat = {}
-    for col in RELATION_COLUMNS:
+    for col in roles.relation:
         heat[col] = _img(chart(_heatmap, rel[col], classes, col, list(md[col]["counts"])),
-                         f"{TARGET} by {col}")
-    tree_rows = [(t["masterCategory"], t["subCategory"], t["products"],
+                         f"{label} by {col}")
+    rel_html = _relationships_html(heat, label) if not hb else ""
+    tree_rows = [] if not hb else [(t["masterCategory"], t["subCategory"], t["products"],
                   ", ".join(f"{a} ({c:,})" for a, c in t["articleTypes"].items())) for t in hb["tree"]]
     products = catalog.products.set_index(ID, drop=False)
     products = products[~products.index.duplicated()]
     break_rows = []
-    for col in ("subCategory", "masterCategory"):
+    for col in ("subCategory", "masterCategory") if hb else ():
         for g in hb["breaks"][col]["groups"][:BREAK_GROUPS]:
             # The products themselves, not only their ids: a reader sees at a glance whether the label or the
             # category is wrong.
             minis = Markup("".join(_product_mini(products, pid) for pid in g["ids"]))
             break_rows.append((col, g[TARGET], g["expected"], g["found"], g["rows"], minis))
     multi = [(c, p["subCategory"], ", ".join(f"{s} ({k:,})" for s, k in p["subCategories"].items()))
-             for c, p in hb["placement"].items() if len(p["subCategories"]) > 1]
-    rel_html = f"""
+             for c, p in (hb["placement"] if hb else {}).items() if len(p["subCategories"]) > 1]
+    rel_html = rel_html or f"""
 <section id="relationships"><h2>5. Relationships</h2>
 <p class="note">Heatmaps show the {HEATMAP_CLASSES} largest classes; colour is the share of the class, the
 number is the product count. Full tables for every class are in <code>eda.json</code>.</p>
@@ -1113,6 +1188,23 @@ Rejected and flagged rows: <code>rejects.csv</code>.</p>
 """
 
 
+def _relationships_html(heat: dict[str, str], label: str) -> str:
+    """The relationships section of a catalog in another schema than the fashion one: the target against each
+    categorical column with a few values."""
+    charts = "".join(f"<div><h3>{_e(label)} against {_e(col)}</h3>{img}</div>" for col, img in heat.items())
+    return f"""
+<section id="relationships"><h2>5. Relationships</h2>
+<p class="note">Heatmaps show the {HEATMAP_CLASSES} largest classes against each attribute with 2 to
+{RELATION_MAX_VALUES} values; colour is the share of the class, the number is the product count.</p>
+<div class="charts">{charts or '<p class="note">No attribute column has few enough values to draw.</p>'}</div>
+</section>"""
+
+
+def _some(names: Sequence[str], limit: int = 40) -> str:
+    more = f" and {len(names) - limit:,} more (eda.json lists them)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _offsets(per_class: dict[str, list[str]]) -> list[tuple[str, list[str], int]]:
     out, i = [], 0
     for cls, ids in per_class.items():
@@ -1144,11 +1236,14 @@ def _dup_examples(groups: dict[str, Any], title: str, key: str = "examples") -> 
             + _table(["products", "ids", TARGET, "titles"], rows, numeric=[0]) + "</details>")
 
 
-def write_eda_report(data: str | Path, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Load and validate the catalog in ``data``; write eda.json, eda.html and rejects.csv to ``out``."""
+def write_eda_report(
+    data: str | Path, out: str | Path, *, progress: bool = True, catalog_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Load and validate the catalog in ``data`` (``catalog_options``: load_catalog's schema, label, text, ...,
+    as the CLI's flags give them); write eda.json, eda.html and rejects.csv to ``out``."""
     started = time.perf_counter()
     out = Path(out)
-    catalog = load_catalog(data, require_target=True, progress=progress)
+    catalog = load_catalog(data, require_target=True, progress=progress, **(catalog_options or {}))
     out.mkdir(parents=True, exist_ok=True)
     catalog.write_rejects(out / "rejects.csv")
     eda = build_eda(catalog, progress=progress)

@@ -456,6 +456,7 @@ def _fields(predictor: Predictor) -> dict[str, Any]:
     schema = predictor.schema_
     return {
         "id": ID,
+        "id_column": schema.id,
         "title": TITLE,
         "text": list(schema.text),
         "categorical": list(encoder.categorical if encoder is not None else schema.categorical),

@@ -42,11 +42,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
+from .schema import FASHION, CatalogSchema
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,86 @@ class UploadForm(ProductFields):
 
     top_k: int = Field(3, ge=1, le=MAX_TOP_K)
     image: UploadFile | None = Field(None, description="The product photo as a file upload.")
+
+
+CatalogNumber = Annotated[float | ShortText, Field(union_mode="left_to_right")]
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request models of one model's catalog schema: each catalog column a field under the column's own name
+    (``attributes`` maps a column to the model attribute holding it), so /docs shows the user's fields."""
+
+    fields: type[BaseModel]
+    product: type[BaseModel]
+    request: type[BaseModel]
+    form: type[BaseModel]
+    attributes: dict[str, str]
+    id_field: str
+    metadata: tuple[str, ...]
+    text: tuple[str, ...]
+    examples: dict[str, dict[str, Any]]
+
+
+def _fashion_models() -> RequestModels:
+    columns = [ID, *METADATA, TITLE]
+    return RequestModels(ProductFields, Product, PredictRequest, UploadForm, {c: c for c in columns}, ID,
+                         tuple(METADATA), (TITLE,), PREDICT_EXAMPLES)
+
+
+def request_models(schema: CatalogSchema) -> RequestModels:
+    """Request models for a catalog in ``schema``: the fashion catalog's hand-written ones, or models built from
+    the schema's columns (id, text, categorical, numeric; every field optional, unknown fields refused)."""
+    if schema.is_fashion:
+        return _fashion_models()
+    id_field = schema.id or ID
+    specs: dict[str, tuple[str, Any, str]] = {
+        id_field: ("id", IdText, "Product id (text or integer), echoed back; defaults to the product's position "
+                   "in the request."),
+    }
+    for k, col in enumerate(schema.text):
+        role = "The product title." if k == 0 else "More product text (only its first words are read)."
+        specs[col] = ("text", TitleText, role)
+    for col in schema.categorical:
+        specs[col] = ("categorical", ShortText, "An attribute (text).")
+    for col in schema.numeric:
+        specs[col] = ("numeric", CatalogNumber, "A number; text such as '£3.42' or '1,299' is read as a catalog "
+                      "writes it.")
+    attributes = {col: f"field_{i}" for i, col in enumerate(specs)}
+    definitions = {
+        attributes[col]: (kind | None, Field(None, alias=col, description=text))
+        for col, (_, kind, text) in specs.items()
+    }
+    example = {col: _example_value(role, col) for col, (role, _, _) in specs.items()}
+    config = ConfigDict(extra="forbid", populate_by_name=False)
+    fields = create_model("ProductFields", __config__=config, **definitions)
+    product = create_model(
+        "Product", __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}), **definitions,
+        image_base64=(str | None, Field(None, description=Product.model_fields["image_base64"].description)),
+    )
+    request = create_model(
+        "PredictRequest", __config__=ConfigDict(extra="forbid"),
+        products=(list[product], Field(min_length=1, description="One or more products (at most max_items).")),
+        top_k=(int, Field(3, ge=1, le=MAX_TOP_K, description="Ranked labels per product (capped at n classes).")),
+    )
+    form = create_model(
+        "UploadForm", __config__=ConfigDict(extra="forbid"), **definitions,
+        top_k=(int, Field(3, ge=1, le=MAX_TOP_K)),
+        image=(UploadFile | None, Field(None, description="The product photo as a file upload.")),
+    )
+    examples = {
+        "catalog row": {"summary": "One product with every catalog field", "value": {"products": [example],
+                                                                                    "top_k": 3}},
+    }
+    if schema.text:
+        examples["title only"] = {"summary": "A product known only by its title",
+                                  "value": {"products": [{id_field: "a1", schema.text[0]: example[schema.text[0]]}]}}
+    return RequestModels(fields, product, request, form, attributes, id_field, schema.metadata, tuple(schema.text),
+                         examples)
+
+
+def _example_value(role: str, column: str) -> Any:
+    return {"id": "p1", "text": f"{column} of the product", "categorical": f"a {column}", "numeric": 9.99}[role]
 
 
 class LabelScore(BaseModel):
@@ -763,11 +844,16 @@ def _present_title(text: str | None) -> bool:
     return bool(text) and any(c.isascii() and c.isalnum() for c in str(text).lower())
 
 
-MODALITY_FIELDS = {
-    "metadata": f"metadata ({', '.join(METADATA)})",
-    "title": f"title ({TITLE})",
-    "image": "image (image_base64, or the image file of /v1/predict/upload)",
-}
+def modality_fields(models: RequestModels) -> dict[str, str]:
+    """Each input, named with the request fields that carry it (for the no-input error)."""
+    return {
+        "metadata": f"metadata ({', '.join(models.metadata)})",
+        "title": f"title ({', '.join(models.text)})",
+        "image": "image (image_base64, or the image file of /v1/predict/upload)",
+    }
+
+
+MODALITY_FIELDS = modality_fields(_fashion_models())
 
 
 class PredictionService:
@@ -782,6 +868,8 @@ class PredictionService:
                      batch_wait_ms=batch_wait_ms)
         self.backend = backend
         self.model_dir = source
+        # The request's fields are the catalog's columns, as the model's saved schema names them.
+        self.models = request_models(getattr(backend, "schema", None) or FASHION)
         self.cache = EmbeddingLRU(embedding_cache_size)
         self.limits = {"max_items": max_items, "max_image_bytes": max_image_bytes,
                        "max_body_bytes": max_body_bytes, "max_image_pixels": max_image_pixels}
@@ -852,12 +940,14 @@ class PredictionService:
     def has_input(self, item: _Item) -> bool:
         """Whether the product carries at least one input the model reads (as the models decide it: a metadata
         field that is not blank, a title with a word, an image)."""
-        f = item.fields
+        models = self.models
         modalities = self.backend.modalities
-        if "metadata" in modalities and (
-                f.year is not None or any(getattr(f, c) is not None and getattr(f, c).strip() for c in CATEGORICAL)):
+        values = {col: getattr(item.fields, attr) for col, attr in models.attributes.items()}
+        if "metadata" in modalities and any(
+                values[c] is not None and (not isinstance(values[c], str) or values[c].strip())
+                for c in models.metadata):
             return True
-        if "title" in modalities and _present_title(getattr(f, TITLE)):
+        if "title" in modalities and any(_present_title(values[c]) for c in models.text):
             return True
         return "image" in modalities and item.image is not None
 
@@ -866,7 +956,8 @@ class PredictionService:
         if not missing:
             return
         self.metrics.rejected.inc(len(missing))
-        needs = ", ".join(MODALITY_FIELDS[m] for m in self.backend.modalities if m in MODALITY_FIELDS)
+        named = modality_fields(self.models)
+        needs = ", ".join(named[m] for m in self.backend.modalities if m in named)
         if form:
             detail = f"The product has none of the inputs this model reads; send at least one of: {needs}."
             errors = [{"loc": ["body"], "msg": "no input", "type": "no_input"}]
@@ -961,9 +1052,13 @@ class PredictionService:
         self.check_inputs(items, form=form)
         start = time.perf_counter()
         rows = []
-        for i, item in enumerate(items):
-            row: dict[str, Any] = {c: getattr(item.fields, c) for c in [*METADATA, TITLE]}
-            row[ID] = str(i) if item.fields.id is None else str(item.fields.id)
+        attributes = self.models.attributes
+        id_attr = attributes[self.models.id_field]
+        ids = [str(i) if getattr(item.fields, id_attr) is None else str(getattr(item.fields, id_attr))
+               for i, item in enumerate(items)]
+        for pid, item in zip(ids, items, strict=True):
+            row: dict[str, Any] = {col: getattr(item.fields, attr) for col, attr in attributes.items()}
+            row[self.models.id_field] = pid
             rows.append(row)
         to_embed = len({it.image.key for it in items if it.image is not None and it.image.pixels is not None})
         small = len(items) <= self.head_chunk and to_embed <= self.image_chunk
@@ -979,11 +1074,11 @@ class PredictionService:
                     with self._lock.turn(1):
                         out += self._head(rows[lo:hi], top_k, self._stack(images[lo:hi]))
         predictions = [
-            Prediction(id=str(r["id"]), prediction=str(r["prediction"]), confidence=float(r["confidence"]),
+            Prediction(id=pid, prediction=str(r["prediction"]), confidence=float(r["confidence"]),
                        top_k=[LabelScore(label=str(e["label"]), confidence=float(e["confidence"]))
                               for e in r["top_k"][:top_k]],
                        inputs=str(r.get("inputs", "")), needs_review=bool(r.get("needs_review", False)))
-            for r in out
+            for pid, r in zip(ids, out, strict=True)
         ]
         self.metrics.observe(predictions)
         log.debug("predicted %d products in %.1f ms", len(items), 1000 * (time.perf_counter() - start))
@@ -1048,8 +1143,9 @@ def build_app(service: PredictionService) -> FastAPI:
         """Prometheus metrics: requests, latency, predicted classes, confidence, needs_review (docs/http.md)."""
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/predict", tags=["predict"], responses=_ERRORS)
-    def predict(body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)]) -> PredictResponse:
+    models = service.models
+
+    def predict(body: PredictRequest) -> PredictResponse:
         """Predict the category of one or more products sent as JSON. Every field is optional, but each product
         needs at least one input the model reads (see /v1/model's modalities), else the request gets a 422
         naming the products."""
@@ -1059,8 +1155,12 @@ def build_app(service: PredictionService) -> FastAPI:
                  for i, product in enumerate(body.products)]
         return service.predict(items, body.top_k)
 
-    @app.post("/v1/predict/upload", tags=["predict"], responses=_ERRORS)
-    def predict_upload(request: Request, form: Annotated[UploadForm, Form()]) -> PredictResponse:
+    # The request models are the model's own (built from its catalog schema), so the annotations are set here:
+    # FastAPI reads them from the functions.
+    predict.__annotations__["body"] = Annotated[models.request, Body(openapi_examples=models.examples)]
+    app.post("/v1/predict", tags=["predict"], responses=_ERRORS)(predict)
+
+    def predict_upload(request: Request, form: UploadForm) -> PredictResponse:
         """Predict one product sent as a multipart form (fields plus an optional ``image`` file)."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in FORM_CONTENT_TYPES:
@@ -1075,6 +1175,9 @@ def build_app(service: PredictionService) -> FastAPI:
             if raw:  # a browser sends an empty part when no file was chosen
                 image = service.image_bytes("image", raw)
         return service.predict([_Item(form, image)], form.top_k, form=True)
+
+    predict_upload.__annotations__["form"] = Annotated[models.form, Form()]
+    app.post("/v1/predict/upload", tags=["predict"], responses=_ERRORS)(predict_upload)
 
     paths.update(getattr(route, "path", "") for route in app.routes)
     return app

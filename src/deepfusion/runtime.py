@@ -19,6 +19,7 @@ no-title network, with a title but no attribute at all to the no-metadata networ
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import json
 import logging
@@ -120,6 +121,46 @@ def field_number(value: object) -> float:
     return number if math.isfinite(number) else math.nan
 
 
+# Text and numbers of catalogs in other schemas than the fashion one, as schema.clean_text / combine_text /
+# parse_number read them (copied, not imported: this file runs on its own; tests check they agree).
+EXTRA_TEXT_WORDS = 48
+_TAG = re.compile(r"<[^>]{0,500}>")
+_SPACE = re.compile(r"\s+")
+_CATALOG_NUMBER = re.compile(r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*$")
+
+
+def clean_text(value: object) -> str:
+    if _is_missing(value):
+        return ""
+    text = str(value)
+    if "<" in text or "&" in text:
+        text = html.unescape(_TAG.sub(" ", text))
+    text = text.replace("\ufffd", " ").replace("\xa0", " ")
+    return _SPACE.sub(" ", text).strip()
+
+
+def combine_text(values: Sequence[object], extra_words: int = EXTRA_TEXT_WORDS) -> str | None:
+    parts: list[str] = []
+    for value in values:
+        text = clean_text(value)
+        if text:
+            parts.append(text if not parts else " ".join(text.split(" ")[:extra_words]))
+    return " ".join(parts) or None
+
+
+def parse_number(value: object) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+        return number if math.isfinite(number) else math.nan
+    match = _CATALOG_NUMBER.match(str(value).strip())
+    if not match or not any(ch.isdigit() for ch in match.group(1)):
+        return math.nan
+    number = float(match.group(1).replace(",", ""))
+    return number if math.isfinite(number) else math.nan
+
+
 @dataclass
 class Fields:
     """One product's fields, cleaned up: text fields stripped (None when missing), numbers as float (NaN)."""
@@ -131,14 +172,27 @@ class Fields:
 
 
 def product_fields(product: Mapping[str, Any], position: int, fields: Mapping[str, Any]) -> Fields:
-    """The fields of ``product`` (a dict of catalog columns); a product without an id gets its position."""
+    """The fields of ``product`` (a dict of catalog columns, under the catalog's own names or, for a loaded
+    catalog's rows, the products frame's); a product without an id gets its position.
+
+    As ``catalog.load_catalog`` reads a catalog of another schema than the fashion one: the id from the schema's
+    id column, the text columns combined (``schema.combine_text``) and numbers as catalogs write them
+    (``schema.parse_number``: "£3.42", "1,299")."""
+    catalog_numbers = fields.get("numbers") == "catalog"
     id_value = product.get(fields["id"])
+    if _is_missing(id_value) and fields.get("id_column"):
+        id_value = product.get(fields["id_column"])
     pid = field_text(id_value)
+    if fields["title"] in product or not catalog_numbers:
+        title = field_text(product.get(fields["title"]))
+    else:
+        title = combine_text([product.get(c) for c in fields.get("text", ())])
+    number = parse_number if catalog_numbers else field_number
     return Fields(
         id=str(position) if pid is None else pid,
         text={c: field_text(product.get(c)) for c in fields["categorical"]},
-        numbers={c: field_number(product.get(c)) for c in fields["numeric"]},
-        title=field_text(product.get(fields["title"])),
+        numbers={c: number(product.get(c)) for c in fields["numeric"]},
+        title=title,
     )
 
 

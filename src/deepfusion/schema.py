@@ -23,9 +23,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # the lean runtime and the service use this module's schema and text rules without pandas
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -81,6 +81,7 @@ from .http_app import (  # noqa: F401  (re-exported: the service's public names)
     metrics_summary,
     read_json,
 )
+from .schema import FASHION, CatalogSchema
 
 if TYPE_CHECKING:
     from .embeddings import ImageEmbedder
@@ -121,6 +122,12 @@ class ModelFolderBackend:
         p = self.predictor
         self.classes = list(p.classes_)
         self.modalities = list(p.modalities)
+        self.schema = p.schema_
+        # The request's columns as the model's catalog schema names them (http_app.request_models).
+        if self.schema.is_fashion:
+            self.columns = [ID, *CATEGORICAL, "year", TITLE]
+        else:
+            self.columns = [self.schema.id or ID, *self.schema.text, *self.schema.metadata]
         self.embedder: ImageEmbedder | None = None
         self.image_dim = 0
         if "image" in self.modalities:
@@ -158,7 +165,7 @@ class ModelFolderBackend:
 
     def predict_rows(self, rows: list[dict[str, Any]], top_k: int,
                      image_embeddings: tuple[np.ndarray, np.ndarray] | None) -> list[dict[str, Any]]:
-        frame = self._pd.DataFrame(rows, columns=[ID, *CATEGORICAL, "year", TITLE])
+        frame = self._pd.DataFrame(rows, columns=self.columns)
         extra = {"image_embeddings": image_embeddings} if image_embeddings is not None else {}
         out = self.predictor.predict_frame(frame, top_k=top_k, **extra)
         k = sum(1 for c in out.columns if c.startswith("top") and c.endswith("_label"))
@@ -185,6 +192,8 @@ class ExportBackend:
         m = self.model
         self.classes = list(m.classes)
         self.modalities = list(m.modalities)
+        saved = m.manifest.get("schema")
+        self.schema = CatalogSchema.from_json(saved) if saved else FASHION
         self.image_dim = m.image.dim if m.image is not None else 0
         self._info = {
             "format_version": m.manifest.get("model_format_version"),
