@@ -290,3 +290,31 @@ def test_service_and_export_follow_the_schema(tmp_path: Path) -> None:
     for value in ("£1,299.99", "$ 12", "twelve", "", None, 3.5, "1,2"):
         assert (pd.isna(lean_number(value)) and pd.isna(parse_number(value))) or lean_number(value) == parse_number(
             value)
+
+
+def test_audit_and_eda_follow_the_schema(tmp_path: Path) -> None:
+    """audit and eda on an export in its own columns, with only the label flag."""
+    table = toy_table(tmp_path, n_per_class=20)
+    # Six products filed under a wrong path: the audit should find them.
+    for i in (0, 1, 2):
+        table.loc[i, "category_path"] = PATHS["Watches"]
+    for i in (20, 21, 22):
+        table.loc[i, "category_path"] = PATHS["Heels"]
+    data = write_table(table, tmp_path / "export.csv")
+    run("eda", "--data", str(data), "--label", "category_path", "--out", str(tmp_path / "eda"), "--quiet")
+    eda = json.loads((tmp_path / "eda" / "eda.json").read_text())
+    assert eda["target"]["column"] == "category_path" and eda["target"]["n_classes"] == 4
+    assert eda["meta"]["schema"]["categorical"] == ["brand"] and "price" in eda["quality"]["numeric"]
+    assert set(eda["relationships"]) == {"brand", "hierarchy"} and eda["relationships"]["hierarchy"] is None
+    kinds = {c["name"]: c["kind"] for c in eda["overview"]["columns"]}
+    assert kinds["sku"] == "identifier" and kinds["price"] == "numeric" and kinds["description"] == "text"
+    html = (tmp_path / "eda" / "eda.html").read_text()
+    assert "category_path" in html and "gender" not in html
+
+    out = tmp_path / "audit"
+    run("audit", "--data", str(data), "--label", "category_path", "--modalities", "metadata,title", "--folds", "3",
+        "--out", str(out), "--quiet")
+    queue = pd.read_csv(out / "audit.csv", dtype=str)
+    planted = {"SKU-0000", "SKU-0001", "SKU-0002", "SKU-1000", "SKU-1001", "SKU-1002"}
+    assert planted <= set(queue["id"].head(8)), queue.head(8)
+    assert "Tops" in (out / "audit.html").read_text()

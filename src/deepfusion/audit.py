@@ -136,6 +136,9 @@ def carve_validation(
     if len(np.unique(plan.groups[candidates])) < n_splits:
         return pool, pool[:0]
     y = products[TARGET].astype(str).to_numpy()[candidates]
+    # A small catalog may have no class with that many products: scikit-learn refuses to stratify then, so the
+    # validation share grows instead (never beyond half).
+    n_splits = min(n_splits, max(2, int(pd.Series(y).value_counts().max())))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     val = candidates[_quiet_split(splitter, y, plan.groups[candidates])[0]]
     return np.setdiff1d(pool, val), val
@@ -401,10 +404,12 @@ def build_queue(products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame
                 "issue": "+".join(k for k, on in (("label", is_label), ("hierarchy", brk is not None)) if on),
                 "score": round(score, 6),
                 "label_probability": round(float(m["p_given"]), 4) if is_judged else np.nan,
-                "masterCategory": p["masterCategory"],
-                "subCategory": p["subCategory"],
-                "expected_masterCategory": brk["expected_masterCategory"] if brk is not None else p["masterCategory"],
-                "expected_subCategory": brk["expected_subCategory"] if brk is not None else p["subCategory"],
+                # The fashion hierarchy's columns; a catalog in another schema has none (empty here).
+                "masterCategory": p.get("masterCategory"),
+                "subCategory": p.get("subCategory"),
+                "expected_masterCategory": brk["expected_masterCategory"] if brk is not None
+                else p.get("masterCategory"),
+                "expected_subCategory": brk["expected_subCategory"] if brk is not None else p.get("subCategory"),
                 TITLE: p[TITLE],
                 "_self_confidence": float(m["quality"]) if is_judged else 1.0,
             }
@@ -518,7 +523,7 @@ def write_html(
             f'<tr><td>suggested</td><td class="{"" if same else "sug"}">'
             f"{'keep ' if same else ''}{esc['suggested_label']}</td></tr>"
             f"<tr><td>confidence</td><td>{conf_text}</td></tr>"
-            f"<tr><td>category</td><td>{where}</td></tr></table>"
+            + (f"<tr><td>category</td><td>{where}</td></tr>" if esc["masterCategory"] else "") + "</table>"
             f'<div class="why">{esc["reason"]}</div></div></div>'
         )
     counts = summary.get("queue", {})

@@ -51,7 +51,8 @@ _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*$")
 _ID_NAMES = {"id", "sku", "uniqid", "productid", "itemid", "asin", "articleid", "styleid", "productcode"}
 _IMAGE_WORDS = ("image", "img", "photo", "picture")
-_IMAGE_VALUE = re.compile(r"(^https?://)|(\.(jpe?g|png|webp|gif|bmp)(\?.*)?$)", re.IGNORECASE)
+_IMAGE_VALUE = re.compile(r"(?:^https?://)|(?:\.(?:jpe?g|png|webp|gif|bmp)(?:\?.*)?$)", re.IGNORECASE)
+_TITLE_WORDS = ("title", "name")
 
 
 class SchemaError(ValueError):
@@ -277,7 +278,9 @@ def infer_schema(
     column by its name and unique values; an image column by its name and file-like or link values; then for each
     other column: numbers (at least 95% of the filled values parse as numbers, currency signs allowed) are numeric,
     long or mostly unique strings are text (the shortest first: the title), the rest categorical; empty columns and
-    columns of one value are ignored. ``fixed``: columns already given a role (left out)."""
+    columns of one value are ignored, and so is a column of single words nearly always different (a model number, a
+    code); a text column named like a title (title, name) is the title. ``fixed``: columns already given a role
+    (left out)."""
     n = len(table)
     fixed = {c for c in fixed if c}
     ignored: dict[str, str] = {}
@@ -329,11 +332,16 @@ def infer_schema(
             ignored[col] = "links"
             continue
         words = sample.str.count(" ") + 1
+        if words.median() <= 1 and n_unique / len(values) > 0.9 and sample.str.len().median() <= 40:
+            ignored[col] = "a code (one word, nearly always different)"
+            continue
         if words.median() >= 4 or n_unique / len(values) > 0.5:
             text.append((float(sample.str.len().median()), col))
         else:
             categorical.append(col)
-    text_cols = tuple(col for _, col in sorted(text, key=lambda t: t[0]))
+    # The title first (a column named like one, else the shortest text), then the longer texts.
+    text_cols = tuple(col for _, col in sorted(
+        text, key=lambda t: (not any(w in t[1].lower() for w in _TITLE_WORDS), t[0])))
     return CatalogSchema(
         id=id,
         label=label,
