@@ -277,6 +277,10 @@ def test_service_and_export_follow_the_schema(tmp_path: Path) -> None:
             assert refused.status_code == 422 and "title (title, description)" in refused.json()["detail"]
             wrong = client.post("/v1/predict", json={"products": [{"productDisplayName": "a watch"}]})
             assert wrong.status_code == 422  # a field the catalog does not have
+            form = client.post("/v1/predict/upload", data={"sku": "f1", "title": WORDS["Jeans"], "price": "£1,012.99"})
+            assert form.status_code == 200, form.text
+            assert form.json()["predictions"][0]["id"] == "f1"
+            assert form.json()["predictions"][0]["prediction"] == PATHS["Jeans"]
     model_answers, export_answers = answers
     assert [p["id"] for p in model_answers] == [*table["sku"].head(12), "12"]
     assert [p["prediction"] for p in model_answers] == [p["prediction"] for p in export_answers]

@@ -43,26 +43,35 @@ class MetadataEncoder:
     """
 
     def __init__(
-        self, categorical: list[str] | None = None, numeric: list[str] | None = None, missing_indicators: bool = True
+        self,
+        categorical: list[str] | None = None,
+        numeric: list[str] | None = None,
+        missing_indicators: bool = True,
+        title_length: bool = True,
     ) -> None:
         self.categorical = list(CATEGORICAL if categorical is None else categorical)
         self.numeric = list(NUMERIC if numeric is None else numeric)
+        # The title's word count is a feature of the fashion catalog's short titles. A catalog whose text combines
+        # a title with descriptions would count a product sent without its description as a very short title.
+        self.title_length = title_length
         # An imputed median is indistinguishable from a real one; a 0/1 column per numeric field says which it is.
         self.missing_indicators = missing_indicators
 
     @property
     def numeric_features(self) -> list[str]:
         flags = [f"{c}_missing" for c in self.numeric] if self.missing_indicators else []
-        return [*self.numeric, "name_length", *flags]
+        return [*self.numeric, *(["name_length"] if self.title_length else []), *flags]
 
     def _numeric_frame(self, frame: pd.DataFrame) -> np.ndarray:
         cols = [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in self.numeric]
-        lengths = name_length(frame[TITLE])
-        # Models saved before name_length was imputed have no median for it and keep their 0.
-        lengths[lengths == 0] = self.medians_.get("name_length", 0.0)
+        lengths = []
+        if self.title_length:
+            lengths = [name_length(frame[TITLE])]
+            # Models saved before name_length was imputed have no median for it and keep their 0.
+            lengths[0][lengths[0] == 0] = self.medians_.get("name_length", 0.0)
         flags = [np.isnan(c).astype(np.float64) for c in cols] if self.missing_indicators else []
         width = len(self.numeric_features)
-        values = np.column_stack([*cols, lengths, *flags]) if len(frame) else np.zeros((0, width))
+        values = np.column_stack([*cols, *lengths, *flags]) if len(frame) and width else np.zeros((len(frame), width))
         for j, c in enumerate(self.numeric):
             values[np.isnan(values[:, j]), j] = self.medians_[c]
         return values
@@ -76,8 +85,9 @@ class MetadataEncoder:
         for c in self.numeric:
             median = pd.to_numeric(frame[c], errors="coerce").median()
             self.medians_[c] = float(median) if pd.notna(median) else 0.0
-        lengths = name_length(frame[TITLE])
-        self.medians_["name_length"] = float(np.median(lengths[lengths > 0])) if (lengths > 0).any() else 0.0
+        if self.title_length:
+            lengths = name_length(frame[TITLE])
+            self.medians_["name_length"] = float(np.median(lengths[lengths > 0])) if (lengths > 0).any() else 0.0
         # A catalog may have numbers but no categorical attribute: scikit-learn's encoder refuses zero columns.
         self.onehot_ = None
         if self.categorical:
@@ -87,7 +97,7 @@ class MetadataEncoder:
         if self.missing_indicators:
             # The 0/1 flags stay 0/1: scaled by their (often tiny) spread in training, one missing year would become
             # a value near 100 that swamps every other feature and stalls the SVM's convergence.
-            flags = slice(len(self.numeric) + 1, None)
+            flags = slice(len(self.numeric) + int(self.title_length), None)
             self.scaler_.mean_[flags], self.scaler_.scale_[flags], self.scaler_.var_[flags] = 0.0, 1.0, 1.0
         return self
 
@@ -116,6 +126,7 @@ class MetadataEncoder:
             "categorical": self.categorical,
             "numeric": self.numeric,
             "missing_indicators": self.missing_indicators,
+            "title_length": self.title_length,
             "medians": self.medians_,
             "categories": [list(map(str, c)) for c in self.categories],
             "scaler_mean": self.scaler_.mean_.tolist(),
@@ -126,7 +137,8 @@ class MetadataEncoder:
     @classmethod
     def from_json(cls, state: dict[str, Any]) -> MetadataEncoder:
         # Format-1 models were saved before the missing-value indicators existed.
-        enc = cls(state["categorical"], state["numeric"], state.get("missing_indicators", False))
+        enc = cls(state["categorical"], state["numeric"], state.get("missing_indicators", False),
+                  state.get("title_length", True))
         enc.medians_ = {k: float(v) for k, v in state["medians"].items()}
         cats = [np.array(c, dtype=object) for c in state["categories"]]
         enc.onehot_ = None

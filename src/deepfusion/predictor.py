@@ -346,7 +346,9 @@ class Predictor:
         self.train_counts_ = {str(k): int(v) for k, v in train[TARGET].value_counts().items()}
         if "metadata" in self.modalities:
             schema = self._schema()
-            self.metadata_encoder_ = MetadataEncoder(list(schema.categorical), list(schema.numeric)).fit(train)
+            self.metadata_encoder_ = MetadataEncoder(
+                list(schema.categorical), list(schema.numeric), title_length=schema.is_fashion
+            ).fit(train)
         if "title" in self.modalities:
             self.title_encoder_ = TitleEncoder().fit(train)
         train_image = None

@@ -335,12 +335,13 @@ class MetadataTransform:
         self.numeric = list(state["numeric"])
         # Models saved before the indicators existed have no flag and no such columns.
         self.missing_indicators = bool(state.get("missing_indicators", False))
+        self.title_length = bool(state.get("title_length", True))  # False: no title word count (other schemas)
         self.medians = {str(k): float(v) for k, v in state["medians"].items()}
         self.categories = [{str(v): j for j, v in enumerate(cats)} for cats in state["categories"]]
         self.offsets = np.cumsum([0, *(len(c) for c in self.categories)])
         self.mean = np.asarray(state["scaler_mean"], dtype=np.float64)
         self.scale = np.asarray(state["scaler_scale"], dtype=np.float64)
-        n_numeric = len(self.numeric) * (2 if self.missing_indicators else 1) + 1
+        n_numeric = len(self.numeric) * (2 if self.missing_indicators else 1) + int(self.title_length)
         if len(self.categories) != len(self.categorical) or len(self.mean) != n_numeric or len(self.scale) != n_numeric:
             raise ValueError("the metadata encoder's categories or scaler do not match its fields")
         missing = [c for c in self.numeric if c not in self.medians]
@@ -361,12 +362,14 @@ class MetadataTransform:
                     onehot[i, self.offsets[j] + k] = 1.0
         cols = np.array([[p.numbers.get(c, math.nan) for c in self.numeric] for p in products], dtype=np.float64)
         cols = cols.reshape(len(products), len(self.numeric))
-        lengths = np.array([len(clean_title(p.title).split()) for p in products], dtype=np.float64)
-        lengths[lengths == 0] = self.medians.get("name_length", 0.0)  # older models have no median and keep 0
+        lengths = []
+        if self.title_length:
+            lengths = [np.array([len(clean_title(p.title).split()) for p in products], dtype=np.float64)]
+            lengths[0][lengths[0] == 0] = self.medians.get("name_length", 0.0)  # older models have no median
         flags = [np.isnan(cols).astype(np.float64)] if self.missing_indicators else []
         for j, column in enumerate(self.numeric):
             cols[np.isnan(cols[:, j]), j] = self.medians[column]
-        values = np.column_stack([cols, lengths, *flags])
+        values = np.column_stack([cols, *lengths, *flags])
         numeric = ((values - self.mean) / self.scale).astype(np.float32)
         return np.hstack([onehot, numeric]).astype(np.float32)
 
