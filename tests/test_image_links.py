@@ -105,6 +105,9 @@ class ImageServer:
                     self.send(200, b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000)
                 elif path == "/loop":
                     self.send(302, b"", headers={"Location": "/loop"})
+                elif path == "/redirect-out":  # to the same server under a name that is not allowlisted
+                    elsewhere = server.url.replace("127.0.0.1", "localhost") + "/img/a.png"
+                    self.send(302, b"", headers={"Location": elsewhere})
                 elif path == "/text-as-jpeg":
                     self.send(200, b"hello, this is text", "image/jpeg")
                 elif path == "/broken-png":
@@ -336,3 +339,38 @@ def test_eda_check_links_samples(server: ImageServer, tmp_path: Path, cache_dir:
     assert eda["links"]["checked"] == 10 and DNS in eda["links"]["by_reason"]
     html = (out / "eda.html").read_text()
     assert "Image links" in html and "dead.invalid" in html
+
+
+def test_service_image_url_only_when_enabled_and_allowlisted(server: ImageServer, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from deepfusion.service import create_app
+
+    catalog = make_catalog(tmp_path / "cat", messy=False)
+    run("train", "--data", str(catalog), "--model", "metadata", "--preset", "small", "--out", str(tmp_path / "run"),
+        "--quiet")
+    model = tmp_path / "run" / "metadata"
+    product = {"productDisplayName": "Brand1 Men Black Tshirt 3", "gender": "Men"}
+
+    def predict(client: TestClient, url: str) -> tuple[int, str]:
+        response = client.post("/v1/predict", json={"products": [{**product, "image_url": url}]})
+        return response.status_code, response.json().get("detail", "")
+
+    with TestClient(create_app(model)) as client:  # off by default
+        status, detail = predict(client, server.url + "/img/a.png")
+        assert status == 422 and "--image-url-hosts" in detail
+    assert server.total == 0
+    with TestClient(create_app(model, image_url_hosts="127.0.0.1")) as client:
+        assert predict(client, server.url + "/img/a.png")[0] == 200
+        assert server.hits["/img/a.png"] == 1
+        status, detail = predict(client, "http://localhost:1/img/a.png")  # loopback under another name
+        assert status == 422 and "allowlist" in detail
+        status, detail = predict(client, "http://169.254.169.254/latest/meta-data/")  # cloud metadata: never
+        assert status == 422 and "allowlist" in detail
+        status, detail = predict(client, server.url + "/redirect-out")  # each redirect hop is checked
+        assert status == 422 and "blocked address" in detail and server.hits["/img/a.png"] == 1
+        status, detail = predict(client, server.url + "/nothing.jpg")
+        assert status == 422 and "HTTP 404" in detail
+        response = client.post("/v1/predict", json={"products": [
+            {**product, "image_url": server.url + "/img/a.png", "image_base64": "AAAA"}]})
+        assert response.status_code == 422 and "not both" in response.json()["detail"]

@@ -954,6 +954,14 @@ def serve(
             "model is busy are combined)."
         ),
     ] = 2.0,
+    image_url_hosts: Annotated[
+        str | None,
+        typer.Option(
+            "--image-url-hosts", metavar="HOSTS", help="Accept the request field image_url, fetched only from these "
+            "comma-separated hosts (*.example.com for subdomains); a private or loopback address only when "
+            "listed itself [default: image_url refused]."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP.
 
@@ -972,6 +980,7 @@ def serve(
         max_image_pixels=max_image_pixels,
         embedding_cache_size=embedding_cache_size,
         batch_wait_ms=batch_wait_ms,
+        image_url_hosts=image_url_hosts,
     )
 
 

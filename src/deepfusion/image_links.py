@@ -533,3 +533,26 @@ class HostPolicy:
     def hook(self, request: httpx.Request) -> None:
         """``LinkFetcher``'s request hook: every request, redirects included, passes ``check``."""
         self.check(str(request.url))
+
+
+class ServiceLinks:
+    """The HTTP service's ``image_url``: links fetched only from ``hosts`` (``HostPolicy``), each within
+    ``max_bytes`` and short timeouts (a request waits on them), nothing stored on disk (the service's embedding
+    cache, by content, makes a repeated image cheap)."""
+
+    def __init__(self, hosts: str | Sequence[str], max_bytes: int) -> None:
+        self.policy = HostPolicy.parse(hosts)
+        options = LinkOptions(workers=8, connect_timeout=3.0, read_timeout=5.0, total_timeout=10.0, retries=1,
+                              backoff=0.2, max_bytes=max_bytes)
+        self.fetcher = LinkFetcher(options, request_hook=self.policy.hook)
+
+    def fetch(self, url: str) -> bytes:
+        """The image bytes at ``url``; raises ``LinkError`` (reason ``blocked address`` for a refused host)."""
+        try:
+            self.policy.check(url)
+        except BlockedHost as exc:
+            raise LinkError(BLOCKED, str(exc)) from None
+        return self.fetcher.get_bytes(url)
+
+    def close(self) -> None:
+        self.fetcher.close()
