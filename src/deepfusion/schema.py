@@ -264,6 +264,18 @@ def looks_like_fashion(columns: Iterable[str]) -> bool:
     return {ID_COLUMN, LABEL_COLUMN, TEXT_COLUMN} <= cols
 
 
+# Several links in one cell (Amazon's exports: "https://a.jpg|https://b.jpg"): the character between them.
+_LINK_SEP = re.compile(r"\S\s*([|;, ])\s*https?://", re.IGNORECASE)
+
+
+def infer_image_sep(values: pd.Series) -> str | None:
+    """The separator of several image links in one value, when the image column's values hold more than one link
+    (the most common character between a link and the next); None otherwise."""
+    found = values.head(1000).astype(str).str.findall(_LINK_SEP)
+    counts = pd.Series([sep for seps in found for sep in seps], dtype=object).value_counts()
+    return str(counts.index[0]) if len(counts) else None
+
+
 def infer_schema(
     table: pd.DataFrame,
     label: str | None,
@@ -340,6 +352,7 @@ def infer_schema(
         categorical=tuple(categorical),
         numeric=tuple(numeric),
         image=image,
+        image_sep=infer_image_sep(filled(image)) if image in table.columns else None,
         name="inferred",
         ignored=ignored,
     )
