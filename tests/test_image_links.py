@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import CLASSES, draw_product, make_catalog
+from PIL import Image
 from typer.testing import CliRunner
 
 from deepfusion.catalog import load_catalog
@@ -29,6 +30,7 @@ from deepfusion.image_links import (
     REDIRECTS,
     TIMEOUT,
     TOO_LARGE,
+    TOO_MANY_PIXELS,
     TRUNCATED,
     UNDECODABLE,
     BlockedHost,
@@ -103,6 +105,18 @@ class ImageServer:
                     self.send(200, b"<html>not found</html>", "text/html")
                 elif path == "/big":
                     self.send(200, b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000)
+                elif path == "/big-unannounced":  # no Content-Length: the cap is enforced while reading
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    for _ in range(30):
+                        self.wfile.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 10_000)
+                    self.close_connection = True
+                elif path == "/many-pixels":  # a small file that decodes to 400x400 pixels
+                    buf = io.BytesIO()
+                    Image.new("L", (400, 400)).save(buf, format="PNG")
+                    self.send(200, buf.getvalue())
                 elif path == "/loop":
                     self.send(302, b"", headers={"Location": "/loop"})
                 elif path == "/redirect-out":  # to the same server under a name that is not allowlisted
@@ -168,7 +182,7 @@ def test_is_url_and_policy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fetcher_faults_each_get_their_reason(server: ImageServer, tmp_path: Path) -> None:
-    options = LinkOptions(cache_dir=tmp_path / "cache", max_bytes=100_000, max_redirects=3, **FAST)
+    options = LinkOptions(cache_dir=tmp_path / "cache", max_bytes=100_000, max_redirects=3, max_pixels=50_000, **FAST)
     cases = {
         "/img/a.png": (FETCHED, ""),
         "/missing.jpg": (BROKEN, "HTTP 404"),
@@ -177,6 +191,8 @@ def test_fetcher_faults_each_get_their_reason(server: ImageServer, tmp_path: Pat
         "/truncated": (BROKEN, TRUNCATED),
         "/html": (BROKEN, NOT_IMAGE),
         "/big": (BROKEN, TOO_LARGE),
+        "/big-unannounced": (BROKEN, TOO_LARGE),
+        "/many-pixels": (BROKEN, TOO_MANY_PIXELS),
         "/loop": (BROKEN, REDIRECTS),
         "/text-as-jpeg": (BROKEN, NOT_IMAGE),
         "/broken-png": (BROKEN, UNDECODABLE),

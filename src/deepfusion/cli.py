@@ -38,7 +38,7 @@ ENGINES = ("local", "ray")
 RUN_FILES = frozenset(
     {
         "split.csv", "split.json", "rejects.csv", "comparison.json", "report.html", "summary.md", "summary.json",
-        "schema.json",
+        "schema.json", "links.csv",
     }
 )
 MODEL_FOLDERS = frozenset(MODELS) - {"all"}
