@@ -251,6 +251,19 @@ def test_dead_links_fail_fast_offline(tmp_path: Path) -> None:
     assert elapsed < 5, elapsed
 
 
+def test_connect_timeouts_condemn_the_host(tmp_path: Path) -> None:
+    import httpx
+
+    def blackhole(request: httpx.Request) -> httpx.Response:  # a host that drops packets
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    with LinkFetcher(LinkOptions(cache_dir=tmp_path, **FAST)) as fetcher:
+        fetcher.client = httpx.Client(transport=httpx.MockTransport(blackhole))
+        results = fetcher.fetch_many([(f"http://blackhole.example/{i}.jpg", "p") for i in range(20)], progress=False)
+    assert {r.reason for r in results} == {TIMEOUT}
+    assert fetcher.requests == 2  # the first link and its one retry; the other 19 know the host is down
+
+
 def toy_catalog(root: Path, server: ImageServer | None, n_per_class: int = 10) -> pd.DataFrame:
     """A generated export whose ``image`` column holds local paths; with ``server``, the same images as links
     (a dead link first for some products, and a local path for one)."""

@@ -198,10 +198,11 @@ class UrlImageCache:
 class LinkError(Exception):
     """A link that gave no image: ``reason`` (one of the short reasons above) and ``detail`` (the message)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, host_down: bool = False) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.host_down = host_down  # no connection to the host at all (DNS, refused, connect timeout)
 
 
 class _Retry(LinkError):
@@ -313,7 +314,7 @@ class LinkFetcher:
             failure = exc
         result = LinkResult(url, product_id, BROKEN, failure.reason, failure.detail,
                             ms=1000 * (time.perf_counter() - started))
-        if failure.reason in (DNS, CONNECT) and host:
+        if failure.host_down and host:
             with self._lock:
                 self._dead_hosts.setdefault(host, result)
         log.debug("link %s failed: %s", url, failure.detail)
@@ -381,13 +382,17 @@ class LinkFetcher:
             raise
         except httpx.TooManyRedirects as exc:
             raise _Fail(REDIRECTS, f"more than {o.max_redirects} redirects ({exc})") from None
+        except httpx.ConnectTimeout as exc:
+            # A host that drops packets (a firewall, no route): as dead as one that does not resolve.
+            raise _Retry(TIMEOUT, f"no connection within {o.connect_timeout:g} s ({exc or 'timed out'})",
+                         host_down=True) from None
         except httpx.TimeoutException as exc:
             kind = type(exc).__name__
             raise _Retry(TIMEOUT, f"{kind}: no answer within the timeout ({exc or 'timed out'})") from None
         except httpx.ConnectError as exc:
             if _is_dns_error(exc):
-                raise _Retry(DNS, f"host name not resolved ({exc})") from None
-            raise _Retry(CONNECT, f"cannot connect ({exc})") from None
+                raise _Retry(DNS, f"host name not resolved ({exc})", host_down=True) from None
+            raise _Retry(CONNECT, f"cannot connect ({exc})", host_down=True) from None
         except httpx.RemoteProtocolError as exc:
             raise _Retry(TRUNCATED, f"connection closed mid-answer ({exc})") from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
