@@ -37,6 +37,7 @@ from deepfusion.image_links import (
     HostPolicy,
     LinkFetcher,
     LinkOptions,
+    UrlCacheError,
     UrlImageCache,
     is_url,
 )
@@ -229,6 +230,15 @@ def test_cache_is_atomic_and_a_second_run_fetches_nothing(server: ImageServer, t
     assert len(files) == 2 and not any(f.startswith(".part-") for f in files)
     cache = UrlImageCache(tmp_path / "cache")
     assert cache.get(urls[0]) == first[0].path and cache.get("http://never.seen/x.png") is None
+
+
+def test_unwritable_cache_is_a_user_error(server: ImageServer, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with LinkFetcher(LinkOptions(cache_dir=blocker, **FAST)) as fetcher, pytest.raises(
+        UrlCacheError, match="DEEPFUSION_CACHE"
+    ):
+        fetcher.fetch(server.url + "/img/a.png")
 
 
 def test_dead_links_fail_fast_offline(tmp_path: Path) -> None:

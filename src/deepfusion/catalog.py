@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -1000,7 +1000,8 @@ def _locate_with_links(
     are tried in order, so only as many are fetched as it takes to find one that works); and the link report."""
     from .image_links import LinkFetcher, LinkOptions, links_report
 
-    links = links or LinkOptions(max_pixels=max_pixels)
+    # The catalog's pixel budget binds links too, so a link's image is refused exactly when its file would be.
+    links = replace(links or LinkOptions(), max_pixels=max_pixels)
 
     started = time.perf_counter()
     with LinkFetcher(links) as fetcher, ThreadPoolExecutor(max_workers=links.workers) as pool:

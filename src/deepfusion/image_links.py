@@ -183,16 +183,29 @@ class UrlImageCache:
         """Store ``data`` atomically: a killed run leaves either the whole file or none (and perhaps a temporary
         file, which no lookup ever reads)."""
         path = self._stem(url).with_suffix(suffix)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-", suffix=suffix)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-", suffix=suffix)
+        except OSError as exc:
+            raise UrlCacheError(self.root, exc) from exc
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise UrlCacheError(self.root, exc) from exc
             raise
         return path
+
+
+class UrlCacheError(ValueError):
+    """The URL cache cannot be written (a read-only or full disk): the user's to fix, so the message says how."""
+
+    def __init__(self, root: Path, exc: OSError) -> None:
+        super().__init__(f"Cannot write fetched images to the URL cache {root} ({exc}). Free some space, or point "
+                         "DEEPFUSION_CACHE at a writable folder.")
 
 
 class LinkError(Exception):

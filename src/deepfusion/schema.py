@@ -50,7 +50,7 @@ _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*$")
 _ID_NAMES = {"id", "sku", "uniqid", "productid", "itemid", "asin", "articleid", "styleid", "productcode"}
 _IMAGE_WORDS = ("image", "img", "photo", "picture")
-_IMAGE_VALUE = re.compile(r"(^https?://)|(\.(jpe?g|png|webp|gif|bmp)(\?.*)?$)", re.IGNORECASE)
+_IMAGE_VALUE = re.compile(r"(?:^https?://)|(?:\.(?:jpe?g|png|webp|gif|bmp)(?:\?.*)?$)", re.IGNORECASE)
 
 
 class SchemaError(ValueError):
