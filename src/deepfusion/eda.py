@@ -1223,6 +1223,12 @@ def write_eda_report(
     catalog = load_catalog(data, require_target=True, progress=progress, fetch_links=check_links is None, **options)
     if check_links is not None:
         catalog.links = _check_link_sample(catalog, check_links, options.get("links"), progress)
+    if not catalog.schema.is_fashion:
+        # The report's figures are the fashion layout's: another catalog's products show its label, title and
+        # images, with the fashion attributes empty.
+        for col in COLUMNS:
+            if col not in catalog.products.columns:
+                catalog.products[col] = np.nan
     out.mkdir(parents=True, exist_ok=True)
     catalog.write_rejects(out / "rejects.csv")
     catalog.write_links(out / "links.csv")

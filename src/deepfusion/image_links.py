@@ -464,7 +464,8 @@ def link_stats(report: pd.DataFrame, n_hosts: int = 5, n_broken: int = 10) -> Li
         by_reason={str(k): int(v) for k, v in broken["reason"].value_counts().items()},
         slowest_hosts=[{"host": str(r.host), "links": int(r.count), "median_ms": round(float(r.median), 1),
                         "max_ms": round(float(r.max), 1)} for r in hosts.itertuples()],
-        broken_sample=broken.head(n_broken)[["url", "id", "reason", "detail"]].to_dict("records"),
+        broken_sample=broken.drop_duplicates("url").head(n_broken)[["url", "id", "reason", "detail"]]
+        .to_dict("records"),
     )
 
 
