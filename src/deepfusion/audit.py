@@ -591,6 +591,7 @@ def audit_catalog(
         data, require_target=True, required_modalities=mods, progress=progress, **dict(catalog_options or {})
     )
     catalog.write_rejects(out / "rejects.csv")
+    catalog.write_links(out / "links.csv")
     predictor_options["schema"] = catalog.schema
     mods = tuple(m for m in mods if m != "metadata" or catalog.schema.metadata)
     # Sorting by id makes the folds depend on the products, not on the order of the rows in the file.

@@ -16,11 +16,13 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,9 @@ from .schema import (
     parse_number,
     resolve_schema,
 )
+
+if TYPE_CHECKING:
+    from .image_links import LinkOptions
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,7 @@ class Catalog:
     recovered_ids: list[str] = field(default_factory=list)
     schema: CatalogSchema = FASHION
     separator: str | None = None  # the field separator of a delimited table
+    links: pd.DataFrame | None = None  # the links tried (image_links.LINK_COLUMNS); None: no image value is a link
 
     @property
     def dropped(self) -> pd.DataFrame:
@@ -143,6 +149,10 @@ class Catalog:
 
     def write_rejects(self, path: Path) -> Path:
         return _write_csv(self.rejects, path)
+
+    def write_links(self, path: Path) -> Path | None:
+        """Write the link report (links.csv) when the catalog's images are links; returns the path, or None."""
+        return None if self.links is None else _write_csv(self.links, Path(path))
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -764,6 +774,8 @@ def load_catalog(
     max_field_chars: int = MAX_FIELD_CHARS,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     rejects_path: str | Path | None = None,
+    links: LinkOptions | None = None,
+    fetch_links: bool = True,
 ) -> Catalog:
     """Load a product table and its images from ``data`` (a table file, or a folder holding one) and validate every
     row.
@@ -782,6 +794,12 @@ def load_catalog(
     folder for a model that does not look at images) are recorded with action "kept". Images are decoded within
     ``max_image_pixels``. ``required_columns``: columns (of the catalog's own names) that must be present;
     ``required_modalities``: the inputs a model reads, whose columns must be present (``columns_for``).
+
+    Image values that are ``http(s)://`` links are fetched (``image_links.LinkFetcher`` with ``links``, default
+    ``LinkOptions()``) into the URL cache, which counts as one more images folder; with several values per product
+    the first that works is used, links and local files alike. Every link tried is in ``Catalog.links``
+    (``write_links`` saves it as links.csv). ``fetch_links=False`` tries no link (the EDA's ``--check-links``
+    samples them instead): such a product counts as without an image.
 
     With ``rejects_path`` the rejects report is written there, also when the load then fails. Raises
     ``CatalogError`` when the catalog cannot be read or no product is usable; in the latter case its
@@ -819,8 +837,10 @@ def load_catalog(
     if images_dir is not None and not Path(images_dir).is_dir():
         raise CatalogError(f"The images folder {images_dir} does not exist. Pass the folder with --images-dir DIR.")
     image_options = {"check_files": check_image_files, "max_pixels": max_image_pixels, "progress": progress}
+    link_reports: list[pd.DataFrame] = []  # filled when the image column holds links
     products = _attach_images(
-        products, image_roots, rejects, schema, require_images=require_images, **image_options
+        products, image_roots, rejects, schema, require_images=require_images, links=links,
+        fetch_links=fetch_links, link_reports=link_reports, **image_options,
     )
     catalog = Catalog(
         products=products.reset_index(drop=True),
@@ -832,6 +852,7 @@ def load_catalog(
         recovered_ids=styles.recovered_ids,
         schema=schema,
         separator=styles.separator,
+        links=link_reports[0] if link_reports else None,
     )
     if rejects_path is not None:
         catalog.write_rejects(Path(rejects_path))
@@ -923,10 +944,24 @@ def _attach_images(
     check_files: bool,
     max_pixels: int,
     progress: bool,
+    links: LinkOptions | None = None,
+    fetch_links: bool = True,
+    link_reports: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     if schema.image:
         refs = list(products[schema.image])
-        located = [_locate_image_ref(ref, roots, schema.image_sep) for ref in refs]
+        ids = list(products[ID])
+        if _has_links(products, schema):
+            if not fetch_links:
+                located = [_locate_image_ref(ref, roots, schema.image_sep) for ref in refs]
+            else:
+                located, report = _locate_with_links(
+                    refs, ids, roots, schema.image_sep, links, max_pixels=max_pixels, progress=progress
+                )
+                if link_reports is not None:
+                    link_reports.append(report)
+        else:
+            located = [_locate_image_ref(ref, roots, schema.image_sep) for ref in refs]
         paths, checks = _checks_of(located, check_files=check_files, max_pixels=max_pixels, progress=progress)
     else:
         paths, checks = _image_checks(
@@ -949,9 +984,64 @@ def _attach_images(
     return products
 
 
-def _locate_image_ref(ref: str, roots: Sequence[Path], image_sep: str | None) -> tuple[Path | None, str]:
+def _has_links(products: pd.DataFrame, schema: CatalogSchema) -> bool:
+    """Whether any value of the image column is (or holds) an http(s) link."""
+    if not schema.image or schema.image not in products.columns:
+        return False
+    return bool(products[schema.image].astype(str).str.contains(r"https?://", case=False, regex=True).any())
+
+
+def _locate_with_links(
+    refs: Sequence[str],
+    ids: Sequence[str],
+    roots: Sequence[Path],
+    image_sep: str | None,
+    links: LinkOptions | None,
+    *,
+    max_pixels: int,
+    progress: bool,
+) -> tuple[list[tuple[Path | None, str]], pd.DataFrame]:
+    """``_locate_image_ref`` for every product, fetching links on ``links.workers`` threads (a product's links
+    are tried in order, so only as many are fetched as it takes to find one that works); and the link report."""
+    from .image_links import LinkFetcher, LinkOptions, links_report
+
+    # The catalog's pixel budget binds links too, so a link's image is refused exactly when its file would be.
+    links = replace(links or LinkOptions(), max_pixels=max_pixels)
+
+    started = time.perf_counter()
+    with LinkFetcher(links) as fetcher, ThreadPoolExecutor(max_workers=links.workers) as pool:
+        cache_root = fetcher.cache.root.resolve()
+
+        def fetch(url: str, pid: str) -> tuple[Path | None, str]:
+            result = fetcher.fetch(url, pid)
+            if result.path is None:
+                return None, f"image link {result.reason}: {result.detail}"
+            # The URL cache is one more images folder: what the loader accepts must lie inside one.
+            if not result.path.resolve().is_relative_to(cache_root):
+                return None, f"{OUTSIDE_FOLDER} (cached image outside {cache_root})"
+            return result.path, ""
+
+        def locate(pair: tuple[str, str]) -> tuple[Path | None, str]:
+            return _locate_image_ref(pair[0], roots, image_sep, fetch, pair[1])
+
+        located = list(tqdm(
+            pool.map(locate, zip(refs, ids, strict=True)),
+            total=len(refs), desc="fetching images", unit="product", disable=not progress, leave=False,
+        ))
+    log.info("image links: %s, %d requests, in %.1f s", fetcher.summary(), fetcher.requests,
+             time.perf_counter() - started)
+    return located, links_report(fetcher.results)
+
+
+def _locate_image_ref(
+    ref: str,
+    roots: Sequence[Path],
+    image_sep: str | None,
+    fetch: Callable[[str, str], tuple[Path | None, str]] | None = None,
+    product_id: str = "",
+) -> tuple[Path | None, str]:
     """The image file an image column's value names (the first of several that exists), inside one of ``roots``;
-    or None and why not."""
+    or None and why not. A link is fetched with ``fetch`` (into the URL cache); without it, links are skipped."""
     values = [v.strip() for v in (ref.split(image_sep) if image_sep else [ref])]
     values = [v for v in values if v]
     if not values:
@@ -959,7 +1049,13 @@ def _locate_image_ref(ref: str, roots: Sequence[Path], image_sep: str | None) ->
     why = ""
     for value in values:
         if value.lower().startswith(("http://", "https://")):
-            why = why or "image link (reading images from links is not supported yet; give local files)"
+            if fetch is None:
+                why = why or "image link not fetched"
+                continue
+            path, link_why = fetch(value, product_id)
+            if path is not None:
+                return path, ""
+            why = why or link_why
             continue
         if "\x00" in value:
             why = f"{OUTSIDE_FOLDER} (the reference holds a NUL character)"

@@ -38,7 +38,7 @@ ENGINES = ("local", "ray")
 RUN_FILES = frozenset(
     {
         "split.csv", "split.json", "rejects.csv", "comparison.json", "report.html", "summary.md", "summary.json",
-        "schema.json",
+        "schema.json", "links.csv",
     }
 )
 MODEL_FOLDERS = frozenset(MODELS) - {"all"}
@@ -190,13 +190,22 @@ NumericOpt = Annotated[
 ]
 ImageOpt = Annotated[
     str | None,
-    typer.Option("--image", help="The column holding each product's image file name or path, inside --images-dir "
-                 "[default: inferred; none: IMAGES_DIR/<id>.jpg]."),
+    typer.Option("--image", help="The column holding each product's image file name or path, inside --images-dir, "
+                 "or its http(s) link [default: inferred; none: IMAGES_DIR/<id>.jpg]."),
 ]
 ImageSepOpt = Annotated[
     str | None,
     typer.Option("--image-sep", callback=_check_sep, help="The character separating several images in the image "
-                 "column (the first that exists is used)."),
+                 "column (the first that exists or downloads is used)."),
+]
+LinkTimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--link-timeout", min=0.01, help="Image links: seconds to wait for a connection or a read "
+                 "(4 times over for a whole image) [default: 5 to connect, 15 to read]."),
+]
+LinkWorkersOpt = Annotated[
+    int | None,
+    typer.Option("--link-workers", min=1, help="Image links: downloads at once [default: 16]."),
 ]
 ImagesDirOpt = Annotated[
     Path | None,
@@ -227,6 +236,8 @@ def _catalog_options(
     image_sep: str | None = None,
     images_dir: Path | None = None,
     sep: str | None = None,
+    link_timeout: float | None = None,
+    link_workers: int | None = None,
 ) -> dict[str, Any]:
     """The flags that say where a catalog's columns and images are, as load_catalog's options."""
     def split(value: str | None) -> list[str] | None:
@@ -236,6 +247,10 @@ def _catalog_options(
         "label": label, "id": id, "text": split(text), "categorical": split(categorical),
         "numeric": split(numeric), "image": image, "image_sep": image_sep, "images_dir": images_dir, "sep": sep,
     }
+    if link_timeout is not None or link_workers is not None:
+        from .image_links import LinkOptions
+
+        options["links"] = LinkOptions.with_timeout(link_timeout, link_workers)
     if schema is not None:
         from .catalog import CatalogError
         from .schema import SchemaError, read_schema_file
@@ -590,6 +605,8 @@ def train(
     images_dir: ImagesDirOpt = None,
     schema: SchemaOpt = None,
     sep: SepOpt = None,
+    link_timeout: LinkTimeoutOpt = None,
+    link_workers: LinkWorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train models on a catalog and compare them.
@@ -599,7 +616,8 @@ def train(
     """
     catalog_options = _catalog_options(
         schema=schema, label=label, id=id_column, text=text, categorical=categorical, numeric=numeric,
-        image=image, image_sep=image_sep, images_dir=images_dir, sep=sep,
+        image=image, image_sep=image_sep, images_dir=images_dir, sep=sep, link_timeout=link_timeout,
+        link_workers=link_workers,
     )
     _check_address(engine, address)
     track = track or tracking_uri is not None
@@ -678,6 +696,8 @@ def evaluate(
     image: ImageOpt = None,
     images_dir: ImagesDirOpt = None,
     sep: SepOpt = None,
+    link_timeout: LinkTimeoutOpt = None,
+    link_workers: LinkWorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a saved model on a labelled catalog.
@@ -686,7 +706,8 @@ def evaluate(
     """
     from .runs import evaluate_model
 
-    options = _catalog_options(id=id_column, image=image, images_dir=images_dir, sep=sep)
+    options = _catalog_options(id=id_column, image=image, images_dir=images_dir, sep=sep, link_timeout=link_timeout,
+                               link_workers=link_workers)
     m = evaluate_model(model_dir, data, out, progress=not quiet, catalog_options=options)
     typer.echo(
         f"accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  on {m['n']:,} products "
@@ -732,6 +753,8 @@ def predict(
     image: ImageOpt = None,
     images_dir: ImagesDirOpt = None,
     sep: SepOpt = None,
+    link_timeout: LinkTimeoutOpt = None,
+    link_workers: LinkWorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict the category of every product in a catalog.
@@ -741,9 +764,10 @@ def predict(
     in this catalog. The output keeps the id column's name.
     """
     _check_address(engine, address)
-    catalog_options = _catalog_options(id=id_column, image=image, images_dir=images_dir, sep=sep)
+    catalog_options = _catalog_options(id=id_column, image=image, images_dir=images_dir, sep=sep,
+                                       link_timeout=link_timeout, link_workers=link_workers)
     if engine == "ray" and catalog_options:
-        raise typer.BadParameter("--id, --image, --images-dir and --sep are not read by --engine ray yet.")
+        raise typer.BadParameter("--id, --image, --images-dir, --sep and --link-* are not read by --engine ray yet.")
     if engine == "ray":
         from .distributed import predict_catalog_ray
 
@@ -775,20 +799,29 @@ def eda(
     images_dir: ImagesDirOpt = None,
     schema: SchemaOpt = None,
     sep: SepOpt = None,
+    link_timeout: LinkTimeoutOpt = None,
+    link_workers: LinkWorkersOpt = None,
+    check_links: Annotated[
+        int | None,
+        typer.Option("--check-links", min=1, metavar="N", help="Image links: check a random sample of N links "
+                     "(for a catalog too large to fetch whole) instead of fetching them all."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Explore a catalog before training.
 
-    Writes a self-contained HTML report plus the same figures as JSON, and the rejected rows. The catalog's
-    columns are read as train reads them (the same flags, or a schema file).
+    Writes a self-contained HTML report plus the same figures as JSON, and the rejected rows; with image links,
+    links.csv (each link tried, with its status and reason). The catalog's columns are read as train reads them
+    (the same flags, or a schema file).
     """
     from .eda import write_eda_report
 
     options = _catalog_options(
         schema=schema, label=label, id=id_column, text=text, categorical=categorical, numeric=numeric,
-        image=image, image_sep=image_sep, images_dir=images_dir, sep=sep,
+        image=image, image_sep=image_sep, images_dir=images_dir, sep=sep, link_timeout=link_timeout,
+        link_workers=link_workers,
     )
-    report = write_eda_report(data, out, progress=not quiet, catalog_options=options)
+    report = write_eda_report(data, out, progress=not quiet, catalog_options=options, check_links=check_links)
     o, t = report["overview"], report["target"]
     typer.echo(
         f"{o['rows']:,} products, {t['n_classes']} classes, {o['rejects']['dropped']:,} rows dropped, "
@@ -832,6 +865,8 @@ def audit(
     images_dir: ImagesDirOpt = None,
     schema: SchemaOpt = None,
     sep: SepOpt = None,
+    link_timeout: LinkTimeoutOpt = None,
+    link_workers: LinkWorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Find products whose category is probably wrong.
@@ -853,7 +888,8 @@ def audit(
         address=address,
         catalog_options=_catalog_options(
             schema=schema, label=label, id=id_column, text=text, categorical=categorical, numeric=numeric,
-            image=image, image_sep=image_sep, images_dir=images_dir, sep=sep,
+            image=image, image_sep=image_sep, images_dir=images_dir, sep=sep, link_timeout=link_timeout,
+            link_workers=link_workers,
         ),
     )
     typer.echo(f"{len(queue):,} products queued for review -> {out / 'audit.csv'}, {out / 'audit.html'}")
@@ -927,6 +963,14 @@ def serve(
             "model is busy are combined)."
         ),
     ] = 2.0,
+    image_url_hosts: Annotated[
+        str | None,
+        typer.Option(
+            "--image-url-hosts", metavar="HOSTS", help="Accept the request field image_url, fetched only from these "
+            "comma-separated hosts (*.example.com for subdomains); a private or loopback address only when "
+            "listed itself [default: image_url refused]."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP.
 
@@ -945,6 +989,7 @@ def serve(
         max_image_pixels=max_image_pixels,
         embedding_cache_size=embedding_cache_size,
         batch_wait_ms=batch_wait_ms,
+        image_url_hosts=image_url_hosts,
     )
 
 

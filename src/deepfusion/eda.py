@@ -15,9 +15,10 @@ import io
 import json
 import logging
 import math
+import random
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -560,7 +561,41 @@ def build_eda(catalog: Catalog, *, progress: bool = True) -> dict[str, Any]:
         "images": images,
         "samples": samples,
     }
+    if catalog.links is not None:
+        eda["links"] = _links(catalog.links)
     return _clean(eda)
+
+
+def _links(report: pd.DataFrame) -> dict[str, Any]:
+    """The image links tried (the catalog's link report, or the sample of ``--check-links``): counts by status
+    and reason, the slowest hosts and a sample of broken links."""
+    from .image_links import link_stats
+
+    stats = link_stats(report)
+    return {"checked": stats.total, "by_status": stats.by_status, "by_reason": stats.by_reason,
+            "slowest_hosts": stats.slowest_hosts, "broken_sample": stats.broken_sample,
+            "sampled_from": report.attrs.get("sampled_from")}
+
+
+def _links_html(lk: dict[str, Any] | None) -> str:
+    if lk is None:
+        return ""
+    sampled = (f" (a random sample of the catalog's {_n(lk['sampled_from'])} links, <code>--check-links</code>)"
+               if lk.get("sampled_from") else "")
+    status_rows = list(lk["by_status"].items())
+    reason_rows = list(lk["by_reason"].items())
+    host_rows = [(h["host"], h["links"], h["median_ms"], h["max_ms"]) for h in lk["slowest_hosts"]]
+    broken_rows = [(b["url"], b["id"], b["reason"], b["detail"]) for b in lk["broken_sample"]]
+    return f"""
+<section id="links"><h2>8. Image links</h2>
+<p>{_n(lk['checked'])} links tried{sampled}; each with its status and reason in <code>links.csv</code>.</p>
+<h3>By status</h3>{_table(["status", "links"], status_rows, numeric=[1])}
+<h3>Broken links by reason</h3>
+{_table(["reason", "links"], reason_rows, numeric=[1]) if reason_rows else '<p class="ok">No broken link.</p>'}
+<h3>Slowest hosts</h3>{_table(["host", "links", "median ms", "max ms"], host_rows, numeric=[1, 2, 3])}
+<h3>Sample of broken links</h3>
+{_table(["url", "id", "reason", "detail"], broken_rows) if broken_rows else '<p class="ok">None.</p>'}
+</section>"""
 
 
 # ------------------------------------------------------------------------------------------------- charts
@@ -1172,7 +1207,8 @@ images.</p>
 
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in [
         ("overview", "Overview"), ("quality", "Quality"), ("target", "Target"), ("metadata", "Metadata"),
-        ("relationships", "Relationships"), ("images", "Images"), ("samples", "Samples")])
+        ("relationships", "Relationships"), ("images", "Images"), ("samples", "Samples"),
+        *([("links", "Links")] if "links" in eda else [])])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -1182,6 +1218,7 @@ images.</p>
 <div class="sub">{_e(eda['meta']['summary'])}</div><nav>{nav}</nav></header>
 <main><div class="cards">{cards}</div>
 {overview_html}{quality_html}{target_html}{metadata_html}{rel_html}{images_html}{samples_html}
+{_links_html(eda.get("links"))}
 <p class="note">Figures as JSON: <code>eda.json</code>.
 Rejected and flagged rows: <code>rejects.csv</code>.</p>
 </main></body></html>
@@ -1203,6 +1240,31 @@ def _relationships_html(heat: dict[str, str], label: str) -> str:
 def _some(names: Sequence[str], limit: int = 40) -> str:
     more = f" and {len(names) - limit:,} more (eda.json lists them)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def _check_link_sample(catalog: Catalog, n: int, links: Any, progress: bool) -> pd.DataFrame | None:
+    """Fetch a random sample of ``n`` of the catalog's image links (fixed seed); their link report, with the
+    number of links sampled from in ``attrs["sampled_from"]``. None when the catalog has no link."""
+    from .image_links import LinkFetcher, LinkOptions, is_url, links_report
+
+    schema = catalog.schema
+    if not schema.image:
+        return None
+    pairs = [
+        (value.strip(), pid)
+        for pid, ref in zip(catalog.products[ID], catalog.products[schema.image].astype(str), strict=True)
+        for value in (ref.split(schema.image_sep) if schema.image_sep else [ref])
+        if is_url(value)
+    ]
+    if not pairs:
+        return None
+    sample = random.Random(0).sample(pairs, min(n, len(pairs)))
+    with LinkFetcher(links or LinkOptions()) as fetcher:
+        fetcher.fetch_many(sample, progress=progress, desc="checking links")
+        report = links_report(fetcher.results)
+    report.attrs["sampled_from"] = len(pairs)
+    log.info("checked %d of %d image links: %s", len(sample), len(pairs), fetcher.summary())
+    return report
 
 
 def _offsets(per_class: dict[str, list[str]]) -> list[tuple[str, list[str], int]]:
@@ -1237,15 +1299,26 @@ def _dup_examples(groups: dict[str, Any], title: str, key: str = "examples") -> 
 
 
 def write_eda_report(
-    data: str | Path, out: str | Path, *, progress: bool = True, catalog_options: dict[str, Any] | None = None
+    data: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    catalog_options: Mapping[str, Any] | None = None,
+    check_links: int | None = None,
 ) -> dict[str, Any]:
-    """Load and validate the catalog in ``data`` (``catalog_options``: load_catalog's schema, label, text, ...,
-    as the CLI's flags give them); write eda.json, eda.html and rejects.csv to ``out``."""
+    """Load and validate the catalog in ``data`` (read with ``catalog_options``: load_catalog's schema, label, text,
+    image, links..., as the CLI's flags give them); write eda.json, eda.html and rejects.csv to ``out``, and
+    links.csv when its images are links. ``check_links``: fetch no link while loading, but check a random sample
+    of that many (fixed seed)."""
     started = time.perf_counter()
     out = Path(out)
-    catalog = load_catalog(data, require_target=True, progress=progress, **(catalog_options or {}))
+    options = dict(catalog_options or {})
+    catalog = load_catalog(data, require_target=True, progress=progress, fetch_links=check_links is None, **options)
+    if check_links is not None:
+        catalog.links = _check_link_sample(catalog, check_links, options.get("links"), progress)
     out.mkdir(parents=True, exist_ok=True)
     catalog.write_rejects(out / "rejects.csv")
+    catalog.write_links(out / "links.csv")
     eda = build_eda(catalog, progress=progress)
     page = render_eda_html(eda, catalog, progress=progress)
     eda["meta"]["seconds_total"] = round(time.perf_counter() - started, 3)

@@ -93,7 +93,12 @@ class MetadataEncoder:
         if self.categorical:
             self.onehot_ = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32)
             self.onehot_.fit(self._categorical_frame(frame))
-        self.scaler_ = StandardScaler().fit(self._numeric_frame(frame))
+        numeric = self._numeric_frame(frame)
+        self.scaler_ = StandardScaler()
+        if numeric.shape[1]:
+            self.scaler_.fit(numeric)
+        else:  # no number column and no title length: scikit-learn refuses zero columns
+            self.scaler_.mean_ = self.scaler_.scale_ = self.scaler_.var_ = np.zeros(0)
         if self.missing_indicators:
             # The 0/1 flags stay 0/1: scaled by their (often tiny) spread in training, one missing year would become
             # a value near 100 that swamps every other feature and stalls the SVM's convergence.
@@ -110,7 +115,8 @@ class MetadataEncoder:
             onehot = np.zeros((len(frame), 0), dtype=np.float32)
         else:
             onehot = self.onehot_.transform(self._categorical_frame(frame))
-        numeric = self.scaler_.transform(self._numeric_frame(frame)).astype(np.float32)
+        values = self._numeric_frame(frame)
+        numeric = (self.scaler_.transform(values) if values.shape[1] else values).astype(np.float32)
         return np.hstack([onehot, numeric]).astype(np.float32)
 
     @property

@@ -163,6 +163,9 @@ class Product(ProductFields):
     image_base64: str | None = Field(
         None, description="The product photo (JPEG, PNG, WebP, GIF or BMP), base64-encoded; a "
         "'data:image/...;base64,' prefix is accepted. Null or empty: no image.")
+    image_url: str | None = Field(
+        None, max_length=4096, description="The product photo's http(s) link, fetched by the server: only when "
+        "it was started with --image-url-hosts, and only from those hosts. Not with image_base64.")
 
 
 class PredictRequest(BaseModel):
@@ -234,6 +237,8 @@ def request_models(schema: CatalogSchema) -> RequestModels:
     product = create_model(
         "Product", __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}), **definitions,
         image_base64=(str | None, Field(None, description=Product.model_fields["image_base64"].description)),
+        image_url=(Product.model_fields["image_url"].annotation,
+                   Field(None, description=Product.model_fields["image_url"].description)),
     )
     request = create_model(
         "PredictRequest", __config__=ConfigDict(extra="forbid"),
@@ -862,7 +867,7 @@ class PredictionService:
     def __init__(self, backend: Backend, *, source: Path, max_items: int = MAX_ITEMS,
                  max_image_bytes: int = MAX_IMAGE_BYTES, max_body_bytes: int = MAX_BODY_BYTES,
                  max_image_pixels: int = MAX_IMAGE_PIXELS, embedding_cache_size: int = EMBEDDING_CACHE_SIZE,
-                 batch_wait_ms: float = BATCH_WAIT_MS) -> None:
+                 batch_wait_ms: float = BATCH_WAIT_MS, image_url_hosts: str | Sequence[str] | None = None) -> None:
         check_limits(max_items=max_items, max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes,
                      max_image_pixels=max_image_pixels, embedding_cache_size=embedding_cache_size,
                      batch_wait_ms=batch_wait_ms)
@@ -874,6 +879,12 @@ class PredictionService:
         self.limits = {"max_items": max_items, "max_image_bytes": max_image_bytes,
                        "max_body_bytes": max_body_bytes, "max_image_pixels": max_image_pixels}
         self.needs_images = backend.needs_images
+        # image_url: off unless the operator names the hosts (image_links.HostPolicy keeps it from becoming SSRF).
+        self.links = None
+        if image_url_hosts:
+            from .image_links import ServiceLinks
+
+            self.links = ServiceLinks(image_url_hosts, max_image_bytes)
         self.image_chunk = IMAGE_CHUNK
         self.head_chunk = HEAD_CHUNK
         self._lock = TurnLock()
@@ -930,6 +941,27 @@ class PredictionService:
         except ImageInputError as exc:
             raise HTTPException(exc.status, f"{where} {exc.detail}") from None
         return self.image_bytes(where, data, seen)
+
+    def url_image(self, where: str, url: str | None, seen: dict[str, _Image] | None = None) -> _Image | None:
+        if url is None or not url.strip():
+            return None
+        if self.links is None:
+            raise HTTPException(422, f"{where}: this server does not fetch image links (it was started without "
+                                     "--image-url-hosts); send the image as image_base64")
+        from .image_links import LinkError
+
+        try:
+            data = self.links.fetch(url.strip())
+        except LinkError as exc:
+            raise HTTPException(422, f"{where} could not be used: {exc}") from None
+        return self.image_bytes(where, data, seen)
+
+    def product_image(self, i: int, product: Product, seen: dict[str, _Image]) -> _Image | None:
+        if product.image_url and product.image_base64:
+            raise HTTPException(422, f"products.{i}: send image_base64 or image_url, not both")
+        if product.image_url:
+            return self.url_image(f"products.{i}.image_url", product.image_url, seen)
+        return self.base64_image(f"products.{i}.image_base64", product.image_base64, seen)
 
     # ------------------------------------------------------------------ checks
     def check_count(self, n: int) -> None:
@@ -1151,8 +1183,7 @@ def build_app(service: PredictionService) -> FastAPI:
         naming the products."""
         service.check_count(len(body.products))  # before decoding any image
         seen: dict[str, _Image] = {}  # an image sent twice in one request is decoded once
-        items = [_Item(product, service.base64_image(f"products.{i}.image_base64", product.image_base64, seen))
-                 for i, product in enumerate(body.products)]
+        items = [_Item(product, service.product_image(i, product, seen)) for i, product in enumerate(body.products)]
         return service.predict(items, body.top_k)
 
     # The request models are the model's own (built from its catalog schema), so the annotations are set here:

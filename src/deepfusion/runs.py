@@ -52,7 +52,10 @@ def required_columns(modalities: Sequence[str], schema: CatalogSchema = FASHION)
 
 
 # The options of load_catalog that say where a catalog's columns and images are (the CLI's --label, --text, ...).
-CATALOG_OPTIONS = ("schema", "label", "id", "text", "categorical", "numeric", "image", "image_sep", "images_dir", "sep")
+# ``links``: how image links are fetched (image_links.LinkOptions).
+CATALOG_OPTIONS = (
+    "schema", "label", "id", "text", "categorical", "numeric", "image", "image_sep", "images_dir", "sep", "links",
+)
 
 
 def _catalog_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -263,6 +266,7 @@ def train_run(
         **_catalog_options(catalog_options),
     )
     catalog.write_rejects(out / "rejects.csv")
+    catalog.write_links(out / "links.csv")
     write_json(out / "schema.json", catalog.schema.to_json())
     specs = usable_specs(specs, catalog, model)
     needs_images = any("image" in s.modalities for s in specs)
@@ -370,6 +374,7 @@ def evaluate_model(
     )
     out = Path(out)
     catalog.write_rejects(out / "rejects.csv")
+    catalog.write_links(out / "links.csv")
     metrics = predictor.evaluate(catalog.products)
     metrics.update({"model_dir": str(model_dir), "data": str(data), "catalog": catalog.summary()})
     write_json(out / "metrics.json", metrics)
@@ -427,5 +432,6 @@ def predict_catalog(
         if writer is not None:
             writer.close()
     catalog.write_rejects(out.with_name(out.stem + ".rejects.csv"))
+    catalog.write_links(out.with_name(out.stem + ".links.csv"))
     log.info("wrote %d predictions to %s", n, out)
     return n, catalog

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -266,6 +267,18 @@ def looks_like_fashion(columns: Iterable[str]) -> bool:
     return {ID_COLUMN, LABEL_COLUMN, TEXT_COLUMN} <= cols
 
 
+# Several links in one cell (Amazon's exports: "https://a.jpg|https://b.jpg"): the character between them.
+_LINK_SEP = re.compile(r"\S\s*([|;, ])\s*https?://", re.IGNORECASE)
+
+
+def infer_image_sep(values: pd.Series) -> str | None:
+    """The separator of several image links in one value, when the image column's values hold more than one link
+    (the most common character between a link and the next); None otherwise."""
+    found = values.head(1000).astype(str).str.findall(_LINK_SEP)
+    counts = Counter(sep for seps in found for sep in seps)
+    return counts.most_common(1)[0][0] if counts else None
+
+
 def infer_schema(
     table: pd.DataFrame,
     label: str | None,
@@ -349,6 +362,7 @@ def infer_schema(
         categorical=tuple(categorical),
         numeric=tuple(numeric),
         image=image,
+        image_sep=infer_image_sep(filled(image)) if image in table.columns else None,
         name="inferred",
         ignored=ignored,
     )

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,12 +231,15 @@ class ExportBackend:
 # ---------------------------------------------------------------------------------------------- app
 def create_app(model_dir: str | Path, *, max_items: int = MAX_ITEMS, max_image_bytes: int = MAX_IMAGE_BYTES,
                max_body_bytes: int = MAX_BODY_BYTES, max_image_pixels: int = MAX_IMAGE_PIXELS,
-               embedding_cache_size: int = EMBEDDING_CACHE_SIZE, batch_wait_ms: float = BATCH_WAIT_MS) -> FastAPI:
+               embedding_cache_size: int = EMBEDDING_CACHE_SIZE, batch_wait_ms: float = BATCH_WAIT_MS,
+               image_url_hosts: str | Sequence[str] | None = None) -> FastAPI:
     """The service for the model in ``model_dir``: a folder written by train (raises ``ModelLoadError`` if it is
     not a model) or by export (``ExportLoadError``). ``max_image_pixels`` bounds the pixels one image may decode
     to; ``embedding_cache_size`` is the number of request-image embeddings kept in memory (0: none);
     ``batch_wait_ms`` is how long the first of several concurrent small requests waits for the others to join
-    its model call (0: only requests that arrive while the model is busy are combined)."""
+    its model call (0: only requests that arrive while the model is busy are combined). ``image_url_hosts``: the
+    hosts the request field ``image_url`` may be fetched from (image_links.HostPolicy); None: the field is
+    refused."""
     limits = {"max_items": max_items, "max_image_bytes": max_image_bytes, "max_body_bytes": max_body_bytes,
               "max_image_pixels": max_image_pixels}
     check_limits(**limits, embedding_cache_size=embedding_cache_size, batch_wait_ms=batch_wait_ms)
@@ -253,7 +257,7 @@ def create_app(model_dir: str | Path, *, max_items: int = MAX_ITEMS, max_image_b
                 f", or export the model where it is installed (deepfusion export {path} --out DIR) and serve DIR."
             ) from exc
     service = PredictionService(backend, source=path, **limits, embedding_cache_size=embedding_cache_size,
-                                batch_wait_ms=batch_wait_ms)
+                                batch_wait_ms=batch_wait_ms, image_url_hosts=image_url_hosts)
     return build_app(service)
 
 
