@@ -377,9 +377,10 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
         "main": {
             "file": "main.onnx",
             "modalities": list(predictor.modalities),
-            "inputs": _export_graph(predictor.net_, text, folder / "main.onnx", main_scores),
+            # The mix (mixing.py): the network with the stacked SVM's scores, calibration included.
+            "inputs": _export_graph(predictor.main_mix_, text, folder / "main.onnx", main_scores),
             "output": "logits",
-            "temperature": float(predictor.temperature_),
+            "temperature": 1.0,
             "text_scores": "title+metadata" if text is not None else None,
         }
     }

@@ -200,6 +200,8 @@ class _Checker:
             widths["text_scores"] = len(classes)
         self.inputs(config, "config.json", "", list(widths), widths)
         self.network("model.safetensors", config, len(classes), head, "")
+        if "main_mix_weights" in config:
+            self.mix_weights(config["main_mix_weights"], "config.json", "main_mix_weights")
         if "fallback" in config:
             self.fallback(config, modalities, widths, len(classes), head)
         if "no_metadata" in config:
@@ -214,6 +216,12 @@ class _Checker:
                     self.need("_conv_stem.weight" in tensors, str(config[key]),
                               f"does not hold {config.get('backbone')} backbone weights (no '_conv_stem.weight')")
         return config, prep
+
+    def mix_weights(self, w: Any, file: str, name: str) -> None:
+        """mixing.py's weights: (with or without an image) x (network, text scores, image expert)."""
+        ok = (isinstance(w, list) and len(w) == 2
+              and all(isinstance(r, list) and len(r) == 3 and all(_is_finite(v) for v in r) for r in w))
+        self.need(ok, file, f"{name} must be 2 rows of 3 finite numbers, got {_show(w)}")
 
     def schema(self, config: dict[str, Any]) -> None:
         """The catalog schema the model reads (absent in models saved before it: the fashion columns)."""
@@ -493,11 +501,8 @@ class _Checker:
             self.fail("no_metadata.safetensors", "is missing (the network for products with a title but no "
                                                  "metadata, named by config.json 'no_metadata')")
         self.network("no_metadata.safetensors", saved, n_classes, head, "no_metadata.")
-        if "mix_weights" in saved:  # mixing.py: (with or without an image) x (network, text scores, image expert)
-            w = saved["mix_weights"]
-            ok = (isinstance(w, list) and len(w) == 2
-                  and all(isinstance(r, list) and len(r) == 3 and all(_is_finite(v) for v in r) for r in w))
-            self.need(ok, file, f"no_metadata.mix_weights must be 2 rows of 3 finite numbers, got {_show(w)}")
+        if "mix_weights" in saved:
+            self.mix_weights(saved["mix_weights"], file, "no_metadata.mix_weights")
         if "image_expert" in saved:
             expert = self.obj(saved["image_expert"], "'no_metadata.image_expert'", file)
             self.need("image" in modalities, file, "no_metadata.image_expert is an image network, but the model "

@@ -67,6 +67,7 @@ _FIRST_PASS = (
     "no_metadata_temperature_",
     "no_metadata_best_epochs_",
     "no_metadata_mix_weights_",
+    "main_mix_weights_",
     "image_expert_temperature_",
     "image_expert_best_epochs_",
     "train_seconds_",
@@ -298,6 +299,7 @@ class Predictor:
             self.refit_ = {"products": len(full), "epochs": cfg.epochs, "train_seconds": self.train_seconds_}
             self.train_seconds_ += kept.pop("train_seconds_")
             self.__dict__.update(kept)
+            self._build_main_mix()
             if self.metadata_fallback:
                 self._build_no_metadata_mix()
         return self
@@ -401,6 +403,11 @@ class Predictor:
             train_data, y_train, val_data, y_val, n_classes, "+".join(self.modalities), cfg
         )
         self.net_ = result.net
+        if self.text_scores and val_data is not None and y_val is not None and len(y_val):
+            self._fit_main_mix(val_data, y_val)
+        elif not hasattr(self, "main_mix_weights_"):  # a refit keeps the first pass's weights
+            self.main_mix_weights_ = _network_alone(self.temperature_)
+        self._build_main_mix()
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.member_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
@@ -526,6 +533,19 @@ class Predictor:
         self.image_expert_ = result.net
         self.image_expert_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
         self.train_seconds_ += result.seconds
+
+    def _fit_main_mix(self, val_data: ModalityData, y_val: np.ndarray) -> None:
+        """The main network's mix with the stacked SVM's scores (mixing.py), chosen on the validation products
+        (and their blanked copies). Where the SVM reads a catalog's text better than the network, validation says
+        so and the answer leans on it; where not, the network stays alone (ties go to it)."""
+        has_image = val_data.present.get("image", np.zeros(len(y_val), dtype=bool))
+        self.main_mix_weights_ = fit_mix_weights(
+            predict_logits(self.net_, val_data), self.temperature_, val_data.features["text_scores"], None, 1.0,
+            np.asarray(has_image, dtype=bool), y_val, "main mix",
+        )
+
+    def _build_main_mix(self) -> None:
+        self.main_mix_ = ExpertMix(self.net_, None, self.main_mix_weights_)
 
     def _fit_no_metadata_mix(self, val: pd.DataFrame) -> None:
         """The no-metadata network's mix weights (mixing.py), chosen on the validation products as they would
@@ -680,8 +700,9 @@ class Predictor:
         if image_embeddings is not None and "image" in self.modalities:
             image = (self._scale_image(image_embeddings[0]), image_embeddings[1])
         data = self._encode(products, image=image, absent=absent)
-        logits = predict_logits(self.net_, data)
-        temperature = np.full(len(logits), self.temperature_, dtype=np.float64)
+        # The main mix's weights hold its calibration (mixing.py).
+        logits = predict_logits(self.main_mix_, data)
+        temperature = np.ones(len(logits), dtype=np.float64)
         if self.title_fallback and len(logits):
             rows = np.flatnonzero(~data.present["title"])
             if len(rows):
@@ -783,6 +804,8 @@ class Predictor:
             "head": self.config.to_json(),
             "seed": self.seed,
             "temperature": self.temperature_,
+            # mixing.py: (with or without an image) x (network, stacked SVM scores, unused), calibration included.
+            "main_mix_weights": np.asarray(self.main_mix_weights_).tolist(),
             "best_epoch": self.best_epoch_,
             "member_best_epochs": self.member_best_epochs_,
             "train_seconds": self.train_seconds_,
@@ -920,6 +943,11 @@ class Predictor:
             )
         self.net_ = _load_network(path / "model.safetensors", config, len(self.labels_.classes_), head)
         self.temperature_ = float(config["temperature"])
+        # Models saved before the main mix answer with the calibrated network alone, as they did.
+        self.main_mix_weights_ = np.asarray(
+            config.get("main_mix_weights", _network_alone(self.temperature_)), dtype=np.float64
+        )
+        self._build_main_mix()
         if "fallback" in config:
             fallback = config["fallback"]
             if not (path / "fallback.safetensors").is_file():
