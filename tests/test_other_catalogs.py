@@ -18,6 +18,7 @@ SHARED = Path(os.environ.get("DEEPFUSION_SHARED_DATA", Path(__file__).resolve().
 TOYS = SHARED / "amazon-toys-uk" / "products.csv"
 US = SHARED / "amazon-us-2020-sample" / "products.csv"
 runner = CliRunner()
+SLICE = 3000  # products of the toys catalog a test trains on (CI's time); the benchmark takes them all
 
 
 def _need(path: Path) -> Path:
@@ -34,9 +35,8 @@ def run(*args: str) -> str:
 
 
 def test_toys_catalog_with_only_the_label_flag(tmp_path: Path) -> None:
-    data = _need(TOYS)
     label = "amazon_category_and_sub_category"
-    run("eda", "--data", str(data), "--label", label, "--out", str(tmp_path / "eda"), "--quiet")
+    run("eda", "--data", str(_need(TOYS)), "--label", label, "--out", str(tmp_path / "eda"), "--quiet")
     eda = json.loads((tmp_path / "eda" / "eda.json").read_text())
     assert eda["meta"]["schema"]["id"] == "uniq_id" and eda["target"]["column"] == label
     assert "price" in eda["quality"]["numeric"] and "manufacturer" in eda["metadata"]
@@ -44,6 +44,9 @@ def test_toys_catalog_with_only_the_label_flag(tmp_path: Path) -> None:
     rejects = pd.read_csv(tmp_path / "eda" / "rejects.csv")
     assert len(rejects) == 690 and rejects["reason"].str.startswith("empty target").all()
 
+    # The first rows of the file as they are, in a temporary folder.
+    data = tmp_path / "toys.csv"
+    data.write_text("\n".join(TOYS.read_text(encoding="utf-8").splitlines()[: SLICE + 1]) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     run("train", "--data", str(data), "--label", label, "--model", "fusion", "--preset", "small", "--out", str(out),
         "--quiet")
@@ -51,8 +54,8 @@ def test_toys_catalog_with_only_the_label_flag(tmp_path: Path) -> None:
     assert schema["text"] == ["product_name"] and "manufacturer" in schema["categorical"]
     assert "price" in schema["numeric"] and schema["image"] is None
     metrics = json.loads((out / "fusion" / "metrics.json").read_text())
-    # 255 whole paths, many of them rare: a guess of the largest class is right 9% of the time.
-    assert metrics["accuracy"] >= 0.6, metrics["accuracy"]
+    # Whole paths, many of them rare: a guess of the largest class is right about 10% of the time.
+    assert metrics["accuracy"] >= 0.5, metrics["accuracy"]
 
     preds_path = tmp_path / "preds.csv"
     run("predict", str(out / "fusion"), "--data", str(data), "--out", str(preds_path), "--quiet")
