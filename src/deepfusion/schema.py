@@ -54,6 +54,7 @@ _ID_NAMES = {"id", "sku", "uniqid", "productid", "itemid", "asin", "articleid", 
 _IMAGE_WORDS = ("image", "img", "photo", "picture")
 _IMAGE_VALUE = re.compile(r"(?:^https?://)|(?:\.(?:jpe?g|png|webp|gif|bmp)(?:\?.*)?$)", re.IGNORECASE)
 _TITLE_WORDS = ("title", "name")
+MAX_CATEGORIES = 500  # a string column with more distinct values is read as text, not as categories
 
 
 class SchemaError(ValueError):
@@ -290,7 +291,8 @@ def infer_schema(
     """Roles for the columns of ``table`` (values as read, strings), AutoGluon-style: ``label`` as given; an id
     column by its name and unique values; an image column by its name and file-like or link values; then for each
     other column: numbers (at least 95% of the filled values parse as numbers, currency signs allowed) are numeric,
-    long or mostly unique strings are text (the shortest first: the title), the rest categorical; empty columns and
+    long, mostly unique or very varied (over MAX_CATEGORIES values) strings are text (the shortest first: the
+    title), the rest categorical; empty columns and
     columns of one value are ignored, and so is a column of single words nearly always different (a model number, a
     code); a text column named like a title (title, name) is the title. ``fixed``: columns already given a role
     (left out)."""
@@ -348,7 +350,9 @@ def infer_schema(
         if words.median() <= 1 and n_unique / len(values) > 0.9 and sample.str.len().median() <= 40:
             ignored[col] = "a code (one word, nearly always different)"
             continue
-        if words.median() >= 4 or n_unique / len(values) > 0.5:
+        # Many distinct values (a brand or manufacturer column): their words generalise across spellings and rare
+        # values, which a one-hot column per value cannot.
+        if words.median() >= 4 or n_unique / len(values) > 0.5 or n_unique > MAX_CATEGORIES:
             text.append((float(sample.str.len().median()), col))
         else:
             categorical.append(col)
