@@ -29,6 +29,8 @@ COMBINERS = ("concat", "gated")  # models.COMBINERS
 BALANCES = ("none", "sqrt", "inverse", "sampler")  # the modes training.class_weights / train_network know
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # backbones.list_backbones()
 MODALITIES = ("metadata", "title", "image")  # predictor.MODALITIES
+DECODE_CHOICES = ("path", "top_down")  # predictor.DECODERS
+DEFAULT_MIN_CLASS_SIZE = 5  # taxonomy.DEFAULT_MIN_CLASS_SIZE
 # predict: this process (runs.predict_catalog) or Ray (distributed.predict_catalog_ray); audit: the fold models in
 # this process (audit.out_of_fold_probabilities) or as Ray tasks (distributed.run_folds_ray).
 ENGINES = ("local", "ray")
@@ -165,8 +167,14 @@ def _check_sep(value: str | None) -> str | None:
 SEP_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 LabelOpt = Annotated[
     str | None,
-    typer.Option("--label", help="The column holding each product's category [default: articleType for the fashion "
-                 "catalog's columns; required for any other catalog]."),
+    typer.Option("--label", callback=_columns, help="The column holding each product's category, or several "
+                 "comma-separated that are the levels of a category tree, top first [default: articleType for "
+                 "the fashion catalog's columns; required for any other catalog]."),
+]
+LabelSepOpt = Annotated[
+    str | None,
+    typer.Option("--label-sep", metavar="SEP", help="The separator between the levels of a label that is a path, "
+                 "such as '>' [default: detected among >, >>, | and /; none: the label is one flat class]."),
 ]
 IdOpt = Annotated[
     str | None,
@@ -219,6 +227,7 @@ def _catalog_options(
     *,
     schema: Path | None = None,
     label: str | None = None,
+    label_sep: str | None = None,
     id: str | None = None,  # noqa: A002 - the role's name, as the flag's
     text: str | None = None,
     categorical: str | None = None,
@@ -232,8 +241,10 @@ def _catalog_options(
     def split(value: str | None) -> list[str] | None:
         return None if value is None else [c.strip() for c in value.split(",") if c.strip()]
 
+    labels = split(label)
     options: dict[str, Any] = {
-        "label": label, "id": id, "text": split(text), "categorical": split(categorical),
+        "label": labels if labels is None or len(labels) > 1 else labels[0], "label_sep": label_sep,
+        "id": id, "text": split(text), "categorical": split(categorical),
         "numeric": split(numeric), "image": image, "image_sep": image_sep, "images_dir": images_dir, "sep": sep,
     }
     if schema is not None:
@@ -581,6 +592,29 @@ def train(
         int, typer.Option("--actors", min=1, help="With --engine ray: backbone replicas embedding at once.")
     ] = 2,
     label: LabelOpt = None,
+    label_sep: LabelSepOpt = None,
+    depth: Annotated[
+        int | None,
+        typer.Option("--depth", min=1, help="With a tree label: train on its first N levels [default: all]."),
+    ] = None,
+    min_class_size: Annotated[
+        int,
+        typer.Option(
+            "--min-class-size",
+            min=1,
+            help="With a tree label: a path with fewer training products backs off to its parent (listed in "
+            "the report).",
+        ),
+    ] = DEFAULT_MIN_CLASS_SIZE,
+    decode: Annotated[
+        str,
+        typer.Option(
+            "--decode",
+            callback=_one_of(DECODE_CHOICES),
+            metavar=_choices(DECODE_CHOICES),
+            help="With a tree label: predict the most probable whole path, or the best node level by level.",
+        ),
+    ] = "path",
     id_column: IdOpt = None,
     text: TextOpt = None,
     categorical: CategoricalOpt = None,
@@ -598,8 +632,8 @@ def train(
     roles come from --schema and the column flags, else from the data (written to RUN/schema.json).
     """
     catalog_options = _catalog_options(
-        schema=schema, label=label, id=id_column, text=text, categorical=categorical, numeric=numeric,
-        image=image, image_sep=image_sep, images_dir=images_dir, sep=sep,
+        schema=schema, label=label, label_sep=label_sep, id=id_column, text=text, categorical=categorical,
+        numeric=numeric, image=image, image_sep=image_sep, images_dir=images_dir, sep=sep,
     )
     _check_address(engine, address)
     track = track or tracking_uri is not None
@@ -622,6 +656,9 @@ def train(
         "field_blanking": field_blanking,
         "metadata_fallback": metadata_fallback,
         "review_precision": review_precision,
+        "depth": depth,
+        "min_class_size": min_class_size,
+        "decode": decode,
     }
     if image_size:
         options["image_size"] = _parse_size(image_size)
