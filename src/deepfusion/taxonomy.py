@@ -38,6 +38,8 @@ DETECT_SHARE = 0.5
 # Spellings tried for the joined path of several label columns, the first whose separator no value holds.
 DISPLAY_CHOICES = (" > ", " | ", " / ", " >> ")
 DEFAULT_MIN_CLASS_SIZE = 5
+# tree_breaks: a node under a parent holding at most this share of its products is a break, not a real split.
+TREE_MAX_SHARE = 0.1
 
 Path = tuple[str, ...]
 
@@ -81,24 +83,27 @@ def _display_for(values: Iterable[str], sep: str) -> str:
 
 
 def back_off(paths: Sequence[Path], min_count: int) -> tuple[list[Path], dict[Path, dict[str, Any]]]:
-    """Each path with fewer than ``min_count`` products replaced by its parent, deepest level first and
-    repeatedly (merged siblings may together reach the threshold at the parent; a parent still too small is
-    merged again). A one-level path has no parent and stays. Returns the new paths and, for every original path
-    that was merged, where it went and how many products it had."""
-    current = list(paths)
+    """Each path with fewer than ``min_count`` products replaced by its deepest ancestor under which at least
+    ``min_count`` products sit (a node the model can learn: its probability is the sum over every path under it),
+    or by its level-1 node when no ancestor has that many. Its products then count as that node, and each level
+    above stays learnable. Returns the new paths and, for every original path that was merged, where it went and
+    how many products it had."""
+    counts = Counter(paths)
     merged: dict[Path, dict[str, Any]] = {}
-    original_counts = Counter(paths)
-    if min_count <= 1 or not current:
-        return current, merged
-    for depth in range(max(len(p) for p in current), 1, -1):
-        counts = Counter(current)
-        small = {p for p, n in counts.items() if len(p) == depth and n < min_count}
-        if small:
-            current = [p[:-1] if p in small else p for p in current]
-    for original, final in zip(paths, current, strict=True):
-        if original != final and original not in merged:
-            merged[original] = {"into": final, "products": original_counts[original]}
-    return current, merged
+    if min_count <= 1 or not paths:
+        return list(paths), merged
+    subtree: Counter[Path] = Counter()
+    for path, n in counts.items():
+        for k in range(1, len(path) + 1):
+            subtree[path[:k]] += n
+    target: dict[Path, Path] = {}
+    for path, n in counts.items():
+        if n >= min_count or len(path) == 1:
+            continue
+        ancestors = [path[:k] for k in range(len(path) - 1, 0, -1)]
+        target[path] = next((a for a in ancestors if subtree[a] >= min_count), path[:1])
+        merged[path] = {"into": target[path], "products": n}
+    return [target.get(p, p) for p in paths], merged
 
 
 @dataclass
@@ -300,17 +305,20 @@ def top_down(proba: np.ndarray, classes: Sequence[str], taxonomy: Taxonomy) -> n
 
 # ---------------------------------------------------------------------------------------------- metrics
 def level_metrics(truth: Sequence[str | None], pred: Sequence[str | None], taxonomy: Taxonomy) -> dict[str, Any]:
-    """Per-level accuracy and macro-F1 (over the products whose true path reaches that level; a prediction
-    that stops above it is wrong there), hierarchical precision/recall/F1 (the sets of ancestors of the true and
-    predicted paths, Kiritchenko et al.), and the level at which each predicted path first goes wrong."""
+    """Per-level accuracy and macro-F1 of the level's value (as a per-level column holds it: the value at that
+    level, over the products whose true path reaches it; a prediction that stops above it is wrong there),
+    hierarchical precision/recall/F1 (the sets of ancestors, i.e. path prefixes, of the true and predicted paths,
+    Kiritchenko et al.), and the level at which each predicted path first goes wrong."""
     true_levels = taxonomy.levels_of(truth)
     pred_levels = taxonomy.levels_of(pred)
+    true_split = [taxonomy.split(p) for p in truth]
+    pred_split = [taxonomy.split(p) for p in pred]
     names = taxonomy.level_names
     levels = []
     for k, name in enumerate(names):
-        rows = [i for i, t in enumerate(true_levels[k]) if t is not None]
-        t = [true_levels[k][i] for i in rows]
-        p = [pred_levels[k][i] or "(none)" for i in rows]
+        rows = [i for i, t in enumerate(true_split) if len(t) > k]
+        t = [true_split[i][k] for i in rows]
+        p = [pred_split[i][k] if len(pred_split[i]) > k else "(none)" for i in rows]
         accuracy = float(np.mean([a == b for a, b in zip(t, p, strict=True)])) if rows else float("nan")
         macro = float(f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0)) if rows else float("nan")
         levels.append({"level": k + 1, "name": name, "products": len(rows), "accuracy": accuracy,
@@ -341,21 +349,28 @@ def level_metrics(truth: Sequence[str | None], pred: Sequence[str | None], taxon
 
 
 # ---------------------------------------------------------------------------------------------- tree checks
-def tree_breaks(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Products whose path breaks the tree: a node (a level's value) reached from more than one parent. The
-    parent most products use is taken as the node's real one; each product under another parent is returned
-    with its position, the level, the node, its parent and the usual parent."""
+def tree_breaks(paths: Sequence[Path], max_share: float = TREE_MAX_SHARE) -> list[dict[str, Any]]:
+    """Products whose path breaks the tree: a node (a level's value) reached from more than one parent, under a
+    parent that holds at most ``max_share`` of the node's products (a node genuinely split between two parents,
+    e.g. 68% / 32%, is not flagged). The parent most products use is the node's usual one. Returns, per flagged
+    product, its position ``row``, the ``level`` (1 = top), the ``node``, its ``parent`` and ``usual_parent`` (paths
+    spelled with ' > '), ``n_usual`` and ``n_node`` (products under the usual parent, and in all)."""
     parents: dict[tuple[int, str], Counter[Path]] = {}
     for path in paths:
         for k in range(1, len(path)):
             parents.setdefault((k, path[k]), Counter())[path[:k]] += 1
-    usual = {key: c.most_common(1)[0][0] for key, c in parents.items() if len(c) > 1}
+    # Ties go to the parent that sorts first, so the answer does not depend on the products' order.
+    usual = {key: min(c.items(), key=lambda kv: (-kv[1], kv[0])) for key, c in parents.items() if len(c) > 1}
     out = []
     for i, path in enumerate(paths):
         for k in range(1, len(path)):
             key = (k, path[k])
-            if key in usual and path[:k] != usual[key]:
+            if key not in usual:
+                continue
+            parent, n_usual = usual[key]
+            n_node = sum(parents[key].values())
+            if path[:k] != parent and parents[key][path[:k]] / n_node <= max_share:
                 out.append({"row": i, "level": k + 1, "node": path[k], "parent": " > ".join(path[:k]),
-                            "usual_parent": " > ".join(usual[key])})
+                            "usual_parent": " > ".join(parent), "n_usual": n_usual, "n_node": n_node})
                 break
     return out
