@@ -173,3 +173,10 @@ def test_eda_hierarchy_section_flags_broken_tree() -> None:
     section = hierarchy_section(products, Taxonomy(columns=("top", "leaf")))
     assert section["products"] == 1 and section["examples"][0]["node"] == "B"
     assert section["levels"] == ["top", "leaf"] and section["paths"] == 3
+
+
+def test_cli_choices_match_the_code() -> None:
+    from deepfusion import cli, predictor, taxonomy
+
+    assert cli.DECODE_CHOICES == predictor.DECODERS
+    assert cli.DEFAULT_MIN_CLASS_SIZE == taxonomy.DEFAULT_MIN_CLASS_SIZE

@@ -52,7 +52,9 @@ def required_columns(modalities: Sequence[str], schema: CatalogSchema = FASHION)
 
 
 # The options of load_catalog that say where a catalog's columns and images are (the CLI's --label, --text, ...).
-CATALOG_OPTIONS = ("schema", "label", "id", "text", "categorical", "numeric", "image", "image_sep", "images_dir", "sep")
+CATALOG_OPTIONS = (
+    "schema", "label", "label_sep", "id", "text", "categorical", "numeric", "image", "image_sep", "images_dir", "sep"
+)
 
 
 def _catalog_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
