@@ -180,3 +180,13 @@ def test_cli_choices_match_the_code() -> None:
 
     assert cli.DECODE_CHOICES == predictor.DECODERS
     assert cli.DEFAULT_MIN_CLASS_SIZE == taxonomy.DEFAULT_MIN_CLASS_SIZE
+
+
+def test_audit_flags_tree_breaks_of_a_tree_label() -> None:
+    from deepfusion.audit import hierarchy_breaks
+
+    products = pd.DataFrame({"articleType": ["A > B"] * 10 + ["C > B", "C > D"]})
+    tax = Taxonomy.fit(list(products["articleType"]), min_count=1)
+    breaks = hierarchy_breaks(products, 0.1, tax)
+    assert list(breaks.index) == [10]
+    assert breaks.loc[10, "expected_masterCategory"] == "A" and "usually A" in breaks.loc[10, "reason"]
