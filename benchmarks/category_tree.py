@@ -209,14 +209,18 @@ def main() -> None:
     parser.add_argument("--preset", default="regularized", help="the tree model's preset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "preset": args.preset}
+    date = time.strftime("%Y-%m-%d")
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"category_tree-{results['date']}.json"
+    out = out_dir / f"category_tree-{date}.json"
+    # Sections run on their own keep the day's other sections.
+    results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    results.update({"date": date, "preset": args.preset})
     for section in args.sections.split(","):
         start = time.perf_counter()
         results[section] = {"amazon": amazon, "fashion": fashion}[section](preset=args.preset)
         results[section]["seconds"] = time.perf_counter() - start
+        results[section]["command"] = f"PYTHONPATH=src python benchmarks/category_tree.py --sections {section}"
         print(markdown(section, results[section]), flush=True)
         out.write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {out}")

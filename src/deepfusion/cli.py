@@ -332,6 +332,12 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     warnings.filterwarnings("ignore", message=LEAST_POPULATED_WARNING, category=UserWarning)
 
 
+def _echo_levels(metrics: dict[str, Any]) -> None:
+    """A tree label's accuracy per level, under the model's line."""
+    for level in (metrics.get("levels") or {}).get("levels", []):
+        typer.echo(f"  {level['name']:20s} accuracy {_pct(level['accuracy'])}  macro-F1 {level['macro_f1']:.4f}")
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
@@ -692,6 +698,7 @@ def train(
             f"{name:9s} test accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  "
             f"weighted-F1 {m['weighted_f1']:.4f}  -> {out / name}"
         )
+        _echo_levels(m)
     if (out / "report.html").exists():
         typer.echo(f"report: {out / 'report.html'}")
     if track:
@@ -729,6 +736,7 @@ def evaluate(
         f"accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  on {m['n']:,} products "
         f"-> {out / 'metrics.json'}"
     )
+    _echo_levels(m)
 
 
 def _predict_rejects(kwargs: dict[str, Any]) -> Path:
