@@ -190,3 +190,22 @@ def test_audit_flags_tree_breaks_of_a_tree_label() -> None:
     breaks = hierarchy_breaks(products, 0.1, tax)
     assert list(breaks.index) == [10]
     assert breaks.loc[10, "expected_masterCategory"] == "A" and "usually A" in breaks.loc[10, "reason"]
+
+
+def test_fashion_label_columns_and_the_service_backend(clean_catalog_dir: Path, tmp_path: Path) -> None:
+    """The fashion layout with masterCategory and subCategory as labels: they leave the inputs, the other
+    attributes stay, and the service's backend returns each level."""
+    from deepfusion.service import ModelFolderBackend
+
+    out = tmp_path / "run"
+    run("train", "--data", str(clean_catalog_dir), "--label", "masterCategory,subCategory,articleType",
+        "--out", str(out), *TREE_FLAGS)
+    schema = json.loads((out / "schema.json").read_text())
+    assert schema["levels"] == ["masterCategory", "subCategory", "articleType"]
+    assert "gender" in schema["categorical"] and "masterCategory" not in schema["categorical"]
+    backend = ModelFolderBackend(out / "fusion", max_image_pixels=10**7)
+    rows = backend.predict_rows([{"id": "1", "productDisplayName": "Brand1 Men Blue Tshirt 3", "gender": "Men"}], 2,
+                                None)
+    assert [lv["level"] for lv in rows[0]["levels"]] == ["masterCategory", "subCategory", "articleType"]
+    assert rows[0]["prediction"] == " > ".join(lv["prediction"] for lv in rows[0]["levels"])
+    assert rows[0]["prediction"] in backend.predictor.taxonomy.paths
