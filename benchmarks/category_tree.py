@@ -45,7 +45,7 @@ from deepfusion.baselines import TextSVMBaseline
 from deepfusion.catalog import TARGET, load_catalog
 from deepfusion.schema import CatalogSchema
 from deepfusion.split import split_by_duplicate_groups
-from deepfusion.taxonomy import Taxonomy
+from deepfusion.taxonomy import Taxonomy, level_metrics
 
 log = logging.getLogger("category_tree")
 HERE = Path(__file__).resolve().parent
@@ -93,6 +93,20 @@ def flat_per_level(
             "fit_seconds": time.perf_counter() - start}
 
 
+def path_svm(
+    train: pd.DataFrame, test: pd.DataFrame, tax: Taxonomy, schema: CatalogSchema, seed: int
+) -> dict[str, Any]:
+    """The same TF-IDF + linear SVM trained on whole paths (truncated to the taxonomy's depth) as classes: a tree
+    model with a linear classifier, each level read off the predicted path. It separates what whole-path scoring
+    costs or gains from what the network does."""
+    start = time.perf_counter()
+    fields = (list(schema.categorical), list(schema.numeric))
+    part = train.assign(**{TARGET: tax.canonical(train[TARGET])})
+    model = TextSVMBaseline(("metadata", "title"), seed=seed, metadata_fields=fields).fit(part)
+    pred = list(model.predict(test))
+    return {**level_metrics(tax.canonical(test[TARGET]), pred, tax), "fit_seconds": time.perf_counter() - start}
+
+
 def tree_model(
     train: pd.DataFrame,
     val: pd.DataFrame,
@@ -127,7 +141,7 @@ def tree_model(
 
 
 def amazon(
-    data: Path = AMAZON, *, preset: str = "regularized", seed: int = 0, min_products: int = 10
+    data: Path = AMAZON, *, preset: str = "regularized", seed: int = 0, min_products: int = 10, tree: bool = True
 ) -> dict[str, Any]:
     catalog = load_catalog(data, label="amazon_category_and_sub_category", progress=False)
     schema = catalog.schema
@@ -145,28 +159,34 @@ def amazon(
     fit_idx, val_idx = train_test_split(
         np.arange(len(train)), test_size=0.1, stratify=strata_train, random_state=seed
     )
-    tree = tree_model(
+    tree_result = tree_model(
         train.iloc[fit_idx].reset_index(drop=True), train.iloc[val_idx].reset_index(drop=True), test, schema,
         depth=2, preset=preset, seed=seed, refit=True,
-    )
+    ) if tree else None
     tax2 = Taxonomy.fit(list(train[TARGET]), depth=2, min_count=1)
     flat = flat_per_level(train, test, tax2, schema, seed)
+    flat["path_svm"] = path_svm(train, test, tax2, schema, seed)
     return {"catalog": str(data), "products": len(products), "train": len(train), "test": len(test),
             "level2_classes": int((counts >= min_products).sum()), "inputs": _inputs(schema),
-            "tree": tree, "flat": flat}
+            "tree": tree_result, "flat": flat}
 
 
-def fashion(data: Path = FASHION, *, preset: str = "regularized", seed: int = 42) -> dict[str, Any]:
+def fashion(
+    data: Path = FASHION, *, preset: str = "regularized", seed: int = 42, tree: bool = True
+) -> dict[str, Any]:
     catalog = load_catalog(data, label=FASHION_LEVELS, progress=False, check_image_files=False)
     schema = catalog.schema
     split = split_by_duplicate_groups(catalog.products, seed=seed)
     indexed = catalog.products.set_index("id", drop=False)
     train, val, test = (indexed.loc[split.ids(s)].reset_index(drop=True) for s in ("train", "val", "test"))
-    tree = tree_model(train, val, test, schema, depth=None, preset=preset, seed=seed, refit=False)
+    tree_result = (
+        tree_model(train, val, test, schema, depth=None, preset=preset, seed=seed, refit=False) if tree else None
+    )
     tax = Taxonomy.fit(list(train[TARGET]), columns=schema.levels, min_count=1)
     flat = flat_per_level(train, test, tax, schema, seed)
+    flat["path_svm"] = path_svm(train, test, tax, schema, seed)
     return {"catalog": str(data), "products": len(catalog.products), "train": len(train), "val": len(val),
-            "test": len(test), "inputs": _inputs(schema), "tree": tree, "flat": flat}
+            "test": len(test), "inputs": _inputs(schema), "tree": tree_result, "flat": flat}
 
 
 def _inputs(schema: CatalogSchema) -> str:
@@ -180,13 +200,17 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         f"### {name}: {result['products']:,} products, {result['test']:,} test; inputs: {result['inputs']}",
         "",
         "| level | flat SVM accuracy | flat SVM macro-F1 | tree (path) accuracy | tree (path) macro-F1 "
-        "| tree (top-down) accuracy | tree (top-down) macro-F1 |",
-        "|---|---|---|---|---|---|---|",
+        "| tree (top-down) accuracy | tree (top-down) macro-F1 |"
+        + (" path SVM accuracy | path SVM macro-F1 |" if flat.get("path_svm") else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if flat.get("path_svm") else ""),
     ]
-    for f, p, t in zip(flat["levels"], tree["path"]["levels"], tree["top_down"]["levels"], strict=True):
+    svm = flat.get("path_svm")
+    for k, (f, p, t) in enumerate(zip(flat["levels"], tree["path"]["levels"], tree["top_down"]["levels"],
+                                      strict=True)):
+        cells = f"| {svm['levels'][k]['accuracy']:.2%} | {svm['levels'][k]['macro_f1']:.4f} " if svm else ""
         lines.append(
             f"| {f['name']} | {f['accuracy']:.2%} | {f['macro_f1']:.4f} | {p['accuracy']:.2%} | {p['macro_f1']:.4f} "
-            f"| {t['accuracy']:.2%} | {t['macro_f1']:.4f} |"
+            f"| {t['accuracy']:.2%} | {t['macro_f1']:.4f} {cells}|"
         )
     lines += [
         "",
@@ -207,6 +231,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="amazon,fashion", help="comma-separated: amazon, fashion")
     parser.add_argument("--preset", default="regularized", help="the tree model's preset")
+    parser.add_argument("--no-tree", action="store_true",
+                        help="only the SVMs; the tree model's figures are kept from the day's results file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     date = time.strftime("%Y-%m-%d")
@@ -218,9 +244,15 @@ def main() -> None:
     results.update({"date": date, "preset": args.preset})
     for section in args.sections.split(","):
         start = time.perf_counter()
-        results[section] = {"amazon": amazon, "fashion": fashion}[section](preset=args.preset)
-        results[section]["seconds"] = time.perf_counter() - start
-        results[section]["command"] = f"PYTHONPATH=src python benchmarks/category_tree.py --sections {section}"
+        result = {"amazon": amazon, "fashion": fashion}[section](preset=args.preset, tree=not args.no_tree)
+        command = f"PYTHONPATH=src python benchmarks/category_tree.py --sections {section}"
+        if args.no_tree:
+            result["tree"] = results[section]["tree"]
+            result["svm_command"] = command + " --no-tree"
+        else:
+            result["command"] = command
+        result["seconds" if not args.no_tree else "svm_seconds"] = time.perf_counter() - start
+        results[section] = {**results.get(section, {}), **result}
         print(markdown(section, results[section]), flush=True)
         out.write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {out}")
