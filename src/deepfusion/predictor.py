@@ -995,7 +995,15 @@ class Predictor:
         self.schema_ = CatalogSchema.from_json(config["schema"]) if config.get("schema") else FASHION
         self.labels_ = LabelEncoder.from_json(prep["labels"])
         # Models saved before taxonomies: a flat label.
-        self.taxonomy_ = Taxonomy.from_json(config["taxonomy"]) if config.get("taxonomy") else None
+        try:
+            self.taxonomy_ = Taxonomy.from_json(config["taxonomy"]) if config.get("taxonomy") else None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{path}/config.json: 'taxonomy' is not a valid category tree ({exc}).") from None
+        if self.taxonomy_ is not None and set(self.taxonomy_.paths) != set(self.labels_.classes_):
+            raise ModelLoadError(
+                f"{path}/config.json: the taxonomy's paths are not the model's classes (preprocessing.json); "
+                "restore the folder or train the model again."
+            )
         self.decode = config.get("decode", "path") if config.get("decode") in DECODERS else "path"
         if self.taxonomy_ is not None:
             self.depth, self.min_class_size = self.taxonomy_.depth, self.taxonomy_.min_count
