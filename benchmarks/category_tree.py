@@ -253,8 +253,11 @@ def main() -> None:
             result["command"] = command
         result["seconds" if not args.no_tree else "svm_seconds"] = time.perf_counter() - start
         results[section] = {**results.get(section, {}), **result}
-        print(markdown(section, results[section]), flush=True)
         out.write_text(json.dumps(results, indent=2, default=str))
+        if results[section].get("tree"):
+            print(markdown(section, results[section]), flush=True)
+        else:
+            print(json.dumps(results[section]["flat"], indent=2, default=str), flush=True)
     print(f"wrote {out}")
 
 
