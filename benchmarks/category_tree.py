@@ -247,7 +247,7 @@ def main() -> None:
         result = {"amazon": amazon, "fashion": fashion}[section](preset=args.preset, tree=not args.no_tree)
         command = f"PYTHONPATH=src python benchmarks/category_tree.py --sections {section}"
         if args.no_tree:
-            result["tree"] = results[section]["tree"]
+            result["tree"] = results.get(section, {}).get("tree")
             result["svm_command"] = command + " --no-tree"
         else:
             result["command"] = command
