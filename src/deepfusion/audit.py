@@ -33,7 +33,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from .features import clean_title
 from .predictor import Predictor, parse_modalities
 from .runs import shared_embedder, write_json
 from .split import duplicate_groups
+from .taxonomy import Taxonomy, tree_breaks
 
 log = logging.getLogger(__name__)
 
@@ -288,13 +289,20 @@ def label_issues(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> p
 
 
 # --------------------------------------------------------------------------------------------------- hierarchy
-def hierarchy_breaks(products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SHARE) -> pd.DataFrame:
+def hierarchy_breaks(
+    products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SHARE, taxonomy: Taxonomy | None = None
+) -> pd.DataFrame:
     """Products whose (masterCategory, subCategory) is a rare placement for their articleType (at most ``max_share``
     of its products; a break in a class of fewer than ``1 / max_share`` products is therefore never flagged).
+    With a tree label (``taxonomy``: label columns or a path label) the same rule runs on the label's own tree
+    (taxonomy.tree_breaks, shared with the EDA): a node under a rare parent; ``expected_masterCategory`` then holds
+    the usual parent path.
 
     Returns, indexed like ``products``, only the flagged rows with ``expected_masterCategory``,
     ``expected_subCategory``, ``dominant_share`` (share of the articleType under the dominant pair), ``n_dominant``,
     ``n_class`` and ``reason``."""
+    if taxonomy is not None and taxonomy.is_tree:
+        return _tree_label_breaks(products, max_share, taxonomy)
     keys = [TARGET, "masterCategory", "subCategory"]
     if not set(keys) <= set(products.columns):  # a catalog without the fashion hierarchy's columns
         return pd.DataFrame(index=products.index[:0])
@@ -332,6 +340,29 @@ def hierarchy_breaks(products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SH
             f"{article} products are under {dom_master[pos]} / {dom_sub[pos]}"
         )
     out["reason"] = reasons
+    return out
+
+
+def _tree_label_breaks(products: pd.DataFrame, max_share: float, taxonomy: Taxonomy) -> pd.DataFrame:
+    paths = [taxonomy.split(v) if isinstance(v, str) else () for v in products[TARGET]]
+    breaks = tree_breaks(paths, max_share)
+    index = products.index[[b["row"] for b in breaks]]
+    out = pd.DataFrame(
+        {
+            "expected_masterCategory": [b["usual_parent"] for b in breaks],
+            "expected_subCategory": [""] * len(breaks),
+            "n_dominant": [b["n_usual"] for b in breaks],
+            "n_class": [b["n_node"] for b in breaks],
+        },
+        index=index,
+    )
+    out["dominant_share"] = out["n_dominant"] / out["n_class"] if len(out) else pd.Series(dtype=float)
+    level = taxonomy.level_names
+    out["reason"] = [
+        f"{level[b['level'] - 1]} {b['node']} under {b['parent']} (usually {b['usual_parent']}); "
+        f"{b['n_usual']:,} of {b['n_node']:,} {b['node']} products are under {b['usual_parent']}"
+        for b in breaks
+    ]
     return out
 
 
@@ -407,8 +438,9 @@ def build_queue(products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame
                 # The fashion hierarchy's columns; a catalog in another schema has none (empty here).
                 "masterCategory": p.get("masterCategory"),
                 "subCategory": p.get("subCategory"),
-                "expected_masterCategory": brk["expected_masterCategory"] if brk is not None
-                else p.get("masterCategory"),
+                "expected_masterCategory": (
+                    brk["expected_masterCategory"] if brk is not None else p.get("masterCategory")
+                ),
                 "expected_subCategory": brk["expected_subCategory"] if brk is not None else p.get("subCategory"),
                 TITLE: p[TITLE],
                 "_self_confidence": float(m["quality"]) if is_judged else 1.0,
@@ -596,6 +628,12 @@ def audit_catalog(
     mods = tuple(m for m in mods if m != "metadata" or catalog.schema.metadata)
     # Sorting by id makes the folds depend on the products, not on the order of the rows in the file.
     products = catalog.products.sort_values(ID, kind="stable").reset_index(drop=True)
+    schema = catalog.schema
+    taxonomy = Taxonomy.fit(list(products[TARGET]), columns=schema.levels, label_sep=schema.label_sep, min_count=1)
+    if taxonomy.is_tree:
+        # Whole paths in the catalog's spelling: the fold models judge the path, the queue shows it readably.
+        products[TARGET] = taxonomy.canonical(products[TARGET])
+        predictor_options["schema"] = replace(schema, levels=(), label_sep="none")
 
     if "title" in mods and products[TITLE].map(clean_title).astype(bool).all():
         # The held-out products all have a title: the network for untitled products would never answer.
@@ -628,7 +666,7 @@ def audit_catalog(
                 **{c: np.zeros(0, object) for c in ("suggested", "top")},
             }
         )
-    breaks = hierarchy_breaks(products, hierarchy_max_share)
+    breaks = hierarchy_breaks(products, hierarchy_max_share, taxonomy)
     queue = build_queue(products, judged, issues, breaks)
     queue.to_csv(out / "audit.csv", index=False)
 

@@ -41,6 +41,7 @@ from .schema import (
     parse_number,
     resolve_schema,
 )
+from .taxonomy import JOIN, join_levels
 
 if TYPE_CHECKING:
     from .image_links import LinkOptions
@@ -756,7 +757,8 @@ def load_catalog(
     data: str | Path,
     *,
     schema: CatalogSchema | None = None,
-    label: str | None = None,
+    label: str | Sequence[str] | None = None,
+    label_sep: str | None = None,
     id: str | None = None,  # noqa: A002 - the role's name, as on the command line
     text: Sequence[str] | None = None,
     categorical: Sequence[str] | None = None,
@@ -814,7 +816,7 @@ def load_catalog(
         )
     styles = _read_styles(table_path, max_field_chars, sep=sep, schema=schema)
     roles = {"label": label, "id": id, "text": text, "categorical": categorical, "numeric": numeric,
-             "image": image, "image_sep": image_sep}
+             "image": image, "image_sep": image_sep, "label_sep": label_sep}
     try:
         schema = resolve_schema(
             styles.table, schema=schema, need_label=require_target, kaggle_layout=table_path.stem == "styles", **roles
@@ -823,7 +825,7 @@ def load_catalog(
         raise CatalogError(f"{table_path}: {exc}") from None
     required = [
         *([schema.id] if schema.id else []),
-        *([schema.label] if require_target else []),
+        *((schema.levels or [schema.label]) if require_target else []),
         *required_columns,
         *columns_for(required_modalities, schema),
     ]
@@ -896,7 +898,13 @@ def _with_catalog_columns(
         table[ID] = table[schema.id]
     elif not schema.id:
         table[ID] = [str(line) for line in table.index]  # the product's line (row) in the table
-    if schema.label and schema.label != TARGET:
+    if schema.levels:
+        # Several label columns are one path (taxonomy.py); a product without a level column is unlabelled.
+        if all(c in table.columns for c in schema.levels):
+            table[TARGET] = [v or "" for v in join_levels(table[list(schema.levels)].to_numpy())]
+        else:
+            table[TARGET] = ""
+    elif schema.label and schema.label != TARGET:
         table[TARGET] = table[schema.label]
     elif TARGET not in table.columns:
         table[TARGET] = ""
@@ -1117,6 +1125,13 @@ def _add_notes(catalog: Catalog, n_unclosed: int) -> None:
         catalog.notes.append(f"{catalog.continuation_lines} lines continue a quoted field begun on an earlier line")
 
 
+def _joined(products: pd.DataFrame) -> bool:
+    """The label column already holds joined level paths (a loaded catalog's products frame)."""
+    if TARGET not in products.columns:
+        return False
+    return bool(products[TARGET].astype(str).str.contains(JOIN, regex=False).any())
+
+
 def catalog_from_frame(
     frame: pd.DataFrame,
     *,
@@ -1133,7 +1148,9 @@ def catalog_from_frame(
             products[ID] = products[schema.id]
         else:
             products[ID] = [str(i) for i in range(len(products))]
-    if TARGET not in products.columns and schema.label and schema.label in products.columns:
+    if schema.levels and all(c in products.columns for c in schema.levels) and not _joined(products):
+        products[TARGET] = join_levels(products[list(schema.levels)].astype(object).to_numpy())
+    elif TARGET not in products.columns and schema.label and schema.label in products.columns:
         products[TARGET] = products[schema.label]
     if require_target and TARGET not in products.columns:
         raise CatalogError(f"The DataFrame has no '{schema.label or TARGET}' column to learn from or evaluate against.")

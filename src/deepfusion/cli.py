@@ -29,6 +29,8 @@ COMBINERS = ("concat", "gated")  # models.COMBINERS
 BALANCES = ("none", "sqrt", "inverse", "sampler")  # the modes training.class_weights / train_network know
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # backbones.list_backbones()
 MODALITIES = ("metadata", "title", "image")  # predictor.MODALITIES
+DECODE_CHOICES = ("path", "top_down")  # predictor.DECODERS
+DEFAULT_MIN_CLASS_SIZE = 5  # taxonomy.DEFAULT_MIN_CLASS_SIZE
 # predict: this process (runs.predict_catalog) or Ray (distributed.predict_catalog_ray); audit: the fold models in
 # this process (audit.out_of_fold_probabilities) or as Ray tasks (distributed.run_folds_ray).
 ENGINES = ("local", "ray")
@@ -165,8 +167,14 @@ def _check_sep(value: str | None) -> str | None:
 SEP_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 LabelOpt = Annotated[
     str | None,
-    typer.Option("--label", help="The column holding each product's category [default: articleType for the fashion "
-                 "catalog's columns; required for any other catalog]."),
+    typer.Option("--label", callback=_columns, help="The column holding each product's category, or several "
+                 "comma-separated that are the levels of a category tree, top first [default: articleType for "
+                 "the fashion catalog's columns; required for any other catalog]."),
+]
+LabelSepOpt = Annotated[
+    str | None,
+    typer.Option("--label-sep", metavar="SEP", help="The separator between the levels of a label that is a path, "
+                 "such as '>' [default: detected among >, >>, | and /; none: the label is one flat class]."),
 ]
 IdOpt = Annotated[
     str | None,
@@ -228,6 +236,7 @@ def _catalog_options(
     *,
     schema: Path | None = None,
     label: str | None = None,
+    label_sep: str | None = None,
     id: str | None = None,  # noqa: A002 - the role's name, as the flag's
     text: str | None = None,
     categorical: str | None = None,
@@ -243,8 +252,10 @@ def _catalog_options(
     def split(value: str | None) -> list[str] | None:
         return None if value is None else [c.strip() for c in value.split(",") if c.strip()]
 
+    labels = split(label)
     options: dict[str, Any] = {
-        "label": label, "id": id, "text": split(text), "categorical": split(categorical),
+        "label": labels if labels is None or len(labels) > 1 else labels[0], "label_sep": label_sep,
+        "id": id, "text": split(text), "categorical": split(categorical),
         "numeric": split(numeric), "image": image, "image_sep": image_sep, "images_dir": images_dir, "sep": sep,
     }
     if link_timeout is not None or link_workers is not None:
@@ -334,6 +345,12 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
         datefmt="%H:%M:%S",
     )
     warnings.filterwarnings("ignore", message=LEAST_POPULATED_WARNING, category=UserWarning)
+
+
+def _echo_levels(metrics: dict[str, Any]) -> None:
+    """A tree label's accuracy per level, under the model's line."""
+    for level in (metrics.get("levels") or {}).get("levels", []):
+        typer.echo(f"  {level['name']:20s} accuracy {_pct(level['accuracy'])}  macro-F1 {level['macro_f1']:.4f}")
 
 
 def _pct(v: float | None) -> str:
@@ -596,6 +613,29 @@ def train(
         int, typer.Option("--actors", min=1, help="With --engine ray: backbone replicas embedding at once.")
     ] = 2,
     label: LabelOpt = None,
+    label_sep: LabelSepOpt = None,
+    depth: Annotated[
+        int | None,
+        typer.Option("--depth", min=1, help="With a tree label: train on its first N levels [default: all]."),
+    ] = None,
+    min_class_size: Annotated[
+        int,
+        typer.Option(
+            "--min-class-size",
+            min=1,
+            help="With a tree label: a path with fewer training products backs off to its parent (listed in "
+            "the report).",
+        ),
+    ] = DEFAULT_MIN_CLASS_SIZE,
+    decode: Annotated[
+        str,
+        typer.Option(
+            "--decode",
+            callback=_one_of(DECODE_CHOICES),
+            metavar=_choices(DECODE_CHOICES),
+            help="With a tree label: predict the most probable whole path, or the best node level by level.",
+        ),
+    ] = "path",
     id_column: IdOpt = None,
     text: TextOpt = None,
     categorical: CategoricalOpt = None,
@@ -615,8 +655,8 @@ def train(
     roles come from --schema and the column flags, else from the data (written to RUN/schema.json).
     """
     catalog_options = _catalog_options(
-        schema=schema, label=label, id=id_column, text=text, categorical=categorical, numeric=numeric,
-        image=image, image_sep=image_sep, images_dir=images_dir, sep=sep, link_timeout=link_timeout,
+        schema=schema, label=label, label_sep=label_sep, id=id_column, text=text, categorical=categorical,
+        numeric=numeric, image=image, image_sep=image_sep, images_dir=images_dir, sep=sep, link_timeout=link_timeout,
         link_workers=link_workers,
     )
     _check_address(engine, address)
@@ -640,6 +680,9 @@ def train(
         "field_blanking": field_blanking,
         "metadata_fallback": metadata_fallback,
         "review_precision": review_precision,
+        "depth": depth,
+        "min_class_size": min_class_size,
+        "decode": decode,
     }
     if image_size:
         options["image_size"] = _parse_size(image_size)
@@ -673,6 +716,7 @@ def train(
             f"{name:9s} test accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  "
             f"weighted-F1 {m['weighted_f1']:.4f}  -> {out / name}"
         )
+        _echo_levels(m)
     if (out / "report.html").exists():
         typer.echo(f"report: {out / 'report.html'}")
     if track:
@@ -713,6 +757,7 @@ def evaluate(
         f"accuracy {_pct(m['accuracy'])}  macro-F1 {m['macro_f1']:.4f}  on {m['n']:,} products "
         f"-> {out / 'metrics.json'}"
     )
+    _echo_levels(m)
 
 
 def _predict_rejects(kwargs: dict[str, Any]) -> Path:

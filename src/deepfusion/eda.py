@@ -18,6 +18,7 @@ import math
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .catalog import CATEGORICAL, COLUMNS, ID, TARGET, TITLE, Catalog, load_catalog, read_styles_table
 from .schema import CatalogSchema
+from .taxonomy import Taxonomy, tree_breaks
 
 log = logging.getLogger(__name__)
 
@@ -519,6 +521,31 @@ def _samples(products: pd.DataFrame, target: dict[str, Any], quality: dict[str, 
     }
 
 
+def hierarchy_section(products: pd.DataFrame, taxonomy: Taxonomy, examples: int = 20) -> dict[str, Any]:
+    """A tree label's shape (products and distinct paths per level) and the products whose path breaks the tree
+    (taxonomy.tree_breaks, the audit's rule)."""
+    paths = [taxonomy.parse(v) for v in products[TARGET]]
+    breaks = tree_breaks([p for p in paths if p])
+    rows = [i for i, p in enumerate(paths) if p]
+    ids = products[ID].astype(str).to_numpy() if ID in products.columns else np.arange(len(products)).astype(str)
+    return {
+        "levels": taxonomy.level_names,
+        "paths": len({p for p in paths if p}),
+        "nodes_per_level": [len({p[: k + 1] for p in paths if len(p) > k}) for k in range(taxonomy.n_levels)],
+        "depths": {str(d): n for d, n in sorted(Counter(len(p) for p in paths if p).items())},
+        "products": len(breaks),
+        "examples": [{"id": str(ids[rows[b["row"]]]), **{k: v for k, v in b.items() if k != "row"}}
+                     for b in breaks[:examples]],
+    }
+
+
+def _label_taxonomy(catalog: Catalog) -> Taxonomy | None:
+    """The catalog's label as a tree (label columns, or a path label), None for a flat label."""
+    schema = catalog.schema
+    tax = Taxonomy.fit(list(catalog.products[TARGET]), columns=schema.levels, label_sep=schema.label_sep, min_count=1)
+    return tax if tax.is_tree else None
+
+
 def build_eda(catalog: Catalog, *, progress: bool = True) -> dict[str, Any]:
     """Every figure of the EDA report for a loaded catalog, as a JSON-serialisable dict."""
     started = time.perf_counter()
@@ -563,6 +590,9 @@ def build_eda(catalog: Catalog, *, progress: bool = True) -> dict[str, Any]:
     }
     if catalog.links is not None:
         eda["links"] = _links(catalog.links)
+    taxonomy = _label_taxonomy(catalog)
+    if taxonomy is not None:
+        eda["tree"] = hierarchy_section(products, taxonomy)
     return _clean(eda)
 
 
@@ -954,6 +984,23 @@ def _tile(row: pd.Series | None, pid: str, why: str = "", image_path: Path | Non
     return f'<div class="tile"><img src="{src}" alt="product {_e(pid)}">{body}{badge}</div>'
 
 
+def _tree_html(tree: dict[str, Any]) -> str:
+    """The label's tree: its levels, and the products whose path breaks it."""
+    levels = "".join(f"<tr><td>{_e(n)}</td><td>{_n(k)}</td></tr>"
+                     for n, k in zip(tree["levels"], tree["nodes_per_level"], strict=True))
+    rows = "".join(
+        f"<tr><td>{_e(b['id'])}</td><td>{_e(b['node'])}</td><td>{_e(b['parent'])}</td><td>{_e(b['usual_parent'])}"
+        f" ({_n(b['n_usual'])} of {_n(b['n_node'])})</td></tr>" for b in tree["examples"])
+    breaks = (f"<table><tr><th>id</th><th>node</th><th>under</th><th>usually under</th></tr>{rows}</table>"
+              if rows else '<p class="ok">Every node has one parent.</p>')
+    return f"""
+<section id="tree"><h2>Category tree</h2>
+<p class="note">The label is a path of {len(tree['levels'])} levels ({_n(tree['paths'])} distinct paths).
+<b>{_n(tree['products'])}</b> products sit under a parent that few products of their node use.</p>
+<table><tr><th>level</th><th>nodes</th></tr>{levels}</table>{breaks}
+</section>"""
+
+
 def render_eda_html(eda: dict[str, Any], catalog: Catalog, *, progress: bool = True) -> str:
     """The report page for figures from :func:`build_eda`; charts and thumbnails are embedded."""
     ov, q, tg, md, rel, im, smp = (
@@ -1204,6 +1251,8 @@ images.</p>
 {('<div class="tiles">' + ''.join(tiles['dropped']) + '</div>') if tiles['dropped']
  else '<p class="ok">No row was dropped.</p>'}
 </section>"""
+    if eda.get("tree"):
+        samples_html += _tree_html(eda["tree"])
 
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in [
         ("overview", "Overview"), ("quality", "Quality"), ("target", "Target"), ("metadata", "Metadata"),

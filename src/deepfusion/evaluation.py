@@ -228,7 +228,30 @@ def summary_markdown(metrics: dict[str, Any], title: str, intervals: dict[str, A
         ]
     else:
         lines.append(f"Every class has F1 1.000 on these {n:,} products.")
+    if metrics.get("levels"):
+        lines += _levels_markdown(metrics, pct)
     return "\n".join(lines) + "\n"
+
+
+def _levels_markdown(metrics: dict[str, Any], pct: Any) -> list[str]:
+    """A tree label's figures per level (taxonomy.level_metrics) and the paths backed off to their parent."""
+    lv = metrics["levels"]
+    lines = [
+        "", "## Each level of the category tree", "",
+        f"Hierarchical F1 {lv['hierarchical_f1']:.4f}. First wrong: products whose predicted path first differs "
+        "at that level.", "",
+        "| level | classes | accuracy | macro-F1 | first wrong here |", "|---|---|---|---|---|",
+    ]
+    for level in lv["levels"]:
+        wrong = lv["first_wrong_level"].get(level["name"], {}).get("products", 0)
+        lines.append(f"| {level['name']} | {level['classes']} | {pct(level['accuracy'])} | "
+                     f"{level['macro_f1']:.4f} | {wrong} |")
+    merged = (metrics.get("taxonomy") or {}).get("merged") or {}
+    if merged:
+        lines += ["", "Paths backed off to their parent (too few training products):", "",
+                  "| path | backed off to | training products |", "|---|---|---|"]
+        lines += [f"| {k} | {v['into']} | {v['products']} |" for k, v in merged.items()]
+    return lines
 
 
 def _macro_f1_weighted(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray, n_classes: int) -> float:

@@ -381,6 +381,7 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
             "inputs": _export_graph(predictor.main_mix_, text, folder / "main.onnx", main_scores),
             "output": "logits",
             "temperature": 1.0,
+            "network_temperature": float(predictor.temperature_),  # the network's own, for /v1/model
             "text_scores": "title+metadata" if text is not None else None,
         }
     }

@@ -270,6 +270,13 @@ class LabelScore(BaseModel):
     confidence: float
 
 
+class LevelPrediction(BaseModel):
+    level: str = Field(description="The level: a label column's name, or level_<k> for a path label.")
+    prediction: str | None = Field(description="The predicted path's node at this level (None: the path ends "
+                                   "above it).")
+    confidence: float | None = Field(description="Probability of that node (the paths under it summed).")
+
+
 class Prediction(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_PREDICTION]})
 
@@ -281,6 +288,9 @@ class Prediction(BaseModel):
                         "image (e.g. 'metadata+title+image', 'title'): an input the product lacks is not used.")
     needs_review: bool = Field(description="True when the confidence is below the model's review threshold "
                                "(set at training for a target precision): a person should check this one.")
+    levels: list[LevelPrediction] | None = Field(
+        None, description="For a model of a category tree (a path label or several label columns): each level's "
+        "node of the predicted path, with its confidence. Absent for a flat label.")
 
 
 class PredictResponse(BaseModel):
@@ -1109,7 +1119,8 @@ class PredictionService:
             Prediction(id=pid, prediction=str(r["prediction"]), confidence=float(r["confidence"]),
                        top_k=[LabelScore(label=str(e["label"]), confidence=float(e["confidence"]))
                               for e in r["top_k"][:top_k]],
-                       inputs=str(r.get("inputs", "")), needs_review=bool(r.get("needs_review", False)))
+                       inputs=str(r.get("inputs", "")), needs_review=bool(r.get("needs_review", False)),
+                       levels=[LevelPrediction(**lv) for lv in r["levels"]] if r.get("levels") else None)
             for pid, r in zip(ids, out, strict=True)
         ]
         self.metrics.observe(predictions)
@@ -1189,7 +1200,8 @@ def build_app(service: PredictionService) -> FastAPI:
     # The request models are the model's own (built from its catalog schema), so the annotations are set here:
     # FastAPI reads them from the functions.
     predict.__annotations__["body"] = Annotated[models.request, Body(openapi_examples=models.examples)]
-    app.post("/v1/predict", tags=["predict"], responses=_ERRORS)(predict)
+    # A flat model's predictions carry no "levels" key (None fields are left out).
+    app.post("/v1/predict", tags=["predict"], responses=_ERRORS, response_model_exclude_none=True)(predict)
 
     def predict_upload(request: Request, form: UploadForm) -> PredictResponse:
         """Predict one product sent as a multipart form (fields plus an optional ``image`` file)."""
@@ -1208,7 +1220,8 @@ def build_app(service: PredictionService) -> FastAPI:
         return service.predict([_Item(form, image)], form.top_k, form=True)
 
     predict_upload.__annotations__["form"] = Annotated[models.form, Form()]
-    app.post("/v1/predict/upload", tags=["predict"], responses=_ERRORS)(predict_upload)
+    app.post("/v1/predict/upload", tags=["predict"], responses=_ERRORS, response_model_exclude_none=True)(
+        predict_upload)
 
     paths.update(getattr(route, "path", "") for route in app.routes)
     return app

@@ -35,6 +35,7 @@ from .model_files import FORMAT_VERSION, ModelLoadError, validate_model_folder
 from .models import FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, build_network, make_config
 from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
 from .split import duplicate_groups
+from .taxonomy import DEFAULT_MIN_CLASS_SIZE, Taxonomy, level_metrics, level_probabilities, top_down
 from .text_scores import TextScoreModel
 from .training import (
     ModalityData,
@@ -73,6 +74,7 @@ _FIRST_PASS = (
     "train_seconds_",
 )
 
+DECODERS = ("path", "top_down")
 IMAGE_CLIP = 8.0  # standardised image features are clipped, so one odd image cannot blow up the head
 
 
@@ -120,6 +122,10 @@ class Predictor:
             or the fashion catalog's columns); the fitted one is ``schema_``, saved with the model.
         embedder: an ``embeddings.ImageEmbedder`` to embed with (e.g. one shared by several models, so they share
             its cache reads); None builds one from backbone, weights, image_size and cache_dir.
+        depth, min_class_size, decode: a label that is a category path (taxonomy.py): train on its first ``depth``
+            levels (None: all); a path with fewer training products than ``min_class_size`` backs off to its
+            parent; ``decode`` "path" predicts the most probable whole path, "top_down" the most probable node
+            level by level. Every predicted path is one of the training taxonomy's.
         **head_overrides: fields of models.HeadConfig that replace the preset's (e.g. ``members=1``).
     """
 
@@ -145,10 +151,20 @@ class Predictor:
         progress: bool = True,
         embedder: Any | None = None,
         schema: CatalogSchema | None = None,
+        depth: int | None = None,
+        min_class_size: int = DEFAULT_MIN_CLASS_SIZE,
+        decode: str = "path",
         **head_overrides: Any,
     ) -> None:
         self.modalities = parse_modalities(modalities)
         self.schema = schema
+        if decode not in DECODERS:
+            raise ValueError(f"decode must be one of {', '.join(DECODERS)}, not {decode!r}")
+        if depth is not None and depth < 1:
+            raise ValueError(f"depth must be at least 1, not {depth}")
+        self.depth = depth
+        self.min_class_size = min_class_size
+        self.decode = decode
         # Stacking (text_scores.py): a linear SVM's class scores on metadata + title as one more network input.
         self.text_scores = text_scores and "title" in self.modalities
         # A second network on the other modalities answers for products without a title (a network that always had
@@ -285,6 +301,21 @@ class Predictor:
             if val is not None
             else None
         )
+        # The classes are the taxonomy's paths (truncated to depth, rare ones backed off to their parent): a flat
+        # label is a one-level taxonomy and stays as it was.
+        self.taxonomy_ = Taxonomy.fit(
+            list(train[TARGET]),
+            columns=self.schema_.levels,
+            label_sep=self.schema_.label_sep,
+            depth=self.depth,
+            min_count=self.min_class_size,
+        )
+        if self.taxonomy_.is_tree:
+            train = train.assign(**{TARGET: self.taxonomy_.to_known(train[TARGET])})
+            train = train[train[TARGET].notna()].reset_index(drop=True)
+            if val is not None:
+                val = val.assign(**{TARGET: self.taxonomy_.to_known(val[TARGET])})
+                val = val[val[TARGET].notna()].reset_index(drop=True)
         val = self._fit_pass(train, val, self.config, finetune=self.finetune_blocks > 0)
         self.review_threshold_ = self._review_threshold(val)
         self.refit_: dict[str, Any] | None = None
@@ -727,7 +758,42 @@ class Predictor:
 
     def predict(self, frame: pd.DataFrame, *, image_column: str | None = None) -> np.ndarray:
         proba = self.predict_proba(frame, image_column=image_column, as_pandas=False)
-        return self.labels_.inverse_transform(proba.argmax(axis=1))
+        return self.labels_.inverse_transform(self._decode(proba))
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        """The label's taxonomy (a one-level one for a flat label, and for models saved before taxonomies)."""
+        self._check_fitted()
+        tax = getattr(self, "taxonomy_", None)
+        return tax if tax is not None else Taxonomy(paths=list(self.labels_.classes_))
+
+    def _decode(self, proba: np.ndarray) -> np.ndarray:
+        """The predicted class of each row: the most probable class (a whole path), or with ``decode="top_down"``
+        the path chosen level by level. Either is a class, hence a path of the training taxonomy."""
+        if self.decode == "top_down" and self.taxonomy.is_tree and len(proba):
+            return top_down(proba, self.classes_, self.taxonomy)
+        return proba.argmax(axis=1)
+
+    def level_columns(self, proba: np.ndarray, chosen: np.ndarray) -> dict[str, list[Any]]:
+        """Per level of a tree label: ``prediction_<level>`` (the predicted path's node at that level, None below
+        a shorter path) and ``confidence_<level>`` (the probability of that node: the sum over every path under
+        it). Levels are named by the label columns, or ``level_<k>`` for a path label."""
+        tax = self.taxonomy
+        if not tax.is_tree:
+            return {}
+        predicted = [tax.split(c) for c in self.labels_.inverse_transform(chosen)]
+        out: dict[str, list[Any]] = {}
+        for k, (name, (nodes, marginal)) in enumerate(
+            zip(tax.level_names, level_probabilities(proba, self.classes_, tax), strict=True)
+        ):
+            index = {n: i for i, n in enumerate(nodes)}
+            values = [p[k] if len(p) > k else None for p in predicted]
+            prefixes = [tax.format(p[: k + 1]) if len(p) > k else None for p in predicted]
+            out[f"prediction_{name}"] = values
+            out[f"confidence_{name}"] = [
+                float(marginal[i, index[q]]) if q is not None else float("nan") for i, q in enumerate(prefixes)
+            ]
+        return out
 
     def predict_frame(
         self,
@@ -738,19 +804,24 @@ class Predictor:
         image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> pd.DataFrame:
         """``id, prediction, confidence, inputs`` plus the top-k labels and probabilities, one row per product.
-        ``inputs`` names the inputs the prediction used ("title+image"; "none" for an empty product)."""
+        ``inputs`` names the inputs the prediction used ("title+image"; "none" for an empty product). A tree
+        label adds ``prediction_<level>`` and ``confidence_<level>`` per level (``level_columns``) after
+        ``confidence``; ``prediction`` is then the whole path in the catalog's spelling."""
         self._check_fitted()
         products = catalog_from_frame(frame, schema=self._schema(), image_column=image_column)
         proba, present = self._proba(products, image_embeddings=image_embeddings)
         top_k = max(1, min(top_k, proba.shape[1]))
         top = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
+        chosen = self._decode(proba)
         ids = products[ID].to_numpy()
+        confidence = proba[np.arange(len(proba)), chosen]
         out = pd.DataFrame(
             {
                 ID: ids,
-                "prediction": self.labels_.inverse_transform(top[:, 0]),
-                "confidence": proba[np.arange(len(proba)), top[:, 0]],
-                "needs_review": proba[np.arange(len(proba)), top[:, 0]] < self.review_threshold_,
+                "prediction": self.labels_.inverse_transform(chosen),
+                "confidence": confidence,
+                **self.level_columns(proba, chosen),
+                "needs_review": confidence < self.review_threshold_,
                 "inputs": inputs_used(present, len(products)),
             }
         )
@@ -772,18 +843,36 @@ class Predictor:
         added under ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
         products = catalog_from_frame(frame, schema=self._schema(), require_target=True, image_column=image_column)
         products = products[products[TARGET].notna()].reset_index(drop=True)
+        tax = self.taxonomy
+        raw = list(products[TARGET])
+        if tax.is_tree:
+            # Measured against the paths as the model learned them (truncated, rare ones backed off); the
+            # per-level figures below use the catalog's own paths.
+            products = products.assign(**{TARGET: tax.to_known(raw)})
         logits, temperature, _ = self._logits(products, absent)
         proba = softmax(logits / temperature[:, None])
-        pred = self.labels_.inverse_transform(proba.argmax(axis=1))
+        chosen = self._decode(proba)
+        pred = self.labels_.inverse_transform(chosen)
+        confidence = proba[np.arange(len(proba)), chosen]
         raw_conf = softmax(logits).max(axis=1)  # before temperature scaling, for the ECE comparison
-        metrics = evaluate_predictions(products[TARGET].to_numpy(), pred, proba.max(axis=1), self.train_counts_)
+        metrics = evaluate_predictions(products[TARGET].to_numpy(), pred, confidence, self.train_counts_)
         correct = (pred == products[TARGET].to_numpy()).astype(float)
         metrics["ece_uncalibrated"] = expected_calibration_error(raw_conf, correct)
         metrics["temperature"] = self.temperature_
         metrics["unknown_classes"] = sorted(set(products[TARGET]) - set(self.labels_.classes_))
+        if tax.is_tree:
+            metrics["levels"] = level_metrics(tax.canonical(raw), list(pred), tax)
+            metrics["taxonomy"] = {
+                "level_names": tax.level_names,
+                "decode": self.decode,
+                "depth": tax.depth,
+                "min_class_size": tax.min_count,
+                "paths": len(tax.paths),
+                "merged": tax.merged,
+            }
         if return_predictions:
             metrics["predictions"] = pd.DataFrame(
-                {ID: products[ID], "true": products[TARGET], "predicted": pred, "confidence": proba.max(axis=1)}
+                {ID: products[ID], "true": products[TARGET], "predicted": pred, "confidence": confidence}
             )
         return metrics
 
@@ -819,6 +908,8 @@ class Predictor:
             "review_precision": self.review_precision,
             "review_threshold": self.review_threshold_,
             "schema": self._schema().to_json(),
+            "taxonomy": self.taxonomy.to_json(),
+            "decode": self.decode,
             **network,
         }
         prep: dict[str, Any] = {"labels": self.labels_.to_json()}
@@ -928,6 +1019,19 @@ class Predictor:
         # Format-1 models before the schema read the fashion catalog's columns.
         self.schema_ = CatalogSchema.from_json(config["schema"]) if config.get("schema") else FASHION
         self.labels_ = LabelEncoder.from_json(prep["labels"])
+        # Models saved before taxonomies: a flat label.
+        try:
+            self.taxonomy_ = Taxonomy.from_json(config["taxonomy"]) if config.get("taxonomy") else None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{path}/config.json: 'taxonomy' is not a valid category tree ({exc}).") from None
+        if self.taxonomy_ is not None and set(self.taxonomy_.paths) != set(self.labels_.classes_):
+            raise ModelLoadError(
+                f"{path}/config.json: the taxonomy's paths are not the model's classes (preprocessing.json); "
+                "restore the folder or train the model again."
+            )
+        self.decode = config.get("decode", "path") if config.get("decode") in DECODERS else "path"
+        if self.taxonomy_ is not None:
+            self.depth, self.min_class_size = self.taxonomy_.depth, self.taxonomy_.min_count
         if "metadata" in prep:
             self.metadata_encoder_ = MetadataEncoder.from_json(prep["metadata"])
         if "title" in prep:

@@ -623,6 +623,42 @@ def _warnings(models: dict[str, dict[str, Any]], consistency: list[str]) -> list
     return out
 
 
+def _levels_html(models: dict[str, dict[str, Any]]) -> str:
+    """For a tree label (taxonomy.py): each model's accuracy and macro-F1 per level, hierarchical F1, where the
+    wrong paths first go wrong, and the rare paths that were backed off to their parent."""
+    tree = {n: m["metrics"] for n, m in models.items() if m["metrics"].get("levels")}
+    if not tree:
+        return ""
+    rows = []
+    for n, mm in tree.items():
+        lv = mm["levels"]
+        for level in lv["levels"]:
+            wrong = lv["first_wrong_level"].get(level["name"], {})
+            rows.append([n, _e(level["name"]), f"{level['classes']:,}", _pct(level["accuracy"]),
+                         _f4(level["macro_f1"]), f"{wrong.get('products', 0):,}", _f4(lv["hierarchical_f1"])])
+    first = next(iter(tree.values()))["taxonomy"]
+    merged = first.get("merged") or {}
+    merged_rows = [[_e(k), _e(v["into"]), f"{v['products']:,}"] for k, v in merged.items()]
+    merged_html = (
+        f"<p class='note'>{len(merged)} paths had fewer than {first['min_class_size']} training products and "
+        "were backed off to their parent (the model predicts the parent for them):</p>"
+        + _table(merged_rows, ["path", "backed off to", "training products"])
+        if merged
+        else "<p class='note'>No path was backed off.</p>"
+    )
+    depth = f", depth {first['depth']}" if first.get("depth") else ""
+    return (
+        "<section><h2>Category tree: each level</h2><p class='note'>The label is a path of "
+        f"{len(first['level_names'])} levels ({first['paths']:,} paths in the training taxonomy{depth}; decoding: "
+        f"{_e(first['decode'])}). Every predicted path is one of the training taxonomy's. Accuracy and macro-F1 of "
+        "each level's value over the test products whose path reaches that level; first wrong: products whose "
+        "predicted path first differs at that level; hierarchical F1 over the paths' ancestors.</p>"
+        + _table(rows, ["model", "level", "classes", "accuracy", "macro-F1", "first wrong here", "hierarchical F1"])
+        + merged_html
+        + "</section>"
+    )
+
+
 def _page(
     models: dict[str, dict[str, Any]],
     impact: dict[str, Any],
@@ -833,6 +869,7 @@ EfficientNet-B0, metadata-only 81%, image-only 85.7%, fusion 86.4% (its own spli
 <div class="row"><img alt="coverage vs precision" src="{_coverage_chart(models)}">
 <img alt="reliability diagram" src="{_reliability_chart(models)}"></div></section>
 {ablation_html}
+{_levels_html(models)}
 <section><h2>Per-class F1</h2><img alt="per-class F1" src="{_per_class_chart(models)}">{weak_table}</section>
 <section><h2>What the models still confuse</h2>{_confusions_html(models, order, images_dir)}</section>
 <section><h2>Training curves</h2>{history_html}</section>

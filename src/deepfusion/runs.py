@@ -54,7 +54,8 @@ def required_columns(modalities: Sequence[str], schema: CatalogSchema = FASHION)
 # The options of load_catalog that say where a catalog's columns and images are (the CLI's --label, --text, ...).
 # ``links``: how image links are fetched (image_links.LinkOptions).
 CATALOG_OPTIONS = (
-    "schema", "label", "id", "text", "categorical", "numeric", "image", "image_sep", "images_dir", "sep", "links",
+    "schema", "label", "label_sep", "id", "text", "categorical", "numeric", "image", "image_sep", "images_dir", "sep",
+    "links",
 )
 
 
@@ -386,11 +387,12 @@ CONFIDENCE_DECIMALS = 4
 
 
 def output_columns(predictions: pd.DataFrame) -> pd.DataFrame:
-    """What ``predict`` writes: ``id, prediction, confidence, needs_review, inputs`` and the runners-up
-    (``top2_label``, ``top2_confidence``, ...; the first is the prediction itself), confidences rounded."""
+    """What ``predict`` writes: ``id, prediction, confidence``, for a tree label ``prediction_<level>`` and
+    ``confidence_<level>`` per level, ``needs_review, inputs`` and the runners-up (``top2_label``,
+    ``top2_confidence``, ...; the first is the prediction itself), confidences rounded."""
     out = predictions.drop(columns=["top1_label", "top1_confidence"], errors="ignore")
     for col in out.columns:
-        if col == "confidence" or col.endswith("_confidence"):
+        if col == "confidence" or col.endswith("_confidence") or col.startswith("confidence_"):
             out[col] = out[col].round(CONFIDENCE_DECIMALS)
     return out
 

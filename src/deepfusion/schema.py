@@ -70,7 +70,9 @@ class CatalogSchema:
     each further column adds its first ``EXTRA_TEXT_WORDS`` words). ``categorical``/``numeric``: attribute columns.
     ``image``: the column holding each product's image file (a file name, or a path relative to or inside the images
     folder; None: ``<images folder>/<id>.jpg``), several separated by ``image_sep``. ``ignored``: columns the
-    schema leaves out, with why (inference only; informative).
+    schema leaves out, with why (inference only; informative). ``levels``: several label columns that are the levels
+    of a category tree, top first (``label`` is then the deepest); ``label_sep``: the separator of a label that is a
+    path (None: detected, "none": the label is a flat class; taxonomy.py).
     """
 
     id: str | None = ID_COLUMN
@@ -82,10 +84,17 @@ class CatalogSchema:
     image_sep: str | None = None
     name: str = "custom"
     ignored: dict[str, str] = field(default_factory=dict, compare=False)
+    levels: tuple[str, ...] = ()
+    label_sep: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("text", "categorical", "numeric"):
+        for name in ("text", "categorical", "numeric", "levels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if len(self.levels) == 1:
+            object.__setattr__(self, "levels", ())
+        if self.levels:
+            # The deepest level is the label column for everything that reads one (required columns, messages).
+            object.__setattr__(self, "label", self.levels[-1])
         seen: dict[str, str] = {}
         for role, col in self.columns():
             if col in seen and seen[col] != role:
@@ -105,7 +114,7 @@ class CatalogSchema:
 
     def columns(self) -> list[tuple[str, str]]:
         """(role, column) for every column the schema uses."""
-        pairs = [("id", self.id), ("label", self.label), ("image", self.image)]
+        pairs = [("id", self.id), *[("label", c) for c in self.levels or [self.label]], ("image", self.image)]
         out = [(role, col) for role, col in pairs if col]
         out += [(role, col) for role in ("text", "categorical", "numeric") for col in getattr(self, role)]
         return out
@@ -124,26 +133,41 @@ class CatalogSchema:
         given = {k: v for k, v in roles.items() if v is not None}
         if not given:
             return self
-        columns = {k: v for k, v in given.items() if k != "image_sep"}
+        label = given.get("label")
+        if label is not None and not isinstance(label, str):
+            # Several label columns: the levels of a tree, the deepest the label.
+            given["levels"] = tuple(label) if len(label) > 1 else ()
+            given["label"] = label[-1]
+        elif label is not None:
+            given["levels"] = ()
+        columns = {k: v for k, v in given.items() if k not in ("image_sep", "label_sep", "levels")}
+        columns["label"] = [*given.get("levels", ()), given["label"]] if "label" in given else None
+        columns = {k: v for k, v in columns.items() if v is not None}
         moved = {c for v in columns.values() for c in ([v] if isinstance(v, str) else v)}
         kept: dict[str, Any] = {}
         for role in ("text", "categorical", "numeric"):
             kept[role] = tuple(c for c in getattr(self, role) if c not in moved)
         for role in ("id", "label", "image"):
             kept[role] = None if getattr(self, role) in moved else getattr(self, role)
+        if "label" in given:
+            kept["levels"] = ()
         kept.update({k: tuple(v) if k in ("text", "categorical", "numeric") else v for k, v in given.items()})
-        name = self.name if not (set(given) - {"image_sep"}) else "custom"
+        name = self.name if not (set(given) - {"image_sep", "label_sep"}) else "custom"
         return replace(self, **kept, name=name, ignored={})
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("text", "categorical", "numeric"):
+        for key in ("text", "categorical", "numeric", "levels"):
             out[key] = list(out[key])
+        if not self.levels:
+            del out["levels"]  # a one-column label keeps the schema files it always had
+        if self.label_sep is None:
+            del out["label_sep"]
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CatalogSchema:
-        unknown = sorted(set(data) - {*ROLES, "image_sep", "name", "ignored"})
+        unknown = sorted(set(data) - {*ROLES, "image_sep", "name", "ignored", "levels", "label_sep"})
         if unknown:
             raise SchemaError(
                 f"Unknown schema key(s) {', '.join(unknown)}; the keys are: {', '.join(ROLES)}, image_sep."
@@ -174,6 +198,8 @@ class CatalogSchema:
             image_sep=one("image_sep"),
             name=str(data.get("name") or "custom"),
             ignored={str(k): str(v) for k, v in ignored.items()} if isinstance(ignored, dict) else {},
+            levels=many("levels"),
+            label_sep=one("label_sep"),
         )
 
     def describe(self) -> str:
@@ -183,7 +209,7 @@ class CatalogSchema:
             image = self.image + (f" (several separated by {self.image_sep!r})" if self.image_sep else "")
         lines = [
             f"id: {self.id or '(row number)'}",
-            f"label: {self.label or '(none)'}",
+            f"label: {' > '.join(self.levels) + ' (levels of a tree)' if self.levels else self.label or '(none)'}",
             f"text: {', '.join(self.text) or '(none)'}",
             f"categorical: {', '.join(self.categorical) or '(none)'}",
             f"numeric: {', '.join(self.numeric) or '(none)'}",
@@ -376,26 +402,34 @@ def resolve_schema(
     table: pd.DataFrame,
     *,
     schema: CatalogSchema | None = None,
-    label: str | None = None,
+    label: str | Sequence[str] | None = None,
     id: str | None = None,
     text: Sequence[str] | None = None,
     categorical: Sequence[str] | None = None,
     numeric: Sequence[str] | None = None,
     image: str | None = None,
     image_sep: str | None = None,
+    label_sep: str | None = None,
     need_label: bool = True,
     kaggle_layout: bool = False,
 ) -> CatalogSchema:
     """The schema for ``table``: ``schema`` (a saved or given one) or, without it, the built-in fashion schema when
     the table has its columns (or ``kaggle_layout``: the table is the Kaggle set's styles.csv) and no column role is
-    given, else the inferred one; then every role given here replaces the schema's."""
+    given, else the inferred one; then every role given here replaces the schema's. ``label``: one column, or
+    several that are the levels of a category tree (top first); ``label_sep``: a path label's separator."""
+    if label is not None and not isinstance(label, str):
+        label = list(label) if len(label) > 1 else label[0]
     roles = {"label": label, "id": id, "text": text, "categorical": categorical, "numeric": numeric,
-             "image": image, "image_sep": image_sep}
+             "image": image, "image_sep": image_sep, "label_sep": label_sep}
     given = {k: v for k, v in roles.items() if v is not None}
     if schema is None:
-        columns_given = set(given) - {"image_sep", "image"}
+        columns_given = set(given) - {"image_sep", "image", "label_sep"}
         fashion = looks_like_fashion(table.columns) or kaggle_layout
-        if fashion and (not columns_given or given.get("label") == LABEL_COLUMN):
+        # The fashion catalog's own tree (masterCategory > subCategory > articleType) keeps its other columns' roles.
+        fashion_label = given.get("label") == LABEL_COLUMN or (
+            isinstance(label, list) and set(label) <= {"masterCategory", "subCategory", LABEL_COLUMN}
+        )
+        if fashion and (not columns_given or fashion_label):
             schema = FASHION
         else:
             if label is None and need_label:
@@ -406,7 +440,13 @@ def resolve_schema(
                     f"Columns: {', '.join(table.columns)}."
                 )
             fixed = [c for k in ("text", "categorical", "numeric") for c in (given.get(k) or [])]
-            schema = infer_schema(table, label, id=id, image=image, fixed=fixed)
+            levels = label if isinstance(label, list) else []
+            for col in levels:
+                if col not in table.columns:
+                    columns = ", ".join(table.columns)
+                    raise SchemaError(f"No label column '{col}' in the catalog. Its columns: {columns}.")
+            fixed += levels
+            schema = infer_schema(table, levels[-1] if levels else label, id=id, image=image, fixed=fixed)
     schema = schema.with_roles(**given)
     if not schema.is_fashion:  # the fashion layout's missing columns are reported by the loader, as before
         check_columns(schema, table.columns, need_label=need_label)

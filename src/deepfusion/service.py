@@ -170,13 +170,24 @@ class ModelFolderBackend:
         extra = {"image_embeddings": image_embeddings} if image_embeddings is not None else {}
         out = self.predictor.predict_frame(frame, top_k=top_k, **extra)
         k = sum(1 for c in out.columns if c.startswith("top") and c.endswith("_label"))
-        return [
+        # A tree label's per-level answers (Predictor.level_columns), for the HTTP layer to pass on.
+        levels = [c.removeprefix("prediction_") for c in out.columns if c.startswith("prediction_")]
+        rows_out = [
             {"id": str(r[ID]), "prediction": str(r["prediction"]), "confidence": float(r["confidence"]),
              "top_k": [{"label": str(r[f"top{j}_label"]), "confidence": float(r[f"top{j}_confidence"])}
                        for j in range(1, k + 1)],
              "inputs": str(r["inputs"]), "needs_review": bool(r.get("needs_review", False))}
             for r in out.to_dict("records")
         ]
+        if levels:
+            for row, r in zip(rows_out, out.to_dict("records"), strict=True):
+                row["levels"] = [
+                    {"level": name, "prediction": r[f"prediction_{name}"],
+                     # A path that ends above this level has no answer here: None, not NaN (JSON has no NaN).
+                     "confidence": None if r[f"prediction_{name}"] is None else float(r[f"confidence_{name}"])}
+                    for name in levels
+                ]
+        return rows_out
 
 
 class ExportBackend:
@@ -198,7 +209,8 @@ class ExportBackend:
         self.image_dim = m.image.dim if m.image is not None else 0
         self._info = {
             "format_version": m.manifest.get("model_format_version"),
-            "temperature": float(m.networks["main"].temperature),
+            "temperature": float(m.manifest["networks"]["main"].get("network_temperature",
+                                                                    m.networks["main"].temperature)),
             "review_threshold": m.review_threshold,
             "metrics": metrics_summary(folder / "metrics.json"),
         }

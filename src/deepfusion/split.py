@@ -15,6 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .catalog import CATEGORICAL, ID, TARGET, TITLE
+from .taxonomy import JOIN
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,15 @@ def split_by_duplicate_groups(
         seed=seed,
         n_groups=int(len(sizes)),
         n_grouped_products=int(sizes[sizes > 1].sum()),
-        train_only_classes=small,
+        # Label columns' paths are joined with an invisible character (taxonomy.JOIN): shown as ' > ' paths.
+        train_only_classes=[c.replace(JOIN, " > ") for c in small],
     )
     if small:
         log.info(
             "%d classes have fewer than %d distinct products and are kept in train only: %s",
             len(small),
             min_groups_per_class,
-            ", ".join(small),
+            ", ".join(split.train_only_classes),
         )
     log.info("split sizes %s", split.report()["sizes"])
     return split

@@ -1,0 +1,265 @@
+"""Category trees: the tree model (one network over whole taxonomy paths) against flat per-level models.
+
+For each catalog, the same products and inputs (title TF-IDF + the catalog's attributes) feed
+- the tree model: DeepFusion's metadata + title model trained on whole paths (``Predictor`` with a tree label),
+  decoded two ways: "path" (the most probable whole path) and "top_down" (the most probable node level by level,
+  each conditioned on the parent chosen above it); both only ever predict paths of the training taxonomy;
+- flat per-level models: one TF-IDF + linear SVM per level (``baselines.TextSVMBaseline``), each predicting its
+  level's value independently; the share of products whose per-level answers form a path that does not exist in
+  the training taxonomy is reported.
+
+Catalogs:
+- amazon: ``../shared/data/amazon-toys-uk/products.csv`` (label ``amazon_category_and_sub_category``, a path),
+  levels 1 and 2 (``depth=2``), level-2 classes with at least 10 products, stratified 80/20 split with seed 0; the
+  tree model holds out 10% of its 80% for early stopping and then refits on the whole 80% (``refit``), so both
+  sides learn from the same products.
+- fashion: ``../shared/data/fashion-product-images-small`` with masterCategory, subCategory and articleType as
+  labels, text and attributes only (no images: minutes, not hours, on 2 shared cores); the benchmark's
+  leakage-safe split (``split.split_by_duplicate_groups``, seed 42); SVMs fit on train, the tree model on train
+  with validation for early stopping.
+
+The title fallback and no-metadata networks of the tree model are turned off: they answer only for products
+without a title or without any attribute, which the test products here all have, and they triple the fit time.
+
+Usage: ``PYTHONPATH=src python benchmarks/category_tree.py [--sections amazon,fashion] [--preset regularized]``
+prints a markdown table and writes ``benchmarks/results/category_tree-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+
+from deepfusion import Predictor
+from deepfusion.baselines import TextSVMBaseline
+from deepfusion.catalog import TARGET, load_catalog
+from deepfusion.schema import CatalogSchema
+from deepfusion.split import split_by_duplicate_groups
+from deepfusion.taxonomy import Taxonomy, level_metrics
+
+log = logging.getLogger("category_tree")
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+AMAZON = SHARED / "amazon-toys-uk" / "products.csv"
+FASHION = SHARED / "fashion-product-images-small"
+FASHION_LEVELS = ["masterCategory", "subCategory", "articleType"]
+
+
+def _level_values(paths: Sequence[tuple[str, ...]], k: int) -> list[str | None]:
+    return [p[k] if len(p) > k else None for p in paths]
+
+
+def flat_per_level(
+    train: pd.DataFrame, test: pd.DataFrame, tax: Taxonomy, schema: CatalogSchema, seed: int
+) -> dict[str, Any]:
+    """One TF-IDF + linear SVM per level on that level's values; per-level accuracy and macro-F1 over the test
+    products whose path reaches the level, and how many products' per-level answers form no training path."""
+    train_paths = [tax.parse(v) for v in train[TARGET]]
+    test_paths = [tax.parse(v) for v in test[TARGET]]
+    fields = (list(schema.categorical), list(schema.numeric))
+    levels, answers = [], []
+    start = time.perf_counter()
+    for k, name in enumerate(tax.level_names):
+        y_train = _level_values(train_paths, k)
+        rows = [i for i, y in enumerate(y_train) if y is not None]
+        part = train.iloc[rows].assign(**{TARGET: [y_train[i] for i in rows]})
+        model = TextSVMBaseline(("metadata", "title"), seed=seed, metadata_fields=fields).fit(part)
+        pred = model.predict(test)
+        answers.append(pred)
+        truth = _level_values(test_paths, k)
+        keep = [i for i, t in enumerate(truth) if t is not None]
+        t = [truth[i] for i in keep]
+        p = [pred[i] for i in keep]
+        levels.append({
+            "level": k + 1, "name": name, "products": len(keep),
+            "accuracy": float(np.mean([a == b for a, b in zip(t, p, strict=True)])),
+            "macro_f1": float(f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0)),
+        })
+    known = {p[: tax.n_levels] for p in train_paths}
+    combined = [tuple(str(a[i]) for a in answers) for i in range(len(test))]
+    # A product's flat answers, cut where its true path ends, compared with the training taxonomy's paths.
+    broken = sum(c[: max(len(t), 1)] not in known for c, t in zip(combined, test_paths, strict=True))
+    return {"levels": levels, "paths_not_in_taxonomy": int(broken), "products": len(test),
+            "fit_seconds": time.perf_counter() - start}
+
+
+def path_svm(
+    train: pd.DataFrame, test: pd.DataFrame, tax: Taxonomy, schema: CatalogSchema, seed: int
+) -> dict[str, Any]:
+    """The same TF-IDF + linear SVM trained on whole paths (truncated to the taxonomy's depth) as classes: a tree
+    model with a linear classifier, each level read off the predicted path. It separates what whole-path scoring
+    costs or gains from what the network does."""
+    start = time.perf_counter()
+    fields = (list(schema.categorical), list(schema.numeric))
+    part = train.assign(**{TARGET: tax.canonical(train[TARGET])})
+    model = TextSVMBaseline(("metadata", "title"), seed=seed, metadata_fields=fields).fit(part)
+    pred = list(model.predict(test))
+    return {**level_metrics(tax.canonical(test[TARGET]), pred, tax), "fit_seconds": time.perf_counter() - start}
+
+
+def tree_model(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    schema: CatalogSchema,
+    *,
+    depth: int | None,
+    preset: str,
+    seed: int,
+    refit: bool,
+) -> dict[str, Any]:
+    """The tree model's per-level figures under both decodings, and a check that every predicted path is one of
+    the training taxonomy's."""
+    predictor = Predictor(
+        ("metadata", "title"), preset=preset, seed=seed, schema=schema, depth=depth, refit=refit,
+        title_fallback=False, metadata_fallback=False, progress=False,
+    )
+    start = time.perf_counter()
+    predictor.fit(train, val)
+    out: dict[str, Any] = {"fit_seconds": time.perf_counter() - start, "paths": len(predictor.taxonomy.paths),
+                           "merged": predictor.taxonomy.merged}
+    for decode in ("path", "top_down"):
+        predictor.decode = decode
+        metrics = predictor.evaluate(test)
+        predicted = predictor.predict(test)
+        out[decode] = {
+            **metrics["levels"],
+            "path_accuracy": metrics["accuracy"],
+            "paths_not_in_taxonomy": int(sum(p not in set(predictor.taxonomy.paths) for p in predicted)),
+        }
+    return out
+
+
+def amazon(
+    data: Path = AMAZON, *, preset: str = "regularized", seed: int = 0, min_products: int = 10, tree: bool = True
+) -> dict[str, Any]:
+    catalog = load_catalog(data, label="amazon_category_and_sub_category", progress=False)
+    schema = catalog.schema
+    products = catalog.products
+    tax = Taxonomy.fit(list(products[TARGET]), depth=2, min_count=1)
+    level2 = pd.Series(tax.canonical(products[TARGET]), index=products.index)
+    counts = level2.value_counts()
+    products = products[level2.map(counts).fillna(0).to_numpy() >= min_products].reset_index(drop=True)
+    strata = tax.canonical(products[TARGET])
+    train_idx, test_idx = train_test_split(
+        np.arange(len(products)), test_size=0.2, stratify=strata, random_state=seed
+    )
+    train, test = products.iloc[train_idx].reset_index(drop=True), products.iloc[test_idx].reset_index(drop=True)
+    strata_train = tax.canonical(train[TARGET])
+    fit_idx, val_idx = train_test_split(
+        np.arange(len(train)), test_size=0.1, stratify=strata_train, random_state=seed
+    )
+    tree_result = tree_model(
+        train.iloc[fit_idx].reset_index(drop=True), train.iloc[val_idx].reset_index(drop=True), test, schema,
+        depth=2, preset=preset, seed=seed, refit=True,
+    ) if tree else None
+    tax2 = Taxonomy.fit(list(train[TARGET]), depth=2, min_count=1)
+    flat = flat_per_level(train, test, tax2, schema, seed)
+    flat["path_svm"] = path_svm(train, test, tax2, schema, seed)
+    return {"catalog": str(data), "products": len(products), "train": len(train), "test": len(test),
+            "level2_classes": int((counts >= min_products).sum()), "inputs": _inputs(schema),
+            "tree": tree_result, "flat": flat}
+
+
+def fashion(
+    data: Path = FASHION, *, preset: str = "regularized", seed: int = 42, tree: bool = True
+) -> dict[str, Any]:
+    catalog = load_catalog(data, label=FASHION_LEVELS, progress=False, check_image_files=False)
+    schema = catalog.schema
+    split = split_by_duplicate_groups(catalog.products, seed=seed)
+    indexed = catalog.products.set_index("id", drop=False)
+    train, val, test = (indexed.loc[split.ids(s)].reset_index(drop=True) for s in ("train", "val", "test"))
+    tree_result = (
+        tree_model(train, val, test, schema, depth=None, preset=preset, seed=seed, refit=False) if tree else None
+    )
+    tax = Taxonomy.fit(list(train[TARGET]), columns=schema.levels, min_count=1)
+    flat = flat_per_level(train, test, tax, schema, seed)
+    flat["path_svm"] = path_svm(train, test, tax, schema, seed)
+    return {"catalog": str(data), "products": len(catalog.products), "train": len(train), "val": len(val),
+            "test": len(test), "inputs": _inputs(schema), "tree": tree_result, "flat": flat}
+
+
+def _inputs(schema: CatalogSchema) -> str:
+    return f"text {', '.join(schema.text)}; attributes {', '.join(schema.metadata)}"
+
+
+def markdown(name: str, result: dict[str, Any]) -> str:
+    """One row per level: flat SVM, tree model (path decoding), tree model (top-down decoding)."""
+    tree, flat = result["tree"], result["flat"]
+    lines = [
+        f"### {name}: {result['products']:,} products, {result['test']:,} test; inputs: {result['inputs']}",
+        "",
+        "| level | flat SVM accuracy | flat SVM macro-F1 | tree (path) accuracy | tree (path) macro-F1 "
+        "| tree (top-down) accuracy | tree (top-down) macro-F1 |"
+        + (" path SVM accuracy | path SVM macro-F1 |" if flat.get("path_svm") else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if flat.get("path_svm") else ""),
+    ]
+    svm = flat.get("path_svm")
+    for k, (f, p, t) in enumerate(zip(flat["levels"], tree["path"]["levels"], tree["top_down"]["levels"],
+                                      strict=True)):
+        cells = f"| {svm['levels'][k]['accuracy']:.2%} | {svm['levels'][k]['macro_f1']:.4f} " if svm else ""
+        lines.append(
+            f"| {f['name']} | {f['accuracy']:.2%} | {f['macro_f1']:.4f} | {p['accuracy']:.2%} | {p['macro_f1']:.4f} "
+            f"| {t['accuracy']:.2%} | {t['macro_f1']:.4f} {cells}|"
+        )
+    lines += [
+        "",
+        f"Hierarchical F1: tree (path) {tree['path']['hierarchical_f1']:.4f}, tree (top-down) "
+        f"{tree['top_down']['hierarchical_f1']:.4f}. Predicted paths not in the training taxonomy: tree (path) "
+        f"{tree['path']['paths_not_in_taxonomy']}, tree (top-down) {tree['top_down']['paths_not_in_taxonomy']}, "
+        f"flat per-level answers combined {flat['paths_not_in_taxonomy']} of {flat['products']:,}. "
+        f"Paths backed off to their parent: {len(tree['merged'])}. Fit seconds: tree {tree['fit_seconds']:.0f}, "
+        f"flat SVMs {flat['fit_seconds']:.0f}.",
+        "",
+        "First wrong level (tree, path decoding): "
+        + ", ".join(f"{k} {v['products']}" for k, v in tree["path"]["first_wrong_level"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="amazon,fashion", help="comma-separated: amazon, fashion")
+    parser.add_argument("--preset", default="regularized", help="the tree model's preset")
+    parser.add_argument("--no-tree", action="store_true",
+                        help="only the SVMs; the tree model's figures are kept from the day's results file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    date = time.strftime("%Y-%m-%d")
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"category_tree-{date}.json"
+    # Sections run on their own keep the day's other sections.
+    results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    results.update({"date": date, "preset": args.preset})
+    for section in args.sections.split(","):
+        start = time.perf_counter()
+        result = {"amazon": amazon, "fashion": fashion}[section](preset=args.preset, tree=not args.no_tree)
+        command = f"PYTHONPATH=src python benchmarks/category_tree.py --sections {section}"
+        if args.no_tree:
+            result["tree"] = results.get(section, {}).get("tree")
+            result["svm_command"] = command + " --no-tree"
+        else:
+            result["command"] = command
+        result["seconds" if not args.no_tree else "svm_seconds"] = time.perf_counter() - start
+        results[section] = {**results.get(section, {}), **result}
+        out.write_text(json.dumps(results, indent=2, default=str))
+        if results[section].get("tree"):
+            print(markdown(section, results[section]), flush=True)
+        else:
+            print(json.dumps(results[section]["flat"], indent=2, default=str), flush=True)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
