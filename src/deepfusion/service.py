@@ -181,10 +181,11 @@ class ModelFolderBackend:
         ]
         if levels:
             for row, r in zip(rows_out, out.to_dict("records"), strict=True):
+                # A path that ends above a level has no answer there: None, not NaN (JSON has no NaN).
                 row["levels"] = [
-                    {"level": name, "prediction": r[f"prediction_{name}"],
-                     # A path that ends above this level has no answer here: None, not NaN (JSON has no NaN).
-                     "confidence": None if r[f"prediction_{name}"] is None else float(r[f"confidence_{name}"])}
+                    {"level": name, "prediction": None if self._pd.isna(r[f"prediction_{name}"])
+                     else str(r[f"prediction_{name}"]),
+                     "confidence": None if self._pd.isna(r[f"prediction_{name}"]) else float(r[f"confidence_{name}"])}
                     for name in levels
                 ]
         return rows_out

@@ -197,8 +197,19 @@ class Taxonomy:
             log.info("the label is not a path (no separator found); --depth is ignored")
         backed, merged = back_off(parsed, min_count) if tax.is_tree else (parsed, {})
         tax.paths = sorted({tax.format(p) for p in backed})
-        tax.merged = {tax.format(k): {"into": tax.format(v["into"]), "products": v["products"]}
-                      for k, v in sorted(merged.items())}
+        if tax.is_tree:
+            # A product's class is its path's deepest prefix that is a path of the taxonomy (to_known, as new
+            # products are mapped). back_off can name a node as the target of deeper rare paths while that node's
+            # own products stay on it: the classes and the merges are what that mapping gives, so every class has
+            # training products and predict maps as training did.
+            pairs = [(tax.format(p), into) for p, into in zip(map(tax.parse, values), tax.to_known(values),
+                                                               strict=True) if into is not None]
+            tax.paths = sorted({into for _, into in pairs})
+            sizes = Counter(orig for orig, _ in pairs)
+            merged = {orig: {"into": into, "products": sizes[orig]} for orig, into in pairs if into != orig}
+            tax.merged = dict(sorted(merged.items()))
+        else:
+            tax.merged = {}
         if tax.merged:
             log.info(
                 "%d rare paths (fewer than %d training products) backed off to their parent: %s",
