@@ -96,7 +96,9 @@ def fusion(train: pd.DataFrame, test: pd.DataFrame, schema: Any, seed: int = 0) 
     schema = schema.with_roles(label="level_label")
     modalities = tuple(m for m in ("metadata", "title") if (schema.metadata if m == "metadata" else schema.text))
     start = time.perf_counter()
-    predictor = Predictor(modalities, schema=schema, progress=False).fit(fit, val)
+    # min_class_size=1: the classes are the level's labels, as the SVM's (no back-off of a level-2 path with 5 to 9
+    # products to its level-1 parent, which would make its products wrong at level 2 by construction).
+    predictor = Predictor(modalities, schema=schema, progress=False, min_class_size=1).fit(fit, val)
     seconds = time.perf_counter() - start
     predicted = predictor.predict(test)
     return np.asarray(predicted), {"modalities": list(modalities), "fit_seconds": round(seconds, 1)}
@@ -169,7 +171,8 @@ def main() -> None:
             log.warning("%s not found under %s: skipped", name, SHARED)
             continue
         rows += measure(name, args.seed)
-    out = HERE / "results" / f"{time.strftime('%Y-%m-%d')}-{commit()}-other_catalogs.json"
+    # One file per run (date, time and commit): a run of one catalog does not replace another run's rows.
+    out = HERE / "results" / f"{time.strftime('%Y-%m-%dT%H%M')}-{commit()}-other_catalogs.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "commit": commit(), "cpus": os.cpu_count(),
                                "rows": rows}, indent=2))
