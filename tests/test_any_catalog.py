@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import CLASSES, draw_product
@@ -322,3 +323,25 @@ def test_audit_and_eda_follow_the_schema(tmp_path: Path) -> None:
     planted = {"SKU-0000", "SKU-0001", "SKU-0002", "SKU-1000", "SKU-1001", "SKU-1002"}
     assert planted <= set(queue["id"].head(8)), queue.head(8)
     assert "Tops" in (out / "audit.html").read_text()
+
+
+def test_images_of_any_shape_keep_their_aspect_ratio() -> None:
+    """A wide or tall photo is fitted and padded with white, not stretched; a photo of the input's shape is the
+    plain resize (the fashion catalog's 60x80 photos give the same pixels as before); the lean runtime agrees."""
+    from PIL import Image
+
+    from deepfusion.catalog import letterbox
+    from deepfusion.runtime import letterbox as lean_letterbox
+
+    size = (168, 224)  # width, height of the default input
+    wide = Image.new("RGB", (800, 100), (200, 30, 30))
+    boxed = np.asarray(letterbox(wide, size))
+    assert boxed.shape == (224, 168, 3)
+    assert (boxed[:90] == 255).all() and (boxed[-90:] == 255).all()  # white bands above and below
+    assert (boxed[112, :, 0] == 200).all()  # the photo spans the whole width, undistorted
+    tall = Image.new("RGB", (50, 1000), (10, 120, 10))
+    assert (np.asarray(letterbox(tall, size))[:, :70] == 255).all()
+    same_shape = Image.effect_noise((60, 80), 40).convert("RGB")
+    assert np.array_equal(np.asarray(letterbox(same_shape, size)), np.asarray(same_shape.resize(size, Image.BILINEAR)))
+    for image in (wide, tall, same_shape):
+        assert np.array_equal(np.asarray(letterbox(image, size)), np.asarray(lean_letterbox(image, size)))

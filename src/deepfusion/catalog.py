@@ -586,6 +586,21 @@ def _preview(text: str, limit: int = RAW_PREVIEW_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... [{len(text):,} characters]"
 
 
+def letterbox(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` (RGB) resized to fit ``size`` (width, height) keeping its aspect ratio, centred on white (product
+    photos are shot on white): a wide or tall photo is not stretched. An image of the target's aspect ratio is the
+    plain bilinear resize."""
+    w, h = size
+    scale = min(w / image.width, h / image.height)
+    inner = (max(1, min(w, round(image.width * scale))), max(1, min(h, round(image.height * scale))))
+    resized = image.resize(inner, Image.BILINEAR)
+    if inner == (w, h):
+        return resized
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    canvas.paste(resized, ((w - inner[0]) // 2, (h - inner[1]) // 2))
+    return canvas
+
+
 def open_image_within_budget(
     data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, target_size: tuple[int, int] | None = None
 ) -> Image.Image:

@@ -45,7 +45,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from . import runtime as rt
 
@@ -174,7 +173,7 @@ def decode_pixels(data: bytes, size: Sequence[int], max_pixels: int) -> np.ndarr
     h, w = int(size[0]), int(size[1])
     with rt.open_image_within_budget(data, max_pixels, (w, h)) as im:
         rgb = im.convert("RGB")
-    return np.asarray(rgb.resize((w, h), Image.BILINEAR), dtype=np.uint8)
+    return np.asarray(rt.letterbox(rgb, (w, h)), dtype=np.uint8)
 
 
 def decode_images(batch: dict[str, np.ndarray], *, size: Sequence[int], max_pixels: int) -> dict[str, np.ndarray]:

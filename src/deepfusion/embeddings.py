@@ -44,14 +44,16 @@ from .backbones import (
     onnx_model_path,
     weights_path,
 )
-from .catalog import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageTooLarge, open_image_within_budget
+from .catalog import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageTooLarge, letterbox, open_image_within_budget
 
 log = logging.getLogger(__name__)
 
 # Bump when preprocessing, augmentation or the feature layout changes (old cache entries are then unused).
 # 4: JPEGs much larger than the input are decoded at a reduced scale (images under twice the input size, such as
 # the Kaggle catalog's, decode exactly as before, but their cache entries are recomputed once).
-TRANSFORM_VERSION = 4
+# 5: resized keeping the aspect ratio, padded with white (catalog.letterbox); an image of the input's aspect ratio,
+# such as the Kaggle catalog's 60x80, gives the same pixels as before.
+TRANSFORM_VERSION = 5
 SHARD_SIZE = 4096
 # What decoding a broken or hostile file can raise: Pillow's OSError (UnidentifiedImageError, truncated data),
 # ValueError, and the SyntaxError / EOFError / struct.error some of its format parsers raise on malformed headers;
@@ -415,7 +417,7 @@ class ImageEmbedder:
         if view > 0:
             image = augment(image, seed=int(key[:12] or "0", 16) * 1009 + view)
         h, w = self.image_size
-        return np.asarray(image.resize((w, h), Image.BILINEAR), dtype=np.uint8)
+        return np.asarray(letterbox(image, (w, h)), dtype=np.uint8)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (n, height, width, 3) -> the backbone's float32 (n, 3, height, width) input."""

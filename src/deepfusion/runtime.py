@@ -375,6 +375,20 @@ class MetadataTransform:
 
 
 # ---------------------------------------------------------------------------------------------- images
+def letterbox(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """As catalog.letterbox (copied: this file runs on its own): resized keeping the aspect ratio, centred on
+    white; the plain bilinear resize for an image of the target's aspect ratio."""
+    w, h = size
+    scale = min(w / image.width, h / image.height)
+    inner = (max(1, min(w, round(image.width * scale))), max(1, min(h, round(image.height * scale))))
+    resized = image.resize(inner, Image.BILINEAR)
+    if inner == (w, h):
+        return resized
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    canvas.paste(resized, ((w - inner[0]) // 2, (h - inner[1]) // 2))
+    return canvas
+
+
 def open_image_within_budget(
     data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, target_size: tuple[int, int] | None = None
 ) -> Image.Image:
@@ -606,7 +620,7 @@ class ExportedModel:
 
     # ------------------------------------------------------------------ images
     def image_pixels(self, data: bytes) -> np.ndarray:
-        """The backbone's input pixels for one image: decoded within the pixel budget, RGB, resized (bilinear) to
+        """The backbone's input pixels for one image: decoded within the pixel budget, RGB, letterboxed to
         the backbone's size; uint8 (height, width, 3). Raises one of ``DECODE_ERRORS`` (``ImageTooLarge`` over
         the budget) for data that is not a usable image."""
         if self.image is None:
@@ -614,7 +628,7 @@ class ExportedModel:
         h, w = self.image.size
         with open_image_within_budget(data, self.max_image_pixels, (w, h)) as im:
             rgb = im.convert("RGB")  # grayscale, palette and CMYK images become 3-channel RGB
-        return np.asarray(rgb.resize((w, h), Image.BILINEAR), dtype=np.uint8)
+        return np.asarray(letterbox(rgb, (w, h)), dtype=np.uint8)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Backbone features (n, dim) of uint8 (n, height, width, 3) pixels, rounded to float16 as the training
