@@ -1521,6 +1521,7 @@ def render(r: dict[str, Any]) -> str:
         "label_noise",
         "title_encoders",
         "embedding",
+        "links",
         "backbones",
         "finetune",
         "fusion_analysis",
