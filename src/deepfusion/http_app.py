@@ -191,8 +191,6 @@ class RequestModels:
     """The request models of one model's catalog schema: each catalog column a field under the column's own name
     (``attributes`` maps a column to the model attribute holding it), so /docs shows the user's fields."""
 
-    fields: type[BaseModel]
-    product: type[BaseModel]
     request: type[BaseModel]
     form: type[BaseModel]
     attributes: dict[str, str]
@@ -204,7 +202,7 @@ class RequestModels:
 
 def _fashion_models() -> RequestModels:
     columns = [ID, *METADATA, TITLE]
-    return RequestModels(ProductFields, Product, PredictRequest, UploadForm, {c: c for c in columns}, ID,
+    return RequestModels(PredictRequest, UploadForm, {c: c for c in columns}, ID,
                          tuple(METADATA), (TITLE,), PREDICT_EXAMPLES)
 
 
@@ -232,8 +230,6 @@ def request_models(schema: CatalogSchema) -> RequestModels:
         for col, (_, kind, text) in specs.items()
     }
     example = {col: _example_value(role, col) for col, (role, _, _) in specs.items()}
-    config = ConfigDict(extra="forbid", populate_by_name=False)
-    fields = create_model("ProductFields", __config__=config, **definitions)
     product = create_model(
         "Product", __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}), **definitions,
         image_base64=(str | None, Field(None, description=Product.model_fields["image_base64"].description)),
@@ -257,7 +253,7 @@ def request_models(schema: CatalogSchema) -> RequestModels:
     if schema.text:
         examples["title only"] = {"summary": "A product known only by its title",
                                   "value": {"products": [{id_field: "a1", schema.text[0]: example[schema.text[0]]}]}}
-    return RequestModels(fields, product, request, form, attributes, id_field, schema.metadata, tuple(schema.text),
+    return RequestModels(request, form, attributes, id_field, schema.metadata, tuple(schema.text),
                          examples)
 
 
