@@ -31,6 +31,7 @@ import numpy as np
 
 from deepfusion import load_catalog
 from deepfusion.catalog import ID
+from deepfusion.config import config_from_options
 from deepfusion.evaluation import paired_bootstrap
 from deepfusion.runs import ModelSpec, train_model
 from deepfusion.split import split_by_duplicate_groups
@@ -81,14 +82,14 @@ class Bench:
         if "image" in modalities and self.cache_dir:
             options.setdefault("cache_dir", self.cache_dir)
         seed = options.pop("seed", SEED)
+        config, runtime = config_from_options(modalities, preset=preset, seed=seed, **options)
         m = train_model(
             ModelSpec(name, modalities),
             self.catalog,
             self.split,
             self.out / key,
-            preset=preset,
-            seed=seed,
-            predictor_options=options,
+            config=config,
+            cache_dir=runtime.get("cache_dir"),
             progress=True,
         )
         row = {
@@ -288,7 +289,7 @@ def fusion_section(b: Bench) -> None:
     b.train("fusion/regularized-no-title", "fusion", ("metadata", "image"))
     b.train("fusion/regularized-metadata-title", "fusion", ("metadata", "title"))
     # What the default's choices add: the stacked SVM scores (text_scores.py), and two networks instead of one.
-    b.train("fusion/regularized-no-text-scores", "fusion", ("metadata", "title", "image"), text_scores=False)
+    b.train("fusion/regularized-no-text-scores", "fusion", ("metadata", "title", "image"), stacking=False)
     b.train("fusion/regularized-members-1", "fusion", ("metadata", "title", "image"), members=1)
     b.results.get("models", {}).pop("fusion/regularized-wide-title", None)  # a question about an older default
     ablation = json.loads((b.out / "fusion/regularized" / "metrics.json").read_text())["ablation"]
@@ -536,15 +537,9 @@ def _interval(boot: dict[str, Any], metric: str) -> str:
 
 def _train_split_fusion(b: Bench, split: Any, folder: Path, **options: Any) -> dict[str, Any]:
     """Train the default fusion model (metadata + title + image, seed SEED) on ``split`` into ``folder``."""
-    return train_model(
-        ModelSpec("fusion", ("metadata", "title", "image")),
-        b.catalog,
-        split,
-        folder,
-        seed=SEED,
-        predictor_options=({"cache_dir": b.cache_dir} if b.cache_dir else {}) | options,
-        progress=True,
-    )
+    mods = ("metadata", "title", "image")
+    config, _ = config_from_options(mods, seed=SEED, **options)
+    return train_model(ModelSpec("fusion", mods), b.catalog, split, folder, config=config, cache_dir=b.cache_dir)
 
 
 def _with_mean_row(rows: list[dict[str, Any]], mean: dict[str, float], **bootstraps: Any) -> list[dict[str, Any]]:
@@ -777,14 +772,14 @@ def title_encoders_section(b: Bench) -> None:
         return
     from deepfusion.catalog import CATEGORICAL, NUMERIC, TARGET, TITLE
     from deepfusion.evaluation import evaluate_predictions
-    from deepfusion.features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
+    from deepfusion.features import ClassIndex, MetadataEncoder, TitleEncoder, clean_title
     from deepfusion.models import make_config
     from deepfusion.training import ModalityData, predict_logits, softmax, train_network
 
     products = b.catalog.products.set_index(ID)
     train, val, test = (products.loc[b.split.ids(s)].reset_index() for s in ("train", "val", "test"))
     val = val[val[TARGET].isin(set(train[TARGET]))].reset_index(drop=True)
-    labels = LabelEncoder().fit(train[TARGET])
+    labels = ClassIndex().fit(train[TARGET])
     counts = {str(k): int(v) for k, v in train[TARGET].value_counts().items()}
     meta, tfidf = MetadataEncoder().fit(train), TitleEncoder().fit(train)
     sentence = SentenceTransformer(str(all_minilm_l6_v2.get_model_path()), device="cpu")

@@ -229,19 +229,6 @@ def test_cli_column_errors_exit_2(tmp_path: Path) -> None:
     assert "--label" in fails("train", "--data", str(data), "--model", "metadata", "--out", str(tmp_path / "r3"))
 
 
-def test_model_without_saved_schema_loads_as_fashion(catalog_dir: Path, tmp_path: Path) -> None:
-    """A model folder written before schemas were saved (no "schema" in config.json) is a fashion model."""
-    out = tmp_path / "run"
-    run("train", "--data", str(catalog_dir), "--model", "metadata", "--preset", "small", "--out", str(out), "--quiet")
-    config_path = out / "metadata" / "config.json"
-    config = json.loads(config_path.read_text())
-    assert config["schema"]["name"] == "fashion"
-    del config["schema"]
-    config_path.write_text(json.dumps(config))
-    run("predict", str(out / "metadata"), "--data", str(catalog_dir), "--out", str(tmp_path / "p.csv"), "--quiet")
-    assert pd.read_csv(tmp_path / "p.csv").columns[0] == "id"
-
-
 def test_service_and_export_follow_the_schema(tmp_path: Path) -> None:
     """The service's request fields are the catalog's own columns (in /docs too); the model folder and its export
     answer the same, prices written as the catalog writes them included."""

@@ -73,7 +73,7 @@ def test_help_is_readable_at_80_columns(verb: str | None) -> None:
     if verb == "train":
         for whole in (
             "--title-fallback / --no-title-fallback",
-            "--text-scores / --no-text-scores",
+            "--stacking / --no-stacking",
             "efficientnet_lite0",
             "--finetune-blocks",
             "[default: all]",

@@ -138,14 +138,14 @@ def _train(root: Path, modalities: list[str], **kwargs: object) -> tuple[Path, P
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """metadata + title (stacked SVM scores, no-title fallback), saved and exported."""
-    return _train(tmp_path_factory.mktemp("text"), ["metadata", "title"], epochs=30)
+    return _train(tmp_path_factory.mktemp("text"), ["metadata", "title"], head={"epochs": 30})
 
 
 @pytest.fixture(scope="module")
 def image_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """metadata + title + image at 64x48, saved and exported."""
     root = tmp_path_factory.mktemp("image")
-    return _train(root, ["metadata", "title", "image"], epochs=30, image_size=SMALL, cache_dir=root / "cache")
+    return _train(root, ["metadata", "title", "image"], head={"epochs": 30}, image_size=SMALL, cache_dir=root / "cache")
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_predictions_do_not_depend_on_batching(text_model: tuple[Path, Path], pr
     ("modalities", "overrides"),
     [
         (["metadata"], {}),
-        (["metadata", "title"], {"members": 2, "combiner": "gated", "text_scores": False}),
+        (["metadata", "title"], {"head": {"members": 2, "combiner": "gated"}, "stacking": False}),
         (["metadata", "title"], {"title_fallback": False}),
         (["metadata", "title"], {"metadata_fallback": False}),
     ],
@@ -259,12 +259,13 @@ def test_predictions_do_not_depend_on_batching(text_model: tuple[Path, Path], pr
 def test_other_architectures_export(
     tmp_path: Path, products: pd.DataFrame, modalities: list[str], overrides: dict[str, object]
 ) -> None:
-    model_dir, exported = _train(tmp_path, modalities, epochs=10, **overrides)
+    head = {"epochs": 10, **overrides.get("head", {})}  # type: ignore[dict-item]
+    model_dir, exported = _train(tmp_path, modalities, **{**overrides, "head": head})
     manifest = json.loads((exported / "manifest.json").read_text())
     assert ("fallback" in manifest["networks"]) == ("title" in modalities and overrides.get("title_fallback", True))
     has_no_metadata = "title" in modalities and overrides.get("metadata_fallback", True)
     assert ("no_metadata" in manifest["networks"]) == has_no_metadata
-    assert (manifest["text_scores"] is None) == (not overrides.get("text_scores", True) or "title" not in modalities)
+    assert (manifest["text_scores"] is None) == (not overrides.get("stacking", True) or "title" not in modalities)
     if has_no_metadata:  # its own title-only SVM, whether or not the main network stacks one
         assert manifest["networks"]["no_metadata"]["inputs"] == ["title_indices", "title_values", "present_title"]
     predictor = Predictor.load(model_dir, progress=False)
@@ -568,7 +569,7 @@ def test_export_verb_writes_a_folder_the_runtime_loads(clean_catalog_dir: Path, 
     from deepfusion.runtime import ExportedModel
 
     frame = load_catalog(clean_catalog_dir, progress=False).products
-    Predictor(["metadata", "title"], preset="small", epochs=5, progress=False).fit(
+    Predictor(["metadata", "title"], preset="small", head={"epochs": 5}, progress=False).fit(
         frame.iloc[::2], frame.iloc[1::2]
     ).save(tmp_path / "model")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "exported")])

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from deepfusion.features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title, name_length
+from deepfusion.features import ClassIndex, MetadataEncoder, TitleEncoder, clean_title, name_length
 
 
 def frame() -> pd.DataFrame:
@@ -59,8 +59,8 @@ def test_title_encoder_roundtrips_through_json() -> None:
 
 
 def test_label_encoder() -> None:
-    enc = LabelEncoder().fit(pd.Series(["b", "a", "b", None]))
+    enc = ClassIndex().fit(pd.Series(["b", "a", "b", None]))
     assert enc.classes_ == ["a", "b"]
     assert list(enc.transform(pd.Series(["b", "zzz"]))) == [1, -1]
     assert list(enc.inverse_transform(np.array([0, 1]))) == ["a", "b"]
-    assert LabelEncoder.from_json(enc.to_json()).classes_ == enc.classes_
+    assert ClassIndex.from_json(enc.to_json()).classes_ == enc.classes_

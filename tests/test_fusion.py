@@ -113,7 +113,7 @@ def test_python_api_fit_predict_save_load(clean_catalog_dir: Path, cache_dir: Pa
          "productDisplayName", "picture"]]
     train, val = frame.iloc[::2], frame.iloc[1::2]
     predictor = Predictor(["metadata", "title", "image"], preset="small", image_size=SMALL, progress=False,
-                          combiner=combiner, epochs=150, modality_dropout=0.2)
+                          head={"combiner": combiner, "epochs": 150, "modality_dropout": 0.2})
     predictor.fit(train, val, image_column="picture")
     proba = predictor.predict_proba(val, image_column="picture")
     assert proba.shape == (len(val), 4) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
@@ -135,12 +135,12 @@ def test_python_api_fit_predict_save_load(clean_catalog_dir: Path, cache_dir: Pa
 def test_ensemble_predictor_saves_and_loads(clean_catalog_dir: Path, tmp_path: Path) -> None:
     frame = load_catalog(clean_catalog_dir, progress=False).products
     train, val = frame.iloc[::2], frame.iloc[1::2]
-    predictor = Predictor(["metadata", "title"], preset="small", progress=False, members=2, epochs=60)
+    predictor = Predictor(["metadata", "title"], preset="small", progress=False, head={"members": 2, "epochs": 60})
     predictor.fit(train, val)
     proba = predictor.predict_proba(val)
     assert predictor.evaluate(val)["accuracy"] >= 0.9
     predictor.save(tmp_path / "model")
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert config["head"]["members"] == 2 and len(config["member_best_epochs"]) == 2
+    assert config["config"]["head"]["members"] == 2 and len(config["member_best_epochs"]) == 2
     loaded = Predictor.load(tmp_path / "model")
     np.testing.assert_allclose(loaded.predict_proba(val), proba, atol=1e-6)

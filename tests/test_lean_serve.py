@@ -31,7 +31,7 @@ FIELDS = ["gender", "masterCategory", "subCategory", "baseColour", "season", "ye
 
 def _train(root: Path, modalities: list[str], **kwargs: Any) -> dict[str, Any]:
     catalog = load_catalog(make_catalog(root / "catalog", messy=False), progress=False).products
-    predictor = Predictor(modalities, preset="small", epochs=5, progress=False, **kwargs)
+    predictor = Predictor(modalities, preset="small", head={"epochs": 5}, progress=False, **kwargs)
     predictor.fit(catalog.iloc[::2], catalog.iloc[1::2])
     model = predictor.save(root / "model")
     exported = export_model(model, root / "exported", cache_dir=kwargs.get("cache_dir"))

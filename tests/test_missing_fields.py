@@ -36,7 +36,7 @@ def model(parts: tuple[pd.DataFrame, ...], tmp_path_factory: pytest.TempPathFact
     train, val, _ = parts
     # Titles here name the colour and brand first and the article last; a vague title ("Brand1 Men Black 7")
     # leaves the metadata as the only clue, so the model has to use both.
-    predictor = Predictor(["metadata", "title"], preset="small", epochs=40, progress=False, seed=0)
+    predictor = Predictor(["metadata", "title"], preset="small", head={"epochs": 40}, progress=False, seed=0)
     return predictor.fit(train, val).save(tmp_path_factory.mktemp("model") / "fusion")
 
 
@@ -109,11 +109,12 @@ def test_blanked_copies_are_saved_in_the_config_and_reproducible(
     parts: tuple[pd.DataFrame, ...], tmp_path: Path
 ) -> None:
     train, val, test = parts
-    a = Predictor(["metadata", "title"], preset="small", epochs=3, progress=False, field_blanking=0.5).fit(train, val)
-    b = Predictor(["metadata", "title"], preset="small", epochs=3, progress=False, field_blanking=0.5).fit(train, val)
+    options = {"preset": "small", "head": {"epochs": 3}, "progress": False, "field_blanking": 0.5}
+    a = Predictor(["metadata", "title"], **options).fit(train, val)
+    b = Predictor(["metadata", "title"], **options).fit(train, val)
     np.testing.assert_array_equal(a.predict_proba(test), b.predict_proba(test))
     a.save(tmp_path / "m")
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["field_blanking"] == 0.5
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["config"]["field_blanking"] == 0.5
     assert Predictor.load(tmp_path / "m").field_blanking == 0.5
 
 
@@ -137,7 +138,7 @@ def test_training_on_blanked_copies_helps_products_without_attributes(parts: tup
 
     train, val = noisy(train, 1), noisy(val, 2)
     no_attrs = without_modalities(test, ["metadata"])
-    options = {"preset": "small", "epochs": 30, "progress": False, "seed": 0}
+    options = {"preset": "small", "head": {"epochs": 30}, "progress": False, "seed": 0}
     blanked = Predictor(["metadata", "title"], **options).fit(train, val)
     plain = Predictor(["metadata", "title"], field_blanking=0.0, metadata_fallback=False, **options).fit(train, val)
     assert blanked.evaluate(test)["accuracy"] >= 0.95

@@ -101,23 +101,23 @@ def _backbone_file(folder: Path, name: str, tensors: dict[str, np.ndarray] | Non
 
 def _weights_outside(folder: Path) -> None:
     _backbone_file(folder.parent, "outside.safetensors")
-    _config(lambda c: c.update(backbone_weights="../outside.safetensors"))(folder)
+    _config(lambda c: c["config"]["image"].update(weights="../outside.safetensors"))(folder)
 
 
 def _weights_symlink_outside(folder: Path) -> None:
     target = _backbone_file(folder.parent, "elsewhere/backbone.safetensors")
     os.symlink(target, folder / "backbone.safetensors")
-    _config(lambda c: c.update(backbone_weights="backbone.safetensors"))(folder)
+    _config(lambda c: c["config"]["image"].update(weights="backbone.safetensors"))(folder)
 
 
 def _weights_absolute(folder: Path) -> None:
     path = _backbone_file(folder, "backbone.safetensors")
-    _config(lambda c: c.update(backbone_weights=str(path)))(folder)
+    _config(lambda c: c["config"]["image"].update(weights=str(path)))(folder)
 
 
 def _weights_foreign(folder: Path) -> None:
     _backbone_file(folder, "backbone.safetensors", {"something.else": np.zeros(3, np.float32)})
-    _config(lambda c: c.update(backbone_weights="backbone.safetensors"))(folder)
+    _config(lambda c: c["config"]["image"].update(weights="backbone.safetensors"))(folder)
 
 
 def _drop_label(prep: dict[str, Any]) -> None:
@@ -155,21 +155,23 @@ VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
     ("config is not JSON", _truncate("config.json"), ["config.json", "not readable JSON"]),
     ("config nested too deep", _nested, ["config.json", "not readable JSON"]),
     ("config missing", lambda f: (f / "config.json").unlink(), ["not a DeepFusion model folder", "config.json"]),
-    ("format version", _config(lambda c: c.update(format_version=99)), ["model format 99", "reads format 1"]),
-    ("unknown modality", _config(lambda c: c.update(modalities=["metadata", "sound"])), ["'modalities'", "sound"]),
-    ("modalities not a list", _config(lambda c: c.update(modalities="metadata")), ["'modalities'"]),
-    ("no head", _config(lambda c: c.pop("head")), ["config.json", "no 'head'"]),
-    ("head is text", _config(lambda c: c.update(head="small")), ["'head'", "JSON object"]),
-    ("head setting unknown", _config(lambda c: c["head"].update(attention_heads=4)), ["attention_heads"]),
-    ("head encoder_dim text", _config(lambda c: c["head"].update(encoder_dim="32")), ["head.encoder_dim"]),
-    ("head hidden dims", _config(lambda c: c["head"].update(hidden=[65])),
+    ("format version", _config(lambda c: c.update(format_version=99)), ["model format 99", "reads formats 1 and 2"]),
+    ("unknown modality", _config(lambda c: c["config"].update(modalities=["metadata", "sound"])),
+     ["'modalities'", "sound"]),
+    ("modalities not a list", _config(lambda c: c["config"].update(modalities="metadata")), ["'modalities'"]),
+    ("no head", _config(lambda c: c["config"].pop("head")), ["config.json", "no 'head'"]),
+    ("head is text", _config(lambda c: c["config"].update(head="small")), ["'head'", "JSON object"]),
+    ("head setting unknown", _config(lambda c: c["config"]["head"].update(attention_heads=4)), ["attention_heads"]),
+    ("head encoder_dim text", _config(lambda c: c["config"]["head"].update(encoder_dim="32")), ["head.encoder_dim"]),
+    ("head hidden dims", _config(lambda c: c["config"]["head"].update(hidden=[65])),
      ["model.safetensors", "classifier.0", "head settings"]),
-    ("head combiner", _config(lambda c: c["head"].update(combiner="attention")), ["head.combiner"]),
-    ("head members", _config(lambda c: c["head"].update(members=2)), ["model.safetensors", "members.0"]),
-    ("unknown backbone", _config(lambda c: c.update(backbone="resnet9000")),
+    ("head combiner", _config(lambda c: c["config"]["head"].update(combiner="attention")), ["head.combiner"]),
+    ("head members", _config(lambda c: c["config"]["head"].update(members=2)), ["model.safetensors", "members.0"]),
+    ("unknown backbone", _config(lambda c: c["config"]["image"].update(backbone="resnet9000")),
      ["config.json", "Unknown backbone 'resnet9000'"]),
-    ("image_size text", _config(lambda c: c.update(image_size="64x48")), ["'image_size'", "[height, width]"]),
-    ("image_size zero", _config(lambda c: c.update(image_size=[0, 48])), ["'image_size'"]),
+    ("image_size text", _config(lambda c: c["config"]["image"].update(size="64x48")),
+     ["'image_size'", "[height, width]"]),
+    ("image_size zero", _config(lambda c: c["config"]["image"].update(size=[0, 48])), ["'image_size'"]),
     ("temperature zero", _config(lambda c: c.update(temperature=0)), ["'temperature'", "positive finite", "got 0"]),
     ("temperature NaN", _config(lambda c: c.update(temperature=float("nan"))), ["'temperature'", "got NaN"]),
     ("temperature text", _config(lambda c: c.update(temperature="0.5")), ["'temperature'"]),
@@ -179,7 +181,7 @@ VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
      ["main_mix_weights", "finite"]),
     ("temperature infinite", _config(lambda c: c.update(temperature=1e999)), ["'temperature'", "Infinity"]),
     ("fallback temperature", _config(lambda c: c["fallback"].update(temperature=-1.0)), ["fallback.temperature"]),
-    ("seed text", _config(lambda c: c.update(seed="42")), ["'seed'"]),
+    ("seed text", _config(lambda c: c["config"].update(seed="42")), ["'seed'"]),
     ("input dim metadata", _config(lambda c: c["input_dims"].update(metadata=c["input_dims"]["metadata"] + 1)),
      ["input_dims.metadata", "metadata encoder"]),
     ("input dim image", _config(lambda c: c["input_dims"].update(image=512)), ["input_dims.image is 512", "1904"]),
@@ -261,13 +263,14 @@ VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
      ["no_metadata.text_scores.scale"]),
     ("title score settings missing", _no_metadata(lambda n: n.pop("text_scores")),
      ["'no_metadata'", "no 'text_scores'"]),
-    ("backbone weights outside", _weights_outside, ["backbone_weights", "outside the model folder"]),
-    ("backbone weights symlink out", _weights_symlink_outside, ["backbone_weights", "outside the model folder"]),
-    ("backbone weights absolute", _weights_absolute, ["backbone_weights", "absolute path"]),
-    ("backbone weights missing", _config(lambda c: c.update(backbone_weights="backbone.safetensors")),
-     ["backbone_weights", "not a file"]),
+    ("backbone weights outside", _weights_outside, ["config.image.weights", "outside the model folder"]),
+    ("backbone weights symlink out", _weights_symlink_outside, ["config.image.weights", "outside the model folder"]),
+    ("backbone weights absolute", _weights_absolute, ["config.image.weights", "absolute path"]),
+    ("backbone weights missing", _config(lambda c: c["config"]["image"].update(weights="backbone.safetensors")),
+     ["config.image.weights", "not a file"]),
     ("backbone weights foreign", _weights_foreign, ["backbone.safetensors", "_conv_stem"]),
-    ("backbone weights not a name", _config(lambda c: c.update(backbone_weights=5)), ["backbone_weights"]),
+    ("backbone weights not a name", _config(lambda c: c["config"]["image"].update(weights=5)),
+     ["config.image.weights"]),
 ]
 
 
@@ -290,7 +293,8 @@ def _fallback_as_main(folder: Path) -> None:
 
     def change(config: dict[str, Any]) -> None:
         fallback = config.pop("fallback")
-        config.update({k: fallback[k] for k in ("modalities", "input_dims", "sparse_inputs", "temperature")})
+        config.update({k: fallback[k] for k in ("input_dims", "sparse_inputs", "temperature")})
+        config["config"]["modalities"] = fallback["modalities"]
 
     _config(change)(folder)
     _prep(lambda p: (p.pop("text_scores"), p.pop("title")))(folder)
@@ -307,7 +311,7 @@ def test_label_count_mismatch_names_the_labels(saved_model: Path, tmp_path: Path
         validate_model_folder(folder)
     _config(lambda c: c.pop("no_metadata"))(folder)
     config, prep = validate_model_folder(folder)  # now a valid metadata + image model
-    assert config["modalities"] == ["metadata", "image"]
+    assert config["config"]["modalities"] == ["metadata", "image"]
     _prep(_drop_label)(folder)
     with pytest.raises(ModelLoadError, match=r"scores 4 classes, but preprocessing.json lists 3 labels"):
         validate_model_folder(folder)
@@ -319,8 +323,8 @@ def test_intact_folders_pass_and_return_their_files(folder: Path) -> None:
     assert prep == json.loads((folder / "preprocessing.json").read_text())
     # A fine-tuned backbone saved beside the model is accepted, by relative name.
     _backbone_file(folder, "backbone.safetensors")
-    _config(lambda c: c.update(backbone_weights="backbone.safetensors"))(folder)
-    assert validate_model_folder(folder)[0]["backbone_weights"] == "backbone.safetensors"
+    _config(lambda c: c["config"]["image"].update(weights="backbone.safetensors"))(folder)
+    assert validate_model_folder(folder)[0]["config"]["image"]["weights"] == "backbone.safetensors"
     # Keys added by later versions outside the checked structure do not make a folder invalid.
     _config(lambda c: c.update(notes="trained on the spring catalog"))(folder)
     validate_model_folder(folder)

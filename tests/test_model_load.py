@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from deepfusion import Predictor, load_catalog
 from deepfusion.cli import app
+from deepfusion.config import ConfigError
 from deepfusion.model_files import ModelLoadError
 from deepfusion.models import make_config
 
@@ -50,7 +51,8 @@ def test_given_backbone_weights_are_kept_by_the_model(saved_model: Path, tmp_pat
     options = {"preset": "small", "image_size": SMALL, "progress": False, "cache_dir": tmp_path / "cache"}
     model = Predictor(["image"], weights=tmp_path / "mine.safetensors", **options).fit(frame.iloc[::2])
     model.save(tmp_path / "a")
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["backbone_weights"] == "backbone.safetensors"
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["config"]["image"]["weights"] == "backbone.safetensors"
     loaded = Predictor.load(tmp_path / "a", cache_dir=tmp_path / "cache")
     loaded.save(tmp_path / "b")
     again = Predictor.load(tmp_path / "b", cache_dir=tmp_path / "cache")
@@ -58,7 +60,7 @@ def test_given_backbone_weights_are_kept_by_the_model(saved_model: Path, tmp_pat
     np.testing.assert_allclose(again.predict_proba(test), model.predict_proba(test), atol=1e-5)
     stock_model = shutil.copytree(tmp_path / "b", tmp_path / "c")
     config = json.loads((stock_model / "config.json").read_text())
-    config.pop("backbone_weights")
+    config["config"]["image"]["weights"] = None
     (stock_model / "config.json").write_text(json.dumps(config))
     (stock_model / "backbone.safetensors").unlink()
     stock_proba = Predictor.load(stock_model, cache_dir=tmp_path / "cache").predict_proba(test)
@@ -67,13 +69,14 @@ def test_given_backbone_weights_are_kept_by_the_model(saved_model: Path, tmp_pat
 
 def test_patience_none_turns_early_stopping_off() -> None:
     assert make_config("regularized", patience=None).patience is None
-    assert make_config("regularized", combiner=None).combiner == "concat"  # None elsewhere means "not given"
+    with pytest.raises(ConfigError, match="combiner"):  # every value given is used: None is not "not given"
+        make_config("regularized", combiner=None)
 
 
 def test_batch_norm_models_load(clean_catalog_dir: Path, tmp_path: Path) -> None:
     """The regularized preset has batch norm, whose update counter is an integer tensor: still a valid model."""
     frame = load_catalog(clean_catalog_dir, progress=False).products
-    model = Predictor(["metadata", "title"], epochs=3, min_epochs=1, members=2, progress=False)
+    model = Predictor(["metadata", "title"], head={"epochs": 3, "min_epochs": 1, "members": 2}, progress=False)
     model.fit(frame.iloc[::2], frame.iloc[1::2]).save(tmp_path / "m")
     loaded = Predictor.load(tmp_path / "m")
     np.testing.assert_allclose(loaded.predict_proba(frame), model.predict_proba(frame), atol=1e-6)

@@ -14,7 +14,7 @@ from deepfusion import Predictor, load_catalog
 def _fitted(catalog: Path, **options: object) -> tuple[Predictor, pd.DataFrame]:
     frame = load_catalog(catalog, progress=False).products
     train, val, test = frame.iloc[0::3], frame.iloc[1::3], frame.iloc[2::3]
-    predictor = Predictor(["metadata", "title"], preset="small", epochs=20, progress=False, **options)
+    predictor = Predictor(["metadata", "title"], preset="small", head={"epochs": 20}, progress=False, **options)
     return predictor.fit(train, val), test
 
 
@@ -38,7 +38,7 @@ def test_needs_review_follows_the_precision_target(clean_catalog_dir: Path, tmp_
     np.testing.assert_array_equal(frame["needs_review"], frame["confidence"] < strict.review_threshold_)
     strict.save(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["review_precision"] == 1.0 and config["review_threshold"] == strict.review_threshold_
+    assert config["config"]["review_precision"] == 1.0 and config["review_threshold"] == strict.review_threshold_
     assert Predictor.load(tmp_path / "m").review_threshold_ == strict.review_threshold_
 
 

@@ -71,7 +71,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """metadata + title + image (64x48) with the no-title network, saved and exported."""
     root = tmp_path_factory.mktemp("model")
     frame = load_catalog(make_catalog(root / "catalog", messy=False, seed=1), progress=False).products
-    predictor = Predictor(["metadata", "title", "image"], preset="small", progress=False, epochs=5, image_size=SMALL)
+    predictor = Predictor(["metadata", "title", "image"], preset="small", progress=False, head={"epochs": 5},
+                          image_size=SMALL)
     predictor.fit(frame.iloc[::2], frame.iloc[1::2])
     folder = predictor.save(root / "model")
     return folder, export_model(folder, root / "exported")
@@ -246,18 +247,14 @@ def test_user_errors_exit_2(ray_running: object, model: tuple[Path, Path], catal
 def test_audit_folds_as_ray_tasks_match_the_sequential_loop(ray_running: object, tmp_path: Path) -> None:
     from deepfusion.audit import out_of_fold_probabilities, plan_folds
     from deepfusion.catalog import ID, TARGET
+    from deepfusion.config import ModelConfig
 
     products = load_catalog(make_catalog(tmp_path / "c", n_per_class=25, messy=False, seed=2), progress=False).products
     products = products.sort_values(ID, kind="stable").reset_index(drop=True)
     plan = plan_folds(products, 2, seed=0, min_class_groups=2)
     classes = sorted(products[TARGET].astype(str).unique())
-    kwargs = {
-        "modalities": ("metadata", "title"),
-        "preset": "small",
-        "seed": 0,
-        "progress": False,
-        "predictor_options": {"epochs": 5, "title_fallback": False},
-    }
+    config = ModelConfig.create(("metadata", "title"), preset="small", seed=0, head={"epochs": 5}, title_fallback=False)
+    kwargs = {"config": config, "progress": False}
     expected, expected_stats = out_of_fold_probabilities(products, plan, classes, **kwargs)
     got, stats = dist.run_folds_ray(products, plan, classes, **kwargs)
     assert [s["fold"] for s in stats] == [0, 1]

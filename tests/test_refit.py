@@ -15,7 +15,7 @@ from deepfusion.catalog import load_catalog
 from deepfusion.cli import app
 from deepfusion.predictor import Predictor
 
-OPTIONS = {"preset": "small", "progress": False, "epochs": 20}
+OPTIONS = {"preset": "small", "progress": False, "head": {"epochs": 20}}
 
 
 def _shoes(word: int, n: int, start: int, seed: int) -> pd.DataFrame:
@@ -70,7 +70,7 @@ def test_fusion_refit_keeps_both_temperatures_and_stacking(clean_catalog_dir: Pa
     options = OPTIONS
     plain = Predictor(["metadata", "title"], **options).fit(train, val)
     refit = Predictor(["metadata", "title"], refit=True, **options).fit(train, val)
-    assert refit.title_fallback and refit.text_scores
+    assert refit.config_.uses_title_fallback and refit.config_.uses_stacking
     assert (refit.temperature_, refit.fallback_temperature_) == (plain.temperature_, plain.fallback_temperature_)
     assert refit.fallback_best_epochs_ == plain.fallback_best_epochs_  # from the first pass, as is the history
     # The stacked SVM and the encoders were fitted again, on every labelled product.

@@ -28,17 +28,17 @@ def _random_text(n_groups: int, copies: int, seed: int = 0) -> tuple[sp.csr_matr
 def test_training_scores_are_out_of_fold_and_keep_duplicates_together() -> None:
     X, y, groups = _random_text(80, 3)
     model = TextScoreModel()
-    oof = model.fit(X, y, n_classes=4, groups=groups)
+    oof = model.fit(X, y, n_classes=4, groups=groups).oof_scores_
     assert oof.shape == (len(y), 4)
     # The full model memorises its training rows; the out-of-fold scores cannot, as the labels are noise.
     assert (model.scores(X).argmax(axis=1) == y).mean() > 0.95
     assert (oof.argmax(axis=1) == y).mean() < 0.5
     # Ignoring the duplicate groups would leak: each product's copies are in the other folds.
-    leaky = TextScoreModel().fit(X, y, n_classes=4, groups=None)
+    leaky = TextScoreModel().fit(X, y, n_classes=4, groups=None).oof_scores_
     assert (leaky.argmax(axis=1) == y).mean() > 0.9
     # A seed reproduces the scores exactly.
     again = TextScoreModel()
-    np.testing.assert_array_equal(again.fit(X, y, n_classes=4, groups=groups), oof)
+    np.testing.assert_array_equal(again.fit(X, y, n_classes=4, groups=groups).oof_scores_, oof)
     np.testing.assert_array_equal(again.coef_, model.coef_)
 
 
@@ -60,7 +60,8 @@ def test_fusion_model_saves_its_text_model_and_withholds_it_with_the_title(
 ) -> None:
     frame = load_catalog(clean_catalog_dir, progress=False).products
     train, val = frame.iloc[::2], frame.iloc[1::2]
-    predictor = Predictor(["metadata", "title"], preset="small", progress=False, epochs=60, modality_dropout=0.2)
+    predictor = Predictor(["metadata", "title"], preset="small", progress=False,
+                          head={"epochs": 60, "modality_dropout": 0.2})
     predictor.fit(train, val)
     assert predictor.evaluate(val)["accuracy"] >= 0.9
     predictor.save(tmp_path / "model")
@@ -86,8 +87,8 @@ def test_fusion_model_saves_its_text_model_and_withholds_it_with_the_title(
 
 def test_text_scores_can_be_switched_off(clean_catalog_dir: Path, tmp_path: Path) -> None:
     frame = load_catalog(clean_catalog_dir, progress=False).products
-    predictor = Predictor(["metadata", "title"], preset="small", progress=False, epochs=5, text_scores=False)
+    predictor = Predictor(["metadata", "title"], preset="small", progress=False, head={"epochs": 5}, stacking=False)
     predictor.fit(frame.iloc[::2], frame.iloc[1::2]).save(tmp_path / "model")
     assert not (tmp_path / "model" / "text_scores.safetensors").exists()
     assert "text_scores" not in json.loads((tmp_path / "model" / "config.json").read_text())["input_dims"]
-    assert not Predictor.load(tmp_path / "model").text_scores
+    assert not Predictor.load(tmp_path / "model").config_.uses_stacking

@@ -20,9 +20,9 @@ def _parts(catalog: Path):  # noqa: ANN202
 
 def test_untitled_products_get_the_no_title_network(clean_catalog_dir: Path, tmp_path: Path) -> None:
     train, val = _parts(clean_catalog_dir)
-    options = {"preset": "small", "progress": False, "epochs": 30, "modality_dropout": 0.2}
+    options = {"preset": "small", "progress": False, "head": {"epochs": 30, "modality_dropout": 0.2}}
     fusion = Predictor(["metadata", "title"], **options).fit(train, val)
-    assert fusion.title_fallback
+    assert fusion.config_.uses_title_fallback
     untitled = val.assign(productDisplayName=None)
 
     # Same seed, no fallback: the main network is the same one, so titled products get the same answer, and
@@ -55,16 +55,18 @@ def test_untitled_products_get_the_no_title_network(clean_catalog_dir: Path, tmp
 
 def test_fallback_can_be_switched_off(clean_catalog_dir: Path, tmp_path: Path) -> None:
     train, val = _parts(clean_catalog_dir)
-    predictor = Predictor(["metadata", "title"], preset="small", progress=False, epochs=5, title_fallback=False)
+    predictor = Predictor(["metadata", "title"], preset="small", progress=False, head={"epochs": 5},
+                          title_fallback=False)
     predictor.fit(train, val).save(tmp_path / "model")
     assert not (tmp_path / "model" / "fallback.safetensors").exists()
     assert "fallback" not in json.loads((tmp_path / "model" / "config.json").read_text())
     loaded = Predictor.load(tmp_path / "model")
-    assert not loaded.title_fallback
+    assert not loaded.config_.uses_title_fallback
     # Untitled products are still answered, by the one network.
     assert len(loaded.predict(val.assign(productDisplayName=None))) == len(val)
     # Models with nothing but a title, or without one, have no fallback.
-    assert not Predictor(["title"]).title_fallback and not Predictor(["metadata", "image"]).title_fallback
+    assert not Predictor(["title"]).model_config().uses_title_fallback
+    assert not Predictor(["metadata", "image"]).model_config().uses_title_fallback
 
 
 def test_cli_switch(catalog_dir: Path, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def test_train_track_logs_params_epochs_metrics_and_artifacts(
     metrics = json.loads((out / "metadata" / "metrics.json").read_text())
     config = json.loads((out / "metadata" / "config.json").read_text())
     assert run.data.params["model"] == "metadata" and run.data.params["preset"] == "small"
-    assert run.data.params["head.epochs"] == str(config["head"]["epochs"])
+    assert run.data.params["head.epochs"] == str(config["config"]["head"]["epochs"])
     assert run.data.metrics["accuracy"] == pytest.approx(metrics["accuracy"])
     epochs = client.get_metric_history(run.info.run_id, "epoch.train_loss")
     assert [m.step for m in epochs] == [row["epoch"] for row in config["history"]]

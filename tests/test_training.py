@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepfusion.model_files import migrate
 from deepfusion.models import HeadConfig, make_config
 from deepfusion.training import ModalityData, predict_logits, train_network
 
@@ -67,5 +68,7 @@ def test_configs_saved_before_ensembles_still_load() -> None:
     assert state["members"] == 2 and state["wide"] == ["title", "metadata", "text_scores"]
     assert HeadConfig.from_json(state) == make_config("regularized")
     old = {k: v for k, v in state.items() if k != "members"} | {"wide": True}  # a model saved by an earlier version
-    loaded = HeadConfig.from_json(old)
+    migrated = migrate({"format_version": 1, "head": old, "temperature": 1.5}, {})
+    loaded = HeadConfig.from_json(migrated["config"]["head"])
     assert loaded.members == 1 and loaded.wide == ("title",)
+    assert migrated["main_mix_weights"] == [[1 / 1.5, 0.0, 0.0]] * 2 and migrated["review_threshold"] == 1.0

@@ -44,9 +44,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from .catalog import ID, TARGET, TITLE, load_catalog
+from .config import ModelConfig, config_from_options
 from .features import clean_title
 from .predictor import Predictor, parse_modalities
 from .runs import shared_embedder, write_json
+from .schema import CatalogSchema
 from .split import duplicate_groups
 from .taxonomy import Taxonomy, tree_breaks
 
@@ -151,10 +153,9 @@ def fit_fold(
     classes: Sequence[str],
     k: int,
     *,
-    modalities: Sequence[str],
-    preset: str,
-    seed: int,
-    predictor_options: Mapping[str, Any],
+    config: ModelConfig,
+    schema: CatalogSchema | None = None,
+    cache_dir: str | Path | None = None,
     progress: bool = False,
     threads: int | None = None,
     embedder: Any = None,
@@ -173,9 +174,9 @@ def fit_fold(
         torch.set_num_threads(threads)
     start = time.perf_counter()
     held = np.flatnonzero(plan.fold == k)
-    train_idx, val_idx = carve_validation(np.flatnonzero(plan.fold != k), products, plan, seed + k + 1)
-    predictor = Predictor(
-        modalities, preset=preset, seed=seed, progress=progress, embedder=embedder, **predictor_options
+    train_idx, val_idx = carve_validation(np.flatnonzero(plan.fold != k), products, plan, config.seed + k + 1)
+    predictor = Predictor.from_config(
+        config, schema=schema, cache_dir=cache_dir, progress=progress, embedder=embedder
     )
     predictor.fit(products.iloc[train_idx], products.iloc[val_idx] if len(val_idx) else None)
     fold_proba = np.asarray(predictor.predict_proba(products.iloc[held], as_pandas=False), dtype=np.float64)
@@ -205,11 +206,10 @@ def out_of_fold_probabilities(
     plan: FoldPlan,
     classes: list[str],
     *,
-    modalities: Sequence[str],
-    preset: str,
-    seed: int,
+    config: ModelConfig,
     progress: bool,
-    predictor_options: dict[str, Any],
+    schema: CatalogSchema | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Probabilities (n, len(classes)) for every held-out product from the model that did not see it; rows of
     products in every training fold stay zero. Also returns per-fold statistics. The folds run one after the
@@ -217,7 +217,7 @@ def out_of_fold_probabilities(
     proba = np.zeros((len(products), len(classes)), dtype=np.float64)
     n_folds = int(plan.fold.max()) + 1
     stats: list[dict[str, Any]] = []
-    embedder = shared_embedder(modalities, preset, seed, predictor_options)
+    embedder = shared_embedder(config, cache_dir)
     if embedder is not None:
         embedder.progress = progress
     bar = tqdm(range(n_folds), desc="audit folds", unit="fold", disable=not progress)
@@ -227,10 +227,9 @@ def out_of_fold_probabilities(
             plan,
             classes,
             k,
-            modalities=modalities,
-            preset=preset,
-            seed=seed,
-            predictor_options=predictor_options,
+            config=config,
+            schema=schema,
+            cache_dir=cache_dir,
             progress=progress,
             embedder=embedder,
         )
@@ -608,8 +607,9 @@ def audit_catalog(
     ``engine``: "local" trains the fold models one after the other in this process; "ray" trains them as
     parallel Ray tasks (``distributed.run_folds_ray``; ``pip install 'deepfusion[ray]'``), on the cluster at
     ``address`` (``HOST:6379``, ``ray://HOST:10001`` or ``auto``; default ``RAY_ADDRESS``, else a Ray started on
-    this machine). Both give the same folds, seeds and queue. ``predictor_options`` go to ``Predictor`` (e.g.
-    ``image_size``, ``cache_dir``, ``epochs``)."""
+    this machine). Both give the same folds, seeds and queue. ``predictor_options``: the fold models' settings,
+    Predictor parameters and network settings alike (e.g. ``image_size``, ``cache_dir``, ``epochs``), made into
+    one ModelConfig (``config.config_from_options``) and written to audit.json."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if address is not None and engine != "ray":
@@ -624,28 +624,27 @@ def audit_catalog(
     )
     catalog.write_rejects(out / "rejects.csv")
     catalog.write_links(out / "links.csv")
-    predictor_options["schema"] = catalog.schema
     mods = tuple(m for m in mods if m != "metadata" or catalog.schema.metadata)
     # Sorting by id makes the folds depend on the products, not on the order of the rows in the file.
     products = catalog.products.sort_values(ID, kind="stable").reset_index(drop=True)
     schema = catalog.schema
     taxonomy = Taxonomy.fit(list(products[TARGET]), columns=schema.levels, label_sep=schema.label_sep, min_count=1)
+    fold_schema = schema
     if taxonomy.is_tree:
         # Whole paths in the catalog's spelling: the fold models judge the path, the queue shows it readably.
         products[TARGET] = taxonomy.canonical(products[TARGET])
-        predictor_options["schema"] = replace(schema, levels=(), label_sep="none")
-
+        fold_schema = replace(schema, levels=(), label_sep="none")
     if "title" in mods and products[TITLE].map(clean_title).astype(bool).all():
         # The held-out products all have a title: the network for untitled products would never answer.
         predictor_options.setdefault("title_fallback", False)
+    config, runtime = config_from_options(mods, preset=preset, seed=seed, **predictor_options)
     plan = plan_folds(products, folds, seed, min_class_groups)
     classes = sorted(products[TARGET].astype(str).unique())
     fold_args: dict[str, Any] = {
-        "modalities": mods,
-        "preset": preset,
-        "seed": seed,
+        "config": config,
+        "schema": fold_schema,
+        "cache_dir": runtime.get("cache_dir"),
         "progress": progress,
-        "predictor_options": predictor_options,
     }
     if engine == "ray":
         from .distributed import run_folds_ray  # Ray is an optional extra: imported only when asked for
@@ -688,7 +687,7 @@ def audit_catalog(
         "folds": folds,
         "seed": seed,
         "engine": engine,
-        "predictor_options": {k: list(v) if isinstance(v, tuple) else v for k, v in predictor_options.items()},
+        "config": config.to_json(),
         "cleanlab_version": cleanlab.__version__,
         "method": "out-of-fold probabilities (StratifiedGroupKFold over duplicate groups) + cleanlab "
         "find_label_issues(filter_by='prune_by_noise_rate'), ranked by self-confidence; hierarchy breaks: "

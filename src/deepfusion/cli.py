@@ -21,16 +21,19 @@ from typing import Annotated, Any
 
 import typer
 
-# The choices of the options below, spelled out here so that building the parser imports nothing heavy. Each
-# mirrors a registry in a module that imports torch or pandas; tests/test_cli_help.py checks they are equal.
+from . import config
+
+# The choices of the options below. config.py imports nothing heavy; the others mirror a registry in a module that
+# imports torch or pandas, spelled out here so that building the parser stays cheap (tests/test_cli_help.py checks
+# they are equal).
 MODELS = ("metadata", "image", "fusion", "all")  # predictor.MODEL_KINDS + "all" (runs.model_specs)
-PRESETS = ("small", "overfit", "regularized")  # models.PRESETS
-COMBINERS = ("concat", "gated")  # models.COMBINERS
-BALANCES = ("none", "sqrt", "inverse", "sampler")  # the modes training.class_weights / train_network know
+PRESETS = tuple(config.PRESETS)
+COMBINERS = config.COMBINERS
+BALANCES = config.BALANCES  # the modes training.class_weights / train_network know
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # backbones.list_backbones()
-MODALITIES = ("metadata", "title", "image")  # predictor.MODALITIES
-DECODE_CHOICES = ("path", "top_down")  # predictor.DECODERS
-DEFAULT_MIN_CLASS_SIZE = 5  # taxonomy.DEFAULT_MIN_CLASS_SIZE
+MODALITIES = config.MODALITIES
+DECODE_CHOICES = config.DECODERS
+DEFAULT_MIN_CLASS_SIZE = config.DEFAULT_MIN_CLASS_SIZE
 # predict: this process (runs.predict_catalog) or Ray (distributed.predict_catalog_ray); audit: the fold models in
 # this process (audit.out_of_fold_probabilities) or as Ray tasks (distributed.run_folds_ray).
 ENGINES = ("local", "ray")
@@ -479,7 +482,7 @@ def train(
             metavar=_choices(BACKBONES),
             help="Image backbone (ImageNet weights, frozen unless --finetune).",
         ),
-    ] = "efficientnet_lite0",
+    ] = config.DEFAULT_BACKBONE,
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -502,11 +505,11 @@ def train(
         int | None,
         typer.Option("--augment-views", min=0, help="Augmented image views per training image [default: 0]."),
     ] = None,
-    text_scores: Annotated[
+    stacking: Annotated[
         bool,
         typer.Option(
-            "--text-scores/--no-text-scores",
-            help="Stacking: feed a linear SVM's class scores on metadata + title to the fusion network.",
+            "--stacking/--no-stacking",
+            help="Feed a linear SVM's class scores on metadata + title to the fusion network.",
         ),
     ] = True,
     title_fallback: Annotated[
@@ -668,36 +671,34 @@ def train(
     _prepare_run_folder(out, overwrite)
     from .runs import train_run
 
-    options: dict[str, Any] = {
-        "backbone": backbone,
-        "weights": weights,
-        "combiner": combiner,
-        "balance": balance,
-        "members": members,
-        "text_scores": text_scores,
-        "title_fallback": title_fallback,
-        "refit": refit,
-        "field_blanking": field_blanking,
-        "metadata_fallback": metadata_fallback,
-        "review_precision": review_precision,
-        "depth": depth,
-        "min_class_size": min_class_size,
-        "decode": decode,
-    }
-    if image_size:
-        options["image_size"] = _parse_size(image_size)
-    if augment_views is not None:
-        options["augment_views"] = augment_views
-    if finetune:
-        options.update(finetune_blocks=finetune_blocks, finetune_epochs=finetune_epochs)
+    given = {"combiner": combiner, "balance": balance, "members": members}
+    model_config = config.ModelConfig.create(
+        modalities or "metadata,title,image",  # each model of the run takes its own modalities (runs.model_specs)
+        preset=preset,
+        head={k: v for k, v in given.items() if v is not None},
+        backbone=backbone,
+        weights=None if weights is None else str(weights),
+        image_size=_parse_size(image_size) if image_size else None,
+        augment_views=augment_views or 0,
+        finetune_blocks=finetune_blocks if finetune else 0,
+        finetune_epochs=finetune_epochs,
+        depth=depth,
+        min_class_size=min_class_size,
+        decode=decode,
+        stacking=stacking,
+        title_fallback=title_fallback,
+        metadata_fallback=metadata_fallback,
+        refit=refit,
+        field_blanking=field_blanking,
+        review_precision=review_precision,
+        seed=seed,
+    )
     results = train_run(
         data,
         out,
         model=model,
-        preset=preset,
-        seed=seed,
+        config=model_config,
         modalities=modalities,
-        predictor_options=options,
         progress=not quiet,
         engine=engine,
         address=address,
@@ -722,7 +723,7 @@ def train(
     if track:
         from .tracking import resolve_uri, track_run
 
-        logged = {"model": model, "preset": preset, "seed": seed, "modalities": modalities, **options}
+        logged = {"model": model, "preset": preset, "seed": seed, "modalities": modalities}
         ids = track_run(out, list(results), uri=tracking_uri, experiment=experiment, options=logged)
         runs = ", ".join(f"{k} run {v}" for k, v in ids.items())
         typer.echo(f"tracked in MLflow ({resolve_uri(tracking_uri)}): {runs}")

@@ -51,6 +51,8 @@ from . import runtime as rt
 if TYPE_CHECKING:
     from .audit import FoldPlan
     from .catalog import Catalog
+    from .config import ModelConfig
+    from .schema import CatalogSchema
 
 log = logging.getLogger(__name__)
 
@@ -614,11 +616,10 @@ def run_folds_ray(
     plan: FoldPlan,
     classes: list[str],
     *,
-    modalities: Sequence[str],
-    preset: str,
-    seed: int,
+    config: ModelConfig,
     progress: bool,
-    predictor_options: dict[str, Any],
+    schema: CatalogSchema | None = None,
+    cache_dir: str | Path | None = None,
     address: str | None = None,
     cpus_per_fold: int = 1,
     num_cpus: int | None = None,
@@ -645,7 +646,7 @@ def run_folds_ray(
     with ray_session(address, num_cpus=num_cpus or max(os.cpu_count() or 1, n_folds * cpus_per_fold)) as ray:
         _check_cpus(ray, cpus_per_fold, f"fold tasks of {cpus_per_fold} CPUs", joined)
         products_ref = ray.put(products)
-        embedder = shared_embedder(modalities, preset, seed, predictor_options)
+        embedder = shared_embedder(config, cache_dir)
         if embedder is not None:  # every image once, on Ray Data, into the cache the folds read
             n_images = embed_images_ray(embedder, list(products["image_path"]), actors=1, progress=progress)
             log.info("embedded %d product images into the cache before the folds", n_images)
@@ -657,10 +658,9 @@ def run_folds_ray(
                 plan,
                 classes,
                 k,
-                modalities=modalities,
-                preset=preset,
-                seed=seed,
-                predictor_options=predictor_options,
+                config=config,
+                schema=schema,
+                cache_dir=cache_dir,
                 threads=cpus_per_fold,
             )
             for k in range(n_folds)

@@ -45,6 +45,7 @@ from .backbones import (
     weights_path,
 )
 from .catalog import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageTooLarge, letterbox, open_image_within_budget
+from .config import DEFAULT_BACKBONE
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ class ImageEmbedder:
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
+        backbone: str = DEFAULT_BACKBONE,
         *,
         weights: str | Path | None = None,
         image_size: tuple[int, int] | None = None,

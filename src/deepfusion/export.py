@@ -45,10 +45,11 @@ from torch import nn
 
 from . import __version__
 from .catalog import ID, TITLE
+from .inputs import IMAGE_CLIP, stacking_features
 from .mixing import ExpertMix
-from .model_files import validate_model_folder
+from .model_files import read_config, validate_model_folder
 from .models import Batch, FusionEnsemble, FusionNet, ModalitySpec, SparseBatch
-from .predictor import IMAGE_CLIP, Predictor
+from .predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -360,23 +361,24 @@ def tfidf_settings(vectorizers: Sequence[Any]) -> list[dict[str, Any]]:
 
 def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[str, Any]:
     """Write the graphs and JSON of ``predictor`` into ``folder``; returns the manifest (without ``files``)."""
-    config = json.loads((model_dir / "config.json").read_text())
-    has_title = "title" in predictor.modalities
+    config = read_config(model_dir)
+    cfg = predictor.config_
+    has_title = "title" in cfg.modalities
     n_title = predictor.title_encoder_.n_features if has_title else 0
-    n_metadata = predictor.metadata_encoder_.n_features if "metadata" in predictor.modalities else 0
+    n_metadata = predictor.metadata_encoder_.n_features if "metadata" in cfg.modalities else 0
     text = main_scores = None
-    if predictor.text_scores:
+    if cfg.uses_stacking:
         model = predictor.text_model_
         text = _TextScores(model.coef_, model.intercept_, model.scale_, n_title, n_metadata)
 
         def main_scores(title: sp.csr_matrix, metadata: np.ndarray | None) -> np.ndarray:
-            return predictor.text_model_.scores(predictor._text_features(title, metadata))
+            return predictor.text_model_.scores(stacking_features(title, metadata))
 
     title = {"vectorizers": tfidf_settings(predictor.title_encoder_.vectorizers_)} if has_title else None
     networks: dict[str, Any] = {
         "main": {
             "file": "main.onnx",
-            "modalities": list(predictor.modalities),
+            "modalities": list(cfg.modalities),
             # The mix (mixing.py): the network with the stacked SVM's scores, calibration included.
             "inputs": _export_graph(predictor.main_mix_, text, folder / "main.onnx", main_scores),
             "output": "logits",
@@ -385,16 +387,16 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
             "text_scores": "title+metadata" if text is not None else None,
         }
     }
-    if predictor.title_fallback:
+    if cfg.uses_title_fallback:
         networks["fallback"] = {
             "file": "fallback.onnx",
-            "modalities": list(predictor.fallback_modalities),
+            "modalities": list(cfg.fallback_modalities),
             "inputs": _export_graph(predictor.fallback_net_, None, folder / "fallback.onnx"),
             "output": "logits",
             "temperature": float(predictor.fallback_temperature_),
             "text_scores": None,
         }
-    if predictor.metadata_fallback:
+    if cfg.uses_metadata_fallback:
         # Products with a title and no attribute (Predictor._logits): title (+ image) and the title-only SVM.
         svm = predictor.title_text_model_
         title_only = _TextScores(svm.coef_, svm.intercept_, svm.scale_, n_title, 0)
@@ -404,7 +406,7 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
 
         networks["no_metadata"] = {
             "file": "no_metadata.onnx",
-            "modalities": list(predictor.no_metadata_modalities),
+            "modalities": list(cfg.no_metadata_modalities),
             # The mix (mixing.py): the network with the title SVM and the image expert, calibration included.
             "inputs": _export_graph(predictor.no_metadata_mix_, title_only, folder / "no_metadata.onnx", title_scores),
             "output": "logits",
@@ -415,7 +417,7 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
     if (model_dir / "metrics.json").is_file():
         shutil.copyfile(model_dir / "metrics.json", folder / "metrics.json")
     image = None
-    if "image" in predictor.modalities:
+    if "image" in cfg.modalities:
         embedder = predictor.image_embedder()
         source = embedder.onnx_file()
         shutil.copyfile(source, folder / "backbone.onnx")
@@ -429,7 +431,8 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
             "std": list(embedder.spec.std),
             "dim": embedder.dim,
             "clip": IMAGE_CLIP,
-            "finetuned": bool(config.get("backbone_weights")),  # the backbone.onnx holds the fine-tuned weights
+            # The backbone.onnx holds the folder's own weights (fine-tuned, or given with --weights).
+            "finetuned": bool(config["config"]["image"].get("weights")),
         }
     manifest: dict[str, Any] = {
         "format": EXPORT_FORMAT,
@@ -437,7 +440,7 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
         "deepfusion_version": __version__,
         "model_format_version": config.get("format_version"),
         "classes": list(predictor.classes_),
-        "modalities": list(predictor.modalities),
+        "modalities": list(cfg.modalities),
         "fields": _fields(predictor),
         "schema": predictor.schema_.to_json(),
         "preprocessing": "preprocessing.json",

@@ -222,10 +222,11 @@ class TitleEncoder:
         return enc
 
 
-class LabelEncoder:
-    """Category names <-> integer ids, sorted for a stable order."""
+class ClassIndex:
+    """Category names <-> integer ids, sorted for a stable order. Unlike scikit-learn's ``LabelEncoder`` it does
+    not raise on a label it never saw: ``transform`` gives -1 and the caller decides."""
 
-    def fit(self, labels: pd.Series) -> LabelEncoder:
+    def fit(self, labels: pd.Series) -> ClassIndex:
         self.classes_ = sorted(map(str, pd.Series(labels).dropna().unique()))
         self._index = {c: i for i, c in enumerate(self.classes_)}
         return self
@@ -241,7 +242,7 @@ class LabelEncoder:
         return {"classes": self.classes_}
 
     @classmethod
-    def from_json(cls, state: dict[str, Any]) -> LabelEncoder:
+    def from_json(cls, state: dict[str, Any]) -> ClassIndex:
         enc = cls()
         enc.classes_ = list(state["classes"])
         enc._index = {c: i for i, c in enumerate(enc.classes_)}

@@ -21,11 +21,11 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-FORMAT_VERSION = 1  # the saved-model format this version reads and writes
+FORMAT_VERSION = 2  # the saved-model format this version writes; format 1 is read through ``migrate``
+READ_VERSIONS = (1, 2)
 MODALITIES = ("metadata", "title", "image")
 DERIVED_INPUTS = ("text_scores",)  # network inputs computed from the modalities (the stacked SVM's scores)
 REQUIRED_FILES = ("config.json", "preprocessing.json", "model.safetensors")
-FILE_KEYS = ("backbone_weights",)  # config.json keys that name a file inside the folder
 MAX_JSON_BYTES = 512 * 2**20  # far above any real preprocessing.json (the title vocabularies); refuses a bomb
 MAX_IMAGE_SIDE = 4096  # the backbone input size: training accepts 32-1024, so larger is not a saved model
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -42,9 +42,85 @@ class ModelLoadError(Exception):
 
 
 def validate_model_folder(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check a model folder written by ``Predictor.save``; returns the parsed ``config.json`` and
-    ``preprocessing.json``. Raises ``ModelLoadError`` on the first problem found."""
+    """Check a model folder written by ``Predictor.save``; returns the parsed ``config.json`` (in format 2, a
+    format-1 file migrated) and ``preprocessing.json``. Raises ``ModelLoadError`` on the first problem found."""
     return _Checker(Path(path)).run()
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A model folder's ``config.json`` in format 2 (``migrate``d if older), without the full check: for pages
+    and logs that describe a model (reports, tracking, the service's /v1/model)."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    prep_file = folder / "preprocessing.json"
+    needs_prep = config.get("format_version") == 1 and prep_file.is_file()
+    return migrate(config, json.loads(prep_file.read_text()) if needs_prep else {})
+
+
+def migrate(config: dict[str, Any], prep: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 ``config.json`` as format 2: the model's settings, kept flat at the top level in format 1, move
+    into ``"config"`` (config.ModelConfig's JSON); what fitting found stays where it was. What format 1 did not
+    record is what its code did: stacking when preprocessing.json has text scores, a fallback network when its
+    entry is there, no fine-tuning record (the fine-tuned weights are the folder's backbone file). Other versions
+    are returned as they are, for the checks to judge. Nothing is validated here."""
+    if config.get("format_version") != 1:
+        return config
+    from .config import DEFAULT_BACKBONE, DEFAULT_MIN_CLASS_SIZE
+
+    old = dict(config)
+    taxonomy = old.get("taxonomy") if isinstance(old.get("taxonomy"), dict) else {}
+    settings = {
+        "modalities": old.pop("modalities", None),
+        "head": old.pop("head", None),
+        "seed": old.pop("seed", None),
+        "image": {
+            "backbone": old.pop("backbone", None) or DEFAULT_BACKBONE,
+            "weights": old.pop("backbone_weights", None),
+            "size": old.pop("image_size", None),
+            "views": old.pop("augment_views", 0),
+            "finetune_blocks": 0,
+            "finetune_epochs": 3,
+        },
+        "tree": {
+            "depth": taxonomy.get("depth"),
+            "min_class_size": taxonomy.get("min_count", DEFAULT_MIN_CLASS_SIZE),
+            "decode": old.pop("decode", "path"),
+        },
+        "stacking": "text_scores" in prep,
+        "title_fallback": "fallback" in old,
+        "metadata_fallback": "no_metadata" in old,
+        "refit": old.get("refit") is not None,
+        "field_blanking": old.pop("field_blanking", 0.0),
+        "review_precision": old.pop("review_precision", 0.98),
+    }
+    for key in ("modalities", "head", "seed"):
+        if settings[key] is None:
+            settings.pop(key)  # the checks then name the missing entry
+    head = settings.get("head")
+    if isinstance(head, dict):
+        head = settings["head"] = dict(head)
+        head.setdefault("members", 1)  # before ensembles: one network
+        if isinstance(head.get("wide"), bool):  # before dense inputs could have a wide path: the title's, or none
+            head["wide"] = ["title"] if head["wide"] else []
+    # Older format-1 folders, before these were recorded, predicted with the calibrated networks alone, flagged
+    # every prediction for review and read the fashion catalog's columns.
+    _network_alone_if_missing(old, "main_mix_weights", old.get("temperature"))
+    if isinstance(old.get("no_metadata"), dict):
+        old["no_metadata"] = dict(old["no_metadata"])
+        _network_alone_if_missing(old["no_metadata"], "mix_weights", old["no_metadata"].get("temperature"))
+    old.setdefault("review_threshold", 1.0)
+    if old.get("schema") is None:
+        from .schema import FASHION
+
+        old["schema"] = FASHION.to_json()
+    return {**old, "format_version": FORMAT_VERSION, "migrated_from": 1, "config": settings}
+
+
+def _network_alone_if_missing(entry: dict[str, Any], key: str, temperature: Any) -> None:
+    """Mix weights (mixing.py) that give the calibrated network alone, for a folder saved before its mix; left
+    missing when the temperature is unusable (the checks then name the temperature)."""
+    if key not in entry and _is_finite(temperature) and temperature > 0:
+        entry[key] = [[1.0 / temperature, 0.0, 0.0]] * 2
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -186,13 +262,17 @@ class _Checker:
             )
         config = self.read_json("config.json")
         version = config.get("format_version")
-        self.need(version == FORMAT_VERSION, "config.json",
-                  f"model format {_show(version)}; this DeepFusion reads format {FORMAT_VERSION}", RETRAIN)
-        modalities = self.modalities(config)
-        self.schema(config)
-        head = self.head(config)
-        self.scalars(config, modalities)
+        self.need(version in READ_VERSIONS, "config.json",
+                  f"model format {_show(version)}; this DeepFusion reads formats "
+                  f"{' and '.join(map(str, READ_VERSIONS))}", RETRAIN)
         prep = self.read_json("preprocessing.json")
+        config = migrate(config, prep)
+        settings = self.obj(self.get(config, "config", "", "config.json"), "'config'", "config.json")
+        modalities = self.modalities(settings)
+        self.schema(config)
+        head = self.head(settings)
+        self.scalars(config, settings, modalities)
+        self.networks_present(self.settings(settings), config, prep)
         classes = self.labels(prep)
         widths = self.encoder_widths(prep, modalities, config)
         text_scores = "text_scores" in prep and "title" in modalities
@@ -200,22 +280,45 @@ class _Checker:
             widths["text_scores"] = len(classes)
         self.inputs(config, "config.json", "", list(widths), widths)
         self.network("model.safetensors", config, len(classes), head, "")
-        if "main_mix_weights" in config:
-            self.mix_weights(config["main_mix_weights"], "config.json", "main_mix_weights")
+        self.mix_weights(self.get(config, "main_mix_weights", "", "config.json"), "config.json", "main_mix_weights")
+        threshold = self.get(config, "review_threshold", "", "config.json")
+        self.need(_is_finite(threshold) and 0 <= threshold <= 1, "config.json",
+                  f"'review_threshold' must be a number between 0 and 1, got {_show(threshold)}")
         if "fallback" in config:
             self.fallback(config, modalities, widths, len(classes), head)
         if "no_metadata" in config:
             self.no_metadata(config, modalities, widths, len(classes), head)
         if text_scores:
             self.text_scores(prep, len(classes), widths)
-        for key in FILE_KEYS:
-            if config.get(key) is not None:
-                target = self.inside(key, config[key])
-                if target.suffix == ".safetensors":
-                    tensors = self.tensor_header(f"{config[key]} (named by '{key}' in config.json)", target)
-                    self.need("_conv_stem.weight" in tensors, str(config[key]),
-                              f"does not hold {config.get('backbone')} backbone weights (no '_conv_stem.weight')")
+        weights = settings["image"].get("weights")
+        if weights is not None:
+            key = "config.image.weights"
+            target = self.inside(key, weights)
+            if target.suffix == ".safetensors":
+                tensors = self.tensor_header(f"{weights} (named by '{key}' in config.json)", target)
+                self.need("_conv_stem.weight" in tensors, str(weights),
+                          f"does not hold {settings['image'].get('backbone')} backbone weights (no "
+                          "'_conv_stem.weight')")
         return config, prep
+
+    def settings(self, settings: dict[str, Any]) -> Any:
+        """The whole of ``"config"`` as config.ModelConfig reads it, after the checks above named the usual
+        problems one by one: unknown settings, wrong types and values are refused here."""
+        from .config import ConfigError, ModelConfig
+
+        try:
+            return ModelConfig.from_json(settings)
+        except (ConfigError, TypeError, ValueError, KeyError) as exc:
+            self.fail("config.json", f"'config' is not a model configuration this version reads ({exc})",
+                      "The model was saved by another DeepFusion; load it with that version, or train it again.")
+
+    def networks_present(self, model: Any, config: dict[str, Any], prep: dict[str, Any]) -> None:
+        """Every network and stacked SVM the configuration says the model has is in the folder."""
+        self.need(not model.uses_stacking or "text_scores" in prep, "preprocessing.json",
+                  "has no 'text_scores' (the stacked SVM), which the model's configuration says it has")
+        for key, used in (("fallback", model.uses_title_fallback), ("no_metadata", model.uses_metadata_fallback)):
+            self.need(not used or key in config, "config.json",
+                      f"has no '{key}' entry (a network the model's configuration says it has)")
 
     def mix_weights(self, w: Any, file: str, name: str) -> None:
         """mixing.py's weights: (with or without an image) x (network, text scores, image expert)."""
@@ -224,9 +327,9 @@ class _Checker:
         self.need(ok, file, f"{name} must be 2 rows of 3 finite numbers, got {_show(w)}")
 
     def schema(self, config: dict[str, Any]) -> None:
-        """The catalog schema the model reads (absent in models saved before it: the fashion columns)."""
-        if config.get("schema") is None:
-            return
+        """The catalog schema the model reads (``migrate`` gives a format-1 folder saved before schemas the fashion
+        columns)."""
+        self.get(config, "schema", "", "config.json")
         from .schema import CatalogSchema, SchemaError
 
         self.need(isinstance(config["schema"], dict), "config.json", "'schema' must be an object")
@@ -244,7 +347,7 @@ class _Checker:
         return names
 
     def head(self, config: dict[str, Any]) -> Any:
-        from .models import COMBINERS, PRESETS, HeadConfig
+        from .config import COMBINERS, PRESETS, HeadConfig
 
         head = self.obj(self.get(config, "head", "", "config.json"), "'head'", "config.json")
         known = {f.name for f in dataclasses.fields(HeadConfig)}
@@ -289,32 +392,33 @@ class _Checker:
         except (TypeError, ValueError) as exc:  # a combination the checks above did not foresee
             self.fail("config.json", f"'head' does not describe a network ({exc})")
 
-    def scalars(self, config: dict[str, Any], modalities: list[str]) -> None:
+    def scalars(self, config: dict[str, Any], settings: dict[str, Any], modalities: list[str]) -> None:
         from .backbones import BackboneError, get_backbone
 
-        self.int_at(self.get(config, "seed", "", "config.json"), "'seed'", "config.json")
+        self.int_at(self.get(settings, "seed", "'config'", "config.json"), "'seed'", "config.json")
         self.positive_finite(self.get(config, "temperature", "", "config.json"), "'temperature'",
                              "config.json")
         counts = self.obj(self.get(config, "train_counts", "", "config.json"), "'train_counts'",
                           "config.json")
         self.need(all(_is_int(v) and v >= 0 for v in counts.values()), "config.json",
                   "'train_counts' must map each class to its number of training products")
-        if "augment_views" in config:
-            self.int_at(config["augment_views"], "'augment_views'", "config.json", low=0)
-        if "field_blanking" in config:
-            self.need(_is_finite(config["field_blanking"]) and config["field_blanking"] >= 0, "config.json",
-                      f"'field_blanking' must be a non-negative number, got {_show(config['field_blanking'])}")
+        image = self.obj(self.get(settings, "image", "'config'", "config.json"), "config.image", "config.json")
+        if "views" in image:
+            self.int_at(image["views"], "'config.image.views'", "config.json", low=0)
+        if "field_blanking" in settings:
+            self.need(_is_finite(settings["field_blanking"]) and settings["field_blanking"] >= 0, "config.json",
+                      f"'field_blanking' must be a non-negative number, got {_show(settings['field_blanking'])}")
         for key in ("history", "member_best_epochs"):
             if key in config:
                 self.need(isinstance(config[key], list), "config.json", f"'{key}' must be a list")
-        size = config.get("image_size")
+        size = image.get("size")
         if size is not None:
             ok = (isinstance(size, list) and len(size) == 2
                   and all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size))
-            self.need(ok, "config.json", f"'image_size' must be null or [height, width] in pixels (each 1 to "
-                                         f"{MAX_IMAGE_SIDE}), got {_show(size)}")
+            self.need(ok, "config.json", f"'image_size' (config.image.size) must be null or [height, width] in "
+                                         f"pixels (each 1 to {MAX_IMAGE_SIDE}), got {_show(size)}")
         if "image" in modalities:
-            name = self.get(config, "backbone", "", "config.json")
+            name = self.get(image, "backbone", "config.image", "config.json")
             self.need(isinstance(name, str), "config.json", f"'backbone' must be a backbone name, got {_show(name)}")
             try:
                 get_backbone(name)
@@ -387,7 +491,7 @@ class _Checker:
         if "image" in modalities:
             from .backbones import get_backbone
 
-            dim = get_backbone(config["backbone"]).feature_dim
+            dim = get_backbone(config["config"]["image"]["backbone"]).feature_dim
             image = prep["image"]
             self.numbers(self.get(image, "mean", "'image'", file), "image.mean", file, length=dim)
             self.numbers(self.get(image, "std", "'image'", file), "image.std", file, length=dim, positive=True)
@@ -501,8 +605,7 @@ class _Checker:
             self.fail("no_metadata.safetensors", "is missing (the network for products with a title but no "
                                                  "metadata, named by config.json 'no_metadata')")
         self.network("no_metadata.safetensors", saved, n_classes, head, "no_metadata.")
-        if "mix_weights" in saved:
-            self.mix_weights(saved["mix_weights"], file, "no_metadata.mix_weights")
+        self.mix_weights(self.get(saved, "mix_weights", "'no_metadata'", file), file, "no_metadata.mix_weights")
         if "image_expert" in saved:
             expert = self.obj(saved["image_expert"], "'no_metadata.image_expert'", file)
             self.need("image" in modalities, file, "no_metadata.image_expert is an image network, but the model "

@@ -7,109 +7,13 @@ go through an ``EmbeddingBag`` in "sum" mode, which is exactly a linear layer on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-COMBINERS = ("concat", "gated")
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Architecture and training hyperparameters. Presets follow the reference study's diagnostic trio."""
-
-    preset: str = "regularized"
-    encoder_dim: int = 256
-    hidden: tuple[int, ...] = (512,)
-    dropout: float = 0.3
-    input_dropout: float = 0.2  # on image embeddings only (dropout on one-hot metadata hurt accuracy)
-    batch_norm: bool = True
-    weight_decay: float = 1e-4
-    lr: float = 2e-3
-    epochs: int = 40
-    batch_size: int = 256
-    patience: int | None = 8
-    # Early stopping may only end training after this many epochs: with the one-cycle schedule the validation
-    # score is noisy while the learning rate is high, and stopping then cost the image model accuracy
-    # (an exploratory three-seed run on the real catalog, docs/experiments.md).
-    min_epochs: int = 30
-    label_smoothing: float = 0.0
-    modality_dropout: float = 0.15
-    combiner: str = "concat"
-    # Wide & Deep: these inputs also get a direct linear path to the logits, so the network keeps a linear
-    # classifier's strength (a TF-IDF + metadata linear SVM is hard to beat). Not the image: a linear map of 1904
-    # image features overfits (docs/experiments.md).
-    wide: tuple[str, ...] = ("title", "metadata", "text_scores")
-    # Ensemble: this many networks trained from seeds seed, seed + 1, ... in parallel threads, one per CPU core
-    # (so two members cost far less than twice one on two cores); the prediction is the mean of their logits.
-    members: int = 2
-    # Class imbalance: none | sqrt | inverse (loss weights ~ count^-1/2 or ^-1) | sampler (sqrt-weighted sampling).
-    # On the real catalog none of them beat plain cross-entropy on macro-F1 by more than run-to-run noise, and
-    # all cost accuracy (benchmarks/RESULTS.md), so the default is none.
-    balance: str = "none"
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "hidden": list(self.hidden), "wide": list(self.wide)}
-
-    @classmethod
-    def from_json(cls, state: dict) -> HeadConfig:
-        wide = state.get("wide", ())
-        if isinstance(wide, bool):  # models saved before dense inputs could have a wide path: title only
-            wide = ("title",) if wide else ()
-        return cls(
-            **{**state, "hidden": tuple(state["hidden"]), "wide": tuple(wide), "members": state.get("members", 1)}
-        )
-
-
-PRESETS: dict[str, HeadConfig] = {
-    # End-to-end check: a narrow network trained briefly.
-    "small": HeadConfig(
-        preset="small",
-        encoder_dim=32,
-        hidden=(64,),
-        dropout=0.0,
-        input_dropout=0.0,
-        batch_norm=False,
-        weight_decay=0.0,
-        epochs=8,
-        patience=None,
-        label_smoothing=0.0,
-        modality_dropout=0.0,
-        wide=("title",),
-        members=1,
-    ),
-    # Diagnostic: large and unregularized; it should (nearly) memorise the training set.
-    "overfit": HeadConfig(
-        preset="overfit",
-        encoder_dim=512,
-        hidden=(1024, 512),
-        dropout=0.0,
-        input_dropout=0.0,
-        batch_norm=False,
-        weight_decay=0.0,
-        lr=1e-3,
-        epochs=80,
-        patience=None,
-        label_smoothing=0.0,
-        modality_dropout=0.0,
-        balance="none",
-        wide=("title",),
-        members=1,
-    ),
-    # The model to use: dropout, batch norm, weight decay, early stopping on validation, two networks averaged.
-    "regularized": HeadConfig(),
-}
-
-
-def make_config(preset: str, **overrides: object) -> HeadConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}")
-    # None means "not given" (the CLI passes every option), except for patience, where None turns early stopping off.
-    given = {k: v for k, v in overrides.items() if v is not None or k == "patience"}
-    if "combiner" in given and given["combiner"] not in COMBINERS:
-        raise ValueError(f"Unknown combiner '{given['combiner']}'. Choose one of: {', '.join(COMBINERS)}")
-    return replace(PRESETS[preset], **given)
+# The network settings live with the rest of the model configuration (config.py).
+from .config import COMBINERS, PRESETS, HeadConfig, make_config  # noqa: F401 - PRESETS, make_config: older imports
 
 
 @dataclass

@@ -4,16 +4,16 @@
     predictor.predict(df); predictor.predict_proba(df); predictor.evaluate(df)
     predictor.save("model/"); Predictor.load("model/")
 
-A DataFrame holds the catalog columns (``gender``, ``productDisplayName``, ...) and, for the image modality, an
-``image_path`` column. Saved models are ``model.safetensors`` + JSON; nothing is pickled.
+``__init__`` stores its parameters as given; ``fit`` builds the typed configuration (``config_``, config.py) from
+them and sets the learned state (``*_`` attributes); the rest delegates: inputs.py (products -> network inputs),
+heads.py (the networks and their mixes), persistence.py (the model folder). A DataFrame holds the catalog's columns
+and, for the image modality, an ``image_path`` column.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,40 +22,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from safetensors.numpy import load_file as load_numpy
-from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import load_file, save_file
 
+from . import heads, inputs
 from .catalog import ID, TARGET, TITLE, catalog_from_frame
+from .config import (
+    DECODERS,
+    DEFAULT_BACKBONE,
+    DEFAULT_MIN_CLASS_SIZE,
+    MODALITIES,
+    ConfigError,
+    HeadConfig,
+    ModelConfig,
+    parse_modalities,
+)
 from .evaluation import evaluate_predictions, expected_calibration_error
-from .features import LabelEncoder, MetadataEncoder, TitleEncoder, clean_title
-from .missing import FieldBlanking, blanked_copies, without_modalities
+from .features import ClassIndex, MetadataEncoder, TitleEncoder, clean_title
+from .missing import without_modalities
 from .mixing import ExpertMix, fit_mix_weights
-from .model_files import FORMAT_VERSION, ModelLoadError, validate_model_folder
-from .models import FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, build_network, make_config
+from .model_files import ModelLoadError
 from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
 from .split import duplicate_groups
-from .taxonomy import DEFAULT_MIN_CLASS_SIZE, Taxonomy, level_metrics, level_probabilities, top_down
+from .taxonomy import Taxonomy, level_metrics, level_probabilities, top_down
 from .text_scores import TextScoreModel
-from .training import (
-    ModalityData,
-    TrainResult,
-    fit_temperature,
-    one_version_each,
-    predict_logits,
-    softmax,
-    train_network,
-)
+from .training import ModalityData, one_version_each, predict_logits, softmax
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("metadata", "title", "image")
+__all__ = ["DECODERS", "MODALITIES", "MODEL_KINDS", "ModelLoadError", "Predictor", "parse_modalities"]
+
 MODEL_KINDS: dict[str, tuple[str, ...]] = {
     "metadata": ("metadata",),
     "image": ("image",),
     "fusion": ("metadata", "title", "image"),
 }
-
 
 # What a refit keeps from the first pass (fitted with validation data): calibration, early stopping, its curve.
 _FIRST_PASS = (
@@ -74,41 +73,20 @@ _FIRST_PASS = (
     "train_seconds_",
 )
 
-DECODERS = ("path", "top_down")
-IMAGE_CLIP = 8.0  # standardised image features are clipped, so one odd image cannot blow up the head
-
-
-def image_scaling(train_embeddings: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std of training embeddings. Pooled ReLU6 features are often (almost) constant
-    on a small catalog; their std is floored at a tenth of the median std so they are not blown up."""
-    if len(train_embeddings) == 0:
-        return np.zeros(dim, np.float32), np.ones(dim, np.float32)
-    mean = train_embeddings.mean(axis=0)
-    std = train_embeddings.std(axis=0)
-    floor = max(float(np.median(std)) * 0.1, 1e-3)
-    return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32)
-
-
-def parse_modalities(text: str | Sequence[str]) -> tuple[str, ...]:
-    items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
-    unknown = [m for m in items if m not in MODALITIES]
-    if unknown or not items:
-        raise ValueError(f"Unknown modalities {unknown or items}. Choose from: {', '.join(MODALITIES)}")
-    return tuple(m for m in MODALITIES if m in items)  # canonical order
-
 
 class Predictor:
     """Categorize products from any subset of {metadata, title, image}.
 
-    Parameters:
+    Parameters (stored as given; ``fit`` checks them and builds ``config_``, a config.ModelConfig):
         modalities: the inputs, a subset of ``("metadata", "title", "image")`` (or "metadata,title").
-        preset: network settings, ``"regularized"`` (the model to use), ``"small"`` or ``"overfit"`` (models.PRESETS).
+        preset: network settings, ``"regularized"`` (the model to use), ``"small"`` or ``"overfit"`` (config.PRESETS).
+        head: fields of config.HeadConfig that replace the preset's (e.g. ``{"members": 1, "epochs": 20}``).
         seed: seed of the networks, the blanked copies and the out-of-fold SVMs.
         backbone: image backbone name (backbones.BACKBONES); weights: your own state-dict file for it (None: the
             packaged ImageNet weights); image_size: its input (height, width) (None: the backbone's default).
         augment_views: augmented views of each training image added as training rows.
         finetune_blocks, finetune_epochs: fine-tune the backbone's last blocks for that many epochs first (0: frozen).
-        text_scores: stack a linear SVM's class scores on title + metadata as a network input (text_scores.py).
+        stacking: feed a linear SVM's class scores on title + metadata to the network (text_scores.py).
         title_fallback: also train a network without the title, for products that have none.
         metadata_fallback: also train a network (and its title SVM and image expert, mixing.py) for products with a
             title and no attribute.
@@ -116,75 +94,49 @@ class Predictor:
         field_blanking: blanked training copies per product (missing.py); 0 turns them off.
         review_precision: ``needs_review`` marks predictions below the confidence at which validation products
             were right this often.
-        cache_dir: the embedding cache and the backbone's ONNX file (None: ~/.cache/deepfusion or
-            $DEEPFUSION_CACHE); progress: progress bars.
+        depth, min_class_size, decode: a label that is a category path (taxonomy.py): train on its first ``depth``
+            levels (None: all); a path with fewer training products than ``min_class_size`` backs off to its
+            parent; ``decode`` "path" predicts the most probable whole path, "top_down" the most probable node
+            level by level (a prediction-time choice: it may be changed after ``fit``). Every predicted path is one
+            of the training taxonomy's.
         schema: the roles of the DataFrame's columns (schema.CatalogSchema; None: ``fit``'s ``label`` and inference,
             or the fashion catalog's columns); the fitted one is ``schema_``, saved with the model.
         embedder: an ``embeddings.ImageEmbedder`` to embed with (e.g. one shared by several models, so they share
             its cache reads); None builds one from backbone, weights, image_size and cache_dir.
-        depth, min_class_size, decode: a label that is a category path (taxonomy.py): train on its first ``depth``
-            levels (None: all); a path with fewer training products than ``min_class_size`` backs off to its
-            parent; ``decode`` "path" predicts the most probable whole path, "top_down" the most probable node
-            level by level. Every predicted path is one of the training taxonomy's.
-        **head_overrides: fields of models.HeadConfig that replace the preset's (e.g. ``members=1``).
+        cache_dir: the embedding cache and the backbone's ONNX file (None: ~/.cache/deepfusion or
+            $DEEPFUSION_CACHE); progress: progress bars.
     """
 
     def __init__(
         self,
-        modalities: Sequence[str] = ("metadata",),
+        modalities: str | Sequence[str] = ("metadata",),
         *,
         preset: str = "regularized",
+        head: dict[str, Any] | None = None,
         seed: int = 42,
-        backbone: str = "efficientnet_lite0",
+        backbone: str = DEFAULT_BACKBONE,
         weights: str | Path | None = None,
         image_size: tuple[int, int] | None = None,
         augment_views: int = 0,
         finetune_blocks: int = 0,
         finetune_epochs: int = 3,
-        text_scores: bool = True,
+        stacking: bool = True,
         title_fallback: bool = True,
         metadata_fallback: bool = True,
         refit: bool = False,
         field_blanking: float = 0.5,
         review_precision: float = 0.98,
-        cache_dir: str | Path | None = None,
-        progress: bool = True,
-        embedder: Any | None = None,
-        schema: CatalogSchema | None = None,
         depth: int | None = None,
         min_class_size: int = DEFAULT_MIN_CLASS_SIZE,
         decode: str = "path",
-        **head_overrides: Any,
+        schema: CatalogSchema | None = None,
+        embedder: Any | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
     ) -> None:
-        self.modalities = parse_modalities(modalities)
-        self.schema = schema
-        if decode not in DECODERS:
-            raise ValueError(f"decode must be one of {', '.join(DECODERS)}, not {decode!r}")
-        if depth is not None and depth < 1:
-            raise ValueError(f"depth must be at least 1, not {depth}")
-        self.depth = depth
-        self.min_class_size = min_class_size
-        self.decode = decode
-        # Stacking (text_scores.py): a linear SVM's class scores on metadata + title as one more network input.
-        self.text_scores = text_scores and "title" in self.modalities
-        # A second network on the other modalities answers for products without a title (a network that always had
-        # the title leans on it; the fallback learns to do without).
-        self.fallback_modalities = tuple(m for m in self.modalities if m != "title")
-        self.title_fallback = title_fallback and "title" in self.modalities and bool(self.fallback_modalities)
-        # A third network for products that have a title but no attributes at all (a product whose attributes are
-        # not filled in yet): title (+ image) and a title-only SVM's scores. The main network then only has to
-        # cope with attributes missing one by one.
-        self.no_metadata_modalities = tuple(m for m in self.modalities if m != "metadata")
-        self.metadata_fallback = metadata_fallback and "metadata" in self.modalities and "title" in self.modalities
-        self.config = make_config(preset, **head_overrides)
-        # Refit: once validation has calibrated the model, train it again on train + validation for the full
-        # schedule (the calibration is kept), so the final model learns from every labelled product.
-        self.refit = refit
-        # Blanked copies (missing.py): this many copies per training product with metadata fields emptied, so the
-        # model has seen products whose attributes are partly or wholly missing, as new products arrive.
-        self.field_blanking = field_blanking
-        # needs_review: the confidence above which validation products were right at least this often.
-        self.review_precision = review_precision
+        self.modalities = modalities
+        self.preset = preset
+        self.head = head
         self.seed = seed
         self.backbone = backbone
         self.weights = weights
@@ -192,158 +144,56 @@ class Predictor:
         self.augment_views = augment_views
         self.finetune_blocks = finetune_blocks
         self.finetune_epochs = finetune_epochs
+        self.stacking = stacking
+        self.title_fallback = title_fallback
+        self.metadata_fallback = metadata_fallback
+        self.refit = refit
+        self.field_blanking = field_blanking
+        self.review_precision = review_precision
+        self.depth = depth
+        self.min_class_size = min_class_size
+        self.decode = decode
+        self.schema = schema
+        self.embedder = embedder
         self.cache_dir = cache_dir
         self.progress = progress
-        self.embedder = embedder
 
-    # ----------------------------------------------------------------- features
-    def _embedder(self):  # noqa: ANN202 - imported lazily: metadata-only use never loads the backbone
-        from .embeddings import ImageEmbedder
+    # ----------------------------------------------------------------- configuration
+    def model_config(self) -> ModelConfig:
+        """The typed configuration these parameters describe (a ConfigError, which is a ValueError, names a bad
+        one)."""
+        return ModelConfig.create(
+            self.modalities, preset=self.preset, head=self.head, backbone=self.backbone,
+            weights=None if self.weights is None else str(self.weights), image_size=self.image_size,
+            augment_views=self.augment_views, finetune_blocks=self.finetune_blocks,
+            finetune_epochs=self.finetune_epochs, depth=self.depth, min_class_size=self.min_class_size,
+            decode=self.decode, stacking=self.stacking, title_fallback=self.title_fallback,
+            metadata_fallback=self.metadata_fallback, refit=self.refit, field_blanking=self.field_blanking,
+            review_precision=self.review_precision, seed=self.seed,
+        )
 
-        if getattr(self, "_embedder_obj", None) is None:
-            # A given embedder is used until fine-tuning changes the backbone's weights.
-            if self.embedder is not None and not getattr(self, "finetuned_", False):
-                self._embedder_obj = self.embedder
-                return self._embedder_obj
-            self._embedder_obj = ImageEmbedder(
-                self.backbone,
-                weights=self._backbone_weights(),
-                image_size=self.image_size,
-                cache_dir=self.cache_dir,
-                progress=self.progress,
-            )
-        return self._embedder_obj
-
-    def image_embedder(self):  # noqa: ANN201 - embeddings.ImageEmbedder, imported lazily
-        """The ``ImageEmbedder`` this model embeds images with (its backbone, weights, input size and cache), e.g.
-        to fill the embedding cache ahead of ``fit`` (``distributed.embed_images_ray``)."""
-        return self._embedder()
-
-    def _backbone_weights(self) -> str | Path | None:
-        """The weights the backbone embeds with: fine-tuned by ``fit``, else the ones given (None: the stock
-        ImageNet weights)."""
-        return getattr(self, "finetuned_weights_", None) or self.weights
-
-    def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        emb, ok = self._embedder().embed(list(products["image_path"]), view=view)
-        return self._scale_image(emb), ok
-
-    def _scale_image(self, emb: np.ndarray) -> np.ndarray:
-        return np.clip((emb - self.image_mean_) / self.image_std_, -IMAGE_CLIP, IMAGE_CLIP).astype(np.float32)
-
-    @staticmethod
-    def _text_features(title: sp.csr_matrix, metadata: np.ndarray | None) -> sp.csr_matrix:
-        """What the stacked SVM reads: the title's TF-IDF and, when the model has it, the metadata encoding."""
-        parts = [title] if metadata is None else [title, sp.csr_matrix(metadata, dtype=np.float32)]
-        return sp.hstack(parts, format="csr", dtype=np.float32)
-
-    def _encode(
-        self,
-        products: pd.DataFrame,
-        image: tuple[np.ndarray, np.ndarray] | None = None,
-        absent: Sequence[str] = (),
-        text_scores: Callable[[sp.csr_matrix], np.ndarray] | None = None,
-    ) -> ModalityData:
-        """Model inputs for ``products``; the fields of modalities named in ``absent`` are emptied first, so a
-        withheld modality is exactly a product that arrives without it. ``text_scores`` maps the stacked SVM's
-        input features to its scores (default: the fitted SVM's scores; training passes the fit, which returns
-        out-of-fold ones)."""
-        if absent:
-            products = without_modalities(products, absent, self.metadata_fields)
-        features: dict[str, Any] = {}
-        present: dict[str, np.ndarray] = {}
-        if "metadata" in self.modalities:
-            features["metadata"] = self.metadata_encoder_.transform(products)
-            attrs = products[list(self.metadata_fields)]
-            present["metadata"] = attrs.notna().any(axis=1).to_numpy()
-        if "title" in self.modalities:
-            features["title"] = self.title_encoder_.transform(products)
-            present["title"] = np.array([bool(clean_title(t)) for t in products[TITLE]])
-        if "image" in self.modalities:
-            if "image" in absent:
-                emb, ok = np.zeros((len(products), self.image_mean_.shape[0])), np.zeros(len(products), bool)
-            else:
-                emb, ok = image if image is not None else self._image_features(products)
-            features["image"] = emb.astype(np.float32)
-            present["image"] = ok
-        follows = {}
-        if self.text_scores:
-            score = text_scores or self.text_model_.scores
-            features["text_scores"] = score(self._text_features(features["title"], features.get("metadata")))
-            present["text_scores"] = present["title"].copy()  # without a title the scores are not trusted
-            follows["text_scores"] = "title"
-        return ModalityData(features, present, follows)
-
-    # ----------------------------------------------------------------- fit
-    def fit(
-        self,
-        train: pd.DataFrame,
-        val: pd.DataFrame | None = None,
+    @classmethod
+    def from_config(
+        cls,
+        config: ModelConfig,
         *,
-        label: str | None = None,
-        image_column: str | None = None,
+        schema: CatalogSchema | None = None,
+        embedder: Any | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
     ) -> Predictor:
-        """Fit encoders on ``train`` only, train the network (early stopping on ``val``), calibrate on ``val``.
-        ``label``: the column to learn (the other columns' roles are inferred, schema.infer_schema, unless the
-        Predictor was given a ``schema``). With ``refit=True`` the encoders and networks are then fitted again on
-        ``train`` + ``val`` for the configuration's full number of epochs, keeping the temperatures calibrated on
-        ``val``."""
-        self.schema_ = self._fit_schema(train, label)
-        if "metadata" in self.modalities and not self.schema_.metadata:
-            raise ValueError(
-                "The model reads metadata, but the catalog schema has no categorical or numeric column. Name them "
-                "(--categorical / --numeric) or train without metadata (--modalities title,image)."
-            )
-        train = catalog_from_frame(train, schema=self.schema_, require_target=True, image_column=image_column)
-        train = train[train[TARGET].notna()].reset_index(drop=True)
-        val = (
-            catalog_from_frame(val, schema=self.schema_, require_target=True, image_column=image_column)
-            if val is not None
-            else None
+        """A Predictor whose parameters are ``config``'s (its ``model_config()`` equals ``config``)."""
+        image, tree = config.image, config.tree
+        head = {k: v for k, v in config.head.to_json().items() if k != "preset"}
+        return cls(
+            config.modalities, preset=config.head.preset, head=head, seed=config.seed,
+            backbone=image.backbone, weights=image.weights, image_size=image.size, augment_views=image.views,
+            finetune_blocks=image.finetune_blocks, finetune_epochs=image.finetune_epochs, stacking=config.stacking,
+            title_fallback=config.title_fallback, metadata_fallback=config.metadata_fallback, refit=config.refit,
+            field_blanking=config.field_blanking, review_precision=config.review_precision, depth=tree.depth,
+            min_class_size=tree.min_class_size, decode=tree.decode, schema=schema, embedder=embedder,
+            cache_dir=cache_dir, progress=progress,
         )
-        # The classes are the taxonomy's paths (truncated to depth, rare ones backed off to their parent): a flat
-        # label is a one-level taxonomy and stays as it was.
-        self.taxonomy_ = Taxonomy.fit(
-            list(train[TARGET]),
-            columns=self.schema_.levels,
-            label_sep=self.schema_.label_sep,
-            depth=self.depth,
-            min_count=self.min_class_size,
-        )
-        if self.taxonomy_.is_tree:
-            train = train.assign(**{TARGET: self.taxonomy_.to_known(train[TARGET])})
-            train = train[train[TARGET].notna()].reset_index(drop=True)
-            if val is not None:
-                val = val.assign(**{TARGET: self.taxonomy_.to_known(val[TARGET])})
-                val = val[val[TARGET].notna()].reset_index(drop=True)
-        val = self._fit_pass(train, val, self.config, finetune=self.finetune_blocks > 0)
-        self.review_threshold_ = self._review_threshold(val)
-        self.refit_: dict[str, Any] | None = None
-        if self.refit and val is not None and len(val):
-            # Calibration, early stopping and the validation curve belong to the first pass: the refit has no
-            # validation data, so they are kept.
-            kept = {name: getattr(self, name) for name in _FIRST_PASS if hasattr(self, name)}
-            full = pd.concat([train, val], ignore_index=True)
-            cfg = replace(self.config, patience=None)
-            log.info("refit on train + validation (%d products, %d epochs)", len(full), cfg.epochs)
-            self._fit_pass(full, None, cfg, finetune=False)
-            self.refit_ = {"products": len(full), "epochs": cfg.epochs, "train_seconds": self.train_seconds_}
-            self.train_seconds_ += kept.pop("train_seconds_")
-            self.__dict__.update(kept)
-            self._build_main_mix()
-            if self.metadata_fallback:
-                self._build_no_metadata_mix()
-        return self
-
-    def _fit_schema(self, train: pd.DataFrame, label: str | None) -> CatalogSchema:
-        if self.schema is not None:
-            return self.schema if label is None else self.schema.with_roles(label=label)
-        if label is None:
-            return FASHION
-        try:
-            return resolve_schema(train, label=label)
-        except SchemaError as exc:
-            raise ValueError(str(exc)) from None
 
     @property
     def metadata_fields(self) -> tuple[str, ...]:
@@ -356,66 +206,235 @@ class Predictor:
     def _schema(self) -> CatalogSchema:
         return getattr(self, "schema_", None) or self.schema or FASHION
 
+    # ----------------------------------------------------------------- images
+    def image_embedder(self):  # noqa: ANN201 - embeddings.ImageEmbedder, imported lazily
+        """The ``ImageEmbedder`` this model embeds images with (its backbone, weights, input size and cache), e.g.
+        to fill the embedding cache ahead of ``fit`` (``distributed.embed_images_ray``)."""
+        from .embeddings import ImageEmbedder
+
+        if getattr(self, "_embedder_obj", None) is None:
+            # A given embedder is used until fine-tuning changes the backbone's weights.
+            if self.embedder is not None and not getattr(self, "finetuned_weights_", None):
+                self._embedder_obj = self.embedder
+                return self._embedder_obj
+            self._embedder_obj = ImageEmbedder(
+                self.backbone,
+                weights=self.backbone_weights(),
+                image_size=self.image_size,
+                cache_dir=self.cache_dir,
+                progress=self.progress,
+            )
+        return self._embedder_obj
+
+    def backbone_weights(self) -> str | Path | None:
+        """The weights the backbone embeds with: fine-tuned by ``fit``, else the ones given (None: the stock
+        ImageNet weights)."""
+        return getattr(self, "finetuned_weights_", None) or self.weights
+
+    def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        emb, ok = self.image_embedder().embed(list(products["image_path"]), view=view)
+        return inputs.scale_image(emb, self.image_mean_, self.image_std_), ok
+
+    # ----------------------------------------------------------------- products -> network inputs
+    def _encode(
+        self,
+        products: pd.DataFrame,
+        image: tuple[np.ndarray, np.ndarray] | None = None,
+        absent: Sequence[str] = (),
+        stacked_scores: Callable[[sp.csr_matrix], np.ndarray] | None = None,
+    ) -> ModalityData:
+        """Network inputs for ``products``; the fields of modalities named in ``absent`` are emptied first, so a
+        withheld modality is exactly a product that arrives without it. ``stacked_scores`` maps the stacked SVM's
+        input features to its scores (default: the fitted SVM's; training passes out-of-fold ones)."""
+        mods = self.config_.modalities
+        if absent:
+            products = without_modalities(products, absent, self.metadata_fields)
+        features: dict[str, Any] = {}
+        present: dict[str, np.ndarray] = {}
+        if "metadata" in mods:
+            features["metadata"] = self.metadata_encoder_.transform(products)
+            present["metadata"] = products[list(self.metadata_fields)].notna().any(axis=1).to_numpy()
+        if "title" in mods:
+            features["title"] = self.title_encoder_.transform(products)
+            present["title"] = np.array([bool(clean_title(t)) for t in products[TITLE]])
+        if "image" in mods:
+            if "image" in absent:
+                emb, ok = np.zeros((len(products), self.image_mean_.shape[0])), np.zeros(len(products), bool)
+            else:
+                emb, ok = image if image is not None else self._image_features(products)
+            features["image"] = emb.astype(np.float32)
+            present["image"] = ok
+        follows = {}
+        if self.config_.uses_stacking:
+            score = stacked_scores or self.text_model_.scores
+            features["text_scores"] = score(inputs.stacking_features(features["title"], features.get("metadata")))
+            present["text_scores"] = present["title"].copy()  # without a title the scores are not trusted
+            follows["text_scores"] = "title"
+        return ModalityData(features, present, follows)
+
+    def _no_metadata_inputs(
+        self, data: ModalityData, rows: np.ndarray, scores: np.ndarray | None = None
+    ) -> ModalityData:
+        """The no-metadata network's inputs for ``rows`` of ``data``, with the title-only SVM's ``scores``
+        (default: the fitted SVM's on those rows' titles)."""
+        if scores is None:
+            scores = self.title_text_model_.scores(data.features["title"][rows])
+        return inputs.no_metadata_view(data, rows, self.config_.no_metadata_modalities, scores)
+
+    def _with_blanked_copies(self, products: pd.DataFrame, seed: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+        cfg = self.config_
+        return inputs.with_blanked_copies(
+            products,
+            share=cfg.field_blanking if "metadata" in cfg.modalities else 0.0,
+            fields=self.metadata_fields,
+            seed=cfg.seed if seed is None else seed,
+            # Products without any attribute go to the no-metadata network when the model has one.
+            allow_all=len(cfg.modalities) > 1 and not cfg.uses_metadata_fallback,
+        )
+
+    def _fallback_inputs(self, data: ModalityData, products: pd.DataFrame) -> ModalityData:
+        """The no-title network's inputs for ``data`` (encoded from ``products``, possibly tiled for augmented
+        views): everything but the title, with the metadata encoded as if the title were missing (name_length
+        imputed, not the true count), as it is at prediction time."""
+        out = inputs.without_title(data)
+        if "metadata" in out.features:
+            untitled = self.metadata_encoder_.transform(products.assign(**{TITLE: None}))
+            out.features["metadata"] = np.tile(untitled, (len(data) // len(products), 1))
+        return out
+
+    # ----------------------------------------------------------------- fit
+    def fit(
+        self,
+        train: pd.DataFrame,
+        val: pd.DataFrame | None = None,
+        *,
+        label: str | None = None,
+        image_column: str | None = None,
+    ) -> Predictor:
+        """Fit encoders on ``train`` only, train the networks (early stopping on ``val``), calibrate on ``val``.
+        ``label``: the column to learn (the other columns' roles are inferred, schema.infer_schema, unless the
+        Predictor was given a ``schema``). With ``refit`` the encoders and networks are then fitted again on
+        ``train`` + ``val`` for the configuration's full number of epochs, keeping the temperatures calibrated on
+        ``val``."""
+        self.config_ = self.model_config()
+        self._embedder_obj = None
+        self.finetuned_weights_ = None
+        self.schema_ = self._fit_schema(train, label)
+        if "metadata" in self.config_.modalities and not self.schema_.metadata:
+            raise ValueError(
+                "The model reads metadata, but the catalog schema has no categorical or numeric column. Name them "
+                "(--categorical / --numeric) or train without metadata (--modalities title,image)."
+            )
+        train, val = self._fit_taxonomy(*self._as_catalog(train, val, image_column))
+        cfg = self.config_
+        val = self._fit_pass(train, val, cfg.head, finetune=cfg.image.finetune_blocks > 0)
+        self.review_threshold_ = self._review_threshold(val)
+        self.refit_: dict[str, Any] | None = None
+        if cfg.refit and val is not None and len(val):
+            # Calibration, early stopping and the validation curve belong to the first pass: the refit has no
+            # validation data, so they are kept.
+            kept = {name: getattr(self, name) for name in _FIRST_PASS if hasattr(self, name)}
+            full = pd.concat([train, val], ignore_index=True)
+            head = replace(cfg.head, patience=None)
+            log.info("refit on train + validation (%d products, %d epochs)", len(full), head.epochs)
+            self._fit_pass(full, None, head, finetune=False)
+            self.refit_ = {"products": len(full), "epochs": head.epochs, "train_seconds": self.train_seconds_}
+            self.train_seconds_ += kept.pop("train_seconds_")
+            self.__dict__.update(kept)
+        self._build_mixes()
+        return self
+
+    def _as_catalog(
+        self, train: pd.DataFrame, val: pd.DataFrame | None, image_column: str | None
+    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        train = catalog_from_frame(train, schema=self.schema_, require_target=True, image_column=image_column)
+        train = train[train[TARGET].notna()].reset_index(drop=True)
+        if val is not None:
+            val = catalog_from_frame(val, schema=self.schema_, require_target=True, image_column=image_column)
+        return train, val
+
+    def _fit_taxonomy(
+        self, train: pd.DataFrame, val: pd.DataFrame | None
+    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """The classes are the taxonomy's paths (truncated to depth, rare ones backed off to their parent): a flat
+        label is a one-level taxonomy and stays as it was."""
+        tree = self.config_.tree
+        self.taxonomy_ = Taxonomy.fit(
+            list(train[TARGET]), columns=self.schema_.levels, label_sep=self.schema_.label_sep, depth=tree.depth,
+            min_count=tree.min_class_size,
+        )
+        if not self.taxonomy_.is_tree:
+            return train, val
+        parts = []
+        for part in (train, val):
+            if part is not None:
+                part = part.assign(**{TARGET: self.taxonomy_.to_known(part[TARGET])})
+                part = part[part[TARGET].notna()].reset_index(drop=True)
+            parts.append(part)
+        return parts[0], parts[1]
+
+    def _fit_schema(self, train: pd.DataFrame, label: str | None) -> CatalogSchema:
+        if self.schema is not None:
+            return self.schema if label is None else self.schema.with_roles(label=label)
+        if label is None:
+            return FASHION
+        try:
+            return resolve_schema(train, label=label)
+        except SchemaError as exc:
+            raise ValueError(str(exc)) from None
+
     def _review_threshold(self, val: pd.DataFrame | None) -> float:
         """The lowest confidence t such that validation products predicted with confidence >= t are right at
         least ``review_precision`` of the time; predictions below it need a person's review. Without validation
         data every prediction needs review (t = 1)."""
         if val is None or not len(val):
             return 1.0
+        self._build_mixes()
         proba, _ = self._proba(val)
         confidence = proba.max(axis=1)
         right = self.labels_.inverse_transform(proba.argmax(axis=1)) == val[TARGET].to_numpy()
         order = np.argsort(-confidence, kind="stable")
         precision = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
-        ok = np.flatnonzero(precision >= self.review_precision)
+        ok = np.flatnonzero(precision >= self.config_.review_precision)
         return float(confidence[order][ok[-1]]) if len(ok) else 1.0
 
-    def _fit_pass(
-        self, train: pd.DataFrame, val: pd.DataFrame | None, cfg: HeadConfig, *, finetune: bool
-    ) -> pd.DataFrame | None:
-        """Fit every encoder and network on ``train`` (early stopping and calibration on ``val``, if given).
-        Returns the validation rows used: those whose class occurs in ``train``."""
-        self.labels_ = LabelEncoder().fit(train[TARGET])
+    def _fit_encoders(self, train: pd.DataFrame) -> None:
+        mods = self.config_.modalities
+        self.labels_ = ClassIndex().fit(train[TARGET])
         self.train_counts_ = {str(k): int(v) for k, v in train[TARGET].value_counts().items()}
-        if "metadata" in self.modalities:
+        if "metadata" in mods:
             schema = self._schema()
             self.metadata_encoder_ = MetadataEncoder(
                 list(schema.categorical), list(schema.numeric), title_length=schema.is_fashion
             ).fit(train)
-        if "title" in self.modalities:
+        if "title" in mods:
             self.title_encoder_ = TitleEncoder().fit(train)
-        train_image = None
-        if "image" in self.modalities and finetune:
+
+    def _fit_pass(
+        self, train: pd.DataFrame, val: pd.DataFrame | None, head: HeadConfig, *, finetune: bool
+    ) -> pd.DataFrame | None:
+        """Fit every encoder and network on ``train`` (early stopping and calibration on ``val``, if given).
+        Returns the validation rows used: those whose class occurs in ``train``."""
+        cfg = self.config_
+        self._fit_encoders(train)
+        if "image" in cfg.modalities and finetune:
             self._finetune(train)
         # Encoders and image scaling are fitted on the products as they are; the blanked copies only add rows.
         source, products = self._with_blanked_copies(train)
-        if "image" in self.modalities:
-            raw, ok = self._embedder().embed(list(train["image_path"]))
-            self.image_mean_, self.image_std_ = image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
-            train_image = (self._scale_image(raw)[source], ok[source])
+        train_image = None
+        if "image" in cfg.modalities:
+            raw, ok = self.image_embedder().embed(list(train["image_path"]))
+            self.image_mean_, self.image_std_ = inputs.image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
+            train_image = (inputs.scale_image(raw, self.image_mean_, self.image_std_)[source], ok[source])
             del raw  # the scaled copy is what training reads; the raw vectors would only add to the peak
         y_train = self.labels_.transform(products[TARGET])
         n_classes = len(self.labels_.classes_)
-        fit_text_scores = None
-        if self.text_scores:
-            self.text_model_ = TextScoreModel(seed=self.seed)
-            groups = duplicate_groups(train)[source]  # a copy stays in its product's fold
-            # The SVMs learn from one version of each product (itself or a blanked copy), so they see missing
-            # fields without fitting on more rows; every version is scored out-of-fold.
-            fit_rows = np.zeros(len(source), dtype=bool)
-            fit_rows[one_version_each(np.random.default_rng(self.seed), source)] = True
+        train_data = self._encode(products, train_image, stacked_scores=self._stacking_fit(train, source, y_train))
+        if "image" in cfg.modalities and cfg.image.views > 0:
+            views = [self._image_features(train, view=v) for v in range(1, cfg.image.views + 1)]
+            train_data, y_train = inputs.with_augmented_views(train_data, y_train, source, len(train), views)
 
-            def fit_text_scores(features: sp.csr_matrix) -> np.ndarray:
-                return self.text_model_.fit(
-                    features, y_train, n_classes, groups=groups, fit_rows=fit_rows, progress=self.progress
-                )
-
-        train_data = self._encode(products, train_image, text_scores=fit_text_scores)
-        if "image" in self.modalities and self.augment_views > 0:
-            train_data, y_train = self._with_augmented_views(train, source, train_data, y_train)
-
-        val_data = y_val = None
-        val_products = None
+        val_data = y_val = val_products = None
         if val is not None and len(val):
             y_all = self.labels_.transform(val[TARGET])
             known = y_all >= 0
@@ -426,78 +445,66 @@ class Predictor:
                 )
             val = val[known].reset_index(drop=True)
             # Validation gets blanked copies too: early stopping and calibration then serve partial products.
-            val_source, val_products = self._with_blanked_copies(val, seed=self.seed + 1)
+            val_source, val_products = self._with_blanked_copies(val, seed=cfg.seed + 1)
             y_val = y_all[known][val_source]
             val_data = self._encode(val_products)
 
         result, self.temperature_ = self._train_head(
-            train_data, y_train, val_data, y_val, n_classes, "+".join(self.modalities), cfg
+            train_data, y_train, val_data, y_val, n_classes, "+".join(cfg.modalities), head
         )
         self.net_ = result.net
-        if self.text_scores and val_data is not None and y_val is not None and len(y_val):
-            self._fit_main_mix(val_data, y_val)
+        if cfg.uses_stacking and val_data is not None and y_val is not None and len(y_val):
+            self.main_mix_weights_ = heads.fit_main_mix(self.net_, self.temperature_, val_data, y_val)
         elif not hasattr(self, "main_mix_weights_"):  # a refit keeps the first pass's weights
-            self.main_mix_weights_ = _network_alone(self.temperature_)
-        self._build_main_mix()
+            self.main_mix_weights_ = heads.network_alone(self.temperature_)
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
-        self.member_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
+        self.member_best_epochs_ = heads.best_epochs(result)
         self.train_seconds_ = result.seconds
-        if self.metadata_fallback:
-            self._fit_no_metadata(train, train_data, y_train, val, val_data, y_val, n_classes, cfg)
-            if "image" in self.modalities:
-                self._fit_image_expert(len(train), train_data, y_train, len(val) if val is not None else 0,
-                                       val_data, y_val, n_classes, cfg)
-            if val is not None and len(val):
-                self._fit_no_metadata_mix(val)
-            elif not hasattr(self, "no_metadata_mix_weights_"):
-                self.no_metadata_mix_weights_ = _network_alone(self.no_metadata_temperature_)
-            self._build_no_metadata_mix()
-        if self.title_fallback:
+        if cfg.uses_metadata_fallback:
+            self._fit_no_metadata(train, train_data, y_train, val, val_data, y_val, n_classes, head)
+        if cfg.uses_title_fallback:
             fallback, self.fallback_temperature_ = self._train_head(
                 self._fallback_inputs(train_data, products),
                 y_train,
                 self._fallback_inputs(val_data, val_products) if val_data is not None else None,
                 y_val,
                 n_classes,
-                f"the no-title fallback ({'+'.join(self.fallback_modalities)})",
-                cfg,
+                f"the no-title fallback ({'+'.join(cfg.fallback_modalities)})",
+                head,
             )
             self.fallback_net_ = fallback.net
-            self.fallback_best_epochs_ = [m.best_epoch for m in fallback.members] or [fallback.best_epoch]
+            self.fallback_best_epochs_ = heads.best_epochs(fallback)
             self.train_seconds_ += fallback.seconds
         return val
 
-    def _train_head(
-        self,
-        train_data: ModalityData,
-        y_train: np.ndarray,
-        val_data: ModalityData | None,
-        y_val: np.ndarray | None,
-        n_classes: int,
-        what: str,
-        cfg: HeadConfig,
-    ) -> tuple[TrainResult, float]:
-        """Train a network (early stopping on validation) and its calibration temperature (1.0 without validation
-        data, or when calibration fails, as it can on a tiny validation set)."""
-        result = train_network(
-            train_data, y_train, val_data, y_val, n_classes, cfg, seed=self.seed, progress=self.progress
-        )
-        temperature = 1.0
-        if val_data is not None and y_val is not None and len(y_val):
-            temperature = fit_temperature(predict_logits(result.net, val_data), y_val)
-            if not np.isfinite(temperature):
-                log.warning("%s: temperature calibration failed; using uncalibrated probabilities", what)
-                temperature = 1.0
-        best = [m.best_epoch for m in result.members] or [result.best_epoch]
-        log.info(
-            "trained %s in %.1fs (best epoch of each network: %s; temperature %.3f)",
-            what,
-            result.seconds,
-            ", ".join(map(str, best)),
-            temperature,
-        )
-        return result, temperature
+    def _stacking_fit(
+        self, train: pd.DataFrame, source: np.ndarray, y_train: np.ndarray
+    ) -> Callable[[sp.csr_matrix], np.ndarray] | None:
+        """What ``_encode`` scores the training rows with: the stacked SVM fitted on them, scoring each row
+        out-of-fold (None when the model does not stack)."""
+        if not self.config_.uses_stacking:
+            return None
+        seed = self.config_.seed
+        groups = duplicate_groups(train)[source]  # a copy stays in its product's fold
+        # The SVMs learn from one version of each product (itself or a blanked copy), so they see missing
+        # fields without fitting on more rows; every version is scored out-of-fold.
+        fit_rows = np.zeros(len(source), dtype=bool)
+        fit_rows[one_version_each(np.random.default_rng(seed), source)] = True
+        n_classes = len(self.labels_.classes_)
+
+        def out_of_fold(features: sp.csr_matrix) -> np.ndarray:
+            self.text_model_ = TextScoreModel(seed=seed).fit(
+                features, y_train, n_classes, groups=groups, fit_rows=fit_rows, progress=self.progress
+            )
+            return self.text_model_.oof_scores_
+
+        return out_of_fold
+
+    def _train_head(self, train_data: ModalityData, y_train: np.ndarray, val_data: ModalityData | None,
+                    y_val: np.ndarray | None, n_classes: int, what: str, head: HeadConfig) -> tuple[Any, float]:
+        return heads.train_head(train_data, y_train, val_data, y_val, n_classes, what, head,
+                                seed=self.config_.seed, progress=self.progress)
 
     def _fit_no_metadata(
         self,
@@ -508,89 +515,66 @@ class Predictor:
         val_data: ModalityData | None,
         y_val: np.ndarray | None,
         n_classes: int,
-        cfg: HeadConfig,
+        head: HeadConfig,
     ) -> None:
-        """Train the network for products without attributes on the training products as they are (the first
-        ``len(train)`` rows: no blanked copies), with a title-only SVM's out-of-fold scores."""
+        """The network for products without attributes, trained on the training products as they are (the first
+        ``len(train)`` rows: no blanked copies) with a title-only SVM's out-of-fold scores; with images, also the
+        image expert; then their mix, chosen on validation."""
         rows = np.arange(len(train))
-        self.title_text_model_ = TextScoreModel(seed=self.seed)
-        scores = self.title_text_model_.fit(
+        self.title_text_model_ = TextScoreModel(seed=self.config_.seed).fit(
             train_data.features["title"][rows], y_train[rows], n_classes, groups=duplicate_groups(train),
             progress=self.progress,
         )
-        val_inputs = None
-        if val_data is not None and val is not None:
-            val_rows = np.arange(len(val))
-            val_inputs = self._no_metadata_inputs(val_data, val_rows)
+        val_inputs = self._no_metadata_inputs(val_data, np.arange(len(val))) if val_data is not None else None
         result, self.no_metadata_temperature_ = self._train_head(
-            self._no_metadata_inputs(train_data, rows, scores),
+            self._no_metadata_inputs(train_data, rows, self.title_text_model_.oof_scores_),
             y_train[rows],
             val_inputs,
-            y_val[: len(val)] if val_inputs is not None else None,
+            y_val[: len(val)] if val_inputs is not None and val is not None and y_val is not None else None,
             n_classes,
-            f"the no-metadata network ({'+'.join(self.no_metadata_modalities)})",
-            cfg,
+            f"the no-metadata network ({'+'.join(self.config_.no_metadata_modalities)})",
+            head,
         )
         self.no_metadata_net_ = result.net
-        self.no_metadata_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
+        self.no_metadata_best_epochs_ = heads.best_epochs(result)
         self.train_seconds_ += result.seconds
+        if "image" in self.config_.modalities:
+            self._fit_image_expert(len(train), train_data, y_train, len(val) if val is not None else 0,
+                                   val_data, y_val, n_classes, head)
+        if val is not None and len(val):
+            self._fit_no_metadata_mix(val)
+        elif not hasattr(self, "no_metadata_mix_weights_"):
+            self.no_metadata_mix_weights_ = heads.network_alone(self.no_metadata_temperature_)
 
-    def _fit_image_expert(
-        self,
-        n_train: int,
-        train_data: ModalityData,
-        y_train: np.ndarray,
-        n_val: int,
-        val_data: ModalityData | None,
-        y_val: np.ndarray | None,
-        n_classes: int,
-        cfg: HeadConfig,
-    ) -> None:
-        """An image-only network, one of the experts mixed into the no-metadata network's answer (mixing.py),
-        trained on the training products that have an image (no blanked copies: they share the image)."""
-
-        def image_only(data: ModalityData, n: int) -> tuple[ModalityData, np.ndarray]:
-            rows = np.flatnonzero(data.present["image"][:n])
-            return ModalityData({"image": data.features["image"][rows]}, {"image": data.present["image"][rows]}), rows
-
-        train_inputs, rows = image_only(train_data, n_train)
+    def _fit_image_expert(self, n_train: int, train_data: ModalityData, y_train: np.ndarray, n_val: int,
+                          val_data: ModalityData | None, y_val: np.ndarray | None, n_classes: int,
+                          head: HeadConfig) -> None:
+        """The image-only expert of the no-metadata mix, trained on the training products that have an image (no
+        blanked copies: they share the image)."""
+        train_inputs, rows = inputs.image_only(train_data, n_train)
         val_inputs = y = None
         if val_data is not None and y_val is not None and n_val:
-            val_inputs, val_rows = image_only(val_data, n_val)
+            val_inputs, val_rows = inputs.image_only(val_data, n_val)
             y = y_val[val_rows]
         result, self.image_expert_temperature_ = self._train_head(
-            train_inputs, y_train[rows], val_inputs, y, n_classes, "the image expert (image only)", cfg
+            train_inputs, y_train[rows], val_inputs, y, n_classes, "the image expert (image only)", head
         )
         self.image_expert_ = result.net
-        self.image_expert_best_epochs_ = [m.best_epoch for m in result.members] or [result.best_epoch]
+        self.image_expert_best_epochs_ = heads.best_epochs(result)
         self.train_seconds_ += result.seconds
-
-    def _fit_main_mix(self, val_data: ModalityData, y_val: np.ndarray) -> None:
-        """The main network's mix with the stacked SVM's scores (mixing.py), chosen on the validation products
-        (and their blanked copies). Where the SVM reads a catalog's text better than the network, validation says
-        so and the answer leans on it; where not, the network stays alone (ties go to it)."""
-        has_image = val_data.present.get("image", np.zeros(len(y_val), dtype=bool))
-        self.main_mix_weights_ = fit_mix_weights(
-            predict_logits(self.net_, val_data), self.temperature_, val_data.features["text_scores"], None, 1.0,
-            np.asarray(has_image, dtype=bool), y_val, "main mix",
-        )
-
-    def _build_main_mix(self) -> None:
-        self.main_mix_ = ExpertMix(self.net_, None, self.main_mix_weights_)
 
     def _fit_no_metadata_mix(self, val: pd.DataFrame) -> None:
         """The no-metadata network's mix weights (mixing.py), chosen on the validation products as they would
         arrive without attributes: with their image, and once more without it (title only)."""
         titled = val[[bool(clean_title(t)) for t in val[TITLE]]].reset_index(drop=True)
         y = self.labels_.transform(titled[TARGET])
+        has_image = "image" in self.config_.modalities
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] = []
-        cases = [("metadata",), ("metadata", "image")] if "image" in self.modalities else [("metadata",)]
-        for absent in cases:
-            data = self._encode(titled, absent=absent)
-            inputs = self._no_metadata_inputs(data, np.arange(len(titled)))
-            image = predict_logits(self.image_expert_, inputs) if "image" in self.modalities else None
-            has = inputs.present["image"] if "image" in inputs.present else np.zeros(len(titled), dtype=bool)
-            parts.append((predict_logits(self.no_metadata_net_, inputs), inputs.features["text_scores"], image, has))
+        for absent in [("metadata",), ("metadata", "image")] if has_image else [("metadata",)]:
+            data = self._no_metadata_inputs(self._encode(titled, absent=absent), np.arange(len(titled)))
+            image = predict_logits(self.image_expert_, data) if has_image else None
+            has = data.present["image"] if "image" in data.present else np.zeros(len(titled), dtype=bool)
+            parts.append((predict_logits(self.no_metadata_net_, data), data.features["text_scores"], image, has))
         net, text, image, has = (np.concatenate([p[i] for p in parts]) if parts[0][i] is not None else None
                                  for i in range(4))
         self.no_metadata_mix_weights_ = fit_mix_weights(
@@ -598,53 +582,13 @@ class Predictor:
             has, np.tile(y, len(parts)), "no-metadata mix",
         )
 
-    def _build_no_metadata_mix(self) -> None:
-        self.no_metadata_mix_ = ExpertMix(
-            self.no_metadata_net_, getattr(self, "image_expert_", None), self.no_metadata_mix_weights_
-        ).eval()
-
-    def _no_metadata_inputs(
-        self, data: ModalityData, rows: np.ndarray, scores: np.ndarray | None = None
-    ) -> ModalityData:
-        """The no-metadata network's inputs for ``rows`` of ``data``: the title, the image if the model has one,
-        and the title-only SVM's scores (``scores``; default: the fitted SVM's)."""
-        names = [m for m in self.no_metadata_modalities if m in data.features]
-        # The first rows in order (training: the products before their blanked copies) are a slice: views of the
-        # image features instead of a copy of them.
-        pick: np.ndarray | slice = slice(0, len(rows)) if np.array_equal(rows, np.arange(len(rows))) else rows
-        features = {m: data.features[m][pick] for m in names}
-        present = {m: data.present[m][pick] for m in names}
-        features["text_scores"] = scores if scores is not None else self.title_text_model_.scores(features["title"])
-        present["text_scores"] = present["title"].copy()
-        return ModalityData(features, present, {"text_scores": "title"})
-
-    def _with_blanked_copies(self, products: pd.DataFrame, seed: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
-        """``products`` followed by their blanked copies, and for every row the position of the product it is."""
-        rows = np.zeros(0, dtype=np.int64)
-        copies = products.iloc[:0]
-        if "metadata" in self.modalities and self.field_blanking > 0:
-            blanking = FieldBlanking(share=self.field_blanking)
-            # Products without any attribute go to the no-metadata network when the model has one.
-            allow_all = len(self.modalities) > 1 and not self.metadata_fallback
-            rows, copies = blanked_copies(
-                products,
-                blanking,
-                self.seed if seed is None else seed,
-                allow_all=allow_all,
-                fields=self.metadata_fields,
-            )
-        source = np.concatenate([np.arange(len(products)), rows])
-        return source, pd.concat([products, copies], ignore_index=True)
-
-    def _fallback_inputs(self, data: ModalityData, products: pd.DataFrame) -> ModalityData:
-        """The no-title network's inputs for ``data`` (encoded from ``products``, possibly tiled for augmented
-        views): everything but the title, with the metadata encoded as if the title were missing (name_length
-        imputed, not the true count), as it is at prediction time."""
-        inputs = _without_title(data)
-        if "metadata" in inputs.features:
-            untitled = self.metadata_encoder_.transform(products.assign(**{TITLE: None}))
-            inputs.features["metadata"] = np.tile(untitled, (len(data) // len(products), 1))
-        return inputs
+    def _build_mixes(self) -> None:
+        """The torch modules that compute the mixed answers (mixing.ExpertMix), from the networks and weights."""
+        self.main_mix_ = ExpertMix(self.net_, None, self.main_mix_weights_)
+        if self.config_.uses_metadata_fallback:
+            self.no_metadata_mix_ = ExpertMix(
+                self.no_metadata_net_, getattr(self, "image_expert_", None), self.no_metadata_mix_weights_
+            ).eval()
 
     def _finetune(self, train: pd.DataFrame) -> None:
         """Fine-tune the backbone's last blocks on the training images; later steps embed with those weights."""
@@ -653,6 +597,7 @@ class Predictor:
         from .backbones import default_cache_dir
         from .finetune import finetune_backbone
 
+        image = self.config_.image
         has_image = train["image_path"].notna().to_numpy()
         folder = Path(self.cache_dir or default_cache_dir()) / "finetuned"
         folder.mkdir(parents=True, exist_ok=True)
@@ -660,39 +605,18 @@ class Predictor:
         os.close(fd)  # finetune_backbone writes the file by name
         # Always tuned from the weights given, so a second fit does not tune an already tuned backbone.
         self.finetuned_weights_ = finetune_backbone(
-            self.backbone,
+            image.backbone,
             list(train.loc[has_image, "image_path"]),
             self.labels_.transform(train.loc[has_image, TARGET]),
             Path(name),
             weights=self.weights,
-            image_size=self.image_size,
-            blocks=self.finetune_blocks,
-            epochs=self.finetune_epochs,
-            seed=self.seed,
+            image_size=image.size,
+            blocks=image.finetune_blocks,
+            epochs=image.finetune_epochs,
+            seed=self.config_.seed,
             progress=self.progress,
         )
         self._embedder_obj = None
-        self.finetuned_ = True
-
-    def _with_augmented_views(
-        self, train: pd.DataFrame, source: np.ndarray, data: ModalityData, y: np.ndarray
-    ) -> tuple[ModalityData, np.ndarray]:
-        """Add one extra copy of the training set per augmented image view (the backbone is frozen, so
-        augmentation happens on cached embeddings of augmented images); row i of ``data`` is ``train``'s
-        ``source[i]``."""
-        feats = {k: [v] for k, v in data.features.items()}
-        present = {k: [v] for k, v in data.present.items()}
-        for view in range(1, self.augment_views + 1):
-            emb, ok = self._image_features(train, view=view)
-            emb, ok = emb[source], ok[source]
-            for k in feats:
-                feats[k].append(emb.astype(np.float32) if k == "image" else data.features[k])
-                present[k].append(ok & data.present["image"] if k == "image" else data.present[k])
-        stacked = {k: sp.vstack(v, format="csr") if sp.issparse(v[0]) else np.concatenate(v) for k, v in feats.items()}
-        # Each view is a product of its own (as before blanked copies existed): the epoch grows by one set per view.
-        product = np.concatenate([source + view * len(train) for view in range(self.augment_views + 1)])
-        data = ModalityData(stacked, {k: np.concatenate(v) for k, v in present.items()}, data.follows, product)
-        return data, np.tile(y, self.augment_views + 1)
 
     # ----------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
@@ -724,28 +648,28 @@ class Predictor:
         image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Uncalibrated logits, the temperature that calibrates each row, and which modality each product had:
-        products without a title are scored by the fallback network when the model has one.
-        ``image_embeddings``: the backbone's (unscaled) embeddings of the products' images and which decoded, for
-        callers that embed images themselves (the service)."""
+        each product is answered by the network for the inputs it has (heads.py). ``image_embeddings``: the
+        backbone's (unscaled) embeddings of the products' images and which decoded, for callers that embed
+        images themselves (the service)."""
+        cfg = self.config_
         image = None
-        if image_embeddings is not None and "image" in self.modalities:
-            image = (self._scale_image(image_embeddings[0]), image_embeddings[1])
+        if image_embeddings is not None and "image" in cfg.modalities:
+            image = (inputs.scale_image(image_embeddings[0], self.image_mean_, self.image_std_), image_embeddings[1])
         data = self._encode(products, image=image, absent=absent)
-        # The main mix's weights hold its calibration (mixing.py).
+        # The mixes' weights hold their calibration (mixing.py).
         logits = predict_logits(self.main_mix_, data)
         temperature = np.ones(len(logits), dtype=np.float64)
-        if self.title_fallback and len(logits):
+        if cfg.uses_title_fallback and len(logits):
             rows = np.flatnonzero(~data.present["title"])
             if len(rows):
-                logits[rows] = predict_logits(self.fallback_net_, _without_title(data, rows))
+                logits[rows] = predict_logits(self.fallback_net_, inputs.without_title(data, rows))
                 temperature[rows] = self.fallback_temperature_
-        if self.metadata_fallback and len(logits):
+        if cfg.uses_metadata_fallback and len(logits):
             rows = np.flatnonzero(data.present["title"] & ~data.present["metadata"])
             if len(rows):
-                # The mix's weights hold its calibration (mixing.py).
                 logits[rows] = predict_logits(self.no_metadata_mix_, self._no_metadata_inputs(data, rows))
                 temperature[rows] = 1.0
-        return logits, temperature, {m: data.present[m] for m in self.modalities}
+        return logits, temperature, {m: data.present[m] for m in cfg.modalities}
 
     def _proba(
         self,
@@ -770,6 +694,8 @@ class Predictor:
     def _decode(self, proba: np.ndarray) -> np.ndarray:
         """The predicted class of each row: the most probable class (a whole path), or with ``decode="top_down"``
         the path chosen level by level. Either is a class, hence a path of the training taxonomy."""
+        if self.decode not in DECODERS:
+            raise ConfigError(f"decode must be one of {', '.join(DECODERS)}, not {self.decode!r}")
         if self.decode == "top_down" and self.taxonomy.is_tree and len(proba):
             return top_down(proba, self.classes_, self.taxonomy)
         return proba.argmax(axis=1)
@@ -813,16 +739,15 @@ class Predictor:
         top_k = max(1, min(top_k, proba.shape[1]))
         top = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
         chosen = self._decode(proba)
-        ids = products[ID].to_numpy()
         confidence = proba[np.arange(len(proba)), chosen]
         out = pd.DataFrame(
             {
-                ID: ids,
+                ID: products[ID].to_numpy(),
                 "prediction": self.labels_.inverse_transform(chosen),
                 "confidence": confidence,
                 **self.level_columns(proba, chosen),
                 "needs_review": confidence < self.review_threshold_,
-                "inputs": inputs_used(present, len(products)),
+                "inputs": inputs.inputs_used(present, len(products)),
             }
         )
         for k in range(1, top_k + 1):
@@ -838,9 +763,9 @@ class Predictor:
         absent: Sequence[str] = (),
         return_predictions: bool = False,
     ) -> dict[str, Any]:
-        """Metrics against the ``articleType`` column. Products of a class the model never learned count as
-        errors (the model cannot predict them). With ``return_predictions`` the per-product predictions are
-        added under ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
+        """Metrics against the label column. Products of a class the model never learned count as errors (the
+        model cannot predict them). With ``return_predictions`` the per-product predictions are added under
+        ``"predictions"`` (a DataFrame: id, true, predicted, confidence)."""
         products = catalog_from_frame(frame, schema=self._schema(), require_target=True, image_column=image_column)
         products = products[products[TARGET].notna()].reset_index(drop=True)
         tax = self.taxonomy
@@ -883,108 +808,11 @@ class Predictor:
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
-        self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        network = _save_network(self.net_, path / "model.safetensors")
-        config = {
-            "format_version": FORMAT_VERSION,
-            "modalities": list(self.modalities),
-            "head": self.config.to_json(),
-            "seed": self.seed,
-            "temperature": self.temperature_,
-            # mixing.py: (with or without an image) x (network, stacked SVM scores, unused), calibration included.
-            "main_mix_weights": np.asarray(self.main_mix_weights_).tolist(),
-            "best_epoch": self.best_epoch_,
-            "member_best_epochs": self.member_best_epochs_,
-            "train_seconds": self.train_seconds_,
-            "train_counts": self.train_counts_,
-            "history": self.history_,
-            "refit": getattr(self, "refit_", None),
-            "backbone": self.backbone if "image" in self.modalities else None,
-            "image_size": list(self.image_size) if self.image_size else None,
-            "augment_views": self.augment_views,
-            "field_blanking": self.field_blanking,
-            "review_precision": self.review_precision,
-            "review_threshold": self.review_threshold_,
-            "schema": self._schema().to_json(),
-            "taxonomy": self.taxonomy.to_json(),
-            "decode": self.decode,
-            **network,
-        }
-        prep: dict[str, Any] = {"labels": self.labels_.to_json()}
-        if "metadata" in self.modalities:
-            prep["metadata"] = self.metadata_encoder_.to_json()
-        if "title" in self.modalities:
-            prep["title"] = self.title_encoder_.to_json()
-        if "image" in self.modalities:
-            prep["image"] = {"mean": self.image_mean_.tolist(), "std": self.image_std_.tolist()}
-        if self.text_scores:
-            save_numpy(self.text_model_.tensors(), str(path / "text_scores.safetensors"))
-            prep["text_scores"] = self.text_model_.to_json()
-        if self.metadata_fallback:
-            save_numpy(self.title_text_model_.tensors(), str(path / "title_scores.safetensors"))
-            config["no_metadata"] = {
-                "modalities": list(self.no_metadata_modalities),
-                **_save_network(self.no_metadata_net_, path / "no_metadata.safetensors"),
-                "temperature": self.no_metadata_temperature_,
-                "member_best_epochs": self.no_metadata_best_epochs_,
-                "text_scores": self.title_text_model_.to_json(),
-                "mix_weights": np.asarray(self.no_metadata_mix_weights_).tolist(),
-            }
-            if getattr(self, "image_expert_", None) is not None:
-                config["no_metadata"]["image_expert"] = {
-                    **_save_network(self.image_expert_, path / "image_expert.safetensors"),
-                    "temperature": self.image_expert_temperature_,
-                    "member_best_epochs": self.image_expert_best_epochs_,
-                }
-        if self.title_fallback:
-            config["fallback"] = {
-                "modalities": list(self.fallback_modalities),
-                **_save_network(self.fallback_net_, path / "fallback.safetensors"),
-                "temperature": self.fallback_temperature_,
-                "member_best_epochs": self.fallback_best_epochs_,
-            }
-        weights = self._backbone_weights() if "image" in self.modalities else None
-        if weights is not None:
-            # Fine-tuned or given with --weights: the model keeps its own copy, so it reloads with the same backbone.
-            _save_backbone_weights(Path(weights), path / "backbone.safetensors")
-            config["backbone_weights"] = "backbone.safetensors"
-        (path / "config.json").write_text(json.dumps(config, indent=2))
-        (path / "preprocessing.json").write_text(json.dumps(prep))
-        return path
+        """Write the model folder (persistence.py): safetensors + JSON, the configuration verbatim."""
+        from .persistence import save_model
 
-    def _load_no_metadata(self, path: Path, saved: dict[str, Any], head: HeadConfig) -> None:
-        """The no-metadata network and its title-only SVM (model_files does not check these two files yet, so a
-        damaged one is turned into a ModelLoadError here)."""
-        try:
-            self.title_text_model_ = TextScoreModel.from_state(
-                saved["text_scores"], load_numpy(str(path / "title_scores.safetensors"))
-            )
-            self.no_metadata_net_ = _load_network(
-                path / "no_metadata.safetensors", saved, len(self.labels_.classes_), head
-            )
-            self.no_metadata_temperature_ = float(saved["temperature"])
-            if "image_expert" in saved:
-                self.image_expert_ = _load_network(
-                    path / "image_expert.safetensors", saved["image_expert"], len(self.labels_.classes_), head
-                )
-                self.image_expert_temperature_ = float(saved["image_expert"]["temperature"])
-                self.image_expert_best_epochs_ = saved["image_expert"].get("member_best_epochs", [])
-            # Models saved before the mix: the network alone, as they predicted then.
-            self.no_metadata_mix_weights_ = np.asarray(
-                saved.get("mix_weights", _network_alone(self.no_metadata_temperature_)), dtype=np.float64
-            )
-        except Exception as exc:  # safetensors, torch and KeyError all mean the same thing to a user here
-            raise ModelLoadError(
-                f"{path}: the no-metadata network (no_metadata.safetensors, title_scores.safetensors, config.json "
-                f"'no_metadata') cannot be loaded ({type(exc).__name__}: {exc}). Restore the folder or train the "
-                "model again."
-            ) from None
-        if not (np.isfinite(self.no_metadata_temperature_) and self.no_metadata_temperature_ > 0):
-            raise ModelLoadError(f"{path}/config.json: no_metadata temperature must be positive and finite.")
-        self.no_metadata_best_epochs_ = saved.get("member_best_epochs", [])
-        self._build_no_metadata_mix()
+        self._check_fitted()
+        return save_model(self, Path(path))
 
     @classmethod
     def load(
@@ -995,135 +823,9 @@ class Predictor:
         weights: str | Path | None = None,
         progress: bool = True,
     ) -> Predictor:
-        path = Path(path)
-        # Every file is checked (types, shapes, files inside the folder) before anything is built from it.
-        config, prep = validate_model_folder(path)
-        head = HeadConfig.from_json(config["head"])
-        self = cls(
-            config["modalities"],
-            preset=head.preset,
-            seed=config["seed"],
-            backbone=config.get("backbone") or "efficientnet_lite0",
-            weights=path / config["backbone_weights"] if config.get("backbone_weights") else weights,
-            image_size=tuple(config["image_size"]) if config.get("image_size") else None,
-            augment_views=config.get("augment_views", 0),
-            field_blanking=config.get("field_blanking", 0.0),
-            review_precision=config.get("review_precision", 0.98),
-            text_scores="text_scores" in prep,
-            title_fallback="fallback" in config,
-            metadata_fallback="no_metadata" in config,
-            cache_dir=cache_dir,
-            progress=progress,
-        )
-        self.config = head
-        # Format-1 models before the schema read the fashion catalog's columns.
-        self.schema_ = CatalogSchema.from_json(config["schema"]) if config.get("schema") else FASHION
-        self.labels_ = LabelEncoder.from_json(prep["labels"])
-        # Models saved before taxonomies: a flat label.
-        try:
-            self.taxonomy_ = Taxonomy.from_json(config["taxonomy"]) if config.get("taxonomy") else None
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise ModelLoadError(f"{path}/config.json: 'taxonomy' is not a valid category tree ({exc}).") from None
-        if self.taxonomy_ is not None and set(self.taxonomy_.paths) != set(self.labels_.classes_):
-            raise ModelLoadError(
-                f"{path}/config.json: the taxonomy's paths are not the model's classes (preprocessing.json); "
-                "restore the folder or train the model again."
-            )
-        self.decode = config.get("decode", "path") if config.get("decode") in DECODERS else "path"
-        if self.taxonomy_ is not None:
-            self.depth, self.min_class_size = self.taxonomy_.depth, self.taxonomy_.min_count
-        if "metadata" in prep:
-            self.metadata_encoder_ = MetadataEncoder.from_json(prep["metadata"])
-        if "title" in prep:
-            self.title_encoder_ = TitleEncoder.from_json(prep["title"])
-        if "image" in prep:
-            self.image_mean_ = np.array(prep["image"]["mean"], dtype=np.float32)
-            self.image_std_ = np.array(prep["image"]["std"], dtype=np.float32)
-        if "text_scores" in prep:
-            if not (path / "text_scores.safetensors").is_file():
-                raise ModelLoadError(f"{path} is missing text_scores.safetensors (the stacked text model).")
-            self.text_model_ = TextScoreModel.from_state(
-                prep["text_scores"], load_numpy(str(path / "text_scores.safetensors"))
-            )
-        self.net_ = _load_network(path / "model.safetensors", config, len(self.labels_.classes_), head)
-        self.temperature_ = float(config["temperature"])
-        # Models saved before the main mix answer with the calibrated network alone, as they did.
-        self.main_mix_weights_ = np.asarray(
-            config.get("main_mix_weights", _network_alone(self.temperature_)), dtype=np.float64
-        )
-        self._build_main_mix()
-        if "fallback" in config:
-            fallback = config["fallback"]
-            if not (path / "fallback.safetensors").is_file():
-                raise ModelLoadError(f"{path} is missing fallback.safetensors (the network for untitled products).")
-            self.fallback_net_ = _load_network(
-                path / "fallback.safetensors", fallback, len(self.labels_.classes_), head
-            )
-            self.fallback_temperature_ = float(fallback["temperature"])
-            self.fallback_best_epochs_ = fallback.get("member_best_epochs", [])
-        if "no_metadata" in config:
-            self._load_no_metadata(path, config["no_metadata"], head)
-        self.best_epoch_ = config.get("best_epoch", 0)
-        self.member_best_epochs_ = config.get("member_best_epochs", [self.best_epoch_])
-        self.train_seconds_ = config.get("train_seconds", 0.0)
-        self.train_counts_ = config["train_counts"]
-        self.history_ = config.get("history", [])
-        self.refit_ = config.get("refit")
-        # Format-1 models have no review threshold: every prediction is flagged for review.
-        self.review_threshold_ = float(config.get("review_threshold", 1.0))
-        self.refit = self.refit_ is not None
-        return self
+        """A fitted Predictor from a model folder (format 2, or format 1 migrated); a damaged or foreign folder is
+        a model_files.ModelLoadError saying what to do. ``weights``: the backbone weights, when the folder has no
+        copy of its own and they are not the packaged ones."""
+        from .persistence import load_model
 
-
-def _save_backbone_weights(source: Path, target: Path) -> None:
-    """Copy a backbone state dict into a model folder as safetensors (a torch file is converted, loaded with
-    ``weights_only`` so no pickled code runs)."""
-    if target.exists() and source.resolve() == target.resolve():
-        return
-    if source.suffix == ".safetensors":
-        shutil.copyfile(source, target)
-        return
-    import torch
-
-    state = torch.load(source, map_location="cpu", weights_only=True)
-    save_file({k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}, str(target))
-
-
-def inputs_used(present: dict[str, np.ndarray], n: int) -> list[str]:
-    """Per product, the inputs it had, joined by '+' in modality order ("none" when it had none)."""
-    names = list(present)
-    return ["+".join(m for m in names if present[m][i]) or "none" for i in range(n)]
-
-
-def _network_alone(temperature: float) -> np.ndarray:
-    """Mix weights (mixing.py) that give the calibrated network alone, with or without an image."""
-    return np.array([[1.0 / temperature, 0.0, 0.0]] * 2)
-
-
-def _without_title(data: ModalityData, rows: np.ndarray | None = None) -> ModalityData:
-    """The fallback network's inputs: everything but the title and what follows it (the stacked SVM scores),
-    optionally only ``rows``."""
-    keep = [k for k in data.features if k != "title" and data.follows.get(k) != "title"]
-    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-    product = None if data.product is None else pick(data.product)
-    features, present = {k: pick(data.features[k]) for k in keep}, {k: pick(data.present[k]) for k in keep}
-    return ModalityData(features, present, {}, product)
-
-
-def _save_network(net: FusionNet | FusionEnsemble, file: Path) -> dict[str, Any]:
-    """Write ``net``'s weights to ``file``; returns what ``_load_network`` needs to rebuild it."""
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(file))
-    return {
-        "input_dims": {s.name: s.dim for s in net.input_specs},
-        "sparse_inputs": [s.name for s in net.input_specs if s.sparse],
-    }
-
-
-def _load_network(file: Path, saved: dict[str, Any], n_classes: int, head: HeadConfig) -> FusionNet | FusionEnsemble:
-    """Rebuild a network from ``_save_network``'s description and its weights. Inputs keep their saved order: the
-    modalities, then derived inputs such as text_scores."""
-    specs = [ModalitySpec(n, dim, n in saved["sparse_inputs"]) for n, dim in saved["input_dims"].items()]
-    net = build_network(specs, n_classes, head)
-    net.load_state_dict(load_file(str(file)))
-    net.eval()
-    return net
+        return load_model(cls, Path(path), cache_dir=cache_dir, weights=weights, progress=progress)

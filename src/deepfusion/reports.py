@@ -41,6 +41,7 @@ from .evaluation import (  # noqa: E402
     paired_bootstrap,
     weakest_classes,
 )
+from .model_files import read_config  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def load_run(run_dir: Path) -> dict[str, dict[str, Any]]:
                 keep_default_na=False,
                 na_values={"confidence": [""]},
             )
-            config_path = folder / "config.json"
-            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            config = read_config(folder) if (folder / "config.json").is_file() else {}
             models[name] = {"metrics": metrics, "predictions": preds, "config": config}
     return models
 
@@ -89,13 +89,15 @@ def load_run(run_dir: Path) -> dict[str, dict[str, Any]]:
 def model_options(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """The choices that made a model, from its config.json (falling back to metrics.json): what a reader needs
     to know before comparing it with another."""
-    head = config.get("head", {})
+    settings = config.get("config") or {}
+    head = settings.get("head") or {}
+    image_settings = settings.get("image") or {}
     fallback = config.get("fallback") or {}
-    image = "image" in (config.get("modalities") or metrics.get("modalities") or [])
+    image = "image" in (settings.get("modalities") or metrics.get("modalities") or [])
     return {
         "preset": head.get("preset", metrics.get("preset")),
-        "modalities": config.get("modalities", metrics.get("modalities")),
-        "seed": config.get("seed"),
+        "modalities": settings.get("modalities", metrics.get("modalities")),
+        "seed": settings.get("seed"),
         "members": head.get("members"),
         "epochs (max)": head.get("epochs"),
         "best epoch": config.get("best_epoch", metrics.get("best_epoch")),
@@ -109,12 +111,13 @@ def model_options(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, 
         "label smoothing": head.get("label_smoothing"),
         "learning rate": head.get("lr"),
         "weight decay": head.get("weight_decay"),
-        "field_blanking": config.get("field_blanking"),
+        "field_blanking": settings.get("field_blanking"),
         "title fallback": fallback.get("modalities") if fallback else bool(metrics.get("title_fallback")),
-        "backbone": config.get("backbone") if image else None,
-        "image size": config.get("image_size") if image else None,
-        "augmented views": config.get("augment_views") if image else None,
-        "fine-tuned backbone": bool(config.get("backbone_weights")) if image else None,
+        "backbone": image_settings.get("backbone") if image else None,
+        "image size": image_settings.get("size") if image else None,
+        "augmented views": image_settings.get("views") if image else None,
+        "fine-tuned backbone": bool(image_settings.get("finetune_blocks")) if image else None,
+        "backbone weights": "the folder's own" if image and image_settings.get("weights") else None,
         "refit on train + val": bool(config.get("refit") or metrics.get("refit")),
         "temperature": config.get("temperature", metrics.get("temperature")),
     }

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .baselines import TextSVMBaseline
 from .catalog import ID, TARGET, Catalog, CatalogError, columns_for, load_catalog
+from .config import ModelConfig
 from .evaluation import summary_markdown
 from .missing import blank_fields, without_modalities
 from .predictor import MODEL_KINDS, Predictor, parse_modalities
@@ -125,17 +126,20 @@ def train_model(
     split: Split,
     out_dir: Path,
     *,
-    preset: str = "regularized",
-    seed: int = 42,
-    predictor_options: dict[str, Any] | None = None,
+    config: ModelConfig | None = None,
+    cache_dir: str | Path | None = None,
+    embedder: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Fit one model on the train split (early stopping on val; with ``refit``, then on train + val), evaluate
-    on test, save to ``out_dir``."""
+    """Fit one model (``config`` with the spec's modalities) on the train split (early stopping on val; with
+    ``refit``, then on train + val), evaluate on test, save to ``out_dir``."""
+    config = (config or ModelConfig()).with_modalities(spec.modalities)
+    seed = config.seed
     products = catalog.products.set_index(ID, drop=False)
     parts = {name: products.loc[split.ids(name)].reset_index(drop=True) for name in ("train", "val", "test")}
-    options = {"schema": catalog.schema, **(predictor_options or {})}
-    predictor = Predictor(spec.modalities, preset=preset, seed=seed, progress=progress, **options)
+    predictor = Predictor.from_config(
+        config, schema=catalog.schema, cache_dir=cache_dir, embedder=embedder, progress=progress
+    )
     start = time.perf_counter()
     predictor.fit(parts["train"], parts["val"])
     fit_seconds = time.perf_counter() - start
@@ -149,14 +153,14 @@ def train_model(
             "model": spec.name,
             "date": time.strftime("%Y-%m-%d"),
             "modalities": list(spec.modalities),
-            "preset": preset,
+            "preset": config.head.preset,
             "split": "test",
             "train_accuracy": train_metrics["accuracy"],
             "train_macro_f1": train_metrics["macro_f1"],
             "train_accuracy_ceiling": label_ceiling(parts["train"], predictor),
             "fit_seconds": fit_seconds,
             "train_loop_seconds": predictor.train_seconds_,
-            "title_fallback": predictor.title_fallback,
+            "title_fallback": config.uses_title_fallback,
             "refit": predictor.refit_,
             "best_epoch": predictor.best_epoch_,
             "epochs_run": len(predictor.history_),
@@ -167,7 +171,8 @@ def train_model(
     predictor.save(out_dir)
     predictions.to_csv(out_dir / "test_predictions.csv", index=False)
     write_json(out_dir / "metrics.json", metrics)
-    (out_dir / "summary.md").write_text(summary_markdown(metrics, f"{spec.name} model ({preset}) on the test split"))
+    title = f"{spec.name} model ({config.head.preset}) on the test split"
+    (out_dir / "summary.md").write_text(summary_markdown(metrics, title))
     log.info("%s: test accuracy %.4f, macro-F1 %.4f", spec.name, metrics["accuracy"], metrics["macro_f1"])
     return metrics
 
@@ -191,7 +196,7 @@ def input_ablation(predictor: Predictor, train: pd.DataFrame, test: pd.DataFrame
             baselines[inputs] = TextSVMBaseline(inputs, metadata_fields=fields).fit(train)
         return float((baselines[inputs].predict(products) == products[TARGET].to_numpy()).mean())
 
-    mods = list(predictor.modalities)
+    mods = list(predictor.config_.modalities)
     cases: list[tuple[list[str], list[str], pd.DataFrame]] = []
     for mask in range(1, 2 ** len(mods)):
         kept = [m for i, m in enumerate(mods) if mask >> i & 1]
@@ -222,7 +227,7 @@ def input_ablation(predictor: Predictor, train: pd.DataFrame, test: pd.DataFrame
 def label_ceiling(train: pd.DataFrame, predictor: Predictor) -> float | None:
     """Highest train accuracy any model can reach on these inputs: products with identical inputs but different
     labels cannot all be right. Only computed for the structured-metadata model, where such clashes are common."""
-    if tuple(predictor.modalities) != ("metadata",):
+    if predictor.config_.modalities != ("metadata",):
         return None
     x = pd.DataFrame(predictor.metadata_encoder_.transform(train)).round(6)
     key = pd.util.hash_pandas_object(x, index=False)
@@ -235,17 +240,17 @@ def train_run(
     out: str | Path,
     *,
     model: str = "metadata",
-    preset: str = "regularized",
-    seed: int = 42,
+    config: ModelConfig | None = None,
     modalities: str | Sequence[str] | None = None,
-    predictor_options: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
     progress: bool = True,
     engine: str = "local",
     address: str | None = None,
     actors: int = 2,
     catalog_options: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Load and validate the catalog, split it, train each requested model; returns metrics per model.
+    """Load and validate the catalog, split it (seeded by ``config.seed``), train each requested model (``config``
+    with the model's modalities; None: the defaults); returns metrics per model.
     ``catalog_options``: where the catalog's columns and images are (load_catalog's schema, label, text, ...,
     images_dir, sep); the schema used is written to ``schema.json`` and saved with every model.
     ``engine="ray"``: the images are embedded on Ray Data first (``distributed.embed_images_ray``, into the
@@ -256,6 +261,8 @@ def train_run(
     if address is not None and engine != "ray":
         raise ValueError("address is only used with engine='ray'")
     out = Path(out)
+    config = config or ModelConfig()
+    seed = config.seed
     specs = model_specs(model, modalities)
     needs_images = any("image" in s.modalities for s in specs)
     catalog = load_catalog(
@@ -278,7 +285,7 @@ def train_run(
     if needs_images:
         log.info("products without a readable image are kept; image models treat the image as absent")
     if engine == "ray":
-        _embed_on_ray(specs, catalog, preset, seed, predictor_options or {}, address, actors, progress)
+        _embed_on_ray(specs, catalog, config, cache_dir, address, actors, progress)
     results = {}
     for spec in specs:
         results[spec.name] = train_model(
@@ -286,9 +293,8 @@ def train_run(
             catalog,
             split,
             out / spec.name,
-            preset=preset,
-            seed=seed,
-            predictor_options=predictor_options,
+            config=config,
+            cache_dir=cache_dir,
             progress=progress,
         )
     from .reports import write_report
@@ -297,23 +303,20 @@ def train_run(
     return results
 
 
-def shared_embedder(
-    modalities: Sequence[str], preset: str, seed: int, predictor_options: Mapping[str, Any]
-) -> Any:
-    """The image embedder that every model of these settings can share (the audit's folds, the image models of a
-    ``train`` run: one cache read for all of them), or None: the model reads no image, or it fine-tunes the
+def shared_embedder(config: ModelConfig, cache_dir: str | Path | None = None) -> Any:
+    """The image embedder that every model of this configuration can share (the audit's folds, the image models
+    of a ``train`` run: one cache read for all of them), or None: the model reads no image, or it fine-tunes the
     backbone (each model then embeds with its own weights)."""
-    if "image" not in modalities or predictor_options.get("finetune_blocks"):
+    if "image" not in config.modalities or config.image.finetune_blocks:
         return None
-    return Predictor(modalities, preset=preset, seed=seed, progress=False, **predictor_options).image_embedder()
+    return Predictor.from_config(config, cache_dir=cache_dir, progress=False).image_embedder()
 
 
 def _embed_on_ray(
     specs: Sequence[ModelSpec],
     catalog: Catalog,
-    preset: str,
-    seed: int,
-    options: dict[str, Any],
+    config: ModelConfig,
+    cache_dir: str | Path | None,
     address: str | None,
     actors: int,
     progress: bool,
@@ -324,7 +327,7 @@ def _embed_on_ray(
     from .distributed import embed_images_ray
 
     for spec in specs:
-        embedder = shared_embedder(spec.modalities, preset, seed, options)
+        embedder = shared_embedder(config.with_modalities(spec.modalities), cache_dir)
         if embedder is not None:
             embed_images_ray(
                 embedder, list(catalog.products["image_path"]), address=address, actors=actors, progress=progress
@@ -341,14 +344,14 @@ def catalog_for_model(
 ) -> Catalog:
     """``data`` loaded the way ``predictor`` reads products: its saved schema, with ``catalog_options`` (e.g.
     another image column or images folder) replacing where a column is found."""
-    images_only = predictor.modalities == ("image",)
+    images_only = predictor.config_.modalities == ("image",)
     options = {"schema": predictor.schema_, **_catalog_options(catalog_options)}
     return load_catalog(
         data,
         require_target=require_target,
         require_images=images_only,
-        required_modalities=predictor.modalities,
-        check_image_files="image" in predictor.modalities,
+        required_modalities=predictor.config_.modalities,
+        check_image_files="image" in predictor.config_.modalities,
         progress=progress,
         **options,
     )

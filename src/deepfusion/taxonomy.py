@@ -37,7 +37,8 @@ PATH_SEPARATORS = (">>", ">", "|", "/")
 DETECT_SHARE = 0.5
 # Spellings tried for the joined path of several label columns, the first whose separator no value holds.
 DISPLAY_CHOICES = (" > ", " | ", " / ", " >> ")
-DEFAULT_MIN_CLASS_SIZE = 5
+from .config import DEFAULT_MIN_CLASS_SIZE  # noqa: E402 - one default, beside the rest of the configuration
+
 # tree_breaks: a node under a parent holding at most this share of its products is a break, not a real split.
 TREE_MAX_SHARE = 0.1
 

@@ -62,11 +62,11 @@ class TextScoreModel:
         *,
         fit_rows: np.ndarray | None = None,
         progress: bool = False,
-    ) -> np.ndarray:
-        """Fit on (X, y) and return out-of-fold scores for these same rows (``groups``: duplicate-product
-        groups, kept within one fold). ``fit_rows`` (bool) limits the SVMs' fitting to those rows while every row
-        is scored, each by the SVM fitted without its group: blanked copies of a product are scored like the
-        product without making the fits larger. The fits run one after another: liblinear draws from one
+    ) -> TextScoreModel:
+        """Fit on (X, y); ``oof_scores_`` then holds out-of-fold scores for these same rows (``groups``:
+        duplicate-product groups, kept within one fold). ``fit_rows`` (bool) limits the SVMs' fitting to those
+        rows while every row is scored, each by the SVM fitted without its group: blanked copies of a product are
+        scored like the product without making the fits larger. The fits run one after another: liblinear draws from one
         process-wide random generator, so SVMs fitted on parallel threads would interleave its draws and stop
         being reproducible."""
         X = sp.csr_matrix(X, dtype=np.float32)
@@ -91,7 +91,8 @@ class TextScoreModel:
             n_folds,
             float((raw.argmax(axis=1) == y).mean()) if len(y) else 0.0,
         )
-        return (raw / self.scale_).astype(np.float32)
+        self.oof_scores_ = (raw / self.scale_).astype(np.float32)
+        return self
 
     def scores(self, X: sp.csr_matrix) -> np.ndarray:
         if self._coef_t is None:

@@ -114,6 +114,8 @@ def track_run(
 ) -> dict[str, str]:
     """Log the models ``models`` (sub-folders of ``run_dir``, as ``train`` wrote them) to MLflow; returns
     model name -> MLflow run id. ``options``: the training options, logged as parameters."""
+    from .model_files import read_config
+
     mlflow = open_store(uri, experiment)
     uri = resolve_uri(uri)
     run_dir = Path(run_dir)
@@ -121,13 +123,17 @@ def track_run(
     ids: dict[str, str] = {}
     for name in models:
         folder = run_dir / name
-        config = json.loads((folder / "config.json").read_text())
+        config = read_config(folder)
         metrics = json.loads((folder / "metrics.json").read_text())
         params: dict[str, Any] = {"model": name, "run_dir": str(run_dir.resolve())}
         _flat("", options or {}, params)
-        _flat("head", config.get("head", {}), params)
-        for key in ("modalities", "seed", "backbone", "image_size", "field_blanking", "review_precision"):
-            _flat(key, config.get(key), params)
+        settings = config["config"]
+        _flat("head", settings["head"], params)
+        _flat("image", settings["image"], params)
+        _flat("tree", settings["tree"], params)
+        for key in ("modalities", "seed", "stacking", "title_fallback", "metadata_fallback", "refit",
+                    "field_blanking", "review_precision"):
+            _flat(key, settings.get(key), params)
         with mlflow.start_run(run_name=f"{run_dir.name}/{name}") as run:
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
             mlflow.set_tags({"deepfusion.model": name, "deepfusion.run_dir": str(run_dir.resolve())})
