@@ -1,8 +1,9 @@
 """One results file per section run: ``results/<date>T<HHMM>-<commit>-<section>.json``, never rewritten.
 
-A file holds plain numbers: ``{"section", "date", "commit", ...the section's figures}``. Files migrated from the
-old single ``results.json`` have no time and the commit ``unknown`` in their name (``recorded_in`` names the commit
-that wrote them into ``results.json``). ``render.py`` builds RESULTS.md from the latest file of each section.
+A file holds plain numbers: ``{"section", "date", "commit", ...the section's figures}``; a commit ending in ``+``
+had uncommitted changes. Files migrated from the old single ``results.json`` (by ``migrate_results_json.py``, in git
+history at d9c6681) have no time and the commit ``unknown`` in their name; ``recorded_in`` names the commit that
+wrote their figures into ``results.json``. ``render.py`` builds RESULTS.md from the latest file of each section.
 """
 
 from __future__ import annotations
