@@ -56,7 +56,7 @@ class Bench:
     def frames(self, *names: str, split: Any = None) -> list[Any]:
         """The products of the named parts of ``split`` (default: the run's), as frames with a plain index."""
         products = self.catalog.products.set_index(ID, drop=False)
-        split = split or self.split
+        split = self.split if split is None else split
         return [products.loc[split.ids(n)].reset_index(drop=True) for n in names]
 
     def environment(self) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sections", default=",".join(k for k in SECTIONS if k not in OPT_IN),
                         help="comma-separated, of: " + ", ".join(SECTIONS))
     parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--results", type=Path, default=result_files.RESULTS, help="folder of results files")
+    parser.add_argument("--results", type=Path, default=result_files.RESULTS,
+                        help="folder of results files (a folder other than the default gets its own RESULTS.md)")
     parser.add_argument("--render", action="store_true", help="measure nothing: render RESULTS.md only")
     parser.add_argument("--no-render", action="store_true", help="write the results files, leave RESULTS.md")
     parser.add_argument("--finetune-configs", default="2x3", help="finetune section: BLOCKSxEPOCHS,...")
