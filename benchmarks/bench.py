@@ -36,6 +36,7 @@ class Bench:
                  results: Path = result_files.RESULTS) -> None:
         self.data, self.out, self.cache_dir, self.results = data, out, cache_dir, results
         self.options = options or {}
+        self.commit = result_files.commit()  # the code this run measures, for every file it writes
         self.section = ""
         self.models: dict[str, dict[str, Any]] = {}  # the rows of the models the current section trained
         self.record: Path | None = None  # the current section's results file, once written
@@ -92,7 +93,7 @@ class Bench:
         }
         self.models[key] = row
         self.record = result_files.write(self.section, {"environment": self.environment(), "models": self.models},
-                                         self.results, partial=True, path=self.record)
+                                         self.results, partial=True, path=self.record, head=self.commit)
         return row
 
     def latest_models(self, section: str) -> dict[str, dict[str, Any]]:

@@ -41,9 +41,10 @@ def environment() -> dict[str, Any]:
 
 
 def write(section: str, figures: dict[str, Any], folder: Path = RESULTS, *, partial: bool = False,
-          path: Path | None = None) -> Path:
-    """Write one section run's figures to a new dated file (or to ``path``, the same run's file, when given)."""
-    now, head = time.localtime(), commit()
+          path: Path | None = None, head: str | None = None) -> Path:
+    """Write one section run's figures to a new dated file (or to ``path``, the same run's file, when given).
+    ``head``: the commit the run started from (default: the checkout's now)."""
+    now, head = time.localtime(), head or commit()
     path = path or folder / f"{time.strftime('%Y-%m-%dT%H%M', now)}-{head}-{section}.json"
     record = {"section": section, "date": time.strftime("%Y-%m-%d", now), "commit": head, **figures}
     if partial:

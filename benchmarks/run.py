@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             log.warning("section %s measured nothing (its data is missing)", name)
             continue
         path = result_files.write(name, {"command": command, "environment": bench.environment(), **figures},
-                                  args.results, path=bench.record)
+                                  args.results, path=bench.record, head=bench.commit)
         log.info("section %s -> %s", name, path)
     if not args.no_render:
         out = HERE / "RESULTS.md" if args.results == result_files.RESULTS else args.results / "RESULTS.md"

@@ -41,16 +41,16 @@ def with_mean_row(rows: list[dict[str, Any]], mean: dict[str, float], **bootstra
     return [*rows, {**mean, "split_seed": "mean", **{k: sum(r[k] for r in rows) for k in counts}, **bootstraps}]
 
 
+def where(run: Run) -> str:
+    """A run's date, commit and file, as a section cites it."""
+    f = run.figures
+    if run.commit == "unknown" and f.get("recorded_in"):
+        commit = f"commit unknown, recorded in {f['recorded_in']}"
+    else:
+        commit = f"commit {run.commit}"
+    return f"{run.when}, {commit}, [`results/{run.path.name}`](results/{run.path.name})"
+
+
 def source(*runs: Run | None) -> str:
     """Where a section's figures come from: date, commit and file of each run."""
-    parts = []
-    for run in runs:
-        if run is None:
-            continue
-        f = run.figures
-        if run.commit == "unknown" and f.get("recorded_in"):
-            commit = f"commit unknown, recorded in {f['recorded_in']}"
-        else:
-            commit = f"commit {run.commit}"
-        parts.append(f"{run.when}, {commit}, [`results/{run.path.name}`](results/{run.path.name})")
-    return "Measured " + "; ".join(parts) + "."
+    return "Measured " + "; ".join(where(run) for run in runs if run is not None) + "."

@@ -6,7 +6,7 @@ from typing import Any
 
 from result_files import Runs
 
-from . import md_table, pct, source
+from . import md_table, pct, source, where
 
 # The sections that train models, in the Models table's order.
 TRAINING_SECTIONS = ("metadata", "image", "fusion", "seeds", "backbones", "finetune", "missing_inputs")
@@ -47,7 +47,7 @@ def models(runs: Runs) -> str | None:
         "backbones, finetune), and a row keeps the code and defaults of its day. Fit seconds of a fusion model "
         "with a title include its no-title network (from 2026-11-28 on; about 95 s for metadata + image).",
         "",
-        "Sections: " + "; ".join(f"{s}: {source(r)[len('Measured '):-1]}" for s, r in sections) + ".",
+        "Sections: " + "; ".join(f"{s}: {where(r)}" for s, r in sections) + ".",
     ]
     return "\n".join(lines)
 
