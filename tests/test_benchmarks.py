@@ -70,3 +70,19 @@ def test_results_md_is_rendered_from_the_results_files(tmp_path: Path) -> None:
     result = _python(str(BENCH / "render.py"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_text() == (BENCH / "RESULTS.md").read_text(), "run python benchmarks/render.py and commit"
+
+
+def test_plain_baselines_fit_and_predict(clean_catalog_dir: Path) -> None:
+    """The benchmark's baselines (deepfusion.baselines): fitted on a catalog's products, they predict its labels."""
+    from deepfusion import load_catalog
+    from deepfusion.baselines import MetadataLRBaseline, TextSVMBaseline
+    from deepfusion.catalog import TARGET, TITLE
+
+    products = load_catalog(clean_catalog_dir, require_target=True, progress=False).products
+    for model in (MetadataLRBaseline(), TextSVMBaseline(("metadata", "title"))):
+        assert model.fit(products) is model
+        predicted = model.predict(products)
+        assert len(predicted) == len(products) and set(predicted) <= set(products[TARGET])
+        assert (predicted == products[TARGET].to_numpy()).mean() > 0.5
+    untitled = MetadataLRBaseline().fit(products).predict(products.assign(**{TITLE: None}))
+    assert len(untitled) == len(products)  # the metadata baseline never reads the title
