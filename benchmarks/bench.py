@@ -92,9 +92,14 @@ class Bench:
             "auto_approval": m["auto_approval"],
         }
         self.models[key] = row
-        self.record = result_files.write(self.section, {"environment": self.environment(), "models": self.models},
-                                         self.results, partial=True, path=self.record, head=self.commit)
+        self.checkpoint({"models": self.models})
         return row
+
+    def checkpoint(self, figures: dict[str, Any]) -> None:
+        """Write what the current section has measured so far to its results file, marked partial (the render
+        leaves it out) until ``run.py`` writes the finished figures to the same file."""
+        self.record = result_files.write(self.section, {"environment": self.environment(), **figures},
+                                         self.results, partial=True, path=self.record, head=self.commit)
 
     def latest_models(self, section: str) -> dict[str, dict[str, Any]]:
         """The model rows of the latest finished run of ``section`` (empty when there is none)."""
