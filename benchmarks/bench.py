@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ SPLIT_SEEDS = (SEED, 7, 11, 19, 23)  # the splits section's leakage-safe splits
 MODEL_FIELDS = ("accuracy", "macro_f1", "weighted_f1", "train_accuracy", "train_accuracy_ceiling", "fit_seconds",
                 "train_loop_seconds", "best_epoch", "epochs_run", "ece", "ece_uncalibrated", "peak_rss_mb")
 log = logging.getLogger("benchmark")
+
+
+def throughput(fn: Callable[[], Any], n: int) -> float:
+    """``n`` items over the seconds ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
 
 
 class Bench:

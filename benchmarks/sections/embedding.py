@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench import Bench
-
-from .prediction import throughput
+from bench import Bench, throughput
 
 SIZES = ((224, 224), (224, 168), (160, 120), (128, 96))
 EAGER_SIZES = ((224, 224), (224, 168))  # eager torch is slow: timed at the two largest inputs only

@@ -4,17 +4,9 @@ fusion and metadata sections' models under OUT)."""
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Callable
 from typing import Any
 
-from bench import Bench
-
-
-def throughput(fn: Callable[[], Any], n: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - start)
+from bench import Bench, throughput
 
 
 def measure(b: Bench) -> dict[str, Any]:
