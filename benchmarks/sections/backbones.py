@@ -7,9 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench import Bench
-
-from .embedding import cold_embedding
+from bench import Bench, cold_embedding
 
 
 def measure(b: Bench) -> dict[str, Any]:

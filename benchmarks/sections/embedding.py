@@ -10,26 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench import Bench, throughput
+from bench import Bench, cold_embedding, throughput
 
 SIZES = ((224, 224), (224, 168), (160, 120), (128, 96))
 EAGER_SIZES = ((224, 224), (224, 168))  # eager torch is slow: timed at the two largest inputs only
 log = logging.getLogger("benchmark.embedding")
-
-
-def cold_embedding(b: Bench, backbone: str, paths: list[str], scratch: Path) -> tuple[float, Any]:
-    """Seconds to embed ``paths`` from nothing, and the embedder (its cache now warm). The run fills the
-    benchmark's cache when that is still empty (so later sections reuse it), and a scratch cache otherwise (so it
-    is always cold)."""
-    from deepfusion.embeddings import ImageEmbedder
-
-    emb = ImageEmbedder(backbone, cache_dir=b.cache_dir, progress=True)
-    if len(emb.store(0)):
-        emb = ImageEmbedder(backbone, cache_dir=scratch, progress=True)
-    emb.session()  # ONNX export once, outside the timing
-    start = time.perf_counter()
-    emb.embed(paths)
-    return time.perf_counter() - start, emb
 
 
 def _eager_rate(emb: Any, size: tuple[int, int], sample: list[str]) -> float:
