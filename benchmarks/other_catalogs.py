@@ -1,7 +1,7 @@
 """Catalogs DeepFusion was not written for: the fusion model beside the plain text baseline, per category level.
 
-    python benchmarks/other_catalogs.py            # both catalogs, prints the table and writes a dated JSON
-    python benchmarks/run.py --sections other_catalogs   # the same, as a section of RESULTS.md
+    python benchmarks/other_catalogs.py            # both catalogs, prints the rows and writes a dated results file
+    python benchmarks/run.py --sections other_catalogs   # the same, and RESULTS.md rendered
 
 amazon-toys-uk: the label is level k of the category path (``Hobbies > Model Trains & Railway Sets > ...`` cut
 after k parts), classes with at least 10 products, a stratified 80/20 split (seed 0), as the any-catalog issue's
@@ -19,13 +19,13 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import result_files
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, f1_score
@@ -137,28 +137,6 @@ def measure(name: str, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| catalog | level | classes | test products | fusion accuracy / macro-F1 | TF-IDF + SVM accuracy / macro-F1 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['catalog']} | {r['level']} | {r['classes']} | {r['test']:,} | "
-            f"{100 * r['fusion_accuracy']:.2f}% / {r['fusion_macro_f1']:.3f} | "
-            f"{100 * r['svm_accuracy']:.2f}% / {r['svm_macro_f1']:.3f} |"
-        )
-    return "\n".join(lines)
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalogs", default=",".join(CATALOGS), help="comma-separated: " + ", ".join(CATALOGS))
@@ -172,12 +150,9 @@ def main() -> None:
             continue
         rows += measure(name, args.seed)
     # One file per run (date, time and commit): a run of one catalog does not replace another run's rows.
-    out = HERE / "results" / f"{time.strftime('%Y-%m-%dT%H%M')}-{commit()}-other_catalogs.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "commit": commit(), "cpus": os.cpu_count(),
-                               "rows": rows}, indent=2))
-    print(markdown(rows))
-    print(f"-> {out}")
+    out = result_files.write("other_catalogs", {"cpus": os.cpu_count(), "rows": rows})
+    print(json.dumps([{k: v for k, v in r.items() if k != "schema"} for r in rows], indent=2))
+    print(f"-> {out}; python benchmarks/render.py renders RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The plain baseline every model is measured against: TF-IDF of the title + one-hot metadata, a linear SVM.
+"""The plain baselines every model is measured against: TF-IDF of the title + one-hot metadata with a linear SVM,
+and logistic regression on the one-hot metadata alone.
 
 It reads the same products the models read (missing fields as ``features.py`` encodes them), so a comparison on
 blanked inputs is a comparison on the same inputs.
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
 from .catalog import TARGET
@@ -55,6 +57,25 @@ class TextSVMBaseline:
 
     def predict(self, products: pd.DataFrame) -> np.ndarray:
         return self.svm_.predict(self._features(products))
+
+
+class MetadataLRBaseline:
+    """Logistic regression on the one-hot metadata (the structured fields only, no title)."""
+
+    def __init__(self, max_iter: int = 500, metadata_fields: tuple[Sequence[str], Sequence[str]] | None = None) -> None:
+        self.max_iter = max_iter
+        # (categorical, numeric) columns of the metadata (None: the fashion catalog's)
+        self.metadata_fields = metadata_fields
+
+    def fit(self, products: pd.DataFrame) -> MetadataLRBaseline:
+        fields = self.metadata_fields or (None, None)
+        self.metadata_encoder_ = MetadataEncoder(*map(_as_list, fields)).fit(products)
+        x = self.metadata_encoder_.transform(products)
+        self.model_ = LogisticRegression(max_iter=self.max_iter).fit(x, products[TARGET])
+        return self
+
+    def predict(self, products: pd.DataFrame) -> np.ndarray:
+        return self.model_.predict(self.metadata_encoder_.transform(products))
 
 
 def _as_list(columns: Sequence[str] | None) -> list[str] | None:

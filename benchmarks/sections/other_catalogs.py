@@ -1,0 +1,18 @@
+"""The catalogs in other schemas (benchmarks/other_catalogs.py): fusion against the TF-IDF + SVM reference, for
+each catalog found under the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench import Bench
+
+
+def measure(b: Bench) -> dict[str, Any] | None:
+    import other_catalogs as oc
+
+    names = [n for n in oc.CATALOGS if (oc.SHARED / oc.CATALOGS[n]["file"]).exists()]
+    if not names:
+        return None
+    return {"cpus": os.cpu_count(), "rows": [row for name in names for row in oc.measure(name)]}
