@@ -78,7 +78,7 @@ def test_us_catalog_with_long_text_and_unreachable_image_links(tmp_path: Path) -
     assert schema["id"] == "Uniq Id" and schema["text"][0] == "Product Name"
     assert schema["image"] == "Image"
     config = json.loads((out / "fusion" / "config.json").read_text())
-    assert "image" not in config["modalities"]  # no link can be reached here: the model reads the text
+    assert "image" not in config["config"]["modalities"]  # no link can be reached here: the model reads the text
     preds_path = tmp_path / "preds.csv"
     run("predict", str(out / "fusion"), "--data", str(data), "--out", str(preds_path), "--quiet")
     preds = pd.read_csv(preds_path, dtype=str, keep_default_na=False)
