@@ -135,6 +135,10 @@ class Catalog:
     schema: CatalogSchema = FASHION
     separator: str | None = None  # the field separator of a delimited table
     links: pd.DataFrame | None = None  # the links tried (image_links.LINK_COLUMNS); None: no image value is a link
+    # The table as read, every column as strings before cleaning (the EDA checks formatting on it); None when the
+    # catalog was not read from a file. ``images_dir``: where the products' images were looked up.
+    table: pd.DataFrame | None = field(default=None, repr=False)
+    images_dir: Path | None = None
 
     @property
     def dropped(self) -> pd.DataFrame:
@@ -870,6 +874,8 @@ def load_catalog(
         schema=schema,
         separator=styles.separator,
         links=link_reports[0] if link_reports else None,
+        table=styles.table.reset_index(drop=True),
+        images_dir=image_roots[0],
     )
     if rejects_path is not None:
         catalog.write_rejects(Path(rejects_path))
