@@ -73,7 +73,7 @@ def sorted_counts(values: pd.Series) -> dict[str, int]:
 def hierarchy_breaks(table: pd.DataFrame) -> tuple[dict[str, int], set[str]]:
     """hierarchy.py's definition written out again: in masterCategory > subCategory > articleType, a product
     breaks the tree at the first category (subCategory, then articleType) that sits under a parent other than its
-    most common one, when that parent holds at most 10% of the category's products."""
+    most common one, when that most common one holds at least 90% of the category's products."""
     rows = [(pid, (m, s, a)) for pid, m, s, a in zip(table["id"], table["masterCategory"], table["subCategory"],
                                                       table["articleType"], strict=True) if m and s and a]
     under: dict[int, dict[str, Counter[tuple[str, ...]]]] = {1: {}, 2: {}}
@@ -85,7 +85,7 @@ def hierarchy_breaks(table: pd.DataFrame) -> tuple[dict[str, int], set[str]]:
         for k, level in ((1, "subCategory"), (2, "articleType")):
             parents = under[k][path[k]]
             usual = sorted(parents.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-            if path[:k] != usual and parents[path[:k]] <= 0.1 * sum(parents.values()):
+            if path[:k] != usual and parents[usual] >= 0.9 * sum(parents.values()):
                 counts[level] += 1
                 ids.add(pid)
                 break

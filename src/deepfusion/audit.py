@@ -10,11 +10,11 @@ Two independent checks feed one ranked review queue:
   (``cleanlab.filter.find_label_issues``, pruned by noise rate: per-class thresholds are the mean self-confidence,
   products counted off-diagonal in the confident joint are the issues), ranked by self-confidence (the probability
   the model gives the current label; low is suspicious).
-* **Hierarchy breaks** (rule-based, hierarchy.py: the definition the EDA uses too). A product whose category sits
-  under a parent that holds at most ``hierarchy_max_share`` of that category's products is flagged ("articleType
-  Heels under subCategory Sandal (usually Shoes)"), in the fashion layout's masterCategory > subCategory >
-  articleType or in a tree label's own levels. Categories genuinely split between two parents (e.g. 68% / 32%) are
-  therefore not flagged.
+* **Hierarchy breaks** (rule-based, hierarchy.py: the definition the EDA uses too). A product is flagged when its
+  category sits under one parent for all but ``hierarchy_max_share`` of its products and the product sits elsewhere
+  ("articleType Heels under subCategory Sandal (usually Shoes)"), in the fashion layout's masterCategory >
+  subCategory > articleType or in a tree label's own levels. Categories genuinely split between two parents (e.g.
+  68% / 32%) are therefore not flagged.
 
 Classes too rare to judge: a class with fewer than ``min_class_groups`` distinct duplicate groups cannot be
 learned from a few training products, so the model's verdict on it would mostly flag the class for being rare.
@@ -291,9 +291,9 @@ def label_issues(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> p
 def hierarchy_breaks(
     products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SHARE, taxonomy: Taxonomy | None = None
 ) -> pd.DataFrame:
-    """Products that break the catalog's hierarchy (hierarchy.py: a category under a parent that holds at most
-    ``max_share`` of its products): the fashion layout's masterCategory > subCategory > articleType, or with a tree
-    label (``taxonomy``; labels as the catalog spells them) the label's own levels.
+    """Products that break the catalog's hierarchy (hierarchy.py: filed away from the parent that holds all but
+    ``max_share`` of their category's products): the fashion layout's masterCategory > subCategory > articleType,
+    or with a tree label (``taxonomy``; labels as the catalog spells them) the label's own levels.
 
     Returns, indexed like ``products``, only the flagged rows with ``expected_masterCategory`` and
     ``expected_subCategory`` (where the product belongs; for a tree label the usual parent path, and empty),
@@ -423,9 +423,9 @@ def _review_card(row: dict[str, Any], src: str) -> str:
     badges = "".join(f'<span class="pill {k}">{k}</span>' for k in str(row["issue"]).split("+"))
     conf = row["confidence"]
     same = row["suggested_label"] == row["current_label"]
-    where = f"{esc['masterCategory']} / {esc['subCategory']}"
+    where = f"{esc['masterCategory']} &gt; {esc['subCategory']}"
     if (row["expected_masterCategory"], row["expected_subCategory"]) != (row["masterCategory"], row["subCategory"]):
-        where += f' → <span class="sug">{esc["expected_masterCategory"]} / {esc["expected_subCategory"]}</span>'
+        where += f' → <span class="sug">{esc["expected_masterCategory"]} &gt; {esc["expected_subCategory"]}</span>'
     return (
         f'<div class="item" data-rank="{row["rank"]}" data-confidence="{"" if conf != conf else conf}" '
         f'data-current="{esc["current_label"]}" data-suggested="{esc["suggested_label"]}" '
@@ -442,13 +442,14 @@ def _review_card(row: dict[str, Any], src: str) -> str:
 
 
 def _how_to_read(summary: dict[str, Any]) -> str:
+    rare = ", ".join(summary.get("not_judged_classes", []))
     return f"""<p class="note">Each product was judged by a
 {escape("+".join(summary.get("modalities", [])))} model trained on the other
 {int(summary.get("folds", 2)) - 1} folds (duplicates of a product were never in its training data).
 Confident learning (cleanlab) flags a label when the model confidently prefers another one;
-<b>confidence</b> is the model's probability for the suggested label. Hierarchy breaks are categories filed under a
-parent that few products of their category use (the EDA counts the same breaks). Cards are ordered by suspicion
-(score). Classes too rare to judge: {escape(", ".join(summary.get("not_judged_classes", [])) or "none")}.</p>
+<b>confidence</b> is the model's probability for the suggested label. Hierarchy breaks are products filed under
+another parent than the one their category almost always has (the EDA counts the same breaks).
+Cards are ordered by suspicion (score). Classes too rare to judge: {escape(rare) or "none"}.</p>
 <div class="controls">order by <select id="sort" onchange="reorder()"><option value="rank">ranking</option>
 <option value="confidence">confidence</option><option value="current">current label</option>
 <option value="suggested">suggested label</option></select>show <select id="kind" onchange="reorder()">
@@ -600,7 +601,8 @@ def audit_catalog(
         "cleanlab_version": cleanlab.__version__,
         "method": "out-of-fold probabilities (StratifiedGroupKFold over duplicate groups) + cleanlab "
         "find_label_issues(filter_by='prune_by_noise_rate'), ranked by self-confidence; hierarchy breaks "
-        f"(hierarchy.py): a category under a parent holding at most {hierarchy_max_share:.0%} of its products",
+        f"(hierarchy.py): a category whose usual parent holds at least {1 - hierarchy_max_share:.0%} of its products, "
+        "filed under another",
         "judged_products": int(judged.sum()),
         "not_judged_products": int((~judged).sum()),
         "min_class_groups": min_class_groups,

@@ -182,12 +182,13 @@ def _duplicate_groups(products: pd.DataFrame, key: str) -> dict[str, Any]:
 
 
 def _raw_table(catalog: Catalog) -> pd.DataFrame:
-    """The catalog's table as read (strings before cleaning); a catalog not read from a file has only its
-    products' columns, as text."""
+    """The catalog's table as read (strings before cleaning: ``load_catalog(keep_table=True)``, as
+    write_eda_report loads it); without it, the products' columns as text, on which no formatting problem shows."""
     if catalog.table is not None:
         return catalog.table
+    log.warning("the catalog was loaded without keep_table=True: formatting checks run on the cleaned values")
     columns = [c for c in _roles(catalog.schema, catalog.products).columns if c in catalog.products.columns]
-    return catalog.products[columns].astype(object).where(catalog.products[columns].notna(), None).astype(str)
+    return catalog.products[columns].astype(object).where(catalog.products[columns].notna(), "").astype(str)
 
 
 def _overview(catalog: Catalog, raw: pd.DataFrame, roles: _Roles) -> dict[str, Any]:
@@ -318,7 +319,7 @@ def _quality(catalog: Catalog, raw: pd.DataFrame, roles: _Roles) -> dict[str, An
             "title_case_variants": {"groups": len(title_case), "examples": title_examples},
             "recovered_comma_rows": catalog.recovered_rows,
             "recovered_comma_ids": catalog.recovered_ids[:50],
-            "malformed_rows": catalog.rows_in - len(raw),
+            "malformed_rows": catalog.rows_in - len(raw) if catalog.table is not None else None,
             "non_numeric": {col: stats["non_numeric"] for col, stats in numeric.items()},
         },
     }
@@ -520,7 +521,8 @@ def _label_taxonomy(catalog: Catalog) -> Taxonomy | None:
 
 
 def build_eda(catalog: Catalog, *, progress: bool = True) -> dict[str, Any]:
-    """Every figure of the EDA report for a loaded catalog, as a JSON-serialisable dict."""
+    """Every figure of the EDA report for a loaded catalog, as a JSON-serialisable dict. Its formatting checks need
+    the table as read: load the catalog with ``keep_table=True``."""
     started = time.perf_counter()
     steps = tqdm(total=8, desc="eda figures", disable=not progress, leave=False)
     raw = _raw_table(catalog)
@@ -813,8 +815,9 @@ def _fashion_hierarchy_html(hb: dict[str, Any], products: pd.DataFrame) -> str:
                   + table([TARGET, "usual subCategory", "all subCategories"], multi) + "</details>" if multi else "")
     return f"""<h3>Category hierarchy: where each {TARGET} lives</h3>
 <p class="note">The tree is masterCategory → subCategory → {TARGET}. A product breaks it when its {TARGET} (or its
-subCategory) sits under a parent that holds at most {pct(hb['max_share'], 0)} of that category's products; a
-category genuinely split between two parents is not a break (the audit flags the same products).
+subCategory) has a clear home, a parent holding at least {pct(1 - hb['max_share'], 0)} of that category's products,
+and the product sits elsewhere; a category genuinely split between parents is not a break (the audit flags the
+same products).
 <b>{number(hb['rows_breaking'])}</b> products break it{f": {per_level}" if per_level else ""}.</p>
 {_breaks_table(hb["breaks"], products)}
 {multi_html}
@@ -893,8 +896,8 @@ def _tree_html(tree: dict[str, Any], products: pd.DataFrame) -> str:
     return f"""
 <section id="tree"><h2>Category tree</h2>
 <p class="note">The label is a path of {len(tree['levels'])} levels ({number(tree['paths'])} distinct paths).
-<b>{number(tree['products'])}</b> products sit under a parent that holds at most {pct(tree['max_share'], 0)} of
-their category's products (the audit flags the same products).</p>
+<b>{number(tree['products'])}</b> products sit elsewhere than their category's home, the parent that holds at least
+{pct(1 - tree['max_share'], 0)} of its products (the audit flags the same products).</p>
 {levels}{_breaks_table(tree["breaks"], products)}
 </section>"""
 
@@ -1026,7 +1029,8 @@ def write_eda_report(
     started = time.perf_counter()
     out = Path(out)
     options = dict(catalog_options or {})
-    catalog = load_catalog(data, require_target=True, progress=progress, fetch_links=check_links is None, **options)
+    catalog = load_catalog(data, require_target=True, progress=progress, fetch_links=check_links is None,
+                           keep_table=True, **options)
     if check_links is not None:
         catalog.links = _check_link_sample(catalog, check_links, options.get("links"), progress)
     out.mkdir(parents=True, exist_ok=True)

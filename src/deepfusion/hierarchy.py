@@ -8,17 +8,18 @@ masterCategory > subCategory > articleType.
 
 **Definition.** Every node (a value at level 2 or deeper, such as an articleType) has a *usual parent*: the path
 above it that most of its products sit under (a tie goes to the path that sorts first). A product **breaks the
-hierarchy** when its node sits under another parent and that parent holds at most ``MAX_SHARE`` (10%) of the
-node's products. A path is reported at its shallowest break only (a subCategory under the wrong masterCategory is
-one break, not one more for each articleType below it).
+hierarchy** when its node has a clear home, its usual parent holding at least 1 - ``MAX_SHARE`` (90%) of the node's
+products, and the product sits under another parent. A path is reported at its shallowest break only (a
+subCategory under the wrong masterCategory is one break, not one more for each articleType below it).
 
-Why this definition: a catalog team fixes filing mistakes, and a filing mistake is rare. A node the catalog
-genuinely splits between two parents (an articleType 68% under one subCategory and 32% under another) is a choice,
-not an error; flagging every product off the majority parent would bury the mistakes under correct products (the
-EDA still lists every node found under more than one parent, as a description). It follows that a node of fewer
-than ``1 / MAX_SHARE`` products (10) is never flagged: one product is more than a tenth of it. A product with an
-empty level (a fashion product without a subCategory) has no place in the tree to judge: its empty value is counted
-among the missing values, not as a break.
+Why this definition: a catalog team fixes filing mistakes, and a filing mistake is a rare exception to a clear
+rule. A node the catalog genuinely splits between parents (an articleType 68% under one subCategory and 32% under
+another) has no single home, and neither has a generic name that many parents use (a "Toys" leaf under every brand
+of a toy catalog): flagging every product off the majority parent, as the EDA once did, buries the mistakes under
+correct products (the EDA still lists every node found under more than one parent, as a description). It follows
+that a node of fewer than ``1 / MAX_SHARE`` products (10) is never flagged: one product off its home is more than a
+tenth of it. A product with an empty level (a fashion product without a subCategory) has no place in the tree to
+judge: its empty value is counted among the missing values, not as a break.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ SEP = " > "  # how a parent path is spelled in reports
 
 
 def tree_breaks(paths: Sequence[Path], max_share: float = MAX_SHARE) -> list[dict[str, Any]]:
-    """The products (positions in ``paths``) that break the hierarchy, by the module's definition. Returns, per
+    """The products (positions in ``paths``) that break the hierarchy, by the module's definition: with
+    ``max_share`` 0.1, filed away from a parent that holds at least 90% of their node's products. Returns, per
     flagged product, its position ``row``, the ``level`` of its misplaced node (1 = top), the ``node``, its
     ``parent`` and ``usual_parent`` (paths spelled with ' > '), ``n_usual`` and ``n_node`` (the node's products
     under the usual parent, and in all)."""
@@ -67,7 +69,7 @@ def _breaks(paths: Sequence[Path], max_share: float) -> list[tuple[int, int, Pat
                 continue
             parent, n_usual = usual[key]
             n_node = sum(parents[key].values())
-            if path[:k] != parent and parents[key][path[:k]] / n_node <= max_share:
+            if path[:k] != parent and n_usual >= (1 - max_share) * n_node - 1e-9:
                 out.append((i, k, parent, n_usual, n_node))
                 break
     return out
@@ -127,8 +129,8 @@ def breaks_frame(hierarchy: Hierarchy, index: pd.Index, max_share: float = MAX_S
 def break_summary(hierarchy: Hierarchy, ids: Sequence[str], max_share: float = MAX_SHARE,
                   groups: int = 25, examples: int = 5) -> dict[str, Any]:
     """The breaks for a report: how many products break (``rows_breaking``, their ids in ``break_ids``, the first
-    200), and per level the products, nodes and the largest ``groups`` of (node, usual parent, found parent) with
-    up to ``examples`` ids each."""
+    200), and in ``breaks``, per level below the top, the products, the nodes and the largest ``groups`` of (node,
+    usual parent, found parent) with up to ``examples`` ids each."""
     frame = breaks_frame(hierarchy, pd.RangeIndex(len(hierarchy.paths)), max_share)
     frame["id"] = [str(ids[i]) for i in frame.index]
     by_level: dict[str, Any] = {}
@@ -141,4 +143,4 @@ def break_summary(hierarchy: Hierarchy, ids: Sequence[str], max_share: float = M
         found.sort(key=lambda g: (-g["rows"], g["node"], g["found"]))
         by_level[level] = {"rows": len(part), "nodes": int(part["node"].nunique()), "groups": found[:groups]}
     return {"max_share": max_share, "rows_breaking": len(frame), "break_ids": frame["id"].tolist()[:200],
-            "by_level": by_level}
+            "breaks": by_level}

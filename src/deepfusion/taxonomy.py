@@ -1,4 +1,4 @@
-"""Category trees: labels that are paths through a taxonomy, one hierarchy module for training, EDA and audit.
+"""Category trees: labels that are paths through a taxonomy, for training, evaluation and prediction.
 
 A label is a tree path in two spellings: one column holding a path (``Toys > Model Trains > Rail Vehicles``,
 separators ``>``, ``>>``, ``|``, ``/`` or one the user names), or several label columns that are the levels
