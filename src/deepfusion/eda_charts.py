@@ -74,7 +74,7 @@ def _class_colours(values: Sequence[int]) -> list[str]:
 
 
 def class_chart(counts: dict[str, int], label: str, top: int = TARGET_BARS) -> str:
-    """The ``top`` largest classes as labelled horizontal bars: 143 names under vertical bars would be a few
+    """The ``top`` largest classes as labelled horizontal bars: a hundred names under vertical bars would be a few
     pixels tall, so only the largest are named here and every class is in the table beside the chart."""
     if not counts:
         return empty_chart(f"{label}: products per class")

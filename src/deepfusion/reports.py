@@ -428,9 +428,6 @@ def _count_band(pair: list[int] | None, signed: bool = False) -> str:
     return f"<span class='ci'>[{fmt.format(pair[0])} – {fmt.format(pair[1])}]</span>"
 
 
-_e = escape
-
-
 def _option_text(value: Any, key: str = "") -> str:
     if key == "image size" and isinstance(value, list | tuple):
         return "x".join(map(str, value))
@@ -468,7 +465,7 @@ def _confusions_html(models: dict[str, dict[str, Any]], order: list[str], images
         model = models[name]
         pairs = model["metrics"].get("confused_pairs", [])[:CONFUSION_PAIRS]
         if not pairs:
-            parts.append(f"<h3>{_e(name)}</h3><p class='note'>No test product was misclassified.</p>")
+            parts.append(f"<h3>{escape(name)}</h3><p class='note'>No test product was misclassified.</p>")
             continue
         preds = model["predictions"]
         rows = []
@@ -477,16 +474,16 @@ def _confusions_html(models: dict[str, dict[str, Any]], order: list[str], images
             wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(EXAMPLES_PER_PAIR)
             examples = []
             for pid, conf, given in zip(wrong["id"], wrong["confidence"], _given_paths(wrong), strict=True):
-                caption = f"{_e(pid)} · {conf:.2f}"
+                caption = f"{escape(pid)} · {conf:.2f}"
                 if not show_images:
                     examples.append(f"<span class='ci'>{caption}</span>")
                     continue
                 path = given if given is not None else find_image(images_dir, pid) if images_dir else None
                 src = thumbnail_uri(path, "ok" if path is not None else "missing", CONFUSION_THUMB)
                 examples.append(mini(src, str(pid), f"{pid} · {conf:.2f}", f"confidence {conf:.3f}", large=True))
-            rows.append([_e(p["true"]), _e(p["predicted"]), p["count"], " ".join(examples)])
+            rows.append([escape(p["true"]), escape(p["predicted"]), p["count"], " ".join(examples)])
         parts.append(
-            f"<h3>{_e(name)}</h3>"
+            f"<h3>{escape(name)}</h3>"
             + _table(rows, ["true category", "predicted as", "test products", "examples (id · confidence)"], cls="ex")
         )
     note = (
@@ -576,7 +573,7 @@ def _warnings(models: dict[str, dict[str, Any]], consistency: list[str]) -> list
             "and are no more certain than they are."
         )
         head, rest = text.split(". ", 1)
-        out.append({"text": text, "html": f"<b>{SMALL_MARK} {_e(head)}.</b> {_e(rest)}"})
+        out.append({"text": text, "html": f"<b>{SMALL_MARK} {escape(head)}.</b> {escape(rest)}"})
     flawless = [name for name, m in models.items() if len(m["predictions"]) and _correct(m["predictions"]).all()]
     if flawless:
         low = models[flawless[0]]["intervals"]["accuracy"]["low"]
@@ -586,7 +583,7 @@ def _warnings(models: dict[str, dict[str, Any]], consistency: list[str]) -> list
             "auto-approval intervals marked * are exact binomial (Clopper-Pearson) ones and macro-F1 has no real "
             f"interval: 100% accuracy on these products is consistent with a true accuracy as low as {_pct(low)}."
         )
-        out.append({"text": text, "html": _e(text)})
+        out.append({"text": text, "html": escape(text)})
     for name, m in models.items():
         if calibration_helped(m["metrics"]) is False:
             mm = m["metrics"]
@@ -597,8 +594,8 @@ def _warnings(models: dict[str, dict[str, Any]], consistency: list[str]) -> list
                 "raw network's."
             )
             head, rest = text.split(": ", 1)
-            out.append({"text": text, "html": f"<span class='flag'>{_e(head)}:</span> {_e(rest)}"})
-    out += [{"text": t, "html": _e(t)} for t in consistency]
+            out.append({"text": text, "html": f"<span class='flag'>{escape(head)}:</span> {escape(rest)}"})
+    out += [{"text": t, "html": escape(t)} for t in consistency]
     return out
 
 
@@ -613,11 +610,11 @@ def _levels_html(models: dict[str, dict[str, Any]]) -> str:
         lv = mm["levels"]
         for level in lv["levels"]:
             wrong = lv["first_wrong_level"].get(level["name"], {})
-            rows.append([n, _e(level["name"]), f"{level['classes']:,}", _pct(level["accuracy"]),
+            rows.append([n, escape(level["name"]), f"{level['classes']:,}", _pct(level["accuracy"]),
                          _f4(level["macro_f1"]), f"{wrong.get('products', 0):,}", _f4(lv["hierarchical_f1"])])
     first = next(iter(tree.values()))["taxonomy"]
     merged = first.get("merged") or {}
-    merged_rows = [[_e(k), _e(v["into"]), f"{v['products']:,}"] for k, v in merged.items()]
+    merged_rows = [[escape(k), escape(v["into"]), f"{v['products']:,}"] for k, v in merged.items()]
     merged_html = (
         f"<p class='note'>{len(merged)} paths had fewer than {first['min_class_size']} training products and "
         "were backed off to their parent (the model predicts the parent for them):</p>"
@@ -629,7 +626,7 @@ def _levels_html(models: dict[str, dict[str, Any]]) -> str:
     return (
         "<section><h2>Category tree: each level</h2><p class='note'>The label is a path of "
         f"{len(first['level_names'])} levels ({first['paths']:,} paths in the training taxonomy{depth}; decoding: "
-        f"{_e(first['decode'])}). Every predicted path is one of the training taxonomy's. Accuracy and macro-F1 of "
+        f"{escape(first['decode'])}). Every predicted path is one of the training taxonomy's. Accuracy and macro-F1 of "
         "each level's value over the test products whose path reaches that level; first wrong: products whose "
         "predicted path first differs at that level; hierarchical F1 over the paths' ancestors.</p>"
         + _table(rows, ["model", "level", "classes", "accuracy", "macro-F1", "first wrong here", "hierarchical F1"])
@@ -727,7 +724,7 @@ def _models_html(models: dict[str, dict[str, Any]]) -> str:
         if calibration_helped(mm) is False:
             ece = f"<span class='flag'>{ece} (did not help)</span>"
         rows.append([
-            n, _e("+".join(mm.get("modalities", [n]))), f"{_pct(mm['accuracy'])}<br>{_band(iv['accuracy'])}",
+            n, escape("+".join(mm.get("modalities", [n]))), f"{_pct(mm['accuracy'])}<br>{_band(iv['accuracy'])}",
             _pct(REFERENCE.get(n)), f"{mm['macro_f1']:.4f}<br>{_band(iv['macro_f1'], lambda v: f'{v:.4f}')}",
             f"{mm['weighted_f1']:.4f}", _pct(mm["frequent"]["accuracy"]), _f4(mm["frequent"]["macro_f1"]),
             _pct(mm["rare"]["accuracy"]), _f4(mm["rare"]["macro_f1"]), ece,
@@ -787,8 +784,8 @@ def _ablation_html(models: dict[str, dict[str, Any]], ablation: list[dict[str, A
         return ""
     rows = [
         [
-            _e("+".join(r["modalities"])),
-            _e(", ".join(r["withheld"]) or "none"),
+            escape("+".join(r["modalities"])),
+            escape(", ".join(r["withheld"]) or "none"),
             _pct(r["accuracy"]),
             f"{r['macro_f1']:.4f}",
             _pct(r["baseline_accuracy"]) if r.get("baseline_accuracy") is not None else "",
@@ -816,7 +813,7 @@ def _weak_table(models: dict[str, dict[str, Any]]) -> str:
     rows = []
     for n, m in models.items():
         weak = weakest_classes(m["metrics"]["per_class"], limit=8)
-        text = ", ".join(f"{_e(r['class'])} {r['f1']:.2f} ({r['support']})" for r in weak)
+        text = ", ".join(f"{escape(r['class'])} {r['f1']:.2f} ({r['support']})" for r in weak)
         rows.append([n, text or "none: every class has F1 1.000"])
     return _table(rows, ["model", "weakest classes: F1 (test products), lowest first; only F1 < 1"], cls="options")
 
@@ -836,7 +833,8 @@ def _options_table(models: dict[str, dict[str, Any]]) -> str:
         if all(v == MISSING for v in values):
             continue
         differs = key in ("preset", "seed") and len(set(values)) > 1
-        rows.append([_e(key), *[f"<span class='flag'>{_e(v)}</span>" if differs else _e(v) for v in values]])
+        cells = [f"<span class='flag'>{escape(v)}</span>" if differs else escape(v) for v in values]
+        rows.append([escape(key), *cells])
     return _table(rows, ["option", *models], cls="options")
 
 
