@@ -70,11 +70,26 @@ def sorted_counts(values: pd.Series) -> dict[str, int]:
     return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def dominant(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    by_class: dict[str, Counter[str]] = {}
-    for cls, value in pairs:
-        by_class.setdefault(cls, Counter())[value] += 1
-    return {cls: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for cls, c in by_class.items()}
+def hierarchy_breaks(table: pd.DataFrame) -> tuple[dict[str, int], set[str]]:
+    """hierarchy.py's definition written out again: in masterCategory > subCategory > articleType, a product
+    breaks the tree at the first category (subCategory, then articleType) that sits under a parent other than its
+    most common one, when that most common one holds at least 90% of the category's products."""
+    rows = [(pid, (m, s, a)) for pid, m, s, a in zip(table["id"], table["masterCategory"], table["subCategory"],
+                                                      table["articleType"], strict=True) if m and s and a]
+    under: dict[int, dict[str, Counter[tuple[str, ...]]]] = {1: {}, 2: {}}
+    for _, path in rows:
+        for k in (1, 2):
+            under[k].setdefault(path[k], Counter())[path[:k]] += 1
+    counts, ids = {"subCategory": 0, "articleType": 0}, set()
+    for pid, path in rows:
+        for k, level in ((1, "subCategory"), (2, "articleType")):
+            parents = under[k][path[k]]
+            usual = sorted(parents.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+            if path[:k] != usual and parents[usual] >= 0.9 * sum(parents.values()):
+                counts[level] += 1
+                ids.add(pid)
+                break
+    return counts, ids
 
 
 def independent(folder: Path) -> dict[str, Any]:
@@ -108,15 +123,7 @@ def independent(folder: Path) -> dict[str, Any]:
     classes = sorted_counts(table["articleType"])
     values = list(classes.values())
     total = sum(values)
-    hierarchy = {}
-    breaking = set()
-    for col in ("subCategory", "masterCategory"):
-        pairs = [(c, v) for c, v in zip(table["articleType"], table[col], strict=True) if v]
-        home = dominant(pairs)
-        bad = [pid for pid, c, v in zip(table["id"], table["articleType"], table[col], strict=True)
-               if v and v != home[c]]
-        hierarchy[col] = len(bad)
-        breaking |= set(bad)
+    hierarchy, breaking = hierarchy_breaks(table)
 
     raw_values = {c: raw[c].astype(str) for c in raw.columns}
     case_groups = 0
@@ -334,8 +341,9 @@ def test_formatting_problems_are_found_on_raw_strings(catalog_dir: Path, tmp_pat
     assert fmt["title_case_variants"]["groups"] == 1
     assert fmt["placeholders"]["usage"] == 1
     hb = eda["relationships"]["hierarchy"]
-    assert hb["breaks"]["subCategory"]["groups"][0] == {
-        "articleType": "Tshirts", "expected": "Topwear", "found": "Bottomwear", "rows": 1, "ids": ["5102"]}
+    assert hb["breaks"]["articleType"]["groups"][0] == {
+        "node": "Tshirts", "expected": "Apparel > Topwear", "found": "Apparel > Bottomwear", "rows": 1, "n_node": 16,
+        "ids": ["5102"]}
     assert hb["rows_breaking"] == 1
     assert eda["quality"]["numeric"]["year"]["implausible"] == 1
     di = eda["overview"]["duplicate_images"]

@@ -240,8 +240,9 @@ def test_confusions_come_with_the_products_images(tmp_path: Path) -> None:
 
     page, _ = page_of(run, data=catalog)
     section = page.split("What the models still confuse", 1)[1].split("<section", 1)[0]
-    thumbs = re.findall(r"<span class='mini'[^>]*><img src='(data:image/[a-z]+);base64,[^']+' alt='product (\w+)'",
-                        section)
+    q = "['\"]"  # either quote
+    thumbs = re.findall(rf"<span class={q}mini[^>]*><img src={q}(data:image/[a-z]+);base64,[^'\"]+{q} "
+                        rf"alt={q}product (\w+){q}", section)
     assert thumbs, "no thumbnails beside the confused pairs"
     kinds = dict((pid, kind) for kind, pid in thumbs)
     assert kinds["5003"] == "data:image/png"  # the placeholder of a missing image

@@ -10,10 +10,11 @@ Two independent checks feed one ranked review queue:
   (``cleanlab.filter.find_label_issues``, pruned by noise rate: per-class thresholds are the mean self-confidence,
   products counted off-diagonal in the confident joint are the issues), ranked by self-confidence (the probability
   the model gives the current label; low is suspicious).
-* **Hierarchy breaks** (rule-based). For each articleType the dominant (masterCategory, subCategory) pair is the
-  most common one; a product under a pair that holds at most ``hierarchy_max_share`` of its articleType's products
-  is flagged ("articleType Heels under subCategory Sandal (usually Shoes)"). ArticleTypes genuinely split between
-  two pairs (e.g. 68% / 32%) are therefore not flagged.
+* **Hierarchy breaks** (rule-based, hierarchy.py: the definition the EDA uses too). A product is flagged when its
+  category sits under one parent for all but ``hierarchy_max_share`` of its products and the product sits elsewhere
+  ("articleType Heels under subCategory Sandal (usually Shoes)"), in the fashion layout's masterCategory >
+  subCategory > articleType or in a tree label's own levels. Categories genuinely split between two parents (e.g.
+  68% / 32%) are therefore not flagged.
 
 Classes too rare to judge: a class with fewer than ``min_class_groups`` distinct duplicate groups cannot be
 learned from a few training products, so the model's verdict on it would mostly flag the class for being rare.
@@ -26,9 +27,6 @@ page for the top ``top_n``), ``rejects.csv`` (catalog rows that could not be use
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import logging
 import time
 import warnings
@@ -39,24 +37,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from .catalog import ID, TARGET, TITLE, load_catalog
 from .config import ModelConfig, config_from_options
 from .features import clean_title
+from .hierarchy import MAX_SHARE, breaks_frame, catalog_hierarchy
+from .html_page import Markup, escape, page, pct, thumbnail_uri
 from .predictor import Predictor, parse_modalities
 from .runs import shared_embedder, write_json
 from .schema import CatalogSchema
 from .split import duplicate_groups
-from .taxonomy import Taxonomy, tree_breaks
+from .taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_N = 200
 MIN_CLASS_GROUPS = 10
-HIERARCHY_MAX_SHARE = 0.1
+HIERARCHY_MAX_SHARE = MAX_SHARE
 VAL_FRACTION = 0.1
 ENGINES = ("local", "ray")  # where the fold models train: this process, or Ray tasks (distributed.run_folds_ray)
 QUEUE_COLUMNS = [
@@ -291,78 +290,32 @@ def label_issues(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> p
 def hierarchy_breaks(
     products: pd.DataFrame, max_share: float = HIERARCHY_MAX_SHARE, taxonomy: Taxonomy | None = None
 ) -> pd.DataFrame:
-    """Products whose (masterCategory, subCategory) is a rare placement for their articleType (at most ``max_share``
-    of its products; a break in a class of fewer than ``1 / max_share`` products is therefore never flagged).
-    With a tree label (``taxonomy``: label columns or a path label) the same rule runs on the label's own tree
-    (taxonomy.tree_breaks, shared with the EDA): a node under a rare parent; ``expected_masterCategory`` then holds
-    the usual parent path.
+    """Products that break the catalog's hierarchy (hierarchy.py: filed away from the parent that holds all but
+    ``max_share`` of their category's products): the fashion layout's masterCategory > subCategory > articleType,
+    or with a tree label (``taxonomy``; labels as the catalog spells them) the label's own levels.
 
-    Returns, indexed like ``products``, only the flagged rows with ``expected_masterCategory``,
-    ``expected_subCategory``, ``dominant_share`` (share of the articleType under the dominant pair), ``n_dominant``,
-    ``n_class`` and ``reason``."""
-    if taxonomy is not None and taxonomy.is_tree:
-        return _tree_label_breaks(products, max_share, taxonomy)
-    keys = [TARGET, "masterCategory", "subCategory"]
-    if not set(keys) <= set(products.columns):  # a catalog without the fashion hierarchy's columns
+    Returns, indexed like ``products``, only the flagged rows with ``expected_masterCategory`` and
+    ``expected_subCategory`` (where the product belongs; for a tree label the usual parent path, and empty),
+    ``dominant_share`` (the category's share under its usual parent), ``n_dominant``, ``n_class`` and ``reason``."""
+    tree = catalog_hierarchy(products, taxonomy)
+    if tree is None:  # a flat label without the fashion hierarchy's columns
         return pd.DataFrame(index=products.index[:0])
-    frame = products[keys].astype(object).where(products[keys].notna(), "(empty)")
-    counts = frame.value_counts().rename("n").reset_index()
-    counts["n_class"] = counts.groupby(TARGET)["n"].transform("sum")
-    counts = counts.sort_values([TARGET, "n", "masterCategory", "subCategory"], ascending=[True, False, True, True])
-    dominant = counts.groupby(TARGET).head(1).set_index(TARGET)
-    n_pair = counts.set_index(keys)["n"].reindex(pd.MultiIndex.from_frame(frame)).to_numpy()
-    dom = dominant.reindex(frame[TARGET])
-    dom_master, dom_sub = dom["masterCategory"].to_numpy(), dom["subCategory"].to_numpy()
-    n_dom, n_class = dom["n"].to_numpy(), dom["n_class"].to_numpy()
-    deviates = (frame["masterCategory"].to_numpy() != dom_master) | (frame["subCategory"].to_numpy() != dom_sub)
-    flagged = np.flatnonzero(deviates & (n_pair / n_class <= max_share))
-    out = pd.DataFrame(
+    found = breaks_frame(tree, products.index, max_share)
+    if tree.fashion:
+        master, sub = [e[0] for e in found["expected"]], [e[1] for e in found["expected"]]
+    else:
+        master, sub = list(found["usual_parent"]), [""] * len(found)
+    return pd.DataFrame(
         {
-            "expected_masterCategory": dom_master[flagged],
-            "expected_subCategory": dom_sub[flagged],
-            "n_dominant": n_dom[flagged].astype(int),
-            "n_class": n_class[flagged].astype(int),
+            "expected_masterCategory": master,
+            "expected_subCategory": sub,
+            "n_dominant": found["n_usual"].astype(int),
+            "n_class": found["n_node"].astype(int),
+            "dominant_share": found["share"].astype(float),
+            "reason": found["reason"],
         },
-        index=frame.index[flagged],
+        index=found.index,
     )
-    out["dominant_share"] = out["n_dominant"] / out["n_class"]
-    reasons = []
-    for pos, (idx, o) in zip(flagged, out.iterrows(), strict=True):
-        article, master, sub = frame.loc[idx, keys]
-        parts = []
-        if sub != dom_sub[pos]:
-            parts.append(f"subCategory {sub} (usually {dom_sub[pos]})")
-        if master != dom_master[pos]:
-            parts.append(f"masterCategory {master} (usually {dom_master[pos]})")
-        reasons.append(
-            f"articleType {article} under {' and '.join(parts)}; {o['n_dominant']:,} of {o['n_class']:,} "
-            f"{article} products are under {dom_master[pos]} / {dom_sub[pos]}"
-        )
-    out["reason"] = reasons
-    return out
-
-
-def _tree_label_breaks(products: pd.DataFrame, max_share: float, taxonomy: Taxonomy) -> pd.DataFrame:
-    paths = [taxonomy.split(v) if isinstance(v, str) else () for v in products[TARGET]]
-    breaks = tree_breaks(paths, max_share)
-    index = products.index[[b["row"] for b in breaks]]
-    out = pd.DataFrame(
-        {
-            "expected_masterCategory": [b["usual_parent"] for b in breaks],
-            "expected_subCategory": [""] * len(breaks),
-            "n_dominant": [b["n_usual"] for b in breaks],
-            "n_class": [b["n_node"] for b in breaks],
-        },
-        index=index,
-    )
-    out["dominant_share"] = out["n_dominant"] / out["n_class"] if len(out) else pd.Series(dtype=float)
-    level = taxonomy.level_names
-    out["reason"] = [
-        f"{level[b['level'] - 1]} {b['node']} under {b['parent']} (usually {b['usual_parent']}); "
-        f"{b['n_usual']:,} of {b['n_node']:,} {b['node']} products are under {b['usual_parent']}"
-        for b in breaks
-    ]
-    return out
 
 
 # --------------------------------------------------------------------------------------------------- queue
@@ -403,8 +356,8 @@ def build_queue(products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame
         if is_label:
             suggested, conf = m["suggested"], float(m["p_suggested"])
             reasons.append(
-                f"model is {_pct(conf)} sure this is {suggested}, labelled {given} "
-                f"({_pct(float(m['p_given']))} for {given})"
+                f"model is {pct(conf)} sure this is {suggested}, labelled {given} "
+                f"({pct(float(m['p_given']))} for {given})"
             )
         elif is_judged and m["top"] != given:
             suggested, conf = m["top"], float(m["p_top"])
@@ -415,14 +368,12 @@ def build_queue(products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame
             if not is_judged:
                 text += f" ({given} is too rare for the model to judge)"
             elif not is_label and m["top"] == given:
-                text += f"; the model agrees with {given} ({_pct(conf)}), so the category is the likelier error"
+                text += f"; the model agrees with {given} ({pct(conf)}), so the category is the likelier error"
             elif not is_label:
-                text += f"; the model leans to {suggested} ({_pct(conf)})"
+                text += f"; the model leans to {suggested} ({pct(conf)})"
             else:
-                text += (
-                    f"; if {given} is right after all, the product belongs under "
-                    f"{brk['expected_masterCategory']} / {brk['expected_subCategory']}"
-                )
+                where = " > ".join(p for p in (brk["expected_masterCategory"], brk["expected_subCategory"]) if p)
+                text += f"; if {given} is right after all, the product belongs under {where}"
             reasons.append(text)
         rows.append(
             {
@@ -452,61 +403,8 @@ def build_queue(products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame
     return queue
 
 
-def _pct(v: float) -> str:
-    if v != v:
-        return "—"
-    if 0.01 <= v <= 0.99:
-        return f"{100 * v:.0f}%"
-    if v > 0.999:
-        return "100%" if v >= 1 else ">99.9%"
-    if v < 0.001:
-        return "0%" if v <= 0 else "<0.1%"
-    return f"{100 * v:.1f}%"
-
-
 # --------------------------------------------------------------------------------------------------- html
-PLACEHOLDER = (
-    "data:image/svg+xml;base64,"
-    + base64.b64encode(
-        b'<svg xmlns="http://www.w3.org/2000/svg" width="120" height="160"><rect width="120" height="160" '
-        b'fill="#eceff3"/><text x="60" y="84" font-family="sans-serif" font-size="13" fill="#889" '
-        b'text-anchor="middle">no image</text></svg>'
-    ).decode()
-)
-
-
-def thumbnail(path: str | Path | None, size: tuple[int, int] = (120, 160)) -> str | None:
-    """A JPEG data URI of a small copy of the image, or None when it cannot be read."""
-    if not path:
-        return None
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail(size)
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=85)
-    except Exception as exc:  # PIL raises many types for broken files; the card shows a placeholder instead
-        log.debug("no thumbnail for %s: %s", path, exc)
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#222}
-header{background:#1f2d3d;color:#fff;padding:24px 40px}header h1{margin:0 0 6px;font-size:26px}
-main{padding:10px 40px 40px;max-width:1250px}section{background:#fff;border-radius:8px;padding:18px 24px;
-margin:18px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}h2{margin-top:0;font-size:19px}
-.note{color:#555;font-size:13px}.controls{margin:12px 0;font-size:14px}.controls select{margin:0 14px 0 4px}
-.queue{display:grid;grid-template-columns:repeat(auto-fill,minmax(370px,1fr));gap:14px}
-.item{background:#fff;border-radius:8px;padding:12px;box-shadow:0 1px 3px rgba(0,0,0,.08);display:flex;gap:12px}
-.item img{width:120px;height:160px;object-fit:contain;background:#fafafa;border-radius:4px;flex:none}
-.item .t{font-weight:600;font-size:14px;margin:2px 0 6px}.item .m{font-size:12px;color:#666}
-.item table{font-size:13px;border-collapse:collapse;margin:6px 0}.item td{padding:1px 8px 1px 0;vertical-align:top}
-.cur{color:#b03a2e;font-weight:600}.sug{color:#1e7d3a;font-weight:600}.why{font-size:12px;color:#333}
-.badge{display:inline-block;font-size:11px;border-radius:10px;padding:1px 8px;margin-right:4px;color:#fff}
-.b-label{background:#e45756}.b-hierarchy{background:#4c78a8}.rank{font-size:12px;color:#888}
-"""
-
+THUMB = (120, 160)
 SCRIPT = """
 function reorder(){const key=document.getElementById('sort').value,kind=document.getElementById('kind').value;
 const box=document.getElementById('queue');const items=[...box.children];
@@ -516,6 +414,46 @@ return a.dataset[key].localeCompare(b.dataset[key])||a.dataset.rank-b.dataset.ra
 for(const it of items){it.style.display=(kind==='all'||it.dataset.issue.split('+').includes(kind))?'':'none';
 box.appendChild(it);}}
 """
+
+
+def _review_card(row: dict[str, Any], src: str) -> str:
+    """One queued product: its photo, current and suggested label, confidence, category and the reason."""
+    esc = {k: escape(None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    badges = "".join(f'<span class="pill {k}">{k}</span>' for k in str(row["issue"]).split("+"))
+    conf = row["confidence"]
+    same = row["suggested_label"] == row["current_label"]
+    where = f"{esc['masterCategory']} &gt; {esc['subCategory']}"
+    if (row["expected_masterCategory"], row["expected_subCategory"]) != (row["masterCategory"], row["subCategory"]):
+        where += f' → <span class="sug">{esc["expected_masterCategory"]} &gt; {esc["expected_subCategory"]}</span>'
+    return (
+        f'<div class="item" data-rank="{row["rank"]}" data-confidence="{"" if conf != conf else conf}" '
+        f'data-current="{esc["current_label"]}" data-suggested="{esc["suggested_label"]}" '
+        f'data-issue="{esc["issue"]}"><img alt="product {esc[ID]}" src="{src}">'
+        f'<div><div class="rank">#{row["rank"]} · id {esc[ID]} · score {row["score"]:.3f}</div>'
+        f'<div class="t">{esc[TITLE] or "(no title)"}</div>{badges}<table>'
+        f'<tr><td>current</td><td class="cur">{esc["current_label"]}</td></tr>'
+        f'<tr><td>suggested</td><td class="{"" if same else "sug"}">'
+        f"{'keep ' if same else ''}{esc['suggested_label']}</td></tr>"
+        f"<tr><td>confidence</td><td>{pct(float(conf))}</td></tr>"
+        + (f"<tr><td>category</td><td>{where}</td></tr>" if esc["masterCategory"] else "") + "</table>"
+        f'<div class="why">{esc["reason"]}</div></div></div>'
+    )
+
+
+def _how_to_read(summary: dict[str, Any]) -> str:
+    rare = ", ".join(summary.get("not_judged_classes", []))
+    return f"""<p class="note">Each product was judged by a
+{escape("+".join(summary.get("modalities", [])))} model trained on the other
+{int(summary.get("folds", 2)) - 1} folds (duplicates of a product were never in its training data).
+Confident learning (cleanlab) flags a label when the model confidently prefers another one;
+<b>confidence</b> is the model's probability for the suggested label. Hierarchy breaks are products filed under
+another parent than the one their category almost always has (the EDA counts the same breaks).
+Cards are ordered by suspicion (score). Classes too rare to judge: {escape(rare) or "none"}.</p>
+<div class="controls">order by <select id="sort" onchange="reorder()"><option value="rank">ranking</option>
+<option value="confidence">confidence</option><option value="current">current label</option>
+<option value="suggested">suggested label</option></select>show <select id="kind" onchange="reorder()">
+<option value="all">all issues</option><option value="label">label issues</option>
+<option value="hierarchy">hierarchy breaks</option></select></div>"""
 
 
 def write_html(
@@ -528,56 +466,27 @@ def write_html(
     progress: bool = False,
 ) -> Path:
     """Self-contained review page: one card per queued product (top ``top_n``), in ranking order."""
-    image_of = dict(zip(products[ID], products["image_path"], strict=True))
+    status = products["image_status"] if "image_status" in products else pd.Series("ok", index=products.index)
+    image_of = dict(zip(products[ID], zip(products["image_path"], status, strict=True), strict=True))
     shown = queue.head(top_n)
     cards = []
     for r in tqdm(
         shown.itertuples(index=False), total=len(shown), desc="review page", leave=False, disable=not progress
     ):
         row = r._asdict()
-        src = thumbnail(image_of.get(row[ID])) or PLACEHOLDER
-        esc = {k: html.escape("" if v is None or (isinstance(v, float) and v != v) else str(v)) for k, v in row.items()}
-        badges = "".join(f'<span class="badge b-{k}">{k}</span>' for k in str(row["issue"]).split("+"))
-        conf = row["confidence"]
-        conf_text = _pct(float(conf)) if conf == conf else "—"
-        same = row["suggested_label"] == row["current_label"]
-        where = f"{esc['masterCategory']} / {esc['subCategory']}"
-        if (row["expected_masterCategory"], row["expected_subCategory"]) != (row["masterCategory"], row["subCategory"]):
-            where += f' → <span class="sug">{esc["expected_masterCategory"]} / {esc["expected_subCategory"]}</span>'
-        cards.append(
-            f'<div class="item" data-rank="{row["rank"]}" data-confidence="{"" if conf != conf else conf}" '
-            f'data-current="{esc["current_label"]}" data-suggested="{esc["suggested_label"]}" '
-            f'data-issue="{esc["issue"]}"><img alt="product {esc[ID]}" src="{src}">'
-            f'<div><div class="rank">#{row["rank"]} · id {esc[ID]} · score {row["score"]:.3f}</div>'
-            f'<div class="t">{esc[TITLE] or "(no title)"}</div>{badges}<table>'
-            f'<tr><td>current</td><td class="cur">{esc["current_label"]}</td></tr>'
-            f'<tr><td>suggested</td><td class="{"" if same else "sug"}">'
-            f"{'keep ' if same else ''}{esc['suggested_label']}</td></tr>"
-            f"<tr><td>confidence</td><td>{conf_text}</td></tr>"
-            + (f"<tr><td>category</td><td>{where}</td></tr>" if esc["masterCategory"] else "") + "</table>"
-            f'<div class="why">{esc["reason"]}</div></div></div>'
-        )
+        image_path, image_status = image_of.get(row[ID], (None, "missing"))
+        cards.append(_review_card(row, thumbnail_uri(image_path, str(image_status), THUMB)))
     counts = summary.get("queue", {})
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DeepFusion catalog audit</title>
-<style>{CSS}</style><script>{SCRIPT}</script></head><body>
-<header><h1>DeepFusion — catalog audit</h1><div>{html.escape(str(summary.get("catalog", "")))}</div>
-<div>{summary.get("queue_size", len(queue)):,} products to review ({counts.get("label", 0):,} probable label errors,
-{counts.get("hierarchy", 0):,} hierarchy breaks, {counts.get("label+hierarchy", 0):,} both);
-this page shows the top {len(shown):,}, audit.csv holds them all.</div></header>
-<main><section><h2>How to read this</h2><p class="note">Each product was judged by a
-{html.escape("+".join(summary.get("modalities", [])))} model trained on the other
-{int(summary.get("folds", 2)) - 1} folds (duplicates of a product were never in its training data).
-Confident learning (cleanlab) flags a label when the model confidently prefers another one;
-<b>confidence</b> is the model's probability for the suggested label. Hierarchy breaks are articleTypes placed
-under an unusual masterCategory / subCategory. Cards are ordered by suspicion (score).
-Classes too rare to judge: {html.escape(", ".join(summary.get("not_judged_classes", [])) or "none")}.</p>
-<div class="controls">order by <select id="sort" onchange="reorder()"><option value="rank">ranking</option>
-<option value="confidence">confidence</option><option value="current">current label</option>
-<option value="suggested">suggested label</option></select>show <select id="kind" onchange="reorder()">
-<option value="all">all issues</option><option value="label">label issues</option>
-<option value="hierarchy">hierarchy breaks</option></select></div>
-<div class="queue" id="queue">{"".join(cards)}</div></section></main></body></html>"""
-    path.write_text(page, encoding="utf-8")
+    sub = Markup(
+        f"{summary.get('queue_size', len(queue)):,} products to review ({counts.get('label', 0):,} probable label "
+        f"errors, {counts.get('hierarchy', 0):,} hierarchy breaks, {counts.get('label+hierarchy', 0):,} both); this "
+        f"page shows the top {len(shown):,}, audit.csv holds them all."
+    )
+    body = (f"<section><h2>How to read this</h2>{_how_to_read(summary)}"
+            f'<div class="queue" id="queue">{"".join(cards)}</div></section>')
+    text = page("DeepFusion catalog audit", "DeepFusion — catalog audit", body,
+                subtitle=[str(summary.get("catalog", "")), sub], script=SCRIPT)
+    path.write_text(text, encoding="utf-8")
     log.info("wrote %s", path)
     return path
 
@@ -629,6 +538,7 @@ def audit_catalog(
     products = catalog.products.sort_values(ID, kind="stable").reset_index(drop=True)
     schema = catalog.schema
     taxonomy = Taxonomy.fit(list(products[TARGET]), columns=schema.levels, label_sep=schema.label_sep, min_count=1)
+    breaks = hierarchy_breaks(products, hierarchy_max_share, taxonomy)  # on the labels as the catalog spells them
     fold_schema = schema
     if taxonomy.is_tree:
         # Whole paths in the catalog's spelling: the fold models judge the path, the queue shows it readably.
@@ -665,7 +575,6 @@ def audit_catalog(
                 **{c: np.zeros(0, object) for c in ("suggested", "top")},
             }
         )
-    breaks = hierarchy_breaks(products, hierarchy_max_share, taxonomy)
     queue = build_queue(products, judged, issues, breaks)
     queue.to_csv(out / "audit.csv", index=False)
 
@@ -690,8 +599,9 @@ def audit_catalog(
         "config": config.to_json(),
         "cleanlab_version": cleanlab.__version__,
         "method": "out-of-fold probabilities (StratifiedGroupKFold over duplicate groups) + cleanlab "
-        "find_label_issues(filter_by='prune_by_noise_rate'), ranked by self-confidence; hierarchy breaks: "
-        f"(masterCategory, subCategory) holding at most {hierarchy_max_share:.0%} of an articleType",
+        "find_label_issues(filter_by='prune_by_noise_rate'), ranked by self-confidence; hierarchy breaks "
+        f"(hierarchy.py): a category whose usual parent holds at least {1 - hierarchy_max_share:.0%} of its products, "
+        "filed under another",
         "judged_products": int(judged.sum()),
         "not_judged_products": int((~judged).sum()),
         "min_class_groups": min_class_groups,

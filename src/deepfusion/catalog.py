@@ -135,6 +135,10 @@ class Catalog:
     schema: CatalogSchema = FASHION
     separator: str | None = None  # the field separator of a delimited table
     links: pd.DataFrame | None = None  # the links tried (image_links.LINK_COLUMNS); None: no image value is a link
+    # The table as read, every column as strings before cleaning (the EDA checks formatting on it), kept when
+    # load_catalog(keep_table=True). ``images_dir``: where the products' images were looked up.
+    table: pd.DataFrame | None = field(default=None, repr=False)
+    images_dir: Path | None = None
 
     @property
     def dropped(self) -> pd.DataFrame:
@@ -793,6 +797,7 @@ def load_catalog(
     rejects_path: str | Path | None = None,
     links: LinkOptions | None = None,
     fetch_links: bool = True,
+    keep_table: bool = False,
 ) -> Catalog:
     """Load a product table and its images from ``data`` (a table file, or a folder holding one) and validate every
     row.
@@ -816,7 +821,8 @@ def load_catalog(
     ``LinkOptions()``) into the URL cache, which counts as one more images folder; with several values per product
     the first that works is used, links and local files alike. Every link tried is in ``Catalog.links``
     (``write_links`` saves it as links.csv). ``fetch_links=False`` tries no link (the EDA's ``--check-links``
-    samples them instead): such a product counts as without an image.
+    samples them instead): such a product counts as without an image. ``keep_table``: keep the table as read in
+    ``Catalog.table`` (the EDA's formatting checks; it costs a second copy of the catalog in memory).
 
     With ``rejects_path`` the rejects report is written there, also when the load then fails. Raises
     ``CatalogError`` when the catalog cannot be read or no product is usable; in the latter case its
@@ -870,6 +876,8 @@ def load_catalog(
         schema=schema,
         separator=styles.separator,
         links=link_reports[0] if link_reports else None,
+        table=styles.table.reset_index(drop=True) if keep_table else None,
+        images_dir=image_roots[0],
     )
     if rejects_path is not None:
         catalog.write_rejects(Path(rejects_path))

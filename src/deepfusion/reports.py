@@ -13,24 +13,17 @@ products).
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .catalog import find_image  # noqa: E402
-from .eda import thumbnail_uri  # noqa: E402
-from .evaluation import (  # noqa: E402
+from .catalog import find_image
+from .evaluation import (
     BOOTSTRAP_RESAMPLES,
     INTERVAL_LEVEL,
     PRECISION_TARGETS,
@@ -41,12 +34,14 @@ from .evaluation import (  # noqa: E402
     paired_bootstrap,
     weakest_classes,
 )
-from .model_files import read_config  # noqa: E402
+from .html_page import MISSING, Markup, card, escape, mini, page, pct, png_uri, table, thumbnail_uri
+from .model_files import read_config
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("metadata", "image", "fusion")
-# The reference study (frozen EfficientNet-B0) on this data set: test accuracy per model.
+# The reference study's published test accuracy per model (frozen EfficientNet-B0, its own split), shown beside
+# ours; docs/experiments.md, "the reference study on the fashion catalog".
 REFERENCE = {"metadata": 0.81, "image": 0.857, "fusion": 0.864}
 COLORS = {"metadata": "#8c8c8c", "image": "#4c78a8", "fusion": "#e45756"}
 PER_100K = 100_000
@@ -56,11 +51,15 @@ CONFUSION_THUMB = (60, 80)
 SMALL_MARK = "⚠"
 
 
-def _png(fig: plt.Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+def _fig(width: float, height: float) -> Any:
+    """A figure as pyplot would make it (saved with a tight bounding box), without pyplot's global state."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _png(fig: Any) -> str:
+    return png_uri(fig, dpi=110, tight=True)
 
 
 def load_run(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -242,7 +241,8 @@ def _bar_chart(models: dict[str, dict[str, Any]]) -> str:
     """Grouped by metric, one bar per model, with the bootstrap interval as an error bar."""
     names = list(models)
     metrics = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"))
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    fig = _fig(7.5, 3.6)
+    ax = fig.subplots()
     x = np.arange(len(metrics))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
@@ -284,7 +284,8 @@ def _per_class_chart(models: dict[str, dict[str, Any]], top: int = 40) -> str:
     frames = {n: pd.DataFrame(m["metrics"]["per_class"]).set_index("class") for n, m in models.items()}
     last = list(frames)[-1]
     classes = frames[last].sort_values("support", ascending=False).index[:top]
-    fig, ax = plt.subplots(figsize=(12, 4.2))
+    fig = _fig(12, 4.2)
+    ax = fig.subplots()
     x = np.arange(len(classes))
     width = 0.8 / len(frames)
     for i, (name, frame) in enumerate(frames.items()):
@@ -310,7 +311,8 @@ def _per_class_chart(models: dict[str, dict[str, Any]], top: int = 40) -> str:
 def _reliability_chart(models: dict[str, dict[str, Any]]) -> str:
     """Confidence against accuracy per bin, and below it how many test products each bin holds: a point made of
     three products says little."""
-    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5.2, 5.6), height_ratios=[3, 1.4], sharex=True)
+    fig = _fig(5.2, 5.6)
+    ax, counts = fig.subplots(2, 1, height_ratios=[3, 1.4], sharex=True)
     ax.plot([0, 1], [0, 1], ls="--", color="black", lw=1, label="perfect calibration")
     width = 0.1 / (len(models) + 1)
     for i, (name, m) in enumerate(models.items()):
@@ -341,7 +343,8 @@ def _reliability_chart(models: dict[str, dict[str, Any]]) -> str:
 
 
 def _coverage_chart(models: dict[str, dict[str, Any]]) -> str:
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    fig = _fig(5.6, 4.2)
+    ax = fig.subplots()
     for name, m in models.items():
         p = m["predictions"]
         order = np.argsort(-p["confidence"].to_numpy(), kind="stable")
@@ -366,7 +369,8 @@ def _history_chart(models: dict[str, dict[str, Any]]) -> str | None:
     histories = {n: h for n, h in histories.items() if any("epoch" in r for r in h)}
     if not histories:
         return None
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10.5, 3.6))
+    fig = _fig(10.5, 3.6)
+    loss_ax, acc_ax = fig.subplots(1, 2)
     for name, rows in histories.items():
         frame = pd.DataFrame(rows)
         colour = COLORS.get(name)
@@ -397,18 +401,19 @@ def _history_chart(models: dict[str, dict[str, Any]]) -> str | None:
 # ------------------------------------------------------------------------------------------------------- HTML
 
 
-def _table(rows: list[list[Any]], header: list[str], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], cls: str = "") -> str:
+    """A table of cells already written as HTML here (escaped where they hold catalog text); figures are
+    right-aligned after the first column, except in the text tables ``options`` and ``ex``."""
+    numeric = () if cls in ("options", "ex") else range(1, len(header))
+    return table(header, [[Markup(c) for c in r] for r in rows], numeric=numeric, cls=cls)
 
 
 def _pct(v: float | None) -> str:
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}%"
+    return pct(v, 2)
 
 
 def _f4(v: float | None) -> str:
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+    return MISSING if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
 
 
 def _band(iv: dict[str, Any] | None, fmt: Any = _pct) -> str:
@@ -426,15 +431,11 @@ def _count_band(pair: list[int] | None, signed: bool = False) -> str:
     return f"<span class='ci'>[{fmt.format(pair[0])} – {fmt.format(pair[1])}]</span>"
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
 def _option_text(value: Any, key: str = "") -> str:
     if key == "image size" and isinstance(value, list | tuple):
         return "x".join(map(str, value))
     if value is None:
-        return "—"
+        return MISSING
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
@@ -442,28 +443,6 @@ def _option_text(value: Any, key: str = "") -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#222}
-header{background:#1f2d3d;color:#fff;padding:24px 40px}header h1{margin:0 0 6px;font-size:26px}
-main{padding:10px 40px 40px;max-width:1250px}section{background:#fff;border-radius:8px;padding:18px 24px;
-margin:18px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}h2{margin-top:0;font-size:19px}
-.cards{display:flex;gap:14px;flex-wrap:wrap}.card{background:#fff;border-radius:8px;padding:14px 18px;
-min-width:170px;box-shadow:0 1px 3px rgba(0,0,0,.08)}.card .v{font-size:26px;font-weight:600}
-.card .l{font-size:12px;color:#666}.card .ci{display:block;font-size:12px;margin-top:2px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}
-th,td{border-bottom:1px solid #e3e3e3;padding:5px 10px;text-align:right;vertical-align:top}th{background:#f0f2f5}
-td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}
-.row{display:flex;gap:20px;flex-wrap:wrap;align-items:flex-start}.row img{min-width:0}
-.note{color:#555;font-size:13px}.ci{color:#666;font-size:11.5px;white-space:nowrap}
-.warnings{background:#fff4e5;border-left:5px solid #d9822b}.warnings h2{color:#8a4b0f}
-.warnings li{margin:4px 0}.flag{color:#a4501a;font-weight:600}
-table.options td,table.options th{text-align:left}table.ex td,table.ex th{text-align:left}
-.mini{display:inline-block;text-align:center;margin:0 6px 2px 0;font-size:11px;color:#555;vertical-align:top}
-.mini img{display:block;width:60px;height:80px;object-fit:contain;border:1px solid #e3e3e3;border-radius:3px;
-background:#fff}
-"""
 
 
 def _images_dir(run_dir: Path, data: str | Path | None, split: dict[str, Any]) -> Path | None:
@@ -489,7 +468,7 @@ def _confusions_html(models: dict[str, dict[str, Any]], order: list[str], images
         model = models[name]
         pairs = model["metrics"].get("confused_pairs", [])[:CONFUSION_PAIRS]
         if not pairs:
-            parts.append(f"<h3>{_e(name)}</h3><p class='note'>No test product was misclassified.</p>")
+            parts.append(f"<h3>{escape(name)}</h3><p class='note'>No test product was misclassified.</p>")
             continue
         preds = model["predictions"]
         rows = []
@@ -498,19 +477,16 @@ def _confusions_html(models: dict[str, dict[str, Any]], order: list[str], images
             wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(EXAMPLES_PER_PAIR)
             examples = []
             for pid, conf, given in zip(wrong["id"], wrong["confidence"], _given_paths(wrong), strict=True):
-                caption = f"{_e(pid)} · {conf:.2f}"
+                caption = f"{escape(pid)} · {conf:.2f}"
                 if not show_images:
                     examples.append(f"<span class='ci'>{caption}</span>")
                     continue
                 path = given if given is not None else find_image(images_dir, pid) if images_dir else None
                 src = thumbnail_uri(path, "ok" if path is not None else "missing", CONFUSION_THUMB)
-                examples.append(
-                    f"<span class='mini' title='confidence {conf:.3f}'><img src='{src}' alt='product {_e(pid)}'>"
-                    f"<span>{caption}</span></span>"
-                )
-            rows.append([_e(p["true"]), _e(p["predicted"]), p["count"], " ".join(examples)])
+                examples.append(mini(src, str(pid), f"{pid} · {conf:.2f}", f"confidence {conf:.3f}", large=True))
+            rows.append([escape(p["true"]), escape(p["predicted"]), p["count"], " ".join(examples)])
         parts.append(
-            f"<h3>{_e(name)}</h3>"
+            f"<h3>{escape(name)}</h3>"
             + _table(rows, ["true category", "predicted as", "test products", "examples (id · confidence)"], cls="ex")
         )
     note = (
@@ -600,7 +576,7 @@ def _warnings(models: dict[str, dict[str, Any]], consistency: list[str]) -> list
             "and are no more certain than they are."
         )
         head, rest = text.split(". ", 1)
-        out.append({"text": text, "html": f"<b>{SMALL_MARK} {_e(head)}.</b> {_e(rest)}"})
+        out.append({"text": text, "html": f"<b>{SMALL_MARK} {escape(head)}.</b> {escape(rest)}"})
     flawless = [name for name, m in models.items() if len(m["predictions"]) and _correct(m["predictions"]).all()]
     if flawless:
         low = models[flawless[0]]["intervals"]["accuracy"]["low"]
@@ -610,7 +586,7 @@ def _warnings(models: dict[str, dict[str, Any]], consistency: list[str]) -> list
             "auto-approval intervals marked * are exact binomial (Clopper-Pearson) ones and macro-F1 has no real "
             f"interval: 100% accuracy on these products is consistent with a true accuracy as low as {_pct(low)}."
         )
-        out.append({"text": text, "html": _e(text)})
+        out.append({"text": text, "html": escape(text)})
     for name, m in models.items():
         if calibration_helped(m["metrics"]) is False:
             mm = m["metrics"]
@@ -621,8 +597,8 @@ def _warnings(models: dict[str, dict[str, Any]], consistency: list[str]) -> list
                 "raw network's."
             )
             head, rest = text.split(": ", 1)
-            out.append({"text": text, "html": f"<span class='flag'>{_e(head)}:</span> {_e(rest)}"})
-    out += [{"text": t, "html": _e(t)} for t in consistency]
+            out.append({"text": text, "html": f"<span class='flag'>{escape(head)}:</span> {escape(rest)}"})
+    out += [{"text": t, "html": escape(t)} for t in consistency]
     return out
 
 
@@ -637,11 +613,11 @@ def _levels_html(models: dict[str, dict[str, Any]]) -> str:
         lv = mm["levels"]
         for level in lv["levels"]:
             wrong = lv["first_wrong_level"].get(level["name"], {})
-            rows.append([n, _e(level["name"]), f"{level['classes']:,}", _pct(level["accuracy"]),
+            rows.append([n, escape(level["name"]), f"{level['classes']:,}", _pct(level["accuracy"]),
                          _f4(level["macro_f1"]), f"{wrong.get('products', 0):,}", _f4(lv["hierarchical_f1"])])
     first = next(iter(tree.values()))["taxonomy"]
     merged = first.get("merged") or {}
-    merged_rows = [[_e(k), _e(v["into"]), f"{v['products']:,}"] for k, v in merged.items()]
+    merged_rows = [[escape(k), escape(v["into"]), f"{v['products']:,}"] for k, v in merged.items()]
     merged_html = (
         f"<p class='note'>{len(merged)} paths had fewer than {first['min_class_size']} training products and "
         "were backed off to their parent (the model predicts the parent for them):</p>"
@@ -653,7 +629,7 @@ def _levels_html(models: dict[str, dict[str, Any]]) -> str:
     return (
         "<section><h2>Category tree: each level</h2><p class='note'>The label is a path of "
         f"{len(first['level_names'])} levels ({first['paths']:,} paths in the training taxonomy{depth}; decoding: "
-        f"{_e(first['decode'])}). Every predicted path is one of the training taxonomy's. Accuracy and macro-F1 of "
+        f"{escape(first['decode'])}). Every predicted path is one of the training taxonomy's. Accuracy and macro-F1 of "
         "each level's value over the test products whose path reaches that level; first wrong: products whose "
         "predicted path first differs at that level; hierarchical F1 over the paths' ancestors.</p>"
         + _table(rows, ["model", "level", "classes", "accuracy", "macro-F1", "first wrong here", "hierarchical F1"])
@@ -676,6 +652,44 @@ def _page(
     mark = mark if small else ""
     best = max(models, key=lambda n: models[n]["metrics"]["accuracy"])
     order = [best, *[n for n in models if n != best]]
+    warnings_html = (
+        "<section class='warnings'><h2>Read this first</h2><ul>"
+        + "".join(f"<li>{w['html']}</li>" for w in warnings)
+        + "</ul></section>"
+        if warnings
+        else ""
+    )
+    small_note = (
+        f"<p class='note flag'>{SMALL_MARK} scaled from {n_test:,} test products: see the warning at the top.</p>"
+        if small
+        else ""
+    )
+    body = f"""
+{warnings_html}
+<div class="cards" style="margin-top:18px">{_cards_html(models, impact, best, mark)}</div>
+<section><h2>In plain words</h2>{_plain_words(models, impact, mark)}</section>
+<section><h2>The three models side by side</h2>{_models_html(models)}</section>
+<section><h2>What it means at catalog scale</h2>{_impact_table(impact, mark)}{small_note}
+<div class="row"><img alt="coverage vs precision" src="{_coverage_chart(models)}">
+<img alt="reliability diagram" src="{_reliability_chart(models)}"></div></section>
+{_ablation_html(models, ablation)}
+{_levels_html(models)}
+<section><h2>Per-class F1</h2><img alt="per-class F1" src="{_per_class_chart(models)}">{_weak_table(models)}</section>
+<section><h2>What the models still confuse</h2>{_confusions_html(models, order, images_dir)}</section>
+<section><h2>Training curves</h2>{_history_html(models)}</section>
+<section><h2>What made each model</h2><p class="note">From each model folder's config.json.</p>
+{_options_table(models)}</section>
+"""
+    sizes = " · ".join(f"{k} {v:,}" for k, v in split.get("sizes", {}).items())
+    return page(
+        "DeepFusion run report", "DeepFusion — model comparison", body,
+        subtitle=[str(split.get("catalog", "")),
+                  f"Leakage-safe split (duplicate products kept on one side, seed {split.get('seed', '')}): {sizes}"],
+    )
+
+
+def _cards_html(models: dict[str, dict[str, Any]], impact: dict[str, Any], best: str, mark: str) -> str:
+    """The best model's headline figures, each with its interval."""
     bm, biv = models[best]["metrics"], models[best]["intervals"]
     cards = [
         (_pct(bm["accuracy"]), _band(biv["accuracy"]), f"test accuracy ({best})"),
@@ -700,84 +714,26 @@ def _page(
                 "auto-approvable at 98% precision",
             )
         )
-    cards_html = "".join(
-        f'<div class="card"><div class="v">{v}</div>{ci}<div class="l">{_e(lab)}</div></div>' for v, ci, lab in cards
-    )
-    warnings_html = (
-        "<section class='warnings'><h2>Read this first</h2><ul>"
-        + "".join(f"<li>{w['html']}</li>" for w in warnings)
-        + "</ul></section>"
-        if warnings
-        else ""
-    )
+    return "".join(card(Markup(v), label, band=Markup(ci)) for v, ci, label in cards)
 
+
+def _models_html(models: dict[str, dict[str, Any]]) -> str:
+    """Each model's figures with their intervals, beside the reference study's, and the comparison chart."""
     rows = []
     for n, m in models.items():
         mm, iv = m["metrics"], m["intervals"]
-        helped = calibration_helped(mm)
         before = mm.get("ece_uncalibrated")
         ece = f"{before:.3f} → {mm['ece']:.3f}" if before is not None else f"{mm['ece']:.3f}"
-        if helped is False:
+        if calibration_helped(mm) is False:
             ece = f"<span class='flag'>{ece} (did not help)</span>"
-        rows.append(
-            [
-                n,
-                _e("+".join(mm.get("modalities", [n]))),
-                f"{_pct(mm['accuracy'])}<br>{_band(iv['accuracy'])}",
-                _pct(REFERENCE.get(n)),
-                f"{mm['macro_f1']:.4f}<br>{_band(iv['macro_f1'], lambda v: f'{v:.4f}')}",
-                f"{mm['weighted_f1']:.4f}",
-                _pct(mm["frequent"]["accuracy"]),
-                _f4(mm["frequent"]["macro_f1"]),
-                _pct(mm["rare"]["accuracy"]),
-                _f4(mm["rare"]["macro_f1"]),
-                ece,
-            ]
-        )
-    model_table = _table(
-        rows,
-        [
-            "model",
-            "inputs",
-            "accuracy",
-            "reference study",
-            "macro-F1",
-            "weighted-F1",
-            "frequent acc.",
-            "frequent macro-F1",
-            "rare acc.",
-            "rare macro-F1",
-            "ECE before → after calibration",
-        ],
-    )
-
-    impact_rows = []
-    for n, imp in impact.items():
-        extra = imp["extra_correct_vs_metadata_per_100k"]
-        cells = [
-            n,
-            f"{imp['correct_per_100k']:,}{mark}<br>{_count_band(imp['correct_per_100k_interval'])}",
-            f"{imp['errors_per_100k']:,}{mark}",
-            "—"
-            if extra is None or n == "metadata"
-            else f"{extra:+,}{mark}<br>{_count_band(imp['extra_correct_vs_metadata_per_100k_interval'], signed=True)}",
-        ]
-        for a in imp["auto_approval"]:
-            cells.append(
-                f"{_pct(a['coverage'])} {_band(_iv(a))}<br>{a['manual_reviews_per_100k']:,} reviews{mark} "
-                f"{_count_band(a['manual_reviews_per_100k_interval'])}"
-            )
-        impact_rows.append(cells)
-    impact_table = _table(
-        impact_rows,
-        [
-            "model",
-            "right per 100k",
-            "wrong per 100k",
-            "vs metadata-only",
-            *[f"auto-approved at {int(t * 100)}% precision (reviews per 100k)" for t in PRECISION_TARGETS],
-        ],
-    )
+        rows.append([
+            n, escape("+".join(mm.get("modalities", [n]))), f"{_pct(mm['accuracy'])}<br>{_band(iv['accuracy'])}",
+            _pct(REFERENCE.get(n)), f"{mm['macro_f1']:.4f}<br>{_band(iv['macro_f1'], lambda v: f'{v:.4f}')}",
+            f"{mm['weighted_f1']:.4f}", _pct(mm["frequent"]["accuracy"]), _f4(mm["frequent"]["macro_f1"]),
+            _pct(mm["rare"]["accuracy"]), _f4(mm["rare"]["macro_f1"]), ece,
+        ])
+    header = ["model", "inputs", "accuracy", "reference study", "macro-F1", "weighted-F1", "frequent acc.",
+              "frequent macro-F1", "rare acc.", "rare macro-F1", "ECE before → after calibration"]
     resamples = next(iter(models.values()))["intervals"]["n_resamples"]
     interval_note = (
         f"<p class='note'>In brackets: the {INTERVAL_LEVEL:.0%} bootstrap interval ({resamples:,} "
@@ -786,7 +742,6 @@ def _page(
         "interval where resampling cannot vary. The difference from metadata-only resamples the same products "
         "for both models.</p>"
     )
-    words = _plain_words(models, impact, mark)
     refit = {n: m["metrics"]["refit"] for n, m in models.items() if m["metrics"].get("refit")}
     refit_note = (
         f"<p class='note'>Refit: {', '.join(refit)} trained again on train + validation "
@@ -795,90 +750,95 @@ def _page(
         if refit
         else ""
     )
+    return f"""{_table(rows, header)}{interval_note}
+<p class="note">Frequent classes have ≥ 100 training examples, rare ones fewer. Reference study: frozen
+EfficientNet-B0, metadata-only {pct(REFERENCE["metadata"])}, image-only {pct(REFERENCE["image"])}, fusion
+{pct(REFERENCE["fusion"])} (its own split).</p>{refit_note}
+<img alt="model comparison chart" src="{_bar_chart(models)}">"""
 
-    ablation_html = ""
-    if ablation:
-        ab_rows = [
-            [
-                _e("+".join(r["modalities"])),
-                _e(", ".join(r["withheld"]) or "none"),
-                _pct(r["accuracy"]),
-                f"{r['macro_f1']:.4f}",
-                _pct(r["baseline_accuracy"]) if r.get("baseline_accuracy") is not None else "",
-            ]
-            for r in ablation
+
+def _impact_table(impact: dict[str, Any], mark: str) -> str:
+    """Right and wrong products per 100,000 and auto-approval at each precision target, per model."""
+    rows = []
+    for n, imp in impact.items():
+        extra = imp["extra_correct_vs_metadata_per_100k"]
+        cells = [
+            n,
+            f"{imp['correct_per_100k']:,}{mark}<br>{_count_band(imp['correct_per_100k_interval'])}",
+            f"{imp['errors_per_100k']:,}{mark}",
+            MISSING
+            if extra is None or n == "metadata"
+            else f"{extra:+,}{mark}<br>{_count_band(imp['extra_correct_vs_metadata_per_100k_interval'], signed=True)}",
         ]
-        ablation_html = (
-            "<section><h2>Missing inputs (fusion model)</h2><p class='note'>The same trained fusion model on the "
-            "test products with some inputs emptied in the data, as a product arrives without them: the fields "
-            "of a withheld input are blank, and the last row blanks each metadata field at random. The model was "
-            "trained on blanked copies of its training products and with modality dropout so that it copes"
-            + (
-                "; a product without a title is answered by its second network, trained without titles"
-                if models["fusion"]["metrics"].get("title_fallback")
-                else ""
+        for a in imp["auto_approval"]:
+            cells.append(
+                f"{_pct(a['coverage'])} {_band(_iv(a))}<br>{a['manual_reviews_per_100k']:,} reviews{mark} "
+                f"{_count_band(a['manual_reviews_per_100k_interval'])}"
             )
-            + ". The baseline is a TF-IDF + linear SVM fitted on the same text inputs and tested on the same "
-            "blanked products.</p>"
-            + _table(ab_rows, ["inputs used", "withheld", "accuracy", "macro-F1", "TF-IDF + SVM baseline"])
-            + "</section>"
-        )
+        rows.append(cells)
+    header = ["model", "right per 100k", "wrong per 100k", "vs metadata-only",
+              *[f"auto-approved at {int(t * 100)}% precision (reviews per 100k)" for t in PRECISION_TARGETS]]
+    return _table(rows, header)
 
-    weak_rows = []
+
+def _ablation_html(models: dict[str, dict[str, Any]], ablation: list[dict[str, Any]] | None) -> str:
+    """The fusion model on test products with inputs emptied, beside the TF-IDF + SVM baseline."""
+    if not ablation:
+        return ""
+    rows = [
+        [
+            escape("+".join(r["modalities"])),
+            escape(", ".join(r["withheld"]) or "none"),
+            _pct(r["accuracy"]),
+            f"{r['macro_f1']:.4f}",
+            _pct(r["baseline_accuracy"]) if r.get("baseline_accuracy") is not None else "",
+        ]
+        for r in ablation
+    ]
+    fallback = (
+        "; a product without a title is answered by its second network, trained without titles"
+        if models["fusion"]["metrics"].get("title_fallback")
+        else ""
+    )
+    return (
+        "<section><h2>Missing inputs (fusion model)</h2><p class='note'>The same trained fusion model on the "
+        "test products with some inputs emptied in the data, as a product arrives without them: the fields "
+        "of a withheld input are blank, and the last row blanks each metadata field at random. The model was "
+        f"trained on blanked copies of its training products and with modality dropout so that it copes{fallback}. "
+        "The baseline is a TF-IDF + linear SVM fitted on the same text inputs and tested on the same "
+        "blanked products.</p>"
+        + _table(rows, ["inputs used", "withheld", "accuracy", "macro-F1", "TF-IDF + SVM baseline"])
+        + "</section>"
+    )
+
+
+def _weak_table(models: dict[str, dict[str, Any]]) -> str:
+    rows = []
     for n, m in models.items():
         weak = weakest_classes(m["metrics"]["per_class"], limit=8)
-        text = ", ".join(f"{_e(r['class'])} {r['f1']:.2f} ({r['support']})" for r in weak)
-        weak_rows.append([n, text or "none: every class has F1 1.000"])
-    weak_table = _table(
-        weak_rows, ["model", "weakest classes: F1 (test products), lowest first; only F1 < 1"], cls="options"
-    )
+        text = ", ".join(f"{escape(r['class'])} {r['f1']:.2f} ({r['support']})" for r in weak)
+        rows.append([n, text or "none: every class has F1 1.000"])
+    return _table(rows, ["model", "weakest classes: F1 (test products), lowest first; only F1 < 1"], cls="options")
 
+
+def _history_html(models: dict[str, dict[str, Any]]) -> str:
     history = _history_chart(models)
-    history_html = (
-        f"<img alt='training curves' src='{history}'>"
-        if history
-        else "<p class='note'>No per-epoch history in the models' config.json.</p>"
-    )
-    option_keys = list(next(iter(models.values()))["options"])
-    option_rows = []
-    for key in option_keys:
+    if not history:
+        return "<p class='note'>No per-epoch history in the models' config.json.</p>"
+    return f"<img alt='training curves' src='{history}'>"
+
+
+def _options_table(models: dict[str, dict[str, Any]]) -> str:
+    """What made each model, from its config.json; preset and seed flagged where the models differ."""
+    rows = []
+    for key in next(iter(models.values()))["options"]:
         values = [_option_text(m["options"].get(key), key) for m in models.values()]
-        if all(v == "—" for v in values):
+        if all(v == MISSING for v in values):
             continue
         differs = key in ("preset", "seed") and len(set(values)) > 1
-        option_rows.append([_e(key), *[f"<span class='flag'>{_e(v)}</span>" if differs else _e(v) for v in values]])
-    options_table = _table(option_rows, ["option", *models], cls="options")
-
-    sizes = " · ".join(f"{k} {v:,}" for k, v in split.get("sizes", {}).items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>DeepFusion run report</title>
-<style>{CSS}</style></head><body>
-<header><h1>DeepFusion — model comparison</h1><div>{_e(split.get("catalog", ""))}</div>
-<div>Leakage-safe split (duplicate products kept on one side, seed {_e(split.get("seed", ""))}): {sizes}</div>
-</header>
-<main>
-{warnings_html}
-<div class="cards" style="margin-top:18px">{cards_html}</div>
-<section><h2>In plain words</h2>{words}</section>
-<section><h2>The three models side by side</h2>{model_table}{interval_note}
-<p class="note">Frequent classes have ≥ 100 training examples, rare ones fewer. Reference study: frozen
-EfficientNet-B0, metadata-only 81%, image-only 85.7%, fusion 86.4% (its own split).</p>{refit_note}
-<img alt="model comparison chart" src="{_bar_chart(models)}"></section>
-<section><h2>What it means at catalog scale</h2>{impact_table}
-{
-        f"<p class='note flag'>{SMALL_MARK} scaled from {n_test:,} test products: see the warning at the top.</p>"
-        if small
-        else ""
-    }
-<div class="row"><img alt="coverage vs precision" src="{_coverage_chart(models)}">
-<img alt="reliability diagram" src="{_reliability_chart(models)}"></div></section>
-{ablation_html}
-{_levels_html(models)}
-<section><h2>Per-class F1</h2><img alt="per-class F1" src="{_per_class_chart(models)}">{weak_table}</section>
-<section><h2>What the models still confuse</h2>{_confusions_html(models, order, images_dir)}</section>
-<section><h2>Training curves</h2>{history_html}</section>
-<section><h2>What made each model</h2><p class="note">From each model folder's config.json.</p>
-{options_table}</section>
-</main></body></html>"""
+        cells = [f"<span class='flag'>{escape(v)}</span>" if differs else escape(v) for v in values]
+        rows.append([escape(key), *cells])
+    return _table(rows, ["option", *models], cls="options")
 
 
 def _iv(approval: dict[str, Any]) -> dict[str, Any]:

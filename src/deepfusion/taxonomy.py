@@ -1,4 +1,4 @@
-"""Category trees: labels that are paths through a taxonomy, one hierarchy module for training, EDA and audit.
+"""Category trees: labels that are paths through a taxonomy, for training, evaluation and prediction.
 
 A label is a tree path in two spellings: one column holding a path (``Toys > Model Trains > Rail Vehicles``,
 separators ``>``, ``>>``, ``|``, ``/`` or one the user names), or several label columns that are the levels
@@ -10,8 +10,8 @@ parent (``back_off``). A model trained on whole paths as classes scores whole pa
 that exists in the training taxonomy. ``level_probabilities`` marginalises its class probabilities to each level
 and ``top_down`` decodes greedily level by level (each level conditioned on the parent chosen above it), the
 alternative that ``benchmarks/category_tree.py`` measures against whole-path decoding. ``level_metrics`` is the
-per-level report (accuracy, macro-F1, hierarchical F1, where a path first goes wrong); ``tree_breaks`` finds the
-products whose labels break the tree (a node reached from two parents), for the EDA and the audit.
+per-level report (accuracy, macro-F1, hierarchical F1, where a path first goes wrong). ``tree_breaks`` (products
+whose labels break the tree) is hierarchy.py's, the one definition the EDA and the audit share.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.metrics import f1_score
+
+from .hierarchy import tree_breaks  # noqa: F401  (re-exported: the one definition of a break is hierarchy.py's)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,6 @@ DETECT_SHARE = 0.5
 # Spellings tried for the joined path of several label columns, the first whose separator no value holds.
 DISPLAY_CHOICES = (" > ", " | ", " / ", " >> ")
 from .config import DEFAULT_MIN_CLASS_SIZE  # noqa: E402 - one default, beside the rest of the configuration
-
-# tree_breaks: a node under a parent holding at most this share of its products is a break, not a real split.
-TREE_MAX_SHARE = 0.1
 
 Path = tuple[str, ...]
 
@@ -358,31 +357,3 @@ def level_metrics(truth: Sequence[str | None], pred: Sequence[str | None], taxon
         "first_wrong_level": {name: {"products": first_wrong[name], "share": first_wrong[name] / n}
                               for name in [*names, "none"]},
     }
-
-
-# ---------------------------------------------------------------------------------------------- tree checks
-def tree_breaks(paths: Sequence[Path], max_share: float = TREE_MAX_SHARE) -> list[dict[str, Any]]:
-    """Products whose path breaks the tree: a node (a level's value) reached from more than one parent, under a
-    parent that holds at most ``max_share`` of the node's products (a node genuinely split between two parents,
-    e.g. 68% / 32%, is not flagged). The parent most products use is the node's usual one. Returns, per flagged
-    product, its position ``row``, the ``level`` (1 = top), the ``node``, its ``parent`` and ``usual_parent`` (paths
-    spelled with ' > '), ``n_usual`` and ``n_node`` (products under the usual parent, and in all)."""
-    parents: dict[tuple[int, str], Counter[Path]] = {}
-    for path in paths:
-        for k in range(1, len(path)):
-            parents.setdefault((k, path[k]), Counter())[path[:k]] += 1
-    # Ties go to the parent that sorts first, so the answer does not depend on the products' order.
-    usual = {key: min(c.items(), key=lambda kv: (-kv[1], kv[0])) for key, c in parents.items() if len(c) > 1}
-    out = []
-    for i, path in enumerate(paths):
-        for k in range(1, len(path)):
-            key = (k, path[k])
-            if key not in usual:
-                continue
-            parent, n_usual = usual[key]
-            n_node = sum(parents[key].values())
-            if path[:k] != parent and parents[key][path[:k]] / n_node <= max_share:
-                out.append({"row": i, "level": k + 1, "node": path[k], "parent": " > ".join(path[:k]),
-                            "usual_parent": " > ".join(parent), "n_usual": n_usual, "n_node": n_node})
-                break
-    return out

@@ -121,9 +121,9 @@ def _modality_dropout(rng: np.random.Generator, data: ModalityData, idx: np.ndar
 
 @contextmanager
 def torch_threads(n: int = 1) -> Iterator[None]:
-    """Small heads train fastest on one thread: with two, OpenMP synchronisation costs more than the matmuls
-    (measured here: 125 steps of a 100-256-512-143 MLP took 1.5 s on one thread, far longer on two when the
-    other core was busy)."""
+    """Small heads train fastest on one thread: with two, OpenMP synchronisation costs more than the matmuls of so
+    small a network, most of all when the other core is busy (docs/experiments.md, "Figures moved out of code
+    comments")."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -214,7 +214,8 @@ def _train_one(
     )
     criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
     plain_loss = nn.CrossEntropyLoss()
-    # fused=True: the same AdamW update in one kernel, much faster per step on the large title embedding tables.
+    # fused=True: the same AdamW update in one kernel, faster per step on the large title embedding tables
+    # (docs/experiments.md, "Figures moved out of code comments").
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     n_products = len(train) if train.product is None else len(np.unique(train.product))
     steps_per_epoch = max(1, int(np.ceil(n_products / cfg.batch_size)))
