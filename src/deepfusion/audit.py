@@ -492,6 +492,59 @@ def write_html(
 
 
 # --------------------------------------------------------------------------------------------------- entry point
+def _judged_issues(
+    products: pd.DataFrame, plan: FoldPlan, proba: np.ndarray, classes: list[str], min_class_groups: int
+) -> pd.DataFrame:
+    """cleanlab's verdict on the judged products (an empty table when no class was frequent enough to judge)."""
+    judged = plan.judged
+    if judged.any():
+        return label_issues(products[TARGET].to_numpy()[judged], proba[judged], classes)
+    log.warning("no class has %d or more distinct products: only the hierarchy check ran", min_class_groups)
+    return pd.DataFrame(
+        {
+            "is_issue": np.zeros(0, bool),
+            **{c: np.zeros(0) for c in ("quality", "p_given", "p_suggested", "p_top")},
+            **{c: np.zeros(0, object) for c in ("suggested", "top")},
+        }
+    )
+
+
+def _queue_summary(
+    queue: pd.DataFrame,
+    products: pd.DataFrame,
+    plan: FoldPlan,
+    proba: np.ndarray,
+    classes: list[str],
+    fold_stats: list[dict[str, Any]],
+    min_class_groups: int,
+) -> dict[str, Any]:
+    """audit.json's figures on what was judged and what the queue holds."""
+    judged = plan.judged
+    labels = products[TARGET].to_numpy()[judged]
+    oof_pred = np.asarray(classes, dtype=object)[proba[judged].argmax(axis=1)]
+    kinds = queue["issue"].value_counts()
+    pairs = (
+        queue[queue["issue"].str.contains("label")]
+        .groupby(["current_label", "suggested_label"])
+        .size()
+        .sort_values(ascending=False)
+        .head(20)
+    )
+    return {
+        "judged_products": int(judged.sum()),
+        "not_judged_products": int((~judged).sum()),
+        "min_class_groups": min_class_groups,
+        "not_judged_classes": plan.rare_classes,
+        "duplicate_groups": int(len(np.unique(plan.groups))),
+        "out_of_fold_accuracy": float((oof_pred == labels).mean()) if judged.any() else None,
+        "fold_stats": fold_stats,
+        "queue_size": len(queue),
+        "queue": {k: int(kinds.get(k, 0)) for k in ("label", "hierarchy", "label+hierarchy")},
+        "label_issue_share_of_judged": float(queue["issue"].str.contains("label").sum() / max(1, judged.sum())),
+        "top_label_confusions": [{"current": c, "suggested": s, "count": int(n)} for (c, s), n in pairs.items()],
+    }
+
+
 def audit_catalog(
     data: str | Path,
     out: str | Path,
@@ -556,37 +609,14 @@ def audit_catalog(
         "cache_dir": runtime.get("cache_dir"),
         "progress": progress,
     }
-    if engine == "ray":
-        from .distributed import run_folds_ray  # Ray is an optional extra: imported only when asked for
-
-        proba, fold_stats = run_folds_ray(products, plan, classes, address=address, **fold_args)
+    if engine == "ray":  # Ray is an optional extra: imported only when asked for
+        from .distributed import run_folds_ray as run_folds
     else:
-        proba, fold_stats = out_of_fold_probabilities(products, plan, classes, **fold_args)
-    judged = plan.judged
-    labels = products[TARGET].to_numpy()[judged]
-    if judged.any():
-        issues = label_issues(labels, proba[judged], classes)
-    else:
-        log.warning("no class has %d or more distinct products: only the hierarchy check ran", min_class_groups)
-        issues = pd.DataFrame(
-            {
-                "is_issue": np.zeros(0, bool),
-                **{c: np.zeros(0) for c in ("quality", "p_given", "p_suggested", "p_top")},
-                **{c: np.zeros(0, object) for c in ("suggested", "top")},
-            }
-        )
-    queue = build_queue(products, judged, issues, breaks)
+        run_folds = out_of_fold_probabilities  # type: ignore[assignment]
+    proba, fold_stats = run_folds(products, plan, classes, **fold_args, **({"address": address} if address else {}))
+    issues = _judged_issues(products, plan, proba, classes, min_class_groups)
+    queue = build_queue(products, plan.judged, issues, breaks)
     queue.to_csv(out / "audit.csv", index=False)
-
-    oof_pred = np.asarray(classes, dtype=object)[proba[judged].argmax(axis=1)]
-    kinds = queue["issue"].value_counts()
-    pairs = (
-        queue[queue["issue"].str.contains("label")]
-        .groupby(["current_label", "suggested_label"])
-        .size()
-        .sort_values(ascending=False)
-        .head(20)
-    )
     summary: dict[str, Any] = {
         "data": str(data),
         "catalog": catalog.summary(),
@@ -602,17 +632,7 @@ def audit_catalog(
         "find_label_issues(filter_by='prune_by_noise_rate'), ranked by self-confidence; hierarchy breaks "
         f"(hierarchy.py): a category whose usual parent holds at least {1 - hierarchy_max_share:.0%} of its products, "
         "filed under another",
-        "judged_products": int(judged.sum()),
-        "not_judged_products": int((~judged).sum()),
-        "min_class_groups": min_class_groups,
-        "not_judged_classes": plan.rare_classes,
-        "duplicate_groups": int(len(np.unique(plan.groups))),
-        "out_of_fold_accuracy": float((oof_pred == labels).mean()) if judged.any() else None,
-        "fold_stats": fold_stats,
-        "queue_size": len(queue),
-        "queue": {k: int(kinds.get(k, 0)) for k in ("label", "hierarchy", "label+hierarchy")},
-        "label_issue_share_of_judged": float(queue["issue"].str.contains("label").sum() / max(1, judged.sum())),
-        "top_label_confusions": [{"current": c, "suggested": s, "count": int(n)} for (c, s), n in pairs.items()],
+        **_queue_summary(queue, products, plan, proba, classes, fold_stats, min_class_groups),
         "seconds": None,
     }
     write_html(queue, products, out / "audit.html", summary, top_n, progress=progress)
