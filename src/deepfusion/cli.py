@@ -406,239 +406,301 @@ def _prepare_run_folder(out: Path, overwrite: bool) -> None:
             entry.unlink()
 
 
+# train's options (those shared with other verbs are above).
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        help="Run folder to write: one sub-folder per model, split.csv, rejects.csv and report.html. It must be "
+        "new or empty (see --overwrite).",
+    ),
+]
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        callback=_one_of(MODELS),
+        metavar=_choices(MODELS),
+        help="Which model to train; all trains the three and compares them in the report.",
+    ),
+]
+
+PresetOpt = Annotated[
+    str,
+    typer.Option(
+        "--preset",
+        callback=_one_of(PRESETS),
+        metavar=_choices(PRESETS),
+        help="regularized is the model to use; small is a quick end-to-end check; overfit is a diagnostic "
+        "that should nearly memorise the training set.",
+    ),
+]
+
+ModalitiesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--modalities",
+        callback=_check_modalities,
+        help="Inputs of the fusion model, comma-separated subset of metadata,title,image [default: all three].",
+    ),
+]
+
+CombinerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--combiner",
+        callback=_one_of(COMBINERS),
+        metavar=_choices(COMBINERS),
+        help="How the fusion network joins its inputs: concatenation, or a learned gate per input "
+        "[default: the preset's, concat].",
+    ),
+]
+
+BalanceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--balance",
+        callback=_one_of(BALANCES),
+        metavar=_choices(BALANCES),
+        help="Class imbalance: sqrt or inverse weigh the loss by count^-1/2 or count^-1, sampler draws rare "
+        "classes more often [default: the preset's, none].",
+    ),
+]
+
+MembersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--members",
+        min=1,
+        help="Networks per model, trained from different seeds and averaged [default: the preset's, 2 for "
+        "regularized, 1 otherwise].",
+    ),
+]
+
+BackboneOpt = Annotated[
+    str,
+    typer.Option(
+        "--backbone",
+        callback=_one_of(BACKBONES),
+        metavar=_choices(BACKBONES),
+        help="Image backbone (ImageNet weights, frozen unless --finetune).",
+    ),
+]
+
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        exists=True,
+        dir_okay=False,
+        help="Your own weights file (a state dict) for --backbone, instead of the packaged ImageNet weights.",
+    ),
+]
+
+ImageSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-size",
+        callback=_check_size,
+        help="Backbone input HEIGHTxWIDTH, 32 to 1024 pixels a side [default: the backbone's, 224x168 for "
+        "efficientnet_lite0].",
+    ),
+]
+
+AugmentViewsOpt = Annotated[
+    int | None,
+    typer.Option("--augment-views", min=0, help="Augmented image views per training image [default: 0]."),
+]
+
+StackingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stacking/--no-stacking",
+        help="Feed a linear SVM's class scores on metadata + title to the fusion network.",
+    ),
+]
+
+TitleFallbackOpt = Annotated[
+    bool,
+    typer.Option(
+        "--title-fallback/--no-title-fallback",
+        help="Also train a network without the title, which answers for products that have none.",
+    ),
+]
+
+RefitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refit",
+        help="After early stopping and calibration on validation, train again on train + validation "
+        "(about twice the training time; the test split stays held out).",
+    ),
+]
+
+FieldBlankingOpt = Annotated[
+    float,
+    typer.Option(
+        "--field-blanking",
+        min=0.0,
+        max=4.0,
+        help="Blanked copies per training product (attributes emptied one by one at random), so products "
+        "with some attributes missing are predicted well; 0 turns it off.",
+    ),
+]
+
+MetadataFallbackOpt = Annotated[
+    bool,
+    typer.Option(
+        "--metadata-fallback/--no-metadata-fallback",
+        help="Also train a network on the title (and image) alone, which answers for products that have a "
+        "title but no attributes.",
+    ),
+]
+
+ReviewPrecisionOpt = Annotated[
+    float,
+    typer.Option(
+        "--review-precision",
+        min=0.0,
+        max=1.0,
+        help="needs_review in predictions: products below the confidence at which validation products were "
+        "right this often are flagged for a person.",
+    ),
+]
+
+FinetuneOpt = Annotated[
+    bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
+]
+
+FinetuneBlocksOpt = Annotated[
+    int,
+    typer.Option(
+        "--finetune-blocks",
+        min=0,
+        help="With --finetune: how many of the backbone's last blocks are trained (0: only its head convolution).",
+    ),
+]
+
+FinetuneEpochsOpt = Annotated[
+    int, typer.Option("--finetune-epochs", min=1, help="With --finetune: epochs of backbone fine-tuning.")
+]
+
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", help="Random seed of the train/val/test split, the networks and the blanked copies."),
+]
+
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace the run already in --out (only files deepfusion train writes; a folder holding "
+        "anything else is refused).",
+    ),
+]
+
+TrackOpt = Annotated[
+    bool,
+    typer.Option(
+        "--track",
+        help="Log the run to MLflow (parameters, per-epoch metrics, test metrics, report.html and the model "
+        "folder as artifacts); needs deepfusion[track]. Store: --tracking-uri, else MLFLOW_TRACKING_URI, else "
+        "./mlruns.",
+    ),
+]
+
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking server or store (http://HOST:5000, file:/path, a folder); implies --track.",
+    ),
+]
+
+ExperimentOpt = Annotated[
+    str, typer.Option("--experiment", help="With --track: the MLflow experiment the run is logged under.")
+]
+
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        callback=_one_of(ENGINES),
+        metavar=_choices(ENGINES),
+        help="ray embeds the images on a Ray cluster first (pip install 'deepfusion[ray]'), into the embedding "
+        "cache training reads; the networks train here either way.",
+    ),
+]
+
+ActorsOpt = Annotated[
+    int, typer.Option("--actors", min=1, help="With --engine ray: backbone replicas embedding at once.")
+]
+
+DepthOpt = Annotated[
+    int | None,
+    typer.Option("--depth", min=1, help="With a tree label: train on its first N levels [default: all]."),
+]
+
+MinClassSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--min-class-size",
+        min=1,
+        help="With a tree label: a path with fewer training products backs off to its parent (listed in "
+        "the report).",
+    ),
+]
+
+DecodeOpt = Annotated[
+    str,
+    typer.Option(
+        "--decode",
+        callback=_one_of(DECODE_CHOICES),
+        metavar=_choices(DECODE_CHOICES),
+        help="With a tree label: predict the most probable whole path, or the best node level by level.",
+    ),
+]
+
+
 @app.command()
 @_user_errors(rejects=_in_folder("rejects.csv"))
 def train(
     data: DataOpt,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            help="Run folder to write: one sub-folder per model, split.csv, rejects.csv and report.html. It must be "
-            "new or empty (see --overwrite).",
-        ),
-    ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            callback=_one_of(MODELS),
-            metavar=_choices(MODELS),
-            help="Which model to train; all trains the three and compares them in the report.",
-        ),
-    ] = "all",
-    preset: Annotated[
-        str,
-        typer.Option(
-            "--preset",
-            callback=_one_of(PRESETS),
-            metavar=_choices(PRESETS),
-            help="regularized is the model to use; small is a quick end-to-end check; overfit is a diagnostic "
-            "that should nearly memorise the training set.",
-        ),
-    ] = "regularized",
-    modalities: Annotated[
-        str | None,
-        typer.Option(
-            "--modalities",
-            callback=_check_modalities,
-            help="Inputs of the fusion model, comma-separated subset of metadata,title,image [default: all three].",
-        ),
-    ] = None,
-    combiner: Annotated[
-        str | None,
-        typer.Option(
-            "--combiner",
-            callback=_one_of(COMBINERS),
-            metavar=_choices(COMBINERS),
-            help="How the fusion network joins its inputs: concatenation, or a learned gate per input "
-            "[default: the preset's, concat].",
-        ),
-    ] = None,
-    balance: Annotated[
-        str | None,
-        typer.Option(
-            "--balance",
-            callback=_one_of(BALANCES),
-            metavar=_choices(BALANCES),
-            help="Class imbalance: sqrt or inverse weigh the loss by count^-1/2 or count^-1, sampler draws rare "
-            "classes more often [default: the preset's, none].",
-        ),
-    ] = None,
-    members: Annotated[
-        int | None,
-        typer.Option(
-            "--members",
-            min=1,
-            help="Networks per model, trained from different seeds and averaged [default: the preset's, 2 for "
-            "regularized, 1 otherwise].",
-        ),
-    ] = None,
-    backbone: Annotated[
-        str,
-        typer.Option(
-            "--backbone",
-            callback=_one_of(BACKBONES),
-            metavar=_choices(BACKBONES),
-            help="Image backbone (ImageNet weights, frozen unless --finetune).",
-        ),
-    ] = config.DEFAULT_BACKBONE,
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            "--weights",
-            exists=True,
-            dir_okay=False,
-            help="Your own weights file (a state dict) for --backbone, instead of the packaged ImageNet weights.",
-        ),
-    ] = None,
-    image_size: Annotated[
-        str | None,
-        typer.Option(
-            "--image-size",
-            callback=_check_size,
-            help="Backbone input HEIGHTxWIDTH, 32 to 1024 pixels a side [default: the backbone's, 224x168 for "
-            "efficientnet_lite0].",
-        ),
-    ] = None,
-    augment_views: Annotated[
-        int | None,
-        typer.Option("--augment-views", min=0, help="Augmented image views per training image [default: 0]."),
-    ] = None,
-    stacking: Annotated[
-        bool,
-        typer.Option(
-            "--stacking/--no-stacking",
-            help="Feed a linear SVM's class scores on metadata + title to the fusion network.",
-        ),
-    ] = True,
-    title_fallback: Annotated[
-        bool,
-        typer.Option(
-            "--title-fallback/--no-title-fallback",
-            help="Also train a network without the title, which answers for products that have none.",
-        ),
-    ] = True,
-    refit: Annotated[
-        bool,
-        typer.Option(
-            "--refit",
-            help="After early stopping and calibration on validation, train again on train + validation "
-            "(about twice the training time; the test split stays held out).",
-        ),
-    ] = False,
-    field_blanking: Annotated[
-        float,
-        typer.Option(
-            "--field-blanking",
-            min=0.0,
-            max=4.0,
-            help="Blanked copies per training product (attributes emptied one by one at random), so products "
-            "with some attributes missing are predicted well; 0 turns it off.",
-        ),
-    ] = 0.5,
-    metadata_fallback: Annotated[
-        bool,
-        typer.Option(
-            "--metadata-fallback/--no-metadata-fallback",
-            help="Also train a network on the title (and image) alone, which answers for products that have a "
-            "title but no attributes.",
-        ),
-    ] = True,
-    review_precision: Annotated[
-        float,
-        typer.Option(
-            "--review-precision",
-            min=0.0,
-            max=1.0,
-            help="needs_review in predictions: products below the confidence at which validation products were "
-            "right this often are flagged for a person.",
-        ),
-    ] = 0.98,
-    finetune: Annotated[
-        bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
-    ] = False,
-    finetune_blocks: Annotated[
-        int,
-        typer.Option(
-            "--finetune-blocks",
-            min=0,
-            help="With --finetune: how many of the backbone's last blocks are trained (0: only its head convolution).",
-        ),
-    ] = 2,
-    finetune_epochs: Annotated[
-        int, typer.Option("--finetune-epochs", min=1, help="With --finetune: epochs of backbone fine-tuning.")
-    ] = 3,
-    seed: Annotated[
-        int,
-        typer.Option("--seed", help="Random seed of the train/val/test split, the networks and the blanked copies."),
-    ] = 42,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Replace the run already in --out (only files deepfusion train writes; a folder holding "
-            "anything else is refused).",
-        ),
-    ] = False,
-    track: Annotated[
-        bool,
-        typer.Option(
-            "--track",
-            help="Log the run to MLflow (parameters, per-epoch metrics, test metrics, report.html and the model "
-            "folder as artifacts); needs deepfusion[track]. Store: --tracking-uri, else MLFLOW_TRACKING_URI, else "
-            "./mlruns.",
-        ),
-    ] = False,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            "--tracking-uri",
-            metavar="URI",
-            help="MLflow tracking server or store (http://HOST:5000, file:/path, a folder); implies --track.",
-        ),
-    ] = None,
-    experiment: Annotated[
-        str, typer.Option("--experiment", help="With --track: the MLflow experiment the run is logged under.")
-    ] = "deepfusion",
-    engine: Annotated[
-        str,
-        typer.Option(
-            "--engine",
-            callback=_one_of(ENGINES),
-            metavar=_choices(ENGINES),
-            help="ray embeds the images on a Ray cluster first (pip install 'deepfusion[ray]'), into the embedding "
-            "cache training reads; the networks train here either way.",
-        ),
-    ] = "local",
+    out: OutOpt,
+    model: ModelOpt = "all",
+    preset: PresetOpt = "regularized",
+    modalities: ModalitiesOpt = None,
+    combiner: CombinerOpt = None,
+    balance: BalanceOpt = None,
+    members: MembersOpt = None,
+    backbone: BackboneOpt = config.DEFAULT_BACKBONE,
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = None,
+    augment_views: AugmentViewsOpt = None,
+    stacking: StackingOpt = True,
+    title_fallback: TitleFallbackOpt = True,
+    refit: RefitOpt = False,
+    field_blanking: FieldBlankingOpt = 0.5,
+    metadata_fallback: MetadataFallbackOpt = True,
+    review_precision: ReviewPrecisionOpt = 0.98,
+    finetune: FinetuneOpt = False,
+    finetune_blocks: FinetuneBlocksOpt = 2,
+    finetune_epochs: FinetuneEpochsOpt = 3,
+    seed: SeedOpt = 42,
+    overwrite: OverwriteOpt = False,
+    track: TrackOpt = False,
+    tracking_uri: TrackingUriOpt = None,
+    experiment: ExperimentOpt = "deepfusion",
+    engine: EngineOpt = "local",
     address: AddressOpt = None,
-    actors: Annotated[
-        int, typer.Option("--actors", min=1, help="With --engine ray: backbone replicas embedding at once.")
-    ] = 2,
+    actors: ActorsOpt = 2,
     label: LabelOpt = None,
     label_sep: LabelSepOpt = None,
-    depth: Annotated[
-        int | None,
-        typer.Option("--depth", min=1, help="With a tree label: train on its first N levels [default: all]."),
-    ] = None,
-    min_class_size: Annotated[
-        int,
-        typer.Option(
-            "--min-class-size",
-            min=1,
-            help="With a tree label: a path with fewer training products backs off to its parent (listed in "
-            "the report).",
-        ),
-    ] = DEFAULT_MIN_CLASS_SIZE,
-    decode: Annotated[
-        str,
-        typer.Option(
-            "--decode",
-            callback=_one_of(DECODE_CHOICES),
-            metavar=_choices(DECODE_CHOICES),
-            help="With a tree label: predict the most probable whole path, or the best node level by level.",
-        ),
-    ] = "path",
+    depth: DepthOpt = None,
+    min_class_size: MinClassSizeOpt = DEFAULT_MIN_CLASS_SIZE,
+    decode: DecodeOpt = "path",
     id_column: IdOpt = None,
     text: TextOpt = None,
     categorical: CategoricalOpt = None,
