@@ -194,7 +194,6 @@ class _Checker:
         self.scalars(config, modalities)
         prep = self.read_json("preprocessing.json")
         classes = self.labels(prep)
-        self.taxonomy(config, classes)
         widths = self.encoder_widths(prep, modalities, config)
         text_scores = "text_scores" in prep and "title" in modalities
         if text_scores:
@@ -209,6 +208,7 @@ class _Checker:
             self.no_metadata(config, modalities, widths, len(classes), head)
         if text_scores:
             self.text_scores(prep, len(classes), widths)
+        self.taxonomy(config, classes)  # after the shapes: a label count that disagrees is named there first
         for key in FILE_KEYS:
             if config.get(key) is not None:
                 target = self.inside(key, config[key])
