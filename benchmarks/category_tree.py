@@ -14,15 +14,17 @@ Catalogs:
   tree model holds out 10% of its 80% for early stopping and then refits on the whole 80% (``refit``), so both
   sides learn from the same products.
 - fashion: ``../shared/data/fashion-product-images-small`` with masterCategory, subCategory and articleType as
-  labels, text and attributes only (no images: minutes, not hours, on 2 shared cores); the benchmark's
-  leakage-safe split (``split.split_by_duplicate_groups``, seed 42); SVMs fit on train, the tree model on train
-  with validation for early stopping.
+  labels; the benchmark's leakage-safe split (``split.split_by_duplicate_groups``, seed 42); SVMs fit on train,
+  the tree models on train with validation for early stopping. Two tree models: "text" (title + attributes, the
+  SVMs' inputs) and "fusion" (the product's photo as well: DeepFusion's fusion model; the photos are embedded once
+  into the embedding cache, a few minutes on 2 cores the first time). ``--variants`` picks them.
 
 The title fallback and no-metadata networks of the tree model are turned off: they answer only for products
 without a title or without any attribute, which the test products here all have, and they triple the fit time.
 
-Usage: ``PYTHONPATH=src python benchmarks/category_tree.py [--sections amazon,fashion] [--preset regularized]``
-prints a markdown table and writes ``benchmarks/results/category_tree-<date>.json``.
+Usage: ``PYTHONPATH=src python benchmarks/category_tree.py [--sections amazon,fashion] [--variants text,fusion]
+[--preset regularized]`` prints a markdown table and writes ``benchmarks/results/category_tree-<date>.json``
+(a variant not run keeps its figures from that day's file).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ SHARED = HERE.parent.parent / "shared" / "data"
 AMAZON = SHARED / "amazon-toys-uk" / "products.csv"
 FASHION = SHARED / "fashion-product-images-small"
 FASHION_LEVELS = ["masterCategory", "subCategory", "articleType"]
+# Tree model variants: the result key and the inputs.
+VARIANTS = {"text": ("tree", ("metadata", "title")), "fusion": ("tree_fusion", ("metadata", "title", "image"))}
 
 
 def _level_values(paths: Sequence[tuple[str, ...]], k: int) -> list[str | None]:
@@ -117,17 +121,18 @@ def tree_model(
     preset: str,
     seed: int,
     refit: bool,
+    modalities: Sequence[str] = ("metadata", "title"),
 ) -> dict[str, Any]:
     """The tree model's per-level figures under both decodings, and a check that every predicted path is one of
     the training taxonomy's."""
     predictor = Predictor(
-        ("metadata", "title"), preset=preset, seed=seed, schema=schema, depth=depth, refit=refit,
+        modalities, preset=preset, seed=seed, schema=schema, depth=depth, refit=refit,
         title_fallback=False, metadata_fallback=False, progress=False,
     )
     start = time.perf_counter()
     predictor.fit(train, val)
     out: dict[str, Any] = {"fit_seconds": time.perf_counter() - start, "paths": len(predictor.taxonomy.paths),
-                           "merged": predictor.taxonomy.merged}
+                           "merged": predictor.taxonomy.merged, "modalities": list(predictor.modalities)}
     for decode in ("path", "top_down"):
         predictor.decode = decode
         metrics = predictor.evaluate(test)
@@ -172,21 +177,34 @@ def amazon(
 
 
 def fashion(
-    data: Path = FASHION, *, preset: str = "regularized", seed: int = 42, tree: bool = True
+    data: Path = FASHION,
+    *,
+    preset: str = "regularized",
+    seed: int = 42,
+    tree: bool = True,
+    variants: Sequence[str] = ("text", "fusion"),
+    flat: bool = True,
 ) -> dict[str, Any]:
-    catalog = load_catalog(data, label=FASHION_LEVELS, progress=False, check_image_files=False)
+    # The photos are checked (decoded within the pixel budget) only when a variant reads them.
+    images = tree and "fusion" in variants
+    catalog = load_catalog(data, label=FASHION_LEVELS, progress=False, check_image_files=images)
     schema = catalog.schema
     split = split_by_duplicate_groups(catalog.products, seed=seed)
     indexed = catalog.products.set_index("id", drop=False)
     train, val, test = (indexed.loc[split.ids(s)].reset_index(drop=True) for s in ("train", "val", "test"))
-    tree_result = (
-        tree_model(train, val, test, schema, depth=None, preset=preset, seed=seed, refit=False) if tree else None
-    )
-    tax = Taxonomy.fit(list(train[TARGET]), columns=schema.levels, min_count=1)
-    flat = flat_per_level(train, test, tax, schema, seed)
-    flat["path_svm"] = path_svm(train, test, tax, schema, seed)
-    return {"catalog": str(data), "products": len(catalog.products), "train": len(train), "val": len(val),
-            "test": len(test), "inputs": _inputs(schema), "tree": tree_result, "flat": flat}
+    out: dict[str, Any] = {"catalog": str(data), "products": len(catalog.products), "train": len(train),
+                           "val": len(val), "test": len(test), "inputs": _inputs(schema)}
+    if images:
+        out["test_with_image"] = int(test["image_path"].notna().sum())
+    for variant in variants if tree else ():
+        key, modalities = VARIANTS[variant]
+        out[key] = tree_model(train, val, test, schema, depth=None, preset=preset, seed=seed, refit=False,
+                              modalities=modalities)
+    if flat:
+        tax = Taxonomy.fit(list(train[TARGET]), columns=schema.levels, min_count=1)
+        out["flat"] = flat_per_level(train, test, tax, schema, seed)
+        out["flat"]["path_svm"] = path_svm(train, test, tax, schema, seed)
+    return out
 
 
 def _inputs(schema: CatalogSchema) -> str:
@@ -194,36 +212,43 @@ def _inputs(schema: CatalogSchema) -> str:
 
 
 def markdown(name: str, result: dict[str, Any]) -> str:
-    """One row per level: flat SVM, tree model (path decoding), tree model (top-down decoding)."""
-    tree, flat = result["tree"], result["flat"]
+    """One row per level: flat SVM, each tree model run (path and top-down decoding), the path SVM."""
+    flat, svm = result["flat"], result["flat"].get("path_svm")
+    trees = [(label, result[key]) for label, key in (("tree", "tree"), ("fusion tree", "tree_fusion"))
+             if result.get(key)]
+    header = "| level | flat SVM accuracy | flat SVM macro-F1 |"
+    for label, _ in trees:
+        header += f" {label} (path) accuracy | {label} (path) macro-F1 | {label} (top-down) accuracy |"
+    header += " path SVM accuracy | path SVM macro-F1 |" if svm else ""
     lines = [
         f"### {name}: {result['products']:,} products, {result['test']:,} test; inputs: {result['inputs']}",
         "",
-        "| level | flat SVM accuracy | flat SVM macro-F1 | tree (path) accuracy | tree (path) macro-F1 "
-        "| tree (top-down) accuracy | tree (top-down) macro-F1 |"
-        + (" path SVM accuracy | path SVM macro-F1 |" if flat.get("path_svm") else ""),
-        "|---|---|---|---|---|---|---|" + ("---|---|" if flat.get("path_svm") else ""),
+        header,
+        "|" + "---|" * (header.count("|") - 1),
     ]
-    svm = flat.get("path_svm")
-    for k, (f, p, t) in enumerate(zip(flat["levels"], tree["path"]["levels"], tree["top_down"]["levels"],
-                                      strict=True)):
-        cells = f"| {svm['levels'][k]['accuracy']:.2%} | {svm['levels'][k]['macro_f1']:.4f} " if svm else ""
-        lines.append(
-            f"| {f['name']} | {f['accuracy']:.2%} | {f['macro_f1']:.4f} | {p['accuracy']:.2%} | {p['macro_f1']:.4f} "
-            f"| {t['accuracy']:.2%} | {t['macro_f1']:.4f} {cells}|"
-        )
-    lines += [
-        "",
-        f"Hierarchical F1: tree (path) {tree['path']['hierarchical_f1']:.4f}, tree (top-down) "
-        f"{tree['top_down']['hierarchical_f1']:.4f}. Predicted paths not in the training taxonomy: tree (path) "
-        f"{tree['path']['paths_not_in_taxonomy']}, tree (top-down) {tree['top_down']['paths_not_in_taxonomy']}, "
-        f"flat per-level answers combined {flat['paths_not_in_taxonomy']} of {flat['products']:,}. "
-        f"Paths backed off to their parent: {len(tree['merged'])}. Fit seconds: tree {tree['fit_seconds']:.0f}, "
-        f"flat SVMs {flat['fit_seconds']:.0f}.",
-        "",
-        "First wrong level (tree, path decoding): "
-        + ", ".join(f"{k} {v['products']}" for k, v in tree["path"]["first_wrong_level"].items()),
-    ]
+    for k, f in enumerate(flat["levels"]):
+        row = f"| {f['name']} | {f['accuracy']:.2%} | {f['macro_f1']:.4f} |"
+        for _, tree in trees:
+            p, t = tree["path"]["levels"][k], tree["top_down"]["levels"][k]
+            row += f" {p['accuracy']:.2%} | {p['macro_f1']:.4f} | {t['accuracy']:.2%} |"
+        if svm:
+            row += f" {svm['levels'][k]['accuracy']:.2%} | {svm['levels'][k]['macro_f1']:.4f} |"
+        lines.append(row)
+    lines.append("")
+    for label, tree in trees:
+        lines += [
+            f"{label} ({'+'.join(tree.get('modalities', ['metadata', 'title']))}): hierarchical F1 (path) "
+            f"{tree['path']['hierarchical_f1']:.4f}, (top-down) {tree['top_down']['hierarchical_f1']:.4f}; "
+            f"predicted paths not in the training taxonomy: {tree['path']['paths_not_in_taxonomy']} (path), "
+            f"{tree['top_down']['paths_not_in_taxonomy']} (top-down); paths backed off to their parent: "
+            f"{len(tree['merged'])}; fit {tree['fit_seconds']:.0f} s; first wrong level (path): "
+            + ", ".join(f"{k} {v['products']}" for k, v in tree["path"]["first_wrong_level"].items()),
+            "",
+        ]
+    lines.append(
+        f"Flat per-level answers combined into a path not in the taxonomy: {flat['paths_not_in_taxonomy']} of "
+        f"{flat['products']:,}; flat SVMs fit {flat['fit_seconds']:.0f} s."
+    )
     return "\n".join(lines)
 
 
@@ -231,6 +256,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="amazon,fashion", help="comma-separated: amazon, fashion")
     parser.add_argument("--preset", default="regularized", help="the tree model's preset")
+    parser.add_argument("--variants", default="text,fusion",
+                        help="fashion's tree models, comma-separated: text (title + attributes), fusion (+ photo)")
     parser.add_argument("--no-tree", action="store_true",
                         help="only the SVMs; the tree model's figures are kept from the day's results file")
     args = parser.parse_args()
@@ -243,21 +270,31 @@ def main() -> None:
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     results.update({"date": date, "preset": args.preset})
     for section in args.sections.split(","):
-        start = time.perf_counter()
-        result = {"amazon": amazon, "fashion": fashion}[section](preset=args.preset, tree=not args.no_tree)
-        command = f"PYTHONPATH=src python benchmarks/category_tree.py --sections {section}"
-        if args.no_tree:
-            result["tree"] = results.get(section, {}).get("tree")
-            result["svm_command"] = command + " --no-tree"
-        else:
-            result["command"] = command
-        result["seconds" if not args.no_tree else "svm_seconds"] = time.perf_counter() - start
-        results[section] = {**results.get(section, {}), **result}
-        out.write_text(json.dumps(results, indent=2, default=str))
-        if results[section].get("tree"):
-            print(markdown(section, results[section]), flush=True)
-        else:
-            print(json.dumps(results[section]["flat"], indent=2, default=str), flush=True)
+        # fashion's variants run one at a time (the SVMs with the first), each written as soon as it is measured.
+        runs: list[dict[str, Any]] = [{"preset": args.preset, "tree": not args.no_tree}]
+        if section == "fashion" and not args.no_tree:
+            variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+            runs = [{**runs[0], "variants": [v], "flat": i == 0} for i, v in enumerate(variants)] or runs
+        for options in runs:
+            start = time.perf_counter()
+            command = f"PYTHONPATH=src python benchmarks/category_tree.py --sections {section}"
+            command += f" --variants {','.join(options['variants'])}" if "variants" in options else ""
+            result = {"amazon": amazon, "fashion": fashion}[section](**options)
+            for key, _ in VARIANTS.values():
+                if result.get(key):
+                    result[key]["command"] = command
+            if args.no_tree:
+                result["tree"] = results.get(section, {}).get("tree")
+                result["svm_command"] = command + " --no-tree"
+            else:
+                result["command"] = command
+            result["seconds" if not args.no_tree else "svm_seconds"] = time.perf_counter() - start
+            results[section] = {**results.get(section, {}), **result}
+            out.write_text(json.dumps(results, indent=2, default=str))
+            if results[section].get("tree"):
+                print(markdown(section, results[section]), flush=True)
+            else:
+                print(json.dumps(results[section]["flat"], indent=2, default=str), flush=True)
     print(f"wrote {out}")
 
 

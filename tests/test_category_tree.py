@@ -4,6 +4,7 @@ exists in the training taxonomy, with one column per level, rare leaves backed o
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,11 @@ import pandas as pd
 import pytest
 from test_any_catalog import PATHS, run, toy_table, write_table
 
-from deepfusion import Predictor
+from deepfusion import Predictor, load_catalog
+from deepfusion import runtime as rt
 from deepfusion.eda import hierarchy_section
+from deepfusion.export import export_model
+from deepfusion.runtime import ExportedModel, ExportLoadError
 from deepfusion.taxonomy import (
     JOIN,
     Taxonomy,
@@ -222,3 +226,213 @@ def test_fashion_label_columns_and_the_service_backend(clean_catalog_dir: Path, 
     assert answer["prediction"] == rows[0]["prediction"]
     assert [lv["level"] for lv in answer["levels"]] == ["masterCategory", "subCategory", "articleType"]
     assert answer["levels"][0]["confidence"] >= answer["levels"][2]["confidence"]
+
+
+# ------------------------------------------------------------------------------------------ exported models
+def _new_products(table: pd.DataFrame) -> pd.DataFrame:
+    """The catalog's products without their labels, plus products that take the other networks' routes: no
+    title, a title and no attribute, nothing at all."""
+    labels = [c for c in ("category_path", "department", "family", "kind") if c in table.columns]
+    odd = pd.DataFrame([
+        {"sku": "no-title", "brand": "Brand1", "price": "£1,020.99"},
+        {"sku": "title-only", "title": "stiletto pump heel"},
+        {"sku": "empty"},
+    ])
+    return pd.concat([table.drop(columns=labels), odd], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def tree_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, pd.DataFrame]]:
+    """A tiny tree model of each kind, trained by the CLI: a path label (with a rare leaf backed off) and three
+    label columns (a two-level branch among three-level ones); each with its training table."""
+    root = tmp_path_factory.mktemp("trees")
+    models = {}
+    for kind, table, label in (("path", path_table(root), "category_path"),
+                               ("columns", column_table(root), "department,family,kind")):
+        data = write_table(table, root / f"{kind}.csv")
+        run("train", "--data", str(data), "--label", label, "--out", str(root / kind), *TREE_FLAGS)
+        models[kind] = (root / kind / "fusion", table)
+    return models
+
+
+def _decoded(model_dir: Path, decode: str, out: Path) -> Path:
+    """The model folder with another decoding (what `train --decode` saves): the same networks."""
+    if decode == "path":
+        return model_dir
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config["config"]["tree"]["decode"] = decode
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_runtime_decodes_and_sums_levels_as_the_taxonomy() -> None:
+    """runtime.CategoryTree (numpy, no package import) against taxonomy.top_down / level_probabilities on random
+    probabilities over paths of one, two and three levels."""
+    tax = Taxonomy.fit(["A > B > C", "A > B > D", "A > E", "F", "F > G > H", "F > G", "F > I"], min_count=1)
+    classes = tax.paths
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.full(len(classes), 0.5), size=400)
+    for decode in ("path", "top_down"):
+        tree = rt.CategoryTree(classes, tax.level_names, tax.display, decode)
+        chosen = tree.choose(proba)
+        want = top_down(proba, classes, tax) if decode == "top_down" else proba.argmax(axis=1)
+        assert np.array_equal(chosen, want)
+        for k, (values, confidence) in enumerate(tree.level_answers(proba, chosen)):
+            nodes, marginal = level_probabilities(proba, classes, tax)[k]
+            for i, c in enumerate(chosen):
+                path = tax.split(classes[c])
+                if len(path) > k:
+                    assert values[i] == path[k]
+                    assert confidence[i] == pytest.approx(marginal[i, nodes.index(tax.format(path[: k + 1]))])
+                else:
+                    assert values[i] is None and np.isnan(confidence[i])
+    # The decodings disagree on some rows, so the comparison above tells them apart.
+    assert (top_down(proba, classes, tax) != proba.argmax(axis=1)).any()
+
+
+@pytest.mark.parametrize("kind", ["path", "columns"])
+@pytest.mark.parametrize("decode", ["path", "top_down"])
+def test_export_answers_each_level_as_the_model_folder(
+    tree_models: dict[str, tuple[Path, pd.DataFrame]], kind: str, decode: str, tmp_path: Path
+) -> None:
+    """`deepfusion export` of a tree model: the lean runtime writes the model folder's columns, per-level
+    answers and confidences (within 1e-4), under either decoding, for products on every network's route."""
+    model_dir = _decoded(tree_models[kind][0], decode, tmp_path / "model")
+    exported = export_model(model_dir, tmp_path / "exported")
+    manifest = json.loads((exported / "manifest.json").read_text())
+    names = ["level_1", "level_2", "level_3"] if kind == "path" else ["department", "family", "kind"]
+    assert manifest["tree"]["levels"] == names and manifest["tree"]["decode"] == decode
+    products = _new_products(tree_models[kind][1])
+    expected = Predictor.load(model_dir, progress=False).predict_frame(products)
+    got = ExportedModel.load(exported).predict_frame(products)
+    assert list(got.columns) == list(expected.columns)
+    assert [c for c in got.columns if c.startswith("prediction_")] == [f"prediction_{n}" for n in names]
+    assert list(got["id"]) == list(expected["id"])
+    for column in ["prediction", "inputs", *[f"prediction_{n}" for n in names], "top1_label", "top2_label"]:
+        assert got[column].tolist() == expected[column].tolist(), column
+    for column in ["confidence", *[f"confidence_{n}" for n in names], "top1_confidence", "top2_confidence"]:
+        np.testing.assert_allclose(got[column].astype(float), expected[column].astype(float), atol=1e-4, rtol=0,
+                                   equal_nan=True, err_msg=column)
+    assert set(got["inputs"]) >= {"metadata+title", "title", "metadata", "none"}
+    if kind == "columns":  # a two-level path leaves the third level empty, with no confidence
+        watches = got[got["prediction"] == "Accessories > Watches"]
+        assert len(watches) and watches["prediction_kind"].isna().all() and watches["confidence_kind"].isna().all()
+
+
+def test_service_of_an_export_returns_the_model_folders_levels(
+    tree_models: dict[str, tuple[Path, pd.DataFrame]], tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from deepfusion.service import create_app
+
+    model_dir = tree_models["columns"][0]
+    exported = export_model(model_dir, tmp_path / "exported")
+    request = {"products": [{"sku": "1", "title": "Brand1 stiletto pump heel model 3", "brand": "Brand1"},
+                            {"sku": "2", "title": "analogue wrist watch"}, {"sku": "3", "price": "£1,033.99"}],
+               "top_k": 2}
+    answers = []
+    for folder in (model_dir, exported):
+        with TestClient(create_app(folder)) as client:
+            response = client.post("/v1/predict", json=request)
+            assert response.status_code == 200, response.text
+            assert client.get("/v1/model").json()["backend"] == ("model" if folder == model_dir else "export")
+        answers.append(response.json()["predictions"])
+    for folder_answer, export_answer in zip(*answers, strict=True):
+        assert export_answer["prediction"] == folder_answer["prediction"]
+        assert [lv["level"] for lv in export_answer["levels"]] == ["department", "family", "kind"]
+        for a, b in zip(folder_answer["levels"], export_answer["levels"], strict=True):
+            # A level below a shorter path has no prediction and no confidence (None fields are left out).
+            assert b.get("prediction") == a.get("prediction") and b.keys() == a.keys()
+            if "confidence" in a:
+                assert b["confidence"] == pytest.approx(a["confidence"], abs=1e-4)
+    watch = next(a for a in answers[1] if a["id"] == "2")
+    assert watch["prediction"] == "Accessories > Watches" and watch["levels"][2] == {"level": "kind"}
+
+
+def test_tampered_tree_descriptions_are_refused(
+    tree_models: dict[str, tuple[Path, pd.DataFrame]], tmp_path: Path
+) -> None:
+    """Every value the per-level answers are read from is checked: the export's manifest by the runtime, the
+    model folder's config.json by validate_model_folder."""
+    from deepfusion.model_files import ModelLoadError, validate_model_folder
+
+    for kind in ("path", "columns"):
+        model_dir = tree_models[kind][0]
+        exported = export_model(model_dir, tmp_path / kind / "exported")
+        manifest = json.loads((exported / "manifest.json").read_text())
+        tree = manifest["tree"]
+        tampered = {
+            "decoding": ({**tree, "decode": "greedy"}, "decoding 'greedy'"),
+            "levels renamed": ({**tree, "levels": ["a", "b", "c"]}, "not the label's"),
+            "levels cut": ({**tree, "levels": tree["levels"][:2]}, "at most 2 levels|not those of its classes"),
+            "joiner": ({**tree, "display": " ~ "}, "path joiner"),
+            "not an object": (["levels"], "must be an object"),
+        }
+        if kind == "path":
+            tampered["separator"] = ({**tree, "sep": "/", "display": " / "}, "not those of its classes")
+        else:
+            tampered["removed"] = (None, "has no 'tree'")
+        for value, message in tampered.values():
+            (exported / "manifest.json").write_text(json.dumps({**manifest, "tree": value}))
+            with pytest.raises(ExportLoadError, match=message):
+                ExportedModel.load(exported)
+        (exported / "manifest.json").write_text(json.dumps(manifest))
+        assert ExportedModel.load(exported).tree is not None
+
+        folder = tmp_path / kind / "model"
+        shutil.copytree(model_dir, folder)
+        config = json.loads((folder / "config.json").read_text())
+        taxonomy = config["taxonomy"]
+        bad = {
+            "decode": ({**config, "config": {**config["config"], "tree": {**config["config"]["tree"],
+                                                                           "decode": "greedy"}}}, "decode must be"),
+            "paths": ({**config, "taxonomy": {**taxonomy, "paths": taxonomy["paths"][1:]}}, "not the model's classes"),
+            "display": ({**config, "taxonomy": {**taxonomy, "display": " ~ "}}, "taxonomy.display"),
+            "depth": ({**config, "taxonomy": {**taxonomy, "depth": 0}}, "taxonomy.depth"),
+            "object": ({**config, "taxonomy": "A > B"}, "'taxonomy' must be a JSON object"),
+        }
+        if kind == "columns":
+            bad["columns"] = ({**config, "taxonomy": {**taxonomy, "columns": ["family", "department", "kind"]}},
+                              "not the schema's label columns")
+            bad["too deep"] = ({**config, "taxonomy": {**taxonomy, "depth": 1}}, "at most 1 levels")
+        for value, message in bad.values():
+            (folder / "config.json").write_text(json.dumps(value))
+            with pytest.raises(ModelLoadError, match=message):
+                validate_model_folder(folder)
+        (folder / "config.json").write_text(json.dumps(config))
+        validate_model_folder(folder)
+
+
+def test_ray_actor_writes_the_level_columns(tree_models: dict[str, tuple[Path, pd.DataFrame]], tmp_path: Path) -> None:
+    """What a Ray engine actor (distributed.BatchPredictor) computes from an exported tree model: the model
+    folder's columns, per-level ones included (within 1e-5 before rounding), then the file's columns (rounded,
+    the id under the catalog's name, as the local engine writes them). The whole run on Ray is in
+    tests/test_ray.py."""
+    pytest.importorskip("ray")
+    from deepfusion import distributed as dist
+    from deepfusion import runs
+
+    model_dir, table = tree_models["columns"]
+    exported = export_model(model_dir, tmp_path / "exported")
+    predictor = Predictor.load(model_dir, progress=False)
+    products = load_catalog(write_table(_new_products(table), tmp_path / "new.csv"), require_target=False,
+                            schema=predictor.schema_, progress=False).products
+    expected = predictor.predict_frame(products, top_k=3)
+    actor = dist.BatchPredictor(dist._export_files(exported), top_k=3, threads=1, max_image_pixels=10**7)
+    block = dist._blocks(products, actor.columns, len(products))[0]
+    batch = {c: block[c].to_numpy() for c in block.columns}
+    got = actor.predict_table(batch).drop(columns=dist.ROW)
+    assert list(got.columns) == list(expected.columns)
+    assert {"prediction_department", "confidence_family", "confidence_kind"} <= set(got.columns)
+    for column in expected.columns.drop("needs_review"):  # the flag sits on the threshold here (test_export)
+        if "confidence" in column:
+            np.testing.assert_allclose(got[column].astype(float), expected[column].astype(float), atol=1e-5,
+                                       rtol=0, equal_nan=True, err_msg=column)
+        else:
+            assert got[column].tolist() == expected[column].tolist(), column
+    written = actor(batch).drop(columns=dist.ROW)
+    local = runs.user_columns(runs.output_columns(expected), predictor.schema_)
+    assert list(written.columns) == list(local.columns) and written.columns[0] == "sku"
+    assert written["confidence_kind"].round(4).equals(written["confidence_kind"])

@@ -208,7 +208,7 @@ def output_columns(predictions: pd.DataFrame) -> pd.DataFrame:
     confidences."""
     out = predictions.drop(columns=["top1_label", "top1_confidence"], errors="ignore")
     for col in out.columns:
-        if col == "confidence" or col.endswith("_confidence"):
+        if col == "confidence" or col.endswith("_confidence") or col.startswith("confidence_"):
             out[col] = out[col].round(CONFIDENCE_DECIMALS)
     return out
 
@@ -276,6 +276,7 @@ class BatchPredictor:
             "id": [r["id"] for r in rows],
             "prediction": [r["prediction"] for r in rows],
             "confidence": confidence,
+            **model.level_columns(rows),  # a tree label's prediction_<level>, confidence_<level>
             "needs_review": confidence < threshold,
             "inputs": [r["inputs"] for r in rows],
         }
@@ -286,7 +287,9 @@ class BatchPredictor:
         return pd.DataFrame(table)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
-        return output_columns(self.predict_table(batch))
+        # The id column under the catalog's own name, as runs.user_columns writes it.
+        id_column = self.model.fields.get("id_column") or "id"
+        return output_columns(self.predict_table(batch)).rename(columns={"id": id_column})
 
 
 # ---------------------------------------------------------------------------------------------- driver

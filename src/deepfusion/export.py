@@ -18,7 +18,8 @@ onnxruntime, numpy and Pillow to predict (``deepfusion.runtime``). It holds:
 * ``preprocessing.json``: the model folder's own (labels, metadata encoder, title vocabularies and idfs, image
   scaling), copied unchanged; ``runtime.py`` reimplements the encoders in numpy from it.
 * ``manifest.json``: format, classes, the catalog fields, per network its file, inputs and temperature, the
-  image preprocessing, the review threshold, and every file's size and SHA-256.
+  image preprocessing, the review threshold, for a category tree its levels, path spelling and decoding
+  (``tree``), and every file's size and SHA-256.
 
 Every graph is checked against the torch network on a sample batch before the folder is written; the folder is
 built in a temporary sibling and moved into place, so a failed export leaves nothing half-written behind.
@@ -451,7 +452,18 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
     }
     if "review_threshold" in config:
         manifest["review_threshold"] = float(config["review_threshold"])
+    manifest["tree"] = _tree(predictor)
     return manifest
+
+
+def _tree(predictor: Predictor) -> dict[str, Any] | None:
+    """What the runtime needs for a tree label's per-level answers (Predictor.level_columns): the level names,
+    the joiner that splits a class into its path (and a path label's separator, which it holds), and the
+    decoding; None for a flat label."""
+    tax = predictor.taxonomy
+    if not tax.is_tree:
+        return None
+    return {"levels": tax.level_names, "sep": tax.sep, "display": tax.display, "decode": predictor.decode}
 
 
 def _fields(predictor: Predictor) -> dict[str, Any]:

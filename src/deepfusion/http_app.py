@@ -279,7 +279,8 @@ class Prediction(BaseModel):
     id: str
     prediction: str
     confidence: float = Field(description="Calibrated probability of the predicted class.")
-    top_k: list[LabelScore] = Field(description="The most likely labels, best first (the first is `prediction`).")
+    top_k: list[LabelScore] = Field(description="The most likely labels, best first (the first is `prediction`, "
+                                    "but for a tree model decoded top-down).")
     inputs: str = Field(description="The inputs the prediction used, joined by '+' in the order metadata, title, "
                         "image (e.g. 'metadata+title+image', 'title'): an input the product lacks is not used.")
     needs_review: bool = Field(description="True when the confidence is below the model's review threshold "

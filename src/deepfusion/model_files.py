@@ -290,6 +290,7 @@ class _Checker:
             self.no_metadata(config, modalities, widths, len(classes), head)
         if text_scores:
             self.text_scores(prep, len(classes), widths)
+        self.taxonomy(config, classes)  # after the shapes: a label count that disagrees is named there first
         weights = settings["image"].get("weights")
         if weights is not None:
             key = "config.image.weights"
@@ -337,6 +338,46 @@ class _Checker:
             CatalogSchema.from_json(config["schema"])
         except SchemaError as exc:
             self.fail("config.json", f"'schema' is not a valid catalog schema ({exc})")
+
+    def taxonomy(self, config: dict[str, Any], classes: list[str]) -> None:
+        """A tree label's taxonomy (absent or null: a flat label) and decoding: the predicted path and every
+        per-level answer are read from them, so each value must fit the classes and the schema's label columns."""
+        from .taxonomy import DISPLAY_CHOICES, JOIN, Taxonomy
+
+        tree = (config.get("config") or {}).get("tree") or {}
+        decode = tree.get("decode", "path") if isinstance(tree, dict) else None
+        self.need(decode in ("path", "top_down"), "config.json",
+                  f"'decode' (config.tree.decode) must be \"path\" or \"top_down\", got {_show(decode)}")
+        saved = config.get("taxonomy")
+        if saved is None:
+            return
+        saved = self.obj(saved, "'taxonomy'", "config.json")
+        columns = self.str_list(saved.get("columns", []), "taxonomy.columns", "config.json", unique=True)
+        paths = self.str_list(self.get(saved, "paths", "'taxonomy'", "config.json"), "taxonomy.paths",
+                              "config.json", unique=True)
+        self.need(set(paths) == set(classes), "config.json",
+                  "the taxonomy's paths are not the model's classes (labels.classes in preprocessing.json)")
+        sep, display = saved.get("sep"), saved.get("display")
+        self.need(sep is None or (isinstance(sep, str) and sep != ""), "config.json",
+                  f"taxonomy.sep must be null or a separator, got {_show(sep)}")
+        # The joiners Taxonomy.fit writes: one of DISPLAY_CHOICES (or JOIN) for label columns, the separator as
+        # the labels spell it (with or without spaces) for a path label.
+        joiners = (*DISPLAY_CHOICES, JOIN) if columns else (" > ",) if sep is None else (sep, f" {sep} ")
+        self.need(display in joiners, "config.json",
+                  f"taxonomy.display must be one of {_show(list(joiners))}, got {_show(display)}")
+        if saved.get("depth") is not None:
+            self.int_at(saved["depth"], "taxonomy.depth", "config.json", low=1)
+        self.int_at(saved.get("min_count", 1), "taxonomy.min_count", "config.json", low=1)
+        self.obj(saved.get("merged", {}), "taxonomy.merged", "config.json")
+        levels = list((config.get("schema") or {}).get("levels") or [])
+        if columns or levels:
+            self.need(columns == levels, "config.json",
+                      f"taxonomy.columns {_show(columns)} are not the schema's label columns {_show(levels)}")
+        tax = Taxonomy.from_json(saved)
+        if tax.is_tree:
+            parts = [tax.split(c) for c in classes]
+            self.need(all(all(p) and len(p) <= tax.n_levels for p in parts), "config.json",
+                      f"a class is not a path of at most {tax.n_levels} levels joined by {_show(tax.display)}")
 
     def modalities(self, config: dict[str, Any]) -> list[str]:
         value = self.get(config, "modalities", "", "config.json")

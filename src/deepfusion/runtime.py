@@ -14,6 +14,8 @@ encoding (``MetadataEncoder``: one-hot, medians, missing indicators, scaler), an
 ``embeddings.ImageEmbedder`` (decoding within a pixel budget, RGB, bilinear resize, normalisation, float16
 rounding of the backbone's features). Products are routed as in ``Predictor._logits``: without a title to the
 no-title network, with a title but no attribute at all to the no-metadata network (when the model has them).
+A category-tree label's per-level answers are ``Predictor.level_columns``' (``CategoryTree``: the taxonomy's
+level probabilities and top-down decoding, in numpy).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
     struct.error,
     Image.DecompressionBombError,
 )
+
+DECODERS = ("path", "top_down")  # predictor.DECODERS: how a tree model picks its path
 
 REEXPORT = "Export the model again with this version of DeepFusion (`deepfusion export MODEL_DIR --out DIR`)."
 
@@ -430,6 +434,87 @@ class ImageSpec:
     clip: float
 
 
+# ---------------------------------------------------------------------------------------------- category trees
+class CategoryTree:
+    """A tree label's classes as paths, for the per-level answers ``Predictor.level_columns`` gives (as
+    taxonomy.level_probabilities and taxonomy.top_down compute them; copied, not imported).
+
+    ``classes``: the model's classes, each a whole path spelled with ``display`` between its levels; ``levels``:
+    the level names (the label columns, or ``level_1``, ...); ``decode``: "path" (the most probable class) or
+    "top_down" (the most probable node level by level). Raises ValueError for a description that does not fit
+    the classes."""
+
+    def __init__(self, classes: Sequence[str], levels: Sequence[str], display: str, decode: str) -> None:
+        if decode not in DECODERS:
+            raise ValueError(f"decoding {decode!r} is not one of {', '.join(DECODERS)}")
+        names = list(levels)
+        if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"the tree's levels must be distinct non-empty names, got {names!r}")
+        if not isinstance(display, str) or not display:
+            raise ValueError(f"the tree's path joiner must be a non-empty string, got {display!r}")
+        self.levels = names
+        self.display = display
+        self.decode = decode
+        self.paths = [tuple(str(c).split(display)) for c in classes]
+        for c, path in zip(classes, self.paths, strict=True):
+            if len(path) > len(names) or not all(path):
+                raise ValueError(f"class {c!r} is not a path of at most {len(names)} levels joined by {display!r}")
+        # Per level: which node (path prefix) each class falls under, as a (classes, nodes) 0/1 matrix.
+        self.members: list[np.ndarray] = []
+        self.node_of: list[np.ndarray] = []  # per level, each class's node column (-1: the class ends above it)
+        for k in range(len(names)):
+            nodes = sorted({p[: k + 1] for p in self.paths if len(p) > k})
+            index = {n: j for j, n in enumerate(nodes)}
+            member = np.zeros((len(self.paths), len(nodes)), dtype=np.float64)
+            node_of = np.full(len(self.paths), -1, dtype=np.int64)
+            for c, path in enumerate(self.paths):
+                if len(path) > k:
+                    node_of[c] = index[path[: k + 1]]
+                    member[c, node_of[c]] = 1.0
+            self.members.append(member)
+            self.node_of.append(node_of)
+
+    def choose(self, proba: np.ndarray) -> np.ndarray:
+        """The predicted class of each row (Predictor._decode): the most probable class, or with "top_down" the
+        path chosen level by level. Either is a class, hence a path of the training taxonomy."""
+        if self.decode != "top_down" or not len(proba):
+            return proba.argmax(axis=1)
+        chosen = np.empty(len(proba), dtype=np.int64)
+        for i, row in enumerate(proba):
+            prefix: tuple[str, ...] = ()
+            candidates = list(range(len(self.paths)))
+            while True:
+                # Mass of each next step: the class ending at this prefix (None), or each child subtree.
+                mass: dict[tuple[str, ...] | None, float] = {}
+                for c in candidates:
+                    key = None if len(self.paths[c]) == len(prefix) else self.paths[c][: len(prefix) + 1]
+                    mass[key] = mass.get(key, 0.0) + float(row[c])
+                best = max(mass, key=lambda key: mass[key])
+                if best is None:
+                    chosen[i] = next(c for c in candidates if len(self.paths[c]) == len(prefix))
+                    break
+                prefix = best
+                candidates = [c for c in candidates if self.paths[c][: len(prefix)] == prefix]
+                if len(candidates) == 1 and self.paths[candidates[0]] == prefix:
+                    chosen[i] = candidates[0]
+                    break
+        return chosen
+
+    def level_answers(self, proba: np.ndarray, chosen: np.ndarray) -> list[tuple[list[str | None], np.ndarray]]:
+        """Per level: the chosen path's node there (None where the path ends above it) and that node's
+        probability, the sum over every class under it (NaN where there is no node)."""
+        out = []
+        rows = np.arange(len(chosen))
+        for k, (member, node_of) in enumerate(zip(self.members, self.node_of, strict=True)):
+            nodes = node_of[chosen]
+            marginal = proba @ member
+            confidence = np.where(nodes >= 0, marginal[rows, np.maximum(nodes, 0)] if member.shape[1] else 0.0,
+                                  np.nan)
+            values = [self.paths[c][k] if len(self.paths[c]) > k else None for c in chosen]
+            out.append((values, confidence))
+        return out
+
+
 # ---------------------------------------------------------------------------------------------- model
 @dataclass
 class _Network:
@@ -459,6 +544,43 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _category_tree(folder: Path, manifest: Mapping[str, Any]) -> CategoryTree | None:
+    """The manifest's ``tree`` (None: a flat label), checked against the classes and the catalog schema: a tree
+    model's per-level answers depend on every value of it."""
+    tree = manifest.get("tree")
+    schema = manifest.get("schema") or {}
+    columns = list(schema.get("levels") or []) if isinstance(schema, Mapping) else []
+    if tree is None:
+        if len(columns) > 1:  # label columns always make a tree: its description was removed
+            raise ExportLoadError(f"{folder / MANIFEST}: the label is the columns {', '.join(columns)}, but the "
+                                  f"manifest has no 'tree'. {REEXPORT}")
+        return None
+    if not isinstance(tree, Mapping):
+        raise ExportLoadError(f"{folder / MANIFEST}: 'tree' must be an object. {REEXPORT}")
+    # The joiners taxonomy.Taxonomy.fit writes: one of its DISPLAY_CHOICES (or JOIN) for label columns, the
+    # separator as the labels spell it for a path label.
+    sep, display = tree.get("sep"), tree.get("display")
+    joiners = (" > ", " | ", " / ", " >> ", "\x1f") if columns else (sep, f" {sep} ") if sep else ()
+    if display not in joiners:
+        raise ExportLoadError(f"{folder / MANIFEST}: the tree's path joiner {display!r} is not one of "
+                              f"{list(joiners)}. {REEXPORT}")
+    try:
+        built = CategoryTree(list(manifest["classes"]), tree.get("levels") or [], display, tree.get("decode"))
+    except (TypeError, ValueError) as exc:
+        raise ExportLoadError(f"{folder / MANIFEST}: 'tree' does not fit the model: {exc}. {REEXPORT}") from None
+    n = len(built.levels)
+    # A path label has as many levels as its longest class (taxonomy.Taxonomy.n_levels); label columns may have
+    # more than any class reaches.
+    if not columns and max((len(p) for p in built.paths), default=0) != n:
+        raise ExportLoadError(f"{folder / MANIFEST}: the tree's {n} levels are not those of its classes, joined by "
+                              f"{display!r}. {REEXPORT}")
+    expected = columns[:n] if columns else [f"level_{k}" for k in range(1, n + 1)]
+    if built.levels != expected:
+        raise ExportLoadError(f"{folder / MANIFEST}: the tree's levels {built.levels} are not the label's "
+                              f"{expected}. {REEXPORT}")
+    return built
+
+
 class ExportedModel:
     """An exported model, loaded for prediction. ``predict`` is thread-safe (onnxruntime sessions are, and
     nothing else changes after loading)."""
@@ -473,6 +595,7 @@ class ExportedModel:
         image: ImageSpec | None,
         backbone: ort.InferenceSession | None,
         max_image_pixels: int,
+        tree: CategoryTree | None = None,
     ) -> None:
         self.folder = folder
         self.manifest = manifest
@@ -487,6 +610,7 @@ class ExportedModel:
         self.fields: dict[str, Any] = manifest["fields"]
         threshold = manifest.get("review_threshold")
         self.review_threshold: float | None = None if threshold is None else float(threshold)
+        self.tree = tree
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -612,7 +736,8 @@ class ExportedModel:
                 clip=float(spec["clip"]),
             )
             backbone = session(listed(spec["file"], "backbone"), [spec["input"]])
-        return cls(folder, manifest, networks, metadata, title, image, backbone, max_image_pixels)
+        return cls(folder, manifest, networks, metadata, title, image, backbone, max_image_pixels,
+                   _category_tree(folder, manifest))
 
     @property
     def needs_images(self) -> bool:
@@ -776,7 +901,10 @@ class ExportedModel:
     ) -> list[dict[str, Any]]:
         """One dict per product: ``id``, ``prediction``, ``confidence`` (calibrated), ``top_k`` (a list of
         ``{"label", "confidence"}``, best first), ``inputs`` (the inputs the prediction used, "title+image";
-        "none" for an empty product) and, when the export has a review threshold, ``needs_review``.
+        "none" for an empty product), when the export has a review threshold, ``needs_review``, and for a
+        category-tree label ``levels``: per level ``{"level", "prediction", "confidence"}`` (the predicted path's
+        node there and its probability, the paths under it summed; None below a shorter path). ``prediction`` is
+        then the path the model's decoding chooses (``CategoryTree.choose``), not always the top-1 class.
 
         ``products``: dicts of catalog columns (every field optional; unknown keys are ignored). ``images``: per
         product the photo's bytes or None; an image that cannot be decoded counts as missing. Callers that embed
@@ -790,26 +918,36 @@ class ExportedModel:
         proba = _softmax(logits / temperature[:, None])
         k = min(top_k, len(self.classes))
         top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        chosen = self.tree.choose(proba) if self.tree is not None else top[:, 0]
+        levels = self.tree.level_answers(proba, chosen) if self.tree is not None else []
         out = []
         for i, pid in enumerate(ids):
             ranked = [{"label": self.classes[j], "confidence": float(proba[i, j])} for j in top[i]]
             row: dict[str, Any] = {
                 "id": pid,
-                "prediction": ranked[0]["label"],
-                "confidence": ranked[0]["confidence"],
+                "prediction": self.classes[chosen[i]],
+                "confidence": float(proba[i, chosen[i]]),
                 "top_k": ranked,
                 "inputs": "+".join(m for m in self.modalities if present[m][i]) or "none",
             }
             if self.review_threshold is not None:
-                row["needs_review"] = ranked[0]["confidence"] < self.review_threshold
+                row["needs_review"] = row["confidence"] < self.review_threshold
+            if self.tree is not None:
+                # A path that ends above a level has no answer there: None (JSON has no NaN).
+                row["levels"] = [
+                    {"level": name, "prediction": values[i],
+                     "confidence": None if values[i] is None else float(confidence[i])}
+                    for name, (values, confidence) in zip(self.tree.levels, levels, strict=True)
+                ]
             out.append(row)
         return out
 
     def predict_frame(self, frame: pd.DataFrame, *, top_k: int = 3, image_column: str | None = None) -> pd.DataFrame:
         """``predict`` for a pandas DataFrame (pandas must be installed), in ``Predictor.predict_frame``'s
-        columns: id, prediction, confidence, needs_review (with a review threshold), inputs, top1_label,
-        top1_confidence, ... Images are read from the paths in ``image_column`` (default ``image_path``); a
-        missing or unreadable file counts as a missing image."""
+        columns: id, prediction, confidence, for a tree label prediction_<level> and confidence_<level> per level,
+        needs_review (with a review threshold), inputs, top1_label, top1_confidence, ... Images are read from the
+        paths in ``image_column`` (default ``image_path``); a missing or unreadable file counts as a missing
+        image."""
         import pandas as pd
 
         records = frame.astype(object).where(frame.notna(), None).to_dict("records")
@@ -822,6 +960,7 @@ class ExportedModel:
             "id": [r["id"] for r in rows],
             "prediction": [r["prediction"] for r in rows],
             "confidence": [r["confidence"] for r in rows],
+            **self.level_columns(rows),
         }
         if self.review_threshold is not None:
             table["needs_review"] = [r["needs_review"] for r in rows]
@@ -830,6 +969,18 @@ class ExportedModel:
             table[f"top{j + 1}_label"] = [r["top_k"][j]["label"] for r in rows]
             table[f"top{j + 1}_confidence"] = [r["top_k"][j]["confidence"] for r in rows]
         return pd.DataFrame(table)
+
+
+    def level_columns(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        """``Predictor.level_columns`` from ``predict``'s rows: per level of a tree label ``prediction_<level>``
+        (None where the path ends above it) and ``confidence_<level>`` (NaN there); nothing for a flat label."""
+        out: dict[str, list[Any]] = {}
+        for k, name in enumerate(self.tree.levels if self.tree is not None else []):
+            out[f"prediction_{name}"] = [r["levels"][k]["prediction"] for r in rows]
+            out[f"confidence_{name}"] = [
+                math.nan if r["levels"][k]["confidence"] is None else r["levels"][k]["confidence"] for r in rows
+            ]
+        return out
 
 
 def _read_image_file(path: object) -> bytes | None:
