@@ -6,6 +6,7 @@
     python benchmarks/run.py --sections title_encoders                      # opt-in: needs .[minilm]
     python benchmarks/run.py --sections refit --refit-splits 42,7,11,19,23  # opt-in: fusion with --refit
     python benchmarks/run.py --sections scaling                             # opt-in: cost growth to 400k, Ray
+    python benchmarks/run.py --sections scaling_memory                      # opt-in: flat predict, fit B/product
     python benchmarks/run.py --sections serving --serve-model RUN/fusion    # opt-in: server latency, throughput
     python benchmarks/run.py --sections other_catalogs                      # opt-in: the Amazon catalogs
 
@@ -1280,6 +1281,97 @@ def scaling_section(b: Bench) -> None:
     b.save()
 
 
+def scaling_memory_section(b: Bench) -> None:
+    """Memory that does not grow with the catalog, the steps of the cost-growth section that it concerns, each in a
+    process of its own: cold embedding at 40k (into the cache that the rest reads), the fusion fit at 10k and 40k
+    (bytes per training product), `predict` streamed at 40k and 400k with the 10k fit's model (flat peak RSS),
+    and the Ray driver at 10k and 40k. Each row is saved as soon as it is measured, so a run cut short keeps what
+    it measured. Catalogs, cache and models stay in --scaling-workdir (reused when there)."""
+    import scaling as sc
+
+    from deepfusion.embeddings import ImageEmbedder
+
+    tmp = b.scaling_workdir or (b.out / "scaling")
+    tmp.mkdir(parents=True, exist_ok=True)
+    products = b.catalog.products
+    sample = products.sample(n=min(SCALING_SMALL, len(products)), random_state=SEED).sort_index()
+    catalogs = {}
+    for label, frame, repeats in (("10k", sample, 1), ("40k", products, 1), ("400k", products, SCALING_REPEATS)):
+        folder = tmp / f"c{label}"
+        if not (folder / "styles.csv").is_file():
+            sc.make_catalog(frame, folder, repeats=repeats)
+        catalogs[label] = len(frame) * repeats
+    cache = tmp / "cache"
+    ImageEmbedder(cache_dir=cache, progress=False).session()
+    section = b.results.setdefault("scaling_memory", {})
+    section.update({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "catalogs": catalogs})
+    rows: list[dict[str, Any]] = section.setdefault("rows", [])
+
+    def step(name: str, label: str, args: dict[str, Any], **tags: Any) -> dict[str, Any]:
+        row = {"step": name, "catalog": label, **tags, **sc.run_step(name, args, {"DEEPFUSION_CACHE": str(cache)})}
+        rows[:] = [r for r in rows if (r["step"], r["catalog"], r.get("inputs")) != (name, label, tags.get("inputs"))]
+        rows.append(row)
+        section["markdown"] = _scaling_memory_markdown(section, b.results.get("scaling", {}).get("rows", []))
+        b.save()
+        return row
+
+    data = {label: str(tmp / f"c{label}") for label in catalogs}
+    step("embed", "40k", {"paths": f"{data['40k']}/paths.txt", "cache": str(cache)}, cache="cold")
+    model = str(tmp / "fusion-10k")
+    step("fit", "10k", {"data": data["10k"], "cache": str(cache), "modalities": list(sc.FUSION), "model": model},
+         inputs="fusion")
+    for label in ("40k", "400k"):
+        step("predict", label, {"model": model, "data": data[label], "out": str(tmp / f"pred-{label}.parquet")})
+    step("fit", "40k", {"data": data["40k"], "cache": str(cache), "modalities": list(sc.FUSION)}, inputs="fusion")
+    exported = str(tmp / "fusion-10k-export")
+    sc.run_step("export", {"model": model, "out": exported, "cache": str(cache)})
+    for label in ("10k", "40k"):
+        step("ray_predict", label, {"model": exported, "data": data[label], "out": str(tmp / f"ray-{label}.parquet"),
+                                    "actors": 1})
+
+
+def _scaling_memory_markdown(section: dict[str, Any], before: list[dict[str, Any]]) -> str:
+    """The rows of ``scaling_memory_section`` beside the cost-growth section's (the code before streaming)."""
+    rows, catalogs = section["rows"], section["catalogs"]
+
+    def find(rows: list[dict[str, Any]], step: str, catalog: str, **tags: Any) -> dict[str, Any] | None:
+        return next((r for r in rows if r["step"] == step and r["catalog"] == catalog
+                     and all(r.get(k) == v for k, v in tags.items())), None)
+
+    table = [
+        [r["step"], f"{catalogs[r['catalog']]:,}", f"{r['seconds']:,.1f}", f"{r['peak_rss_mb']:,.0f}",
+         f"{r['train']:,} train" if "train" in r else ""]
+        for r in rows
+    ]
+    md = md_table(
+        "Memory that does not grow with the catalog",
+        f"Measured {section['date']} on {section['cpus']} CPUs shared with other jobs (wall times are not comparable "
+        "with the cost-growth table's), `python benchmarks/run.py --sections scaling_memory`: the steps of "
+        "benchmarks/scaling.py, each in a process of its own, peak RSS its VmHWM. `predict` streams the catalog "
+        "(8,192 rows at a time) and predicts with the fusion model fitted at 10k, every image in the cache; the fits "
+        "read image vectors memory-mapped from the cache; the Ray rows are the driver's peak with one actor.",
+        ["step", "catalog products", "wall s", "peak RSS MB", ""],
+        table,
+    )
+    notes = []
+    p40, p400 = find(rows, "predict", "40k"), find(rows, "predict", "400k")
+    if p40 and p400:
+        per = _per_product(p40, p400)
+        old = (find(before, "predict", "40k"), find(before, "predict", "400k"))
+        was = f" (before streaming: {_per_product(*old):,.0f} B)" if all(old) else ""
+        notes.append(f"`predict` peak RSS added per product from 40k to 400k: {per:,.0f} B{was}.")
+    f10, f40 = find(rows, "fit", "10k", inputs="fusion"), find(rows, "fit", "40k", inputs="fusion")
+    if f10 and f40:
+        per = _per_product(f10, f40, key="train")
+        old = (find(before, "fit", "10k", inputs="fusion"), find(before, "fit", "40k", inputs="fusion"))
+        was = f" (before: {_per_product(*old, key='train'):,.0f} B)" if all(old) else ""
+        notes.append(f"Fusion fit: {per:,.0f} B of peak RSS per training product from 10k to 40k{was}.")
+    r10, r40 = find(rows, "ray_predict", "10k"), find(rows, "ray_predict", "40k")
+    if r10 and r40:
+        notes.append(f"Ray driver: {_per_product(r10, r40):,.0f} B per product from 10k to 40k.")
+    return md + ("\n\n" + " ".join(notes) if notes else "")
+
+
 def _agreement_cell(agreement: dict[str, Any] | None) -> str:
     if not agreement:
         return ""
@@ -1318,7 +1410,7 @@ def _scaling_markdown(rows: list[dict[str, Any]], ray_rows: list[dict[str, Any]]
             return f"{r['cache']} cache, {r['computed']:,} images computed"
         if r["step"] == "fit":
             return f"{r['inputs']}, {r['train']:,} train + {r['val']:,} validation, {r['epochs_run']} epochs"
-        return "local engine, warm cache, Parquet out"
+        return "local engine, streamed, warm cache, Parquet out"
 
     table = [
         [
@@ -1366,10 +1458,11 @@ def _scaling_markdown(rows: list[dict[str, Any]], ray_rows: list[dict[str, Any]]
         + f". Fit: {fit_per:,.0f} B per training product from 10k to 40k. Fit was not run at 400k: growing "
         f"as measured, its {train400:,} training products would take about {fit_s400 / 3600:.1f} h and "
         f"{fit_mb400 / 1000:.1f} GB here."
-        "\n\nImage features at training time: `ImageEmbedder.embed` hands the trainer float32 vectors of "
-        f"{e40['dim']:,} values, {e40['features_bytes_per_product']:,.0f} B per product; the embedding cache "
-        "behind it is memory-mapped float16 shards, of which the process keeps only a sorted key index. With the "
-        "fit's own copies of those features (scaled, and for the blanked training copies), the fusion fit at 40k "
+        "\n\nImage features at training time: training reads the image vectors ("
+        f"{e40['dim']:,} values, {e40['vector_bytes']:,} B each in float16) from the embedding cache's "
+        "memory-mapped shards a batch at a time (`ImageEmbedder.rows`, `EmbeddingRows`) and standardises them as "
+        f"it reads; it holds {e40['features_bytes_per_product']:,.0f} B per product (each one's shard and row) "
+        "instead of float32 copies. The fusion fit at 40k "
         f"peaks at {fit40['peak_rss_mb']:,.0f} MB against {text_fit['peak_rss_mb']:,.0f} MB for the same fit "
         f"without images (metadata + title, {text_fit['seconds']:,.0f} s): {image_share:,.0f} B per training "
         "product for the image input."
@@ -1448,12 +1541,13 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "refit": refit_section,
     "missing_inputs": missing_inputs_section,
     "scaling": scaling_section,
+    "scaling_memory": scaling_memory_section,
     "serving": serving_section,
     "other_catalogs": other_catalogs_section,
 }
 
 # Sections left out of a plain run: they need an optional extra or take long on a CPU.
-OPT_IN = ("title_encoders", "finetune", "refit", "scaling", "serving", "other_catalogs")
+OPT_IN = ("title_encoders", "finetune", "refit", "scaling", "scaling_memory", "serving", "other_catalogs")
 
 
 def md_table(title: str, intro: str, header: list[str], rows: list[list[str]]) -> str:
@@ -1526,7 +1620,7 @@ def render(r: dict[str, Any]) -> str:
         "finetune",
         "fusion_analysis",
     )
-    for extra in (*extras, "prediction", "scaling", "serving", "other_catalogs"):
+    for extra in (*extras, "prediction", "scaling", "scaling_memory", "serving", "other_catalogs"):
         if extra in r:
             lines += [r[extra]["markdown"], ""]
     return "\n".join(lines) + "\n"

@@ -251,3 +251,46 @@ def test_rechunked_cuts_at_the_same_rows() -> None:
     chunks = list(runs.rechunked(frames, 4))
     assert [c["a"].tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
     assert all(c.index.tolist() == list(range(len(c))) for c in chunks)
+
+
+# ---------------------------------------------------------------------------------------------- training's image rows
+def test_embedding_rows_read_what_embed_returns(clean_catalog_dir: Path, tmp_path: Path) -> None:
+    """Rows left in the memory-mapped cache read as ``embed``'s array: selected lazily, transformed as read, zeros
+    for a product without a usable image; ``image_scaling`` gives the array's figures from them."""
+    import numpy as np
+
+    from deepfusion.embeddings import ImageEmbedder
+    from deepfusion.predictor import image_scaling
+
+    paths = [*sorted(map(str, (clean_catalog_dir / "images").glob("*.jpg"))), None, str(tmp_path / "gone.jpg")]
+    embedder = ImageEmbedder(image_size=SMALL, cache_dir=tmp_path / "cache", progress=False)
+    array, ok = embedder.embed(paths)
+    rows = embedder.rows(paths)
+    assert rows.shape == array.shape and rows.ok.tolist() == ok.tolist() == [True] * (len(paths) - 2) + [False] * 2
+    pick = [len(paths) - 1, 3, 0, 3]
+    assert (rows[pick].read() == array[pick]).all() and (rows[2:5].read() == array[2:5]).all()
+    doubled = rows.transformed(lambda x: x * 2)
+    # What training.ModalityData.batch does with a batch of rows.
+    assert (np.ascontiguousarray(doubled[pick], dtype=np.float32) == array[pick] * 2).all()
+    assert doubled.astype("float32") is doubled
+    for got, expected in zip(image_scaling(rows[ok], rows.dim), image_scaling(array[ok], rows.dim), strict=True):
+        assert got.dtype == expected.dtype and (got == expected).all()
+
+
+def test_mean_std_are_numpy_figures_bit_for_bit(tmp_path: Path) -> None:
+    import numpy as np
+
+    from deepfusion.embeddings import EmbeddingRows, EmbeddingStore
+
+    rng = np.random.default_rng(0)
+    values = rng.gamma(0.5, 1.0, size=(1001, 40)).astype(np.float16)
+    store = EmbeddingStore(tmp_path / "store", dim=40)
+    keys = [f"{i:040x}" for i in range(len(values))]
+    store.add(keys[:600], values[:600])
+    store.add(keys[600:], values[600:])
+    shard, row = store.locate(keys)
+    rows = EmbeddingRows(store, shard, row, 40)
+    full = values.astype(np.float32)
+    for chunk_rows in (1, 7, 256, 5000):
+        mean, std = rows.mean_std(chunk_rows)
+        assert (mean == full.mean(axis=0)).all() and (std == full.std(axis=0)).all()

@@ -83,8 +83,10 @@ def image_scaling(train_embeddings: np.ndarray, dim: int) -> tuple[np.ndarray, n
     on a small catalog; their std is floored at a tenth of the median std so they are not blown up."""
     if len(train_embeddings) == 0:
         return np.zeros(dim, np.float32), np.ones(dim, np.float32)
-    mean = train_embeddings.mean(axis=0)
-    std = train_embeddings.std(axis=0)
+    if hasattr(train_embeddings, "mean_std"):  # embeddings.EmbeddingRows: the same figures, read chunk by chunk
+        mean, std = train_embeddings.mean_std()
+    else:
+        mean, std = train_embeddings.mean(axis=0), train_embeddings.std(axis=0)
     floor = max(float(np.median(std)) * 0.1, 1e-3)
     return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32)
 
@@ -225,8 +227,9 @@ class Predictor:
         return getattr(self, "finetuned_weights_", None) or self.weights
 
     def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        emb, ok = self._embedder().embed(list(products["image_path"]), view=view)
-        return self._scale_image(emb), ok
+        # Read from the memory-mapped cache a batch at a time (embeddings.EmbeddingRows), standardised as read.
+        rows = self._embedder().rows(list(products["image_path"]), view=view)
+        return rows.transformed(self._scale_image), rows.ok
 
     def _scale_image(self, emb: np.ndarray) -> np.ndarray:
         return np.clip((emb - self.image_mean_) / self.image_std_, -IMAGE_CLIP, IMAGE_CLIP).astype(np.float32)
@@ -390,10 +393,12 @@ class Predictor:
         # Encoders and image scaling are fitted on the products as they are; the blanked copies only add rows.
         source, products = self._with_blanked_copies(train)
         if "image" in self.modalities:
-            raw, ok = self._embedder().embed(list(train["image_path"]))
+            # The vectors stay in the memory-mapped cache (embeddings.EmbeddingRows); a batch is read and standardised
+            # when training reads it, so no copy of the image features grows with the training set.
+            raw = self._embedder().rows(list(train["image_path"]))
+            ok = raw.ok
             self.image_mean_, self.image_std_ = image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
-            train_image = (self._scale_image(raw)[source], ok[source])
-            del raw  # the scaled copy is what training reads; the raw vectors would only add to the peak
+            train_image = (raw.transformed(self._scale_image)[source], ok[source])
         y_train = self.labels_.transform(products[TARGET])
         n_classes = len(self.labels_.classes_)
         fit_text_scores = None
