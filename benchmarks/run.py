@@ -1283,21 +1283,25 @@ def scaling_section(b: Bench) -> None:
 
 def scaling_memory_section(b: Bench) -> None:
     """Memory that does not grow with the catalog, the steps of the cost-growth section that it concerns, each in a
-    process of its own: cold embedding at 40k (into the cache that the rest reads), the fusion fit at 10k and 40k
-    (bytes per training product), `predict` streamed at 40k and 400k with the 10k fit's model (flat peak RSS),
-    and the Ray driver at 10k and 40k. Each row is saved as soon as it is measured, so a run cut short keeps what
-    it measured. Catalogs, cache and models stay in --scaling-workdir (reused when there)."""
+    process of its own, on catalogs made of the 10k sample (so that one cold embedding, of its 10k images, warms the
+    cache for all of them): the fusion fit on 4k of it and on all of it (bytes per training product), then
+    `predict` streamed on the sample repeated 4 and 40 times with changed ids (40k and 400k products) with the 10k
+    fit's model (flat peak RSS), then the Ray driver at 10k and 40k. Each row is saved as soon as it is measured, so
+    a run cut short keeps what it measured. Catalogs, cache and models stay in --scaling-workdir (reused when
+    there)."""
     import scaling as sc
 
     from deepfusion.embeddings import ImageEmbedder
 
-    tmp = b.scaling_workdir or (b.out / "scaling")
+    tmp = b.scaling_workdir or (b.out / "scaling_memory")
     tmp.mkdir(parents=True, exist_ok=True)
     products = b.catalog.products
     sample = products.sample(n=min(SCALING_SMALL, len(products)), random_state=SEED).sort_index()
     catalogs = {}
-    for label, frame, repeats in (("10k", sample, 1), ("40k", products, 1), ("400k", products, SCALING_REPEATS)):
-        folder = tmp / f"c{label}"
+    for label, frame, repeats in (
+        ("4k", sample.iloc[:4000], 1), ("10k", sample, 1), ("40k", sample, 4), ("400k", sample, 40)
+    ):
+        folder = tmp / f"s{label}"
         if not (folder / "styles.csv").is_file():
             sc.make_catalog(frame, folder, repeats=repeats)
         catalogs[label] = len(frame) * repeats
@@ -1309,20 +1313,20 @@ def scaling_memory_section(b: Bench) -> None:
 
     def step(name: str, label: str, args: dict[str, Any], **tags: Any) -> dict[str, Any]:
         row = {"step": name, "catalog": label, **tags, **sc.run_step(name, args, {"DEEPFUSION_CACHE": str(cache)})}
-        rows[:] = [r for r in rows if (r["step"], r["catalog"], r.get("inputs")) != (name, label, tags.get("inputs"))]
+        rows[:] = [r for r in rows if (r["step"], r["catalog"]) != (name, label)]
         rows.append(row)
         section["markdown"] = _scaling_memory_markdown(section, b.results.get("scaling", {}).get("rows", []))
         b.save()
         return row
 
-    data = {label: str(tmp / f"c{label}") for label in catalogs}
-    step("embed", "40k", {"paths": f"{data['40k']}/paths.txt", "cache": str(cache)}, cache="cold")
+    data = {label: str(tmp / f"s{label}") for label in catalogs}
+    step("embed", "10k", {"paths": f"{data['10k']}/paths.txt", "cache": str(cache)}, cache="cold")
     model = str(tmp / "fusion-10k")
+    step("fit", "4k", {"data": data["4k"], "cache": str(cache), "modalities": list(sc.FUSION)}, inputs="fusion")
     step("fit", "10k", {"data": data["10k"], "cache": str(cache), "modalities": list(sc.FUSION), "model": model},
          inputs="fusion")
     for label in ("40k", "400k"):
         step("predict", label, {"model": model, "data": data[label], "out": str(tmp / f"pred-{label}.parquet")})
-    step("fit", "40k", {"data": data["40k"], "cache": str(cache), "modalities": list(sc.FUSION)}, inputs="fusion")
     exported = str(tmp / "fusion-10k-export")
     sc.run_step("export", {"model": model, "out": exported, "cache": str(cache)})
     for label in ("10k", "40k"):
@@ -1338,9 +1342,18 @@ def _scaling_memory_markdown(section: dict[str, Any], before: list[dict[str, Any
         return next((r for r in rows if r["step"] == step and r["catalog"] == catalog
                      and all(r.get(k) == v for k, v in tags.items())), None)
 
+    def what(r: dict[str, Any]) -> str:
+        if r["step"] == "embed":
+            held = r["features_bytes_per_product"]
+            return f"{r['cache']} cache, {r['computed']:,} images computed, {held:.0f} B held per product"
+        if r["step"] == "fit":
+            return f"{r['inputs']}, {r['train']:,} train + {r['val']:,} validation, {r['epochs_run']} epochs"
+        if r["step"] == "predict":
+            return "local engine, streamed, warm cache, Parquet out"
+        return f"Ray driver, {r['actors']} actor, every image computed"
+
     table = [
-        [r["step"], f"{catalogs[r['catalog']]:,}", f"{r['seconds']:,.1f}", f"{r['peak_rss_mb']:,.0f}",
-         f"{r['train']:,} train" if "train" in r else ""]
+        [r["step"], f"{catalogs[r['catalog']]:,}", what(r), f"{r['seconds']:,.1f}", f"{r['peak_rss_mb']:,.0f}"]
         for r in rows
     ]
     md = md_table(
@@ -1349,8 +1362,10 @@ def _scaling_memory_markdown(section: dict[str, Any], before: list[dict[str, Any
         "with the cost-growth table's), `python benchmarks/run.py --sections scaling_memory`: the steps of "
         "benchmarks/scaling.py, each in a process of its own, peak RSS its VmHWM. `predict` streams the catalog "
         "(8,192 rows at a time) and predicts with the fusion model fitted at 10k, every image in the cache; the fits "
-        "read image vectors memory-mapped from the cache; the Ray rows are the driver's peak with one actor.",
-        ["step", "catalog products", "wall s", "peak RSS MB", ""],
+        "read image vectors memory-mapped from the cache; the Ray rows are the driver's peak with one actor. The "
+        "catalogs are the cost-growth section's 10k sample: its first 4k products, all of it, and all of it repeated "
+        "4 and 40 times with changed ids (same image files).",
+        ["step", "catalog products", "what", "wall s", "peak RSS MB"],
         table,
     )
     notes = []
@@ -1360,12 +1375,12 @@ def _scaling_memory_markdown(section: dict[str, Any], before: list[dict[str, Any
         old = (find(before, "predict", "40k"), find(before, "predict", "400k"))
         was = f" (before streaming: {_per_product(*old):,.0f} B)" if all(old) else ""
         notes.append(f"`predict` peak RSS added per product from 40k to 400k: {per:,.0f} B{was}.")
-    f10, f40 = find(rows, "fit", "10k", inputs="fusion"), find(rows, "fit", "40k", inputs="fusion")
-    if f10 and f40:
-        per = _per_product(f10, f40, key="train")
+    f4, f10 = find(rows, "fit", "4k", inputs="fusion"), find(rows, "fit", "10k", inputs="fusion")
+    if f4 and f10:
+        per = _per_product(f4, f10, key="train")
         old = (find(before, "fit", "10k", inputs="fusion"), find(before, "fit", "40k", inputs="fusion"))
-        was = f" (before: {_per_product(*old, key='train'):,.0f} B)" if all(old) else ""
-        notes.append(f"Fusion fit: {per:,.0f} B of peak RSS per training product from 10k to 40k{was}.")
+        was = f" (before, from 10k to 40k: {_per_product(*old, key='train'):,.0f} B)" if all(old) else ""
+        notes.append(f"Fusion fit: {per:,.0f} B of peak RSS per training product from 4k to 10k{was}.")
     r10, r40 = find(rows, "ray_predict", "10k"), find(rows, "ray_predict", "40k")
     if r10 and r40:
         notes.append(f"Ray driver: {_per_product(r10, r40):,.0f} B per product from 10k to 40k.")
