@@ -83,8 +83,9 @@ def step_load(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def step_embed(args: dict[str, Any]) -> dict[str, Any]:
-    """``ImageEmbedder.embed`` on every product's image, as training calls it, in the cache ``args["cache"]``
-    (cold: every distinct image computed; warm: all read from the memory-mapped cache)."""
+    """``ImageEmbedder.rows`` on every product's image, as training calls it, in the cache ``args["cache"]``
+    (cold: every distinct image computed; warm: all found in the memory-mapped cache), then every vector read
+    through it once, in batches, as a training epoch reads them."""
     from deepfusion.embeddings import ImageEmbedder
 
     paths = [p or None for p in Path(args["paths"]).read_text().splitlines()]
@@ -92,18 +93,23 @@ def step_embed(args: dict[str, Any]) -> dict[str, Any]:
     embedder.session()  # the backbone's ONNX file is already in the cache: only the session is opened here
     before = len(embedder.store())
     start = time.perf_counter()
-    features, ok = embedder.embed(paths)
+    rows = embedder.rows(paths)
     seconds = time.perf_counter() - start
     stored = len(embedder.store())
+    start = time.perf_counter()
+    for i in range(0, len(rows), 1024):
+        rows[i : i + 1024].read()
     return {
         "seconds": seconds,
+        "read_seconds": time.perf_counter() - start,
         "products": len(paths),
-        "with_image": int(ok.sum()),
+        "with_image": int(rows.ok.sum()),
         "computed": stored - before,
         "distinct_images": stored,
-        "features_bytes_per_product": features.nbytes / max(len(paths), 1),
-        "features_dtype": str(features.dtype),
-        "dim": int(features.shape[1]),
+        # What training holds per product: each one's shard and row in the memory-mapped cache.
+        "features_bytes_per_product": (rows.shard.nbytes + rows.row.nbytes) / max(len(paths), 1),
+        "vector_bytes": int(rows.dim * 2),  # one float16 vector in the cache, read through the page cache
+        "dim": int(rows.dim),
     }
 
 

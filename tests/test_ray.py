@@ -6,6 +6,7 @@ catalogs and a local Ray of two CPUs."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -204,6 +205,32 @@ def test_exported_folder_parquet_many_blocks(
     dist.predict_catalog_ray(model[1], catalog, out, actors=1, batch_size=7, progress=False)
     again = sorted(p.name for p in (tmp_path / "preds.parquet.parts").iterdir())
     assert len(again) == len(first) and not set(again) & set(first)
+
+
+def test_streamed_catalog_in_several_chunks_gives_the_whole_catalog_predictions(
+    ray_running: object, model: tuple[Path, Path], catalog: Path, tmp_path: Path
+) -> None:
+    """The driver streams the catalog (chunks of 4 rows, a line that cannot be read in the middle one) into
+    OUT.input/, which it removes afterwards: the file holds the predictions of the whole catalog loaded at once,
+    and the rejects file is the whole load's."""
+    lines = (catalog / "styles.csv").read_text(encoding="utf-8").splitlines()
+    data = tmp_path / "catalog"
+    (data / "images").mkdir(parents=True)
+    for image in (catalog / "images").iterdir():
+        (data / "images" / image.name).write_bytes(image.read_bytes())
+    lines.insert(len(lines) // 2, "7001,Men,Apparel")
+    (data / "styles.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    products = load_catalog(data, require_target=False, progress=False)
+    expected = runs.output_columns(Predictor.load(model[0], progress=False).predict_frame(products.products, top_k=3))
+    out = tmp_path / "preds.csv"
+    n, totals = dist.predict_catalog_ray(model[1], data, out, actors=1, batch_size=3, chunk_rows=4, progress=False)
+    assert n == len(products.products) == totals.n_products and totals.rows_in == products.rows_in
+    assert "7001" in set(totals.dropped["id"])
+    _assert_same(pd.read_csv(io.StringIO(expected.to_csv(index=False)), dtype={"id": str}),
+                 pd.read_csv(out, dtype={"id": str}))
+    written = re.sub(r" at 0x[0-9a-f]+", "", (tmp_path / "preds.rejects.csv").read_text())
+    assert written == re.sub(r" at 0x[0-9a-f]+", "", products.rejects.to_csv(index=False))
+    assert not (tmp_path / "preds.csv.input").exists()
 
 
 def test_joins_a_cluster_by_address(

@@ -9,6 +9,8 @@ rows after it), image references never leave ``images/``, and images are decoded
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import hashlib
 import io
@@ -17,7 +19,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -44,7 +46,7 @@ from .schema import (
 from .taxonomy import JOIN, join_levels
 
 if TYPE_CHECKING:
-    from .image_links import LinkOptions
+    from .image_links import LinkFetcher, LinkOptions
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,9 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # JPEG covers MPO, the mu
 REJECT_COLUMNS = [ID, "reason", "action", "line", "raw"]
 RAW_PREVIEW_CHARS = 300
 OUTSIDE_FOLDER = "image outside the catalog folder"
+DUPLICATE_ID = "duplicate id (an earlier row has the same id; the first one is kept)"
+# The checks of a load in the order they run (the rejects report lists their rows in this order).
+STAGE_READ, STAGE_UNCLOSED, STAGE_EMPTY_ID, STAGE_DUPLICATE, STAGE_EMPTY_TARGET, STAGE_NUMBER, STAGE_IMAGE = range(7)
 UNCLOSED_QUOTE = "unclosed quote (the line was read with its quotes as plain characters)"
 
 
@@ -145,12 +150,7 @@ class Catalog:
         return self.rejects[self.rejects["action"] == "dropped"]
 
     def summary(self) -> str:
-        n_kept_issues = int((self.rejects["action"] == "kept").sum())
-        return (
-            f"{self.rows_in:,} rows read from {self.source.name} = {len(self.products):,} products loaded + "
-            f"{len(self.dropped):,} rows rejected; {n_kept_issues:,} kept with a problem noted; "
-            f"{self.recovered_rows} rows with unquoted commas in the title recovered"
-        )
+        return _summary(self.source, self.rows_in, len(self.products), self.rejects, self.recovered_rows)
 
     def write_rejects(self, path: Path) -> Path:
         return _write_csv(self.rejects, path)
@@ -158,6 +158,16 @@ class Catalog:
     def write_links(self, path: Path) -> Path | None:
         """Write the link report (links.csv) when the catalog's images are links; returns the path, or None."""
         return None if self.links is None else _write_csv(self.links, Path(path))
+
+
+def _summary(source: Path, rows_in: int, n_products: int, rejects: pd.DataFrame, recovered_rows: int) -> str:
+    n_dropped = int((rejects["action"] == "dropped").sum())
+    n_kept_issues = int((rejects["action"] == "kept").sum())
+    return (
+        f"{rows_in:,} rows read from {source.name} = {n_products:,} products loaded + "
+        f"{n_dropped:,} rows rejected; {n_kept_issues:,} kept with a problem noted; "
+        f"{recovered_rows} rows with unquoted commas in the title recovered"
+    )
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -246,6 +256,7 @@ class _Record:
     fields: list[str]
     raw: str
     literal: bool = False  # an unclosed quote: the line was split with its quotes as plain characters
+    continuation: int = 0  # non-blank lines after the first that belong to the record (a quoted field's breaks)
 
 
 @dataclass
@@ -295,9 +306,6 @@ def _read_styles(
 def _read_json_lines(path: Path, text: str, max_field_chars: int) -> _Styles:
     """A JSON Lines table (one object per line; a JSON array of objects is read too). A line that is not a JSON
     object is rejected on its own."""
-    rows: list[dict[str, str]] = []
-    index: list[int] = []
-    styles = _Styles(table=pd.DataFrame(), rows_in=0)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -306,14 +314,26 @@ def _read_json_lines(path: Path, text: str, max_field_chars: int) -> _Styles:
             raise CatalogError(f"{path} is not valid JSON ({exc}). Write one JSON object per line.") from exc
         entries = [(i + 1, item, json.dumps(item)[:RAW_PREVIEW_CHARS]) for i, item in enumerate(items)]
     else:
-        entries = []
-        for i, line in enumerate(_physical_lines(text)):
-            if not line.strip():
-                continue
-            try:
-                entries.append((i + 1, json.loads(line), line))
-            except json.JSONDecodeError as exc:
-                entries.append((i + 1, exc, line))
+        entries = [_json_entry(i, line) for i, line in enumerate(_physical_lines(text)) if line.strip()]
+    return _json_styles(entries, max_field_chars)
+
+
+def _json_entry(index: int, line: str) -> tuple[int, object, str]:
+    """(line number, the line's JSON value or the error reading it, raw text) of the non-blank line ``index``."""
+    try:
+        return index + 1, json.loads(line), line
+    except json.JSONDecodeError as exc:
+        return index + 1, exc, line
+
+
+def _json_styles(
+    entries: Sequence[tuple[int, object, str]], max_field_chars: int, columns: Sequence[str] | None = None
+) -> _Styles:
+    """The table of JSON entries (``_json_entry``): a value that is not an object, or has a field over
+    ``max_field_chars``, is a rejected row. ``columns``: the whole file's (``_json_columns``), for a chunk of it."""
+    rows: list[dict[str, str]] = []
+    index: list[int] = []
+    styles = _Styles(table=pd.DataFrame(), rows_in=0)
     for line_no, item, raw in entries:
         styles.rows_in += 1
         if not isinstance(item, dict):
@@ -330,6 +350,8 @@ def _read_json_lines(path: Path, text: str, max_field_chars: int) -> _Styles:
         index.append(line_no)
         styles.raws[line_no] = raw
     styles.table = pd.DataFrame(rows, index=index, dtype=str).fillna("")
+    if columns is not None:
+        styles.table = styles.table.reindex(columns=list(columns), fill_value="")
     if styles.table.empty and not len(styles.table.columns):
         styles.table = pd.DataFrame(index=pd.Index([], dtype=int))
     return styles
@@ -382,28 +404,36 @@ def _check_unique_columns(path: Path, header: Sequence[str]) -> None:
 def _records(lines: Sequence[str], start: int, n_columns: int, sep: str = ",") -> tuple[list[_Record], int]:
     """Group the physical lines from index ``start`` into records. Returns them and the number of non-blank
     lines that continue a record begun on an earlier line."""
+    records, _ = _group_records(lines, start, len(lines), n_columns, sep)
+    return records, sum(r.continuation for r in records)
+
+
+def _group_records(
+    lines: Sequence[str], start: int, stop: int, n_columns: int, sep: str = ",", offset: int = 0
+) -> tuple[list[_Record], int]:
+    """The records that begin at the line indices ``start`` to ``stop`` (a record may run past ``stop``), and the
+    index after the last of them. ``offset``: the file line index of ``lines[0]`` (a window of a streamed file)."""
     records: list[_Record] = []
-    continuation = 0
     i = start
-    while i < len(lines):
+    while i < stop:
         if not lines[i].strip():
             i += 1
             continue
         if '"' not in lines[i]:  # most lines: csv would split them exactly so, only slower
-            records.append(_Record(i + 1, lines[i].split(sep), lines[i]))
+            records.append(_Record(offset + i + 1, lines[i].split(sep), lines[i]))
             i += 1
             continue
         span = _record_span(lines, i, n_columns, sep)
         fields = _parse_lines(lines[i : i + span], sep) if span else None
         if span is None or fields is None or (span > 1 and len(fields) != n_columns):
             # The quote is stray: it may damage this line, not the ones after it.
-            records.append(_Record(i + 1, lines[i].split(sep), lines[i], literal=True))
+            records.append(_Record(offset + i + 1, lines[i].split(sep), lines[i], literal=True))
             i += 1
             continue
-        records.append(_Record(i + 1, fields, "\n".join(lines[i : i + span])))
-        continuation += sum(1 for line in lines[i + 1 : i + span] if line.strip())
+        continuation = sum(1 for line in lines[i + 1 : i + span] if line.strip())
+        records.append(_Record(offset + i + 1, fields, "\n".join(lines[i : i + span]), continuation=continuation))
         i += span
-    return records, continuation
+    return records, i
 
 
 def _record_span(lines: Sequence[str], i: int, n_columns: int, sep: str = ",") -> int | None:
@@ -455,11 +485,18 @@ def _parse_lines(lines: Sequence[str], sep: str = ",") -> list[str] | None:
 
 
 def _table_from_records(
-    records: list[_Record], header: list[str], max_field_chars: int, sep: str, schema: CatalogSchema | None
+    records: list[_Record],
+    header: list[str],
+    max_field_chars: int,
+    sep: str,
+    schema: CatalogSchema | None,
+    vocab: Mapping[str, set[str]] | None = None,
 ) -> _Styles:
+    """``records`` as a table. ``vocab``: the values of the cleanly parsed rows (``_vocabulary``), by default
+    those of ``records``; a streamed file passes the whole file's, so a chunk judges shifted rows as the file does."""
     n_columns = len(header)
-    clean = [r for r in records if len(r.fields) == n_columns and not r.literal]
-    vocab = _vocabulary(clean, header, schema)
+    if vocab is None:
+        vocab = _vocabulary([r for r in records if _clean(r, n_columns)], header, schema)
     rejoin = schema is not None and header[-1] in schema.text
     numeric = tuple(schema.numeric) if schema is not None else ()
     label = schema.label if schema is not None else None
@@ -515,6 +552,10 @@ def _fit_fields(
     return joined, ""
 
 
+def _clean(record: _Record, n_columns: int) -> bool:
+    return len(record.fields) == n_columns and not record.literal
+
+
 def _vocabulary(records: Sequence[_Record], header: list[str], schema: CatalogSchema | None) -> dict[str, set[str]]:
     """The values each categorical column (and the label) takes in the rows that parsed cleanly."""
     if schema is None:
@@ -562,10 +603,16 @@ def _read_parquet(path: Path, max_field_chars: int) -> _Styles:
         table = pd.read_parquet(path)
     except Exception as exc:
         raise CatalogError(f"Cannot read {path}: {exc}. Is it a valid Parquet file?") from exc
-    table = table.astype(object).where(table.notna(), "").astype(str)
     table.columns = [str(c).strip() for c in table.columns]
     _check_unique_columns(path, list(table.columns))
-    table.index = pd.RangeIndex(1, len(table) + 1)
+    return _parquet_styles(table, 1, max_field_chars)
+
+
+def _parquet_styles(table: pd.DataFrame, first_row: int, max_field_chars: int) -> _Styles:
+    """Rows of a Parquet table as strings, numbered from ``first_row``; a row with a field over
+    ``max_field_chars`` is rejected."""
+    table = table.astype(object).where(table.notna(), "").astype(str)
+    table.index = pd.RangeIndex(first_row, first_row + len(table))
     styles = _Styles(table=table, rows_in=len(table))
     too_long = pd.Series(False, index=table.index)
     for col in table.columns:
@@ -758,9 +805,14 @@ class _RejectLog:
     def __init__(self, raws: Mapping[int, str], rows: list[dict[str, object]]) -> None:
         self.raws = raws
         self.rows = rows
+        # The check each row comes from, in the order load_catalog runs them: a streamed load (CatalogStream)
+        # sorts the rows of all its chunks by it, so its report lists them as load_catalog's does.
+        self.stage: tuple[int, ...] = (0,)
+        self.stages: list[tuple[int, ...]] = [(0,)] * len(rows)
 
     def add(self, pid: str, reason: str, action: str, line: int) -> None:
         self.rows.append(_reject(pid, reason, action, int(line), self.raws.get(line, "")))
+        self.stages.append(self.stage)
 
     def drop(self, table: pd.DataFrame, mask: pd.Series, reason: str) -> pd.DataFrame:
         """``table`` without the rows of ``mask``, each recorded as dropped for ``reason``."""
@@ -938,19 +990,33 @@ def _with_catalog_columns(
 
 
 def _drop_unusable_rows(
-    table: pd.DataFrame, rejects: _RejectLog, require_target: bool, schema: CatalogSchema
+    table: pd.DataFrame,
+    rejects: _RejectLog,
+    require_target: bool,
+    schema: CatalogSchema,
+    seen: _SeenIds | None = None,
 ) -> pd.DataFrame:
+    """``table`` without the rows that cannot be a product. ``seen``: the ids of the earlier chunks of a streamed
+    table, so a duplicate is found across chunks (and the ids kept here are added to it)."""
+    rejects.stage = (STAGE_EMPTY_ID,)
     table = rejects.drop(table, table[ID] == "", "empty id")
-    dup = table[ID].duplicated(keep="first")
-    table = rejects.drop(table, dup, "duplicate id (an earlier row has the same id; the first one is kept)")
+    dup = table[ID].duplicated(keep="first").to_numpy(copy=True)
+    if seen is not None:
+        dup |= seen.contains(table[ID])
+    rejects.stage = (STAGE_DUPLICATE,)
+    table = rejects.drop(table, pd.Series(dup, index=table.index), DUPLICATE_ID)
+    if seen is not None:
+        seen.add(table[ID])
     if require_target:
+        rejects.stage = (STAGE_EMPTY_TARGET,)
         table = rejects.drop(table, table[TARGET] == "", f"empty target ({schema.label})")
     return table
 
 
 def _to_products(table: pd.DataFrame, rejects: _RejectLog, schema: CatalogSchema) -> pd.DataFrame:
     products = table.copy()
-    for col in schema.numeric:
+    for i, col in enumerate(schema.numeric):
+        rejects.stage = (STAGE_NUMBER, i)
         raw = table[col]
         if schema.is_fashion:
             number = pd.to_numeric(raw.where(raw != ""), errors="coerce")
@@ -978,6 +1044,7 @@ def _attach_images(
     links: LinkOptions | None = None,
     fetch_links: bool = True,
     link_reports: list[pd.DataFrame] | None = None,
+    fetcher: LinkFetcher | None = None,
 ) -> pd.DataFrame:
     if schema.image:
         refs = list(products[schema.image])
@@ -987,7 +1054,8 @@ def _attach_images(
                 located = [_locate_image_ref(ref, roots, schema.image_sep) for ref in refs]
             else:
                 located, report = _locate_with_links(
-                    refs, ids, roots, schema.image_sep, links, max_pixels=max_pixels, progress=progress
+                    refs, ids, roots, schema.image_sep, links, max_pixels=max_pixels, progress=progress,
+                    fetcher=fetcher,
                 )
                 if link_reports is not None:
                     link_reports.append(report)
@@ -1007,6 +1075,7 @@ def _attach_images(
     products["image_height"] = [c.height for c in checks]
     products["image_mode"] = [c.mode for c in checks]
     action = "dropped" if require_images else "kept"
+    rejects.stage = (STAGE_IMAGE,)
     for line, pid, check in zip(products.index, products[ID], checks, strict=True):
         if check.status in ("missing", "corrupt") and (require_images or check.detail != NO_IMAGES_FOLDER):
             rejects.add(pid, check.reason, action, line)
@@ -1031,16 +1100,20 @@ def _locate_with_links(
     *,
     max_pixels: int,
     progress: bool,
+    fetcher: LinkFetcher | None = None,
 ) -> tuple[list[tuple[Path | None, str]], pd.DataFrame]:
     """``_locate_image_ref`` for every product, fetching links on ``links.workers`` threads (a product's links
-    are tried in order, so only as many are fetched as it takes to find one that works); and the link report."""
-    from .image_links import LinkFetcher, LinkOptions, links_report
+    are tried in order, so only as many are fetched as it takes to find one that works); and the link report.
+    ``fetcher``: one made by ``link_fetcher`` and kept open across calls (the chunks of a streamed catalog, which
+    then share what a run remembers: each URL fetched once, hosts found dead); its results are handed over in the
+    report and cleared."""
+    from .image_links import links_report
 
-    # The catalog's pixel budget binds links too, so a link's image is refused exactly when its file would be.
-    links = replace(links or LinkOptions(), max_pixels=max_pixels)
-
+    links = _link_options(links, max_pixels)
     started = time.perf_counter()
-    with LinkFetcher(links) as fetcher, ThreadPoolExecutor(max_workers=links.workers) as pool:
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=links.workers) as pool:
+        if fetcher is None:
+            fetcher = stack.enter_context(link_fetcher(links, max_pixels))
         cache_root = fetcher.cache.root.resolve()
 
         def fetch(url: str, pid: str) -> tuple[Path | None, str]:
@@ -1061,7 +1134,23 @@ def _locate_with_links(
         ))
     log.info("image links: %s, %d requests, in %.1f s", fetcher.summary(), fetcher.requests,
              time.perf_counter() - started)
-    return located, links_report(fetcher.results)
+    report = links_report(fetcher.results)
+    fetcher.results.clear()
+    return located, report
+
+
+def _link_options(links: LinkOptions | None, max_pixels: int) -> LinkOptions:
+    from .image_links import LinkOptions
+
+    # The catalog's pixel budget binds links too, so a link's image is refused exactly when its file would be.
+    return replace(links or LinkOptions(), max_pixels=max_pixels)
+
+
+def link_fetcher(links: LinkOptions | None, max_pixels: int = MAX_IMAGE_PIXELS) -> LinkFetcher:
+    """The fetcher ``load_catalog`` uses for image links (close it, or use it as a context manager)."""
+    from .image_links import LinkFetcher
+
+    return LinkFetcher(_link_options(links, max_pixels))
 
 
 def _locate_image_ref(
@@ -1121,7 +1210,7 @@ def _checks_of(
     return paths, checks
 
 
-def _no_products_error(catalog: Catalog, rejects_path: str | Path | None) -> CatalogError:
+def _no_products_error(catalog: Catalog | CatalogTotals, rejects_path: str | Path | None) -> CatalogError:
     source = catalog.source
     if catalog.rows_in == 0:
         message = (
@@ -1139,13 +1228,430 @@ def _no_products_error(catalog: Catalog, rejects_path: str | Path | None) -> Cat
     return CatalogError(message, rejects=catalog.rejects)
 
 
-def _add_notes(catalog: Catalog, n_unclosed: int) -> None:
+def _add_notes(catalog: Catalog | CatalogTotals, n_unclosed: int) -> None:
     if catalog.recovered_rows:
         catalog.notes.append(f"{catalog.recovered_rows} rows had unquoted commas in {TITLE}; the title was rejoined")
     if n_unclosed:
         catalog.notes.append(f"{n_unclosed} rows had an unclosed quote; each was read with quotes as plain text")
     if catalog.continuation_lines:
         catalog.notes.append(f"{catalog.continuation_lines} lines continue a quoted field begun on an earlier line")
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+DEFAULT_CHUNK_ROWS = 8192
+RECORD_WINDOW = 4096  # physical lines grouped into records at a time when a delimited file is streamed
+
+
+class _SeenIds:
+    """The ids of a streamed table's earlier chunks, to find a duplicate across chunks: 16 bytes per id (a
+    BLAKE2b digest; two different ids share one with a chance of about n² / 2¹²⁹), in sorted runs that merge as
+    they grow, so a lookup and an insertion cost O(log n) per id, not a copy of everything seen."""
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(run) for run in self._runs)
+
+    @staticmethod
+    def _digests(ids: Iterable[str]) -> np.ndarray:
+        return np.array(
+            [hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=16).digest() for i in ids], dtype="S16"
+        )
+
+    def contains(self, ids: Iterable[str]) -> np.ndarray:
+        """Whether each id was added before."""
+        query = self._digests(ids)
+        found = np.zeros(len(query), dtype=bool)
+        for run in self._runs:
+            pos = np.minimum(np.searchsorted(run, query), len(run) - 1)
+            found |= run[pos] == query
+        return found
+
+    def add(self, ids: Iterable[str]) -> None:
+        run = np.sort(self._digests(ids))
+        if not len(run):
+            return
+        self._runs.append(run)
+        while len(self._runs) > 1 and len(self._runs[-2]) <= 2 * len(self._runs[-1]):
+            last = self._runs.pop()
+            self._runs[-1] = np.sort(np.concatenate([self._runs[-1], last]), kind="stable")
+
+
+def _text_encoding(path: Path) -> tuple[str, int]:
+    """The encoding a delimited or JSON Lines file is read with, as ``_read_text`` decides it for the whole file
+    (UTF-8 with or without a BOM, else Latin-1), found by decoding it once block by block; and its size in bytes."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    size = 0
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 22):
+                size += len(block)
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        log.warning("%s is not UTF-8; read it as Latin-1", path)
+        return "latin-1", path.stat().st_size
+    except OSError as exc:
+        raise CatalogError(f"Cannot read {path}: {exc}.") from exc
+    return "utf-8-sig", size
+
+
+def _file_lines(path: Path, encoding: str) -> Iterator[str]:
+    """The physical lines of a text file without their line breaks, split where ``_physical_lines`` splits."""
+    with path.open("r", encoding=encoding, newline="") as f:
+        for line in f:
+            if line.endswith("\r\n"):
+                yield line[:-2]
+            elif line.endswith(("\n", "\r")):
+                yield line[:-1]
+            else:
+                yield line
+
+
+def _stream_records(lines: Iterator[str], start: int, n_columns: int, sep: str) -> Iterator[_Record]:
+    """The records of the physical lines ``lines`` (the file's lines from index ``start``), as ``_records`` groups
+    them, holding a window of lines at a time: a record is grouped only once the lines it may span are read."""
+    buffer: list[str] = []
+    offset = start  # the file's line index of buffer[0]
+    exhausted = False
+    while True:
+        while not exhausted and len(buffer) < RECORD_WINDOW + MAX_RECORD_LINES:
+            line = next(lines, None)
+            if line is None:
+                exhausted = True
+            else:
+                buffer.append(line)
+        # A record starting before `stop` has all the lines _record_span may look at in the buffer.
+        stop = len(buffer) if exhausted else len(buffer) - MAX_RECORD_LINES
+        records, end = _group_records(buffer, 0, stop, n_columns, sep, offset)
+        yield from records
+        del buffer[:end]
+        offset += end
+        if exhausted and not buffer:
+            return
+
+
+def _chunks_of(items: Iterable[object], size: int) -> Iterator[list]:
+    """``items`` in lists of ``size``; always at least one list (empty for no items)."""
+    chunk: list = []
+    empty = True
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk, empty = [], False
+    if chunk or empty:
+        yield chunk
+
+
+def _csv_header(path: Path, encoding: str) -> tuple[int, str]:
+    lines = _file_lines(path, encoding)
+    try:
+        return next((i, line) for i, line in enumerate(lines) if line.strip())
+    except StopIteration:
+        raise CatalogError(f"{path} is empty. It needs a header row naming its columns.") from None
+    finally:
+        lines.close()
+
+
+def _csv_chunks(
+    path: Path, max_field_chars: int, chunk_rows: int, *, sep: str | None, schema: CatalogSchema | None
+) -> Iterator[_Styles]:
+    """``_read_styles`` of a delimited file, ``chunk_rows`` records at a time. The values that the cleanly parsed
+    rows take (which decide whether a row with extra fields is rejoined) are the whole file's, read in one more
+    pass over it the first time a chunk has such a row."""
+    encoding, size = _text_encoding(path)
+    _allow_fields_up_to(size)
+    first, header_line = _csv_header(path, encoding)
+    if sep is None:
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else sniff_separator(header_line)
+    header = [h.strip() for h in next(csv.reader([header_line], delimiter=sep), [])]
+    _check_unique_columns(path, header)
+    if schema is None and looks_like_fashion(header):
+        schema = FASHION
+    n_columns = len(header)
+    rejoin = schema is not None and header[-1] in schema.text
+    vocab: dict[str, set[str]] | None = None
+
+    def records() -> Iterator[_Record]:
+        lines = _file_lines(path, encoding)
+        for _ in range(first + 1):
+            next(lines)
+        return _stream_records(lines, first + 1, n_columns, sep)
+
+    for chunk in _chunks_of(records(), chunk_rows):
+        if vocab is None and rejoin and any(len(r.fields) > n_columns for r in chunk):
+            vocab = _vocabulary([r for r in records() if _clean(r, n_columns)], header, schema)
+        styles = _table_from_records(chunk, header, max_field_chars, sep, schema, vocab if vocab is not None else {})
+        styles.continuation_lines = sum(r.continuation for r in chunk)
+        styles.separator = sep
+        yield styles
+
+
+def _json_chunks(path: Path, max_field_chars: int, chunk_rows: int) -> Iterator[_Styles]:
+    """``_read_json_lines``, ``chunk_rows`` lines at a time, each chunk with the whole table's columns. A JSON array
+    (not JSON Lines) is read whole."""
+    encoding, _ = _text_encoding(path)
+    lines = _file_lines(path, encoding)
+    try:
+        head = next((line for line in lines if line.strip()), "")
+    finally:
+        lines.close()
+    if head.lstrip().startswith("["):
+        yield _read_json_lines(path, _read_text(path), max_field_chars)
+        return
+    columns = _json_columns(path, encoding, max_field_chars)
+    entries = (_json_entry(i, line) for i, line in enumerate(_file_lines(path, encoding)) if line.strip())
+    for chunk in _chunks_of(entries, chunk_rows):
+        yield _json_styles(chunk, max_field_chars, columns)
+
+
+def _json_columns(path: Path, encoding: str, max_field_chars: int) -> list[str]:
+    """The columns of a JSON Lines file's whole table: the field names of its usable rows, in order of first use
+    (one more pass over the file, so that every chunk has the same columns)."""
+    columns: dict[str, None] = {}
+    for i, line in enumerate(_file_lines(path, encoding)):
+        if line.strip():
+            _, item, _ = _json_entry(i, line)
+            if isinstance(item, dict):
+                values = {str(k).strip(): _json_value(v) for k, v in item.items()}
+                if all(len(v) <= max_field_chars for v in values.values()):
+                    columns.update(dict.fromkeys(values))
+    return list(columns)
+
+
+def _parquet_chunks(path: Path, max_field_chars: int, chunk_rows: int) -> Iterator[_Styles]:
+    """``_read_parquet``, ``chunk_rows`` rows at a time. An integer column with a missing value anywhere in the
+    file is read as floats in every chunk, as pandas reads the whole table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+        with_nulls = [
+            name
+            for name, type_ in zip(schema.names, schema.types, strict=True)
+            if pa.types.is_integer(type_) and parquet.read(columns=[name]).column(name).null_count
+        ]
+        batches = parquet.iter_batches(batch_size=chunk_rows)
+        names = [str(c).strip() for c in schema.names]
+        _check_unique_columns(path, names)
+        first = 1
+        empty = True
+        for batch in batches:
+            table = pa.Table.from_batches([batch], schema=schema)
+            for name in with_nulls:
+                i = table.schema.get_field_index(name)
+                table = table.set_column(i, name, table.column(i).cast(pa.float64()))
+            frame = table.to_pandas()
+            frame.columns = names
+            yield _parquet_styles(frame, first, max_field_chars)
+            first += len(frame)
+            empty = False
+    except CatalogError:
+        raise
+    except Exception as exc:
+        raise CatalogError(f"Cannot read {path}: {exc}. Is it a valid Parquet file?") from exc
+    if empty:
+        yield _parquet_styles(pd.DataFrame(columns=names), 1, max_field_chars)
+
+
+def _styles_chunks(
+    path: Path, max_field_chars: int, chunk_rows: int, *, sep: str | None, schema: CatalogSchema | None
+) -> Iterator[_Styles]:
+    kind = _table_kind(path)
+    if kind == "parquet":
+        return _parquet_chunks(path, max_field_chars, chunk_rows)
+    if kind == "json":
+        return _json_chunks(path, max_field_chars, chunk_rows)
+    return _csv_chunks(path, max_field_chars, chunk_rows, sep=sep, schema=schema)
+
+
+@dataclass
+class CatalogTotals:
+    """What a streamed load (``CatalogStream``) found in the whole table: a ``Catalog`` without its products,
+    which went by chunk (``n_products`` of them). ``rejects`` lists the rows as ``load_catalog`` does."""
+
+    source: Path
+    schema: CatalogSchema
+    rows_in: int = 0
+    n_products: int = 0
+    rejects: pd.DataFrame = field(default_factory=lambda: _reject_frame([]))
+    recovered_rows: int = 0
+    continuation_lines: int = 0
+    separator: str | None = None
+    notes: list[str] = field(default_factory=list)
+    links_path: Path | None = None  # where the link report was written, None: no image value is a link
+
+    @property
+    def dropped(self) -> pd.DataFrame:
+        return self.rejects[self.rejects["action"] == "dropped"]
+
+    def summary(self) -> str:
+        return _summary(self.source, self.rows_in, self.n_products, self.rejects, self.recovered_rows)
+
+    def write_rejects(self, path: Path) -> Path:
+        return _write_csv(self.rejects, path)
+
+
+class CatalogStream:
+    """``load_catalog``, a chunk at a time: iterating yields products frames (the columns of ``Catalog.products``)
+    of the usable rows among the next ``chunk_rows`` rows read, so memory holds one chunk whatever the size of the
+    table; afterwards ``totals`` holds what the whole load found.
+
+    Every row is checked as ``load_catalog`` checks it, with the same result: the values that decide whether a
+    shifted row is mended are the whole file's, an id already seen in an earlier chunk is a duplicate (16 bytes
+    kept per id), image links share one fetcher (each URL fetched once per run), and the rejects report lists the
+    same rows in the same order (it is kept in memory: one row per rejected or noted row). The link report is
+    appended to ``links_path`` chunk by chunk. The roles of a table without ``schema`` are inferred from its first
+    chunk. The stream is read once; ``CatalogError`` is raised as ``load_catalog`` raises it (a table without
+    usable products once the whole table is read, after the rejects are written to ``rejects_path``).
+
+    The options are ``load_catalog``'s."""
+
+    def __init__(
+        self,
+        data: str | Path,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        links_path: str | Path | None = None,
+        schema: CatalogSchema | None = None,
+        require_target: bool = True,
+        require_images: bool = False,
+        required_columns: Iterable[str] = (),
+        required_modalities: Sequence[str] = (),
+        check_image_files: bool = True,
+        progress: bool = True,
+        max_field_chars: int = MAX_FIELD_CHARS,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        rejects_path: str | Path | None = None,
+        links: LinkOptions | None = None,
+        fetch_links: bool = True,
+        images_dir: str | Path | None = None,
+        sep: str | None = None,
+        **roles: object,
+    ) -> None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        unknown = set(roles) - {"label", "label_sep", "id", "text", "categorical", "numeric", "image", "image_sep"}
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        self.data = data
+        self.chunk_rows = chunk_rows
+        self.links_path = Path(links_path) if links_path is not None else None
+        self.schema = schema
+        self.roles = roles
+        self.require_target = require_target
+        self.require_images = require_images
+        self.required_columns = list(required_columns)
+        self.required_modalities = tuple(required_modalities)
+        self.check_image_files = check_image_files
+        self.progress = progress
+        self.max_field_chars = max_field_chars
+        self.max_image_pixels = max_image_pixels
+        self.rejects_path = rejects_path
+        self.link_options = links
+        self.fetch_links = fetch_links
+        self.images_dir = images_dir
+        self.sep = sep
+        self.totals: CatalogTotals | None = None
+        self._started = False
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        if self._started:
+            raise RuntimeError("A CatalogStream is read once; make a new one to read the catalog again.")
+        self._started = True
+        folder = resolve_data_dir(self.data)
+        table_path = _find_table(folder)
+        if table_path is None:
+            raise CatalogError(
+                f"No product table found in {folder}: it must hold styles.csv / styles.parquet or exactly one table "
+                f"file ({', '.join(TABLE_SUFFIXES)}). Pass the table file itself with --data FILE."
+            )
+        chunks = _styles_chunks(table_path, self.max_field_chars, self.chunk_rows, sep=self.sep, schema=self.schema)
+        staged: list[tuple[tuple[int, ...], dict[str, object]]] = []
+        seen = _SeenIds()
+        totals: CatalogTotals | None = None
+        n_unclosed = 0
+        bar = tqdm(desc="reading catalog", unit="row", disable=not self.progress)
+        with contextlib.ExitStack() as stack:
+            stack.callback(bar.close)
+            fetcher = None
+            for styles in chunks:
+                if totals is None:
+                    schema, required, roots = self._resolve(styles.table, table_path)
+                    totals = self.totals = CatalogTotals(source=table_path, schema=schema, separator=styles.separator)
+                    if self.fetch_links and self.links_path is not None:
+                        self.links_path.unlink(missing_ok=True)  # a report of an earlier run is not appended to
+                table = _with_catalog_columns(styles.table, table_path, required, schema)
+                rejects = _RejectLog(styles.raws, [])
+                products = _to_products(
+                    _drop_unusable_rows(table, rejects, self.require_target, schema, seen=seen), rejects, schema
+                )
+                if fetcher is None and self.fetch_links and _has_links(products, schema):
+                    fetcher = stack.enter_context(link_fetcher(self.link_options, self.max_image_pixels))
+                reports: list[pd.DataFrame] = []
+                products = _attach_images(
+                    products, roots, rejects, schema, require_images=self.require_images, links=self.link_options,
+                    fetch_links=self.fetch_links, link_reports=reports, fetcher=fetcher,
+                    check_files=self.check_image_files, max_pixels=self.max_image_pixels, progress=False,
+                )
+                for report in reports:
+                    self._append_links(report, totals)
+                staged += [((STAGE_READ,), row) for row in styles.rejects]
+                staged += [((STAGE_UNCLOSED,), row) for row in styles.notes]
+                staged += list(zip(rejects.stages, rejects.rows, strict=True))
+                n_unclosed += len(styles.notes)
+                totals.rows_in += styles.rows_in
+                totals.continuation_lines += styles.continuation_lines
+                totals.recovered_rows += len(styles.recovered_ids)
+                totals.n_products += len(products)
+                bar.update(styles.rows_in)
+                bar.set_postfix(products=f"{totals.n_products:,}", refresh=False)
+                if len(products):
+                    yield products.reset_index(drop=True)
+        assert totals is not None  # every table yields at least one chunk
+        staged.sort(key=lambda pair: pair[0])  # stable: within a check, rows stay in table order
+        totals.rejects = _reject_frame([row for _, row in staged])
+        if self.rejects_path is not None:
+            totals.write_rejects(Path(self.rejects_path))
+        if not totals.n_products:
+            raise _no_products_error(totals, self.rejects_path)
+        _add_notes(totals, n_unclosed)
+        log.info("%s", totals.summary())
+
+    def _resolve(self, table: pd.DataFrame, table_path: Path) -> tuple[CatalogSchema, list[str], list[Path]]:
+        """The schema (given, or inferred from the first chunk), the required columns and the image folders."""
+        try:
+            schema = resolve_schema(
+                table, schema=self.schema, need_label=self.require_target, kaggle_layout=table_path.stem == "styles",
+                **self.roles,  # type: ignore[arg-type]
+            )
+        except SchemaError as exc:
+            raise CatalogError(f"{table_path}: {exc}") from None
+        required = list(dict.fromkeys([
+            *([schema.id] if schema.id else []),
+            *((schema.levels or [schema.label]) if self.require_target else []),
+            *self.required_columns,
+            *columns_for(self.required_modalities, schema),
+        ]))
+        images_dir = self.images_dir
+        roots = [Path(images_dir)] if images_dir is not None else [table_path.parent / "images"]
+        if images_dir is None and schema.image:
+            roots.append(table_path.parent)
+        if images_dir is not None and not Path(images_dir).is_dir():
+            raise CatalogError(f"The images folder {images_dir} does not exist. Pass the folder with --images-dir DIR.")
+        return schema, required, roots
+
+    def _append_links(self, report: pd.DataFrame, totals: CatalogTotals) -> None:
+        if self.links_path is None:
+            return
+        first = totals.links_path is None
+        self.links_path.parent.mkdir(parents=True, exist_ok=True)
+        report.to_csv(self.links_path, index=False, mode="w" if first else "a", header=first)
+        totals.links_path = self.links_path
 
 
 def _joined(products: pd.DataFrame) -> bool:

@@ -50,7 +50,7 @@ from . import runtime as rt
 
 if TYPE_CHECKING:
     from .audit import FoldPlan
-    from .catalog import Catalog
+    from .catalog import CatalogStream, CatalogTotals
     from .config import ModelConfig
     from .schema import CatalogSchema
 
@@ -62,6 +62,8 @@ IMAGE_COLUMN = "image_path"
 BATCH_SIZE = rt.BATCH_SIZE  # products per actor call, the runtime's own network batch
 CONFIDENCE_DECIMALS = 4  # as runs.CONFIDENCE_DECIMALS (tests/test_ray.py checks that they agree)
 SHARD_SUFFIX = ".parquet"
+INPUT_PREFIX = "chunk-"  # the staged catalog's files in OUT.input/
+CHUNK_ROWS = 8192  # catalog rows read, checked and staged at a time on the driver
 # CPUs per image-decoding task. Fractional, which also keeps Ray Data from fusing decoding into the model actors
 # (it fuses a task stage into the next actor stage when their resources match): decoding then scales as tasks of
 # its own instead of taking the actors' time.
@@ -401,16 +403,23 @@ def merge_shards(parts: Path, out: Path, n_products: int) -> int:
     return n
 
 
-def _load_catalog(
-    modalities: Sequence[str], data: str | Path, progress: bool, schema: dict[str, Any] | None = None
-) -> Catalog:
-    """The catalog as ``runs.predict_catalog`` loads it for a model with these inputs and this saved schema (same
-    checks, same rejects)."""
-    from .catalog import load_catalog
+def _catalog_stream(
+    modalities: Sequence[str],
+    data: str | Path,
+    progress: bool,
+    schema: dict[str, Any] | None,
+    chunk_rows: int,
+    links_path: Path,
+) -> CatalogStream:
+    """The catalog as ``runs.predict_catalog`` streams it for a model with these inputs and this saved schema
+    (same checks, same rejects)."""
+    from .catalog import CatalogStream
     from .schema import FASHION, CatalogSchema
 
-    return load_catalog(
+    return CatalogStream(
         data,
+        chunk_rows=chunk_rows,
+        links_path=links_path,
         schema=CatalogSchema.from_json(schema) if schema else FASHION,
         require_target=False,
         require_images=tuple(modalities) == ("image",),
@@ -418,6 +427,64 @@ def _load_catalog(
         check_image_files="image" in modalities,
         progress=progress,
     )
+
+
+def _prepare_input(folder: Path) -> None:
+    """An empty folder for the staged catalog (``OUT.input``): staged chunks of an earlier run are removed; a
+    folder holding anything else is refused rather than cleaned."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise DistributedError(f"{folder} exists and is not a folder; move it away so the catalog can be staged there.")
+    if folder.is_dir():
+        entries = list(folder.iterdir())
+        foreign = [e.name for e in entries if e.is_symlink() or not e.is_file() or not e.name.startswith(INPUT_PREFIX)]
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:5])
+            raise DistributedError(
+                f"{folder} holds files that are not staged catalog chunks ({shown}); move them away or choose another "
+                "--out."
+            )
+        for entry in entries:
+            entry.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _stage_catalog(
+    stream: CatalogStream, columns: Sequence[str], numeric: Sequence[str], folder: Path, batch_size: int, actors: int
+) -> tuple[int, int, int]:
+    """Write the products of ``stream`` into ``folder`` as Parquet files with the columns the workers read and
+    ``_row`` (the product's position in the catalog), one file per block of the dataset (each read by one Ray
+    task); returns the number of products and of files, and the rows per block. Blocks are of ``batch_size``
+    products, and a catalog of one chunk is cut into no fewer blocks than ``actors``, so a small one still keeps
+    every actor busy. The driver holds one chunk at a time."""
+    fields = [pa.field(ROW, pa.int64())]
+    fields += [pa.field(c, pa.float64() if c in numeric else pa.string()) for c in columns]
+    schema = pa.schema(fields)
+    chunks = iter(stream)
+    first = next(chunks, None)
+    second = next(chunks, None)
+    if first is None:  # not reached: a catalog without products is a CatalogError at the end of the stream
+        return 0, 0, 1
+    rows_per_block = batch_size if second is not None else max(1, min(batch_size, math.ceil(len(first) / actors)))
+    n = files = 0
+    for products in _chained(first, second, chunks):
+        frame = _blocks(products, columns, max(len(products), 1))[0]
+        frame[ROW] += n
+        for col in columns:
+            if col not in frame.columns:
+                frame[col] = None
+        table = pa.Table.from_pandas(frame[[f.name for f in fields]], schema=schema, preserve_index=False)
+        for start in range(0, len(table), rows_per_block):
+            pq.write_table(table.slice(start, rows_per_block), folder / f"{INPUT_PREFIX}{files:08d}.parquet")
+            files += 1
+        n += len(frame)
+    return n, files, rows_per_block
+
+
+def _chained(first: pd.DataFrame, second: pd.DataFrame | None, rest: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    yield first
+    if second is not None:
+        yield second
+        yield from rest
 
 
 def predict_catalog_ray(
@@ -432,10 +499,16 @@ def predict_catalog_ray(
     cpus_per_actor: int = 1,
     num_cpus: int | None = None,
     progress: bool = True,
-) -> tuple[int, Catalog]:
+    chunk_rows: int = CHUNK_ROWS,
+) -> tuple[int, CatalogTotals]:
     """``runs.predict_catalog`` on Ray: predict every product of the catalog in ``data`` into ``out`` (.csv or
-    .parquet) with the same rows, columns and rejects file (``OUT-stem.rejects.csv``); the Parquet shards Ray
-    wrote stay in ``OUT.parts/``. Returns (number of predictions, catalog).
+    .parquet) with the same rows, columns, rejects file (``OUT-stem.rejects.csv``) and link report
+    (``OUT-stem.links.csv``); the Parquet shards Ray wrote stay in ``OUT.parts/``. Returns (number of
+    predictions, what the load found).
+
+    The driver streams the catalog (``catalog.CatalogStream``, ``chunk_rows`` rows at a time) into Parquet files
+    in ``OUT.input/`` (removed at the end), which the workers read, so its memory does not grow with the catalog;
+    like ``OUT.parts/``, that folder must be readable by every node.
 
     ``model_dir``: a model folder written by ``train`` (exported on the driver first, which needs torch there)
     or a folder written by ``deepfusion export``. ``address``: a Ray cluster (``HOST:6379``, ``ray://HOST:10001``
@@ -453,17 +526,55 @@ def predict_catalog_ray(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
+    staged = out.with_name(out.name + ".input")
     with exported_model(model_dir) as folder:
         # Loaded here too: a broken export fails now, before a cluster is used; and its inputs pick the checks.
         model = rt.ExportedModel.load(folder, threads=1)
-        catalog = _load_catalog(model.modalities, data, progress, model.manifest.get("schema"))
         files = _export_files(folder)
-    products = catalog.products
     f = model.fields
     columns = [f["id"], *f["categorical"], *f["numeric"], f["title"]]
     if model.image is not None:
         columns.append(IMAGE_COLUMN)
     _prepare_parts(parts)
+    _prepare_input(staged)
+    stream = _catalog_stream(
+        model.modalities, data, progress, model.manifest.get("schema"), chunk_rows,
+        out.with_name(out.stem + ".links.csv"),
+    )
+    try:
+        n_products, n_files, rows_per_block = _stage_catalog(stream, columns, f["numeric"], staged, batch_size, actors)
+        totals = stream.totals
+        assert totals is not None  # set by the stream's first chunk
+        n = _predict_staged(
+            staged, parts, n_products, files, model, top_k=top_k, address=address, actors=actors,
+            n_files=n_files, rows_per_block=rows_per_block, cpus_per_actor=cpus_per_actor, num_cpus=num_cpus,
+            progress=progress,
+        )
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    n = merge_shards(parts, out, n_products)
+    totals.write_rejects(out.with_name(out.stem + ".rejects.csv"))
+    log.info("wrote %d predictions to %s (shards in %s)", n, out, parts)
+    return n, totals
+
+
+def _predict_staged(
+    staged: Path,
+    parts: Path,
+    n_products: int,
+    files: dict[str, bytes],
+    model: rt.ExportedModel,
+    *,
+    top_k: int,
+    address: str | None,
+    actors: int,
+    n_files: int,
+    rows_per_block: int,
+    cpus_per_actor: int,
+    num_cpus: int | None,
+    progress: bool,
+) -> int:
+    """Predict the staged catalog on Ray into the shards of ``parts``; returns ``n_products``."""
     # The actors, plus one CPU for the decoding and writing tasks, which Ray must be able to run beside them.
     need = actors * cpus_per_actor + 1
     started = time.perf_counter()
@@ -476,10 +587,8 @@ def predict_catalog_ray(
         # Blocks leave each stage in catalog order, so the shards cover consecutive rows and merge one at a time.
         ctx.execution_options.preserve_order = True
         try:
-            # Blocks of at most one batch, and no fewer blocks than actors, so a small catalog still keeps every
-            # actor busy.
-            rows_per_block = max(1, min(batch_size, math.ceil(len(products) / actors)))
-            ds = ray.data.from_pandas(_blocks(products, columns, rows_per_block))
+            # One block per staged file (_stage_catalog), in catalog order.
+            ds = ray.data.read_parquet(str(staged), file_extensions=["parquet"], override_num_blocks=n_files)
             if model.image is not None:
                 ds = ds.map_batches(
                     decode_images,
@@ -504,17 +613,8 @@ def predict_catalog_ray(
             ds.write_parquet(str(parts))
         finally:
             ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
-    n = merge_shards(parts, out, len(products))
-    catalog.write_rejects(out.with_name(out.stem + ".rejects.csv"))
-    log.info(
-        "wrote %d predictions to %s (shards in %s) in %.1fs with %d actors",
-        n,
-        out,
-        parts,
-        time.perf_counter() - started,
-        actors,
-    )
-    return n, catalog
+    log.info("predicted %d products on Ray in %.1fs with %d actors", n_products, time.perf_counter() - started, actors)
+    return n_products
 
 
 # ---------------------------------------------------------------------------------------------- embedding

@@ -28,7 +28,7 @@ import threading
 import uuid
 import zipfile
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -293,6 +293,91 @@ def _release(mapping: mmap.mmap | None) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
+class EmbeddingRows:
+    """Embedding vectors of a list of images, left in the cache's memory-mapped shards until used.
+
+    Holds each row's shard and row number (8 bytes). Selecting rows (``rows[idx]``: an index array, a mask or a
+    slice) reads nothing; ``read()`` or ``np.asarray(rows)`` (what ``training.ModalityData.batch`` does with one
+    batch) reads them: float32 (n, dim), zeros for an image the cache lacks, then ``transform`` (e.g. the
+    model's standardisation, ``transformed``) applied, so the values are those of transforming ``embed``'s array.
+    The pages read are released again (``EmbeddingStore.read``): memory holds a batch, not the catalog."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(
+        self,
+        store: EmbeddingStore,
+        shard: np.ndarray,
+        row: np.ndarray,
+        dim: int,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.store = store
+        self.shard = np.asarray(shard, dtype=np.int32)
+        self.row = np.asarray(row, dtype=np.int32)
+        self.dim = dim
+        self.transform = transform
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.shard), self.dim)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Which rows have a vector (their image was read and decoded)."""
+        return self.shard >= 0
+
+    def __getitem__(self, key: np.ndarray | slice | Sequence[int]) -> EmbeddingRows:
+        if isinstance(key, tuple):
+            raise TypeError("EmbeddingRows selects whole rows: index it with one index array, mask or slice")
+        return EmbeddingRows(self.store, self.shard[key], self.row[key], self.dim, self.transform)
+
+    def transformed(self, transform: Callable[[np.ndarray], np.ndarray]) -> EmbeddingRows:
+        """The same rows, read through ``transform`` (float32 (n, dim) in and out, row by row)."""
+        return EmbeddingRows(self.store, self.shard, self.row, self.dim, transform)
+
+    def read(self) -> np.ndarray:
+        out = np.zeros(self.shape, dtype=np.float32)
+        self.store.read(self.shard, self.row, out)
+        return out if self.transform is None else self.transform(out)
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        values = self.read()
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+    def astype(self, dtype: np.dtype | type, copy: bool = True) -> EmbeddingRows | np.ndarray:
+        """Itself for float32 (its rows are read as float32 anew each time, so there is nothing to copy)."""
+        return self if np.dtype(dtype) == self.dtype else np.asarray(self, dtype=dtype)
+
+    def mean_std(self, chunk_rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """``values.mean(axis=0)`` and ``values.std(axis=0)`` of the rows as read, bit for bit, reading
+        ``chunk_rows`` rows at a time: numpy reduces a C-ordered float32 array over its first axis row after row
+        in float32, which is what the running sums here do (tests/test_streaming.py checks it)."""
+        n = len(self)
+        if not n:
+            raise ValueError("mean_std of no rows")
+        mean = _running_sum(chunk.read() for chunk in self._chunks(chunk_rows)) / n
+        squares = _running_sum(np.square(chunk.read() - mean) for chunk in self._chunks(chunk_rows))
+        return mean, np.sqrt(squares / n)
+
+    def _chunks(self, chunk_rows: int) -> Iterator[EmbeddingRows]:
+        for start in range(0, len(self), chunk_rows):
+            yield self[start : start + chunk_rows]
+
+
+def _running_sum(chunks: Iterable[np.ndarray]) -> np.ndarray:
+    """The row-by-row float32 sum of the chunks' rows, as ``np.add.reduce`` of their concatenation over axis 0."""
+    total: np.ndarray | None = None
+    for chunk in chunks:
+        total = np.add.reduce(chunk if total is None else np.concatenate([total[None], chunk]), axis=0)
+    assert total is not None
+    return total
+
+
 class EmbeddingLRU:
     """A bounded in-memory map (image key -> embedding); the least recently used entry goes first when full.
     Thread-safe. Vectors are kept as float16, the precision of the on-disk store, so a vector is the same
@@ -525,10 +610,16 @@ class ImageEmbedder:
     def embed(self, paths: Sequence[str | Path | None], view: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings (n, dim) float32 and a bool mask of the images that could be read and decoded. Images that
         cannot be are treated as missing and reported together in one warning."""
+        rows = self.rows(paths, view)
+        return rows.read(), rows.ok
+
+    def rows(self, paths: Sequence[str | Path | None], view: int = 0) -> EmbeddingRows:
+        """``embed`` without reading the vectors: the images the cache lacks are embedded into it, and the rows
+        returned read the cache's memory-mapped shards only when used (``EmbeddingRows``), so a training set
+        costs 8 bytes per product in memory instead of its float32 vectors."""
         # None, "" and NaN (a missing cell of a DataFrame column) all mean "no image".
         paths = [str(p) if isinstance(p, str | os.PathLike) and str(p) else None for p in paths]
         store = self.store(view)
-        out = np.zeros((len(paths), self.dim), dtype=np.float32)
         with ThreadPoolExecutor(self.threads) as pool:
             hashed = list(pool.map(self._hash, paths, chunksize=256))
         keys = [key for key, _ in hashed]
@@ -543,7 +634,7 @@ class ImageEmbedder:
         errors.update(failed)
         if todo:
             shard, row = store.locate(keys)
-        ok = store.read(shard, row, out)
+        ok = shard >= 0
         for i in np.flatnonzero(~ok):
             key = keys[i]
             if key in self._undecodable:
@@ -564,7 +655,7 @@ class ImageEmbedder:
             _report_failures(len(bad), sum(p is not None for p in paths), new[0], errors.get(new[0], "unreadable"))
         elif bad:
             log.debug("%d images treated as missing again (reported before)", len(bad))
-        return out, ok
+        return EmbeddingRows(store, shard, row, self.dim)
 
     def _batches(
         self, paths: list[str], view: int, pool: ThreadPoolExecutor, failures: list[tuple[str, str]]

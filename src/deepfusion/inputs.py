@@ -32,8 +32,10 @@ def image_scaling(train_embeddings: np.ndarray, dim: int) -> tuple[np.ndarray, n
     on a small catalog; their std is floored at a tenth of the median std so they are not blown up."""
     if len(train_embeddings) == 0:
         return np.zeros(dim, np.float32), np.ones(dim, np.float32)
-    mean = train_embeddings.mean(axis=0)
-    std = train_embeddings.std(axis=0)
+    if hasattr(train_embeddings, "mean_std"):  # embeddings.EmbeddingRows: the same figures, read chunk by chunk
+        mean, std = train_embeddings.mean_std()
+    else:
+        mean, std = train_embeddings.mean(axis=0), train_embeddings.std(axis=0)
     floor = max(float(np.median(std)) * 0.1, 1e-3)
     return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32)
 

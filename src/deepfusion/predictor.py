@@ -231,9 +231,13 @@ class Predictor:
         ImageNet weights)."""
         return getattr(self, "finetuned_weights_", None) or self.weights
 
-    def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        emb, ok = self.image_embedder().embed(list(products["image_path"]), view=view)
-        return inputs.scale_image(emb, self.image_mean_, self.image_std_), ok
+    def _image_features(self, products: pd.DataFrame, view: int = 0) -> tuple[Any, np.ndarray]:
+        # Read from the memory-mapped cache a batch at a time (embeddings.EmbeddingRows), standardised as read.
+        rows = self.image_embedder().rows(list(products["image_path"]), view=view)
+        return rows.transformed(self._scale_image), rows.ok
+
+    def _scale_image(self, emb: np.ndarray) -> np.ndarray:
+        return inputs.scale_image(emb, self.image_mean_, self.image_std_)
 
     # ----------------------------------------------------------------- products -> network inputs
     def _encode(
@@ -423,10 +427,12 @@ class Predictor:
         source, products = self._with_blanked_copies(train)
         train_image = None
         if "image" in cfg.modalities:
-            raw, ok = self.image_embedder().embed(list(train["image_path"]))
+            # The vectors stay in the memory-mapped cache (embeddings.EmbeddingRows); a batch is read and standardised
+            # when training reads it, so no copy of the image features grows with the training set.
+            raw = self.image_embedder().rows(list(train["image_path"]))
+            ok = raw.ok
             self.image_mean_, self.image_std_ = inputs.image_scaling(raw[ok] if ok.any() else raw[:0], raw.shape[1])
-            train_image = (inputs.scale_image(raw, self.image_mean_, self.image_std_)[source], ok[source])
-            del raw  # the scaled copy is what training reads; the raw vectors would only add to the peak
+            train_image = (raw.transformed(self._scale_image)[source], ok[source])
         y_train = self.labels_.transform(products[TARGET])
         n_classes = len(self.labels_.classes_)
         train_data = self._encode(products, train_image, stacked_scores=self._stacking_fit(train, source, y_train))
@@ -654,7 +660,7 @@ class Predictor:
         cfg = self.config_
         image = None
         if image_embeddings is not None and "image" in cfg.modalities:
-            image = (inputs.scale_image(image_embeddings[0], self.image_mean_, self.image_std_), image_embeddings[1])
+            image = (self._scale_image(image_embeddings[0]), image_embeddings[1])
         data = self._encode(products, image=image, absent=absent)
         # The mixes' weights hold their calibration (mixing.py).
         logits = predict_logits(self.main_mix_, data)

@@ -10,7 +10,7 @@ import json
 import logging
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from .baselines import TextSVMBaseline
-from .catalog import ID, TARGET, Catalog, CatalogError, columns_for, load_catalog
+from .catalog import (
+    DEFAULT_CHUNK_ROWS,
+    ID,
+    TARGET,
+    Catalog,
+    CatalogError,
+    CatalogStream,
+    CatalogTotals,
+    columns_for,
+    load_catalog,
+)
 from .config import ModelConfig
 from .evaluation import summary_markdown
 from .missing import blank_fields, without_modalities
@@ -344,17 +353,35 @@ def catalog_for_model(
 ) -> Catalog:
     """``data`` loaded the way ``predictor`` reads products: its saved schema, with ``catalog_options`` (e.g.
     another image column or images folder) replacing where a column is found."""
-    images_only = predictor.config_.modalities == ("image",)
-    options = {"schema": predictor.schema_, **_catalog_options(catalog_options)}
-    return load_catalog(
-        data,
-        require_target=require_target,
-        require_images=images_only,
-        required_modalities=predictor.config_.modalities,
-        check_image_files="image" in predictor.config_.modalities,
-        progress=progress,
-        **options,
-    )
+    return load_catalog(data, **_model_load_options(predictor, require_target, progress, catalog_options))
+
+
+def catalog_stream_for_model(
+    predictor: Predictor,
+    data: str | Path,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool,
+    links_path: str | Path | None = None,
+    catalog_options: Mapping[str, Any] | None = None,
+) -> CatalogStream:
+    """``catalog_for_model`` (unlabelled products) as a ``CatalogStream`` of ``chunk_rows`` rows at a time."""
+    options = _model_load_options(predictor, False, progress, catalog_options)
+    return CatalogStream(data, chunk_rows=chunk_rows, links_path=links_path, **options)
+
+
+def _model_load_options(
+    predictor: Predictor, require_target: bool, progress: bool, catalog_options: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "schema": predictor.schema_,
+        "require_target": require_target,
+        "require_images": predictor.config_.modalities == ("image",),
+        "required_modalities": predictor.config_.modalities,
+        "check_image_files": "image" in predictor.config_.modalities,
+        "progress": progress,
+        **_catalog_options(catalog_options),
+    }
 
 
 def user_columns(frame: pd.DataFrame, schema: CatalogSchema) -> pd.DataFrame:
@@ -406,37 +433,81 @@ def predict_catalog(
     out: str | Path,
     *,
     top_k: int = 3,
-    chunk_size: int = 8192,
+    chunk_size: int = DEFAULT_CHUNK_ROWS,
     progress: bool = True,
     catalog_options: Mapping[str, Any] | None = None,
-) -> tuple[int, Catalog]:
-    """Predict every product of a catalog into ``out`` (.csv or .parquet), in chunks so memory stays flat
-    however large the catalog; returns (number of predictions, catalog). The id column keeps the catalog's name."""
+) -> tuple[int, CatalogTotals]:
+    """Predict every product of a catalog into ``out`` (.csv or .parquet); returns (number of predictions, what
+    the load found). The catalog is streamed (``catalog.CatalogStream``): read, checked, predicted and written
+    ``chunk_size`` products at a time, so memory stays flat however large the catalog, and the predictions are
+    those of predicting the whole loaded catalog in chunks of that size. Rejected rows go to
+    ``OUT-stem.rejects.csv``, the image links tried to ``OUT-stem.links.csv``. The id column keeps the catalog's
+    name."""
     predictor = Predictor.load(model_dir, progress=progress)
-    catalog = catalog_for_model(
-        predictor, data, require_target=False, progress=progress, catalog_options=catalog_options
-    )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    products = catalog.products
-    writer = None
+    stream = catalog_stream_for_model(
+        predictor, data, chunk_rows=chunk_size, progress=progress,
+        links_path=out.with_name(out.stem + ".links.csv"), catalog_options=catalog_options,
+    )
     n = 0
-    chunks = range(0, max(len(products), 1), chunk_size)
-    try:
-        for start in tqdm(chunks, desc="predicting", unit="chunk", disable=not progress or len(chunks) < 2):
-            chunk = predictor.predict_frame(products.iloc[start : start + chunk_size], top_k=top_k)
-            preds = user_columns(output_columns(chunk), catalog.schema)
+    with PredictionWriter(out) as writer:
+        for products in rechunked(stream, chunk_size):
+            chunk = predictor.predict_frame(products, top_k=top_k)
+            assert stream.totals is not None  # set by the stream's first chunk
+            preds = user_columns(output_columns(chunk), stream.totals.schema)
+            writer.write(preds)
             n += len(preds)
-            if out.suffix.lower() == ".parquet":
-                table = pa.Table.from_pandas(preds, preserve_index=False)
-                writer = writer or pq.ParquetWriter(out, table.schema)
-                writer.write_table(table)
-            else:
-                preds.to_csv(out, index=False, mode="w" if start == 0 else "a", header=start == 0)
-    finally:
-        if writer is not None:
-            writer.close()
-    catalog.write_rejects(out.with_name(out.stem + ".rejects.csv"))
-    catalog.write_links(out.with_name(out.stem + ".links.csv"))
+    totals = stream.totals
+    assert totals is not None
+    totals.write_rejects(out.with_name(out.stem + ".rejects.csv"))
     log.info("wrote %d predictions to %s", n, out)
-    return n, catalog
+    return n, totals
+
+
+def rechunked(frames: Iterable[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
+    """The rows of ``frames`` in frames of ``size`` rows (the last one shorter), index reset: the chunks of the
+    concatenated frames, holding at most two chunks' rows at a time."""
+    pending: list[pd.DataFrame] = []
+    held = 0
+    for frame in frames:
+        pending.append(frame)
+        held += len(frame)
+        while held >= size:
+            rows = pd.concat(pending, ignore_index=True)
+            yield rows.iloc[:size].reset_index(drop=True)
+            pending, held = [rows.iloc[size:]], held - size
+    if held:
+        yield pd.concat(pending, ignore_index=True)
+
+
+class PredictionWriter:
+    """Appends prediction frames to ``path``: CSV (header once) or Parquet (one row group per frame), by suffix.
+    The file is created by the first frame written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.parquet = self.path.suffix.lower() == ".parquet"
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.rows == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.parquet:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            self._writer = self._writer or pq.ParquetWriter(self.path, table.schema)
+            self._writer.write_table(table)
+        else:
+            frame.to_csv(self.path, index=False, mode="a" if self.rows else "w", header=not self.rows)
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
