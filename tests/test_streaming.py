@@ -198,7 +198,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """metadata + title + image (64x48) with the no-title network."""
     root = tmp_path_factory.mktemp("model")
     frame = load_catalog(make_catalog(root / "catalog", messy=False, seed=1), progress=False).products
-    predictor = Predictor(["metadata", "title", "image"], preset="small", progress=False, epochs=5, image_size=SMALL)
+    predictor = Predictor(["metadata", "title", "image"], preset="small", progress=False, head={"epochs": 5},
+                          image_size=SMALL)
     predictor.fit(frame.iloc[::2], frame.iloc[1::2])
     return predictor.save(root / "model")
 
@@ -260,7 +261,7 @@ def test_embedding_rows_read_what_embed_returns(clean_catalog_dir: Path, tmp_pat
     import numpy as np
 
     from deepfusion.embeddings import ImageEmbedder
-    from deepfusion.predictor import image_scaling
+    from deepfusion.inputs import image_scaling
 
     paths = [*sorted(map(str, (clean_catalog_dir / "images").glob("*.jpg"))), None, str(tmp_path / "gone.jpg")]
     embedder = ImageEmbedder(image_size=SMALL, cache_dir=tmp_path / "cache", progress=False)
