@@ -32,6 +32,7 @@ TABLES: tuple[Callable[[Runs], str | None], ...] = (
     models.fusion_ablation,
     speed.prediction,
     scaling.scaling,
+    scaling.scaling_memory,
     speed.serving,
     catalogs.other_catalogs,
 )

@@ -5,6 +5,7 @@
     python benchmarks/run.py --sections finetune --finetune-configs 2x3,4x6  # opt-in: backbone fine-tuning
     python benchmarks/run.py --sections refit --refit-splits 42,7,11,19,23  # opt-in: fusion with --refit
     python benchmarks/run.py --sections scaling                             # opt-in: cost growth to 400k, Ray
+    python benchmarks/run.py --sections scaling_memory                      # opt-in: flat predict, fit B/product
     python benchmarks/run.py --sections serving --serve-model RUN/fusion    # opt-in: server latency, throughput
     python benchmarks/run.py --sections other_catalogs                      # opt-in: the Amazon catalogs
     python benchmarks/run.py --sections links                               # opt-in: image links vs local files

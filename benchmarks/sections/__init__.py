@@ -26,6 +26,7 @@ from . import (
     prediction,
     refit,
     scaling,
+    scaling_memory,
     seeds,
     serving,
     splits,
@@ -47,10 +48,11 @@ SECTIONS: dict[str, Callable[[Any], dict[str, Any] | None]] = {
     "refit": refit.measure,
     "missing_inputs": missing_inputs.measure,
     "scaling": scaling.measure,
+    "scaling_memory": scaling_memory.measure,
     "serving": serving.measure,
     "other_catalogs": other_catalogs.measure,
     "links": links.measure,
 }
 
 # Sections left out of a plain run: they take long on a CPU, need a model given, or data beside the real catalog.
-OPT_IN = ("finetune", "refit", "scaling", "serving", "other_catalogs", "links")
+OPT_IN = ("finetune", "refit", "scaling", "scaling_memory", "serving", "other_catalogs", "links")

@@ -142,3 +142,57 @@ def scaling(runs: Runs) -> str | None:
         return None
     f = run.figures
     return "\n\n".join([_steps_table(f, run.date), _growth(f), _ray(f), source(run)])
+
+
+def scaling_memory(runs: Runs) -> str | None:
+    """The scaling_memory section's steps, beside the cost-growth section's (measured before streaming)."""
+    run = runs.latest("scaling_memory")
+    if not run:
+        return None
+    f = run.figures
+    rows, catalogs = f["rows"], f["catalogs"]
+    before = (runs.latest("scaling").figures["rows"] if runs.latest("scaling") else [])
+
+    def find(rows: list[dict[str, Any]], step: str, catalog: str, **tags: Any) -> dict[str, Any] | None:
+        return next((r for r in rows if r["step"] == step and r["catalog"] == catalog
+                     and all(r.get(k) == v for k, v in tags.items())), None)
+
+    def what(r: dict[str, Any]) -> str:
+        if r["step"] == "embed":
+            return f"{r['cache']} cache, {r['computed']:,} images computed"
+        if r["step"] == "fit":
+            return f"{r['inputs']}, {r['train']:,} train + {r['val']:,} validation, {r['epochs_run']} epochs"
+        if r["step"] == "predict":
+            return "local engine, streamed, warm cache, Parquet out"
+        return f"Ray driver, {r['actors']} actor, every image computed"
+
+    md = md_table(
+        "Memory that does not grow with the catalog",
+        f"Measured on {f['cpus']} CPUs shared with other jobs (wall times are not comparable with the cost-growth "
+        "table's), `python benchmarks/run.py --sections scaling_memory`: the steps of benchmarks/scaling.py, each "
+        f"in a process of its own, peak RSS its VmHWM. `predict` streams the catalog ({f['chunk_rows']:,} rows at a "
+        "time) and predicts with the fusion model fitted at 10k, every image in the cache; the fits read image "
+        "vectors memory-mapped from the cache (`EmbeddingRows`); the Ray rows are the driver's peak with one actor. "
+        "The catalogs are the cost-growth section's 10k sample: its first 4k products, all of it, and all of it "
+        "repeated 4 and 40 times with changed ids (same image files).",
+        ["step", "catalog products", "what", "wall s", "peak RSS MB"],
+        [[r["step"], f"{catalogs[r['catalog']]:,}", what(r), f"{r['seconds']:,.1f}", f"{r['peak_rss_mb']:,.0f}"]
+         for r in rows],
+    )
+    notes = []
+    p40, p400 = find(rows, "predict", "40k"), find(rows, "predict", "400k")
+    if p40 and p400:
+        old = (find(before, "predict", "40k"), find(before, "predict", "400k"))
+        was = f" (before streaming: {_per_product(*old):,.0f} B)" if all(old) else ""  # type: ignore[arg-type]
+        notes.append(f"`predict` peak RSS added per product from 40k to 400k: {_per_product(p40, p400):,.0f} B{was}.")
+    f4, f10 = find(rows, "fit", "4k", inputs="fusion"), find(rows, "fit", "10k", inputs="fusion")
+    if f4 and f10:
+        old = (find(before, "fit", "10k", inputs="fusion"), find(before, "fit", "40k", inputs="fusion"))
+        was = (f" (before, from 10k to 40k: {_per_product(*old, key='train'):,.0f} B)"  # type: ignore[arg-type]
+               if all(old) else "")
+        notes.append(f"Fusion fit: {_per_product(f4, f10, key='train'):,.0f} B of peak RSS per training product "
+                     f"from 4k to 10k{was}.")
+    r10, r40 = find(rows, "ray_predict", "10k"), find(rows, "ray_predict", "40k")
+    if r10 and r40:
+        notes.append(f"Ray driver: {_per_product(r10, r40):,.0f} B per product from 10k to 40k.")
+    return "\n\n".join([md, *([" ".join(notes)] if notes else []), source(run)])
