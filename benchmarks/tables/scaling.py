@@ -195,4 +195,5 @@ def scaling_memory(runs: Runs) -> str | None:
     r10, r40 = find(rows, "ray_predict", "10k"), find(rows, "ray_predict", "40k")
     if r10 and r40:
         notes.append(f"Ray driver: {_per_product(r10, r40):,.0f} B per product from 10k to 40k.")
+    notes += [f["note"]] if f.get("note") else []
     return "\n\n".join([md, *([" ".join(notes)] if notes else []), source(run)])

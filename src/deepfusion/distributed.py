@@ -453,9 +453,9 @@ def _stage_catalog(
 ) -> tuple[int, int, int]:
     """Write the products of ``stream`` into ``folder`` as Parquet files with the columns the workers read and
     ``_row`` (the product's position in the catalog), one file per block of the dataset (each read by one Ray
-    task); returns the number of products and of files, and the rows per block. Blocks are of ``batch_size``
-    products, and a catalog of one chunk is cut into no fewer blocks than ``actors``, so a small one still keeps
-    every actor busy. The driver holds one chunk at a time."""
+    task); returns the number of products and of files, and the rows per batch of the actors (``batch_size``). A
+    catalog of several chunks is a file per chunk; one of a single chunk is cut into blocks of a batch, no fewer
+    than ``actors``, so a small catalog still keeps every actor busy. The driver holds one chunk at a time."""
     fields = [pa.field(ROW, pa.int64())]
     fields += [pa.field(c, pa.float64() if c in numeric else pa.string()) for c in columns]
     schema = pa.schema(fields)
@@ -465,6 +465,9 @@ def _stage_catalog(
     if first is None:  # not reached: a catalog without products is a CatalogError at the end of the stream
         return 0, 0, 1
     rows_per_block = batch_size if second is not None else max(1, min(batch_size, math.ceil(len(first) / actors)))
+    # A catalog of several chunks is staged a chunk per file: Ray's driver keeps some bookkeeping per block, which
+    # blocks of one batch would make grow with the catalog; the actors still get batches of rows_per_block.
+    rows_per_file = rows_per_block if second is None else max(len(first), 1)
     n = files = 0
     for products in _chained(first, second, chunks):
         frame = _blocks(products, columns, max(len(products), 1))[0]
@@ -473,8 +476,8 @@ def _stage_catalog(
             if col not in frame.columns:
                 frame[col] = None
         table = pa.Table.from_pandas(frame[[f.name for f in fields]], schema=schema, preserve_index=False)
-        for start in range(0, len(table), rows_per_block):
-            pq.write_table(table.slice(start, rows_per_block), folder / f"{INPUT_PREFIX}{files:08d}.parquet")
+        for start in range(0, len(table), rows_per_file):
+            pq.write_table(table.slice(start, rows_per_file), folder / f"{INPUT_PREFIX}{files:08d}.parquet")
             files += 1
         n += len(frame)
     return n, files, rows_per_block
