@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -410,10 +409,8 @@ def test_eda_html_renders_in_headless_chromium(catalog_dir: Path, tmp_path: Path
 
 @pytest.mark.realdata
 def test_eda_on_real_catalog(real_data: Path, tmp_path: Path) -> None:
-    started = time.perf_counter()
+    # No time limit here: a shared CI machine's load decides the wall time (speed belongs in the benchmark).
     eda = write_eda_report(real_data, tmp_path / "eda", progress=False)
-    seconds = time.perf_counter() - started
-    assert seconds < 60, f"EDA took {seconds:.1f} s on the real catalog"
     want = independent(real_data)
     assert want["rows"] == 39_954
     assert_matches(eda, want)
