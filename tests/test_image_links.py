@@ -198,16 +198,15 @@ def test_fetcher_faults_each_get_their_reason(server: ImageServer, tmp_path: Pat
         "/text-as-jpeg": (BROKEN, NOT_IMAGE),
         "/broken-png": (BROKEN, UNDECODABLE),
     }
-    started = time.perf_counter()
+    # The slow answer's TIMEOUT reason and its two hits show each attempt cut at the timeout (no wall-time
+    # assertion: a loaded machine decides the wall time).
     with LinkFetcher(options) as fetcher:
         results = fetcher.fetch_many([(server.url + path, "p") for path in cases], progress=False)
-    elapsed = time.perf_counter() - started
     for (path, (status, reason)), result in zip(cases.items(), results, strict=True):
         assert (result.status, result.reason) == (status, reason), (path, result)
     # 4xx is never retried; 5xx is (500 then 200); the slow one is retried once, each attempt cut at the timeout.
     assert server.hits["/missing.jpg"] == 1 and server.hits["/flaky"] == 2 and server.hits["/slow"] == 2
     assert server.hits["/html"] == 1 and server.hits["/loop"] == 4  # the first request plus 3 redirects
-    assert elapsed < 3, elapsed
     ok = results[0]
     assert ok.path is not None and ok.path.read_bytes() == server.images["a.png"]
     assert ok.bytes == len(server.images["a.png"])
@@ -249,16 +248,13 @@ def test_dead_links_fail_fast_offline(tmp_path: Path) -> None:
         dead_port = sock.getsockname()[1]
     urls = [f"http://does-not-exist.invalid/{i}.jpg" for i in range(20)]
     urls += [f"http://127.0.0.1:{dead_port}/{i}.jpg" for i in range(20)]
-    started = time.perf_counter()
     with LinkFetcher(LinkOptions(cache_dir=tmp_path, **FAST)) as fetcher:
         results = fetcher.fetch_many([(u, "p") for u in urls], progress=False)
-    elapsed = time.perf_counter() - started
     assert all(r.status == BROKEN for r in results)
     assert {r.reason for r in results[:20]} == {DNS}
     assert {r.reason for r in results[20:]} == {"connection failed"}
     # Each dead host is contacted a bounded number of times, not once per link.
     assert fetcher.requests < 20
-    assert elapsed < 5, elapsed
 
 
 def test_connect_timeouts_condemn_the_host(tmp_path: Path) -> None:
