@@ -609,11 +609,12 @@ def audit_catalog(
         "cache_dir": runtime.get("cache_dir"),
         "progress": progress,
     }
-    if engine == "ray":  # Ray is an optional extra: imported only when asked for
-        from .distributed import run_folds_ray as run_folds
+    if engine == "ray":
+        from .distributed import run_folds_ray  # Ray is an optional extra: imported only when asked for
+
+        proba, fold_stats = run_folds_ray(products, plan, classes, address=address, **fold_args)
     else:
-        run_folds = out_of_fold_probabilities  # type: ignore[assignment]
-    proba, fold_stats = run_folds(products, plan, classes, **fold_args, **({"address": address} if address else {}))
+        proba, fold_stats = out_of_fold_probabilities(products, plan, classes, **fold_args)
     issues = _judged_issues(products, plan, proba, classes, min_class_groups)
     queue = build_queue(products, plan.judged, issues, breaks)
     queue.to_csv(out / "audit.csv", index=False)

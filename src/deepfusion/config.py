@@ -210,7 +210,7 @@ class ModelConfig:
     ) -> ModelConfig:
         """A checked configuration from flat settings (the Predictor's parameters): ``head`` replaces fields of
         the preset's network settings; ``choices`` are ModelConfig's own fields (stacking, refit, seed, ...)."""
-        unknown = sorted(set(choices) - {f.name for f in fields(cls)} - {"modalities", "head", "image", "tree"})
+        unknown = sorted(set(choices) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"Unknown model settings {unknown}.")
         head_config = head if isinstance(head, HeadConfig) else make_config(preset, **dict(head or {}))

@@ -64,11 +64,6 @@ def best_epochs(result: TrainResult) -> list[int]:
     return [m.best_epoch for m in result.members] or [result.best_epoch]
 
 
-def network_alone(temperature: float) -> np.ndarray:
-    """Mix weights that give the calibrated network alone, with or without an image."""
-    return np.array([[1.0 / temperature, 0.0, 0.0]] * 2)
-
-
 def fit_main_mix(net: Any, temperature: float, val_data: ModalityData, y_val: np.ndarray) -> np.ndarray:
     """The main network's mix with the stacked SVM's scores, chosen on the validation products (and their
     blanked copies). Where the SVM reads a catalog's text better than the network, validation says so and the

@@ -94,6 +94,11 @@ def fit_case_weights(
     return best * scale, alone, best_key[0]
 
 
+def network_alone(temperature: float) -> np.ndarray:
+    """Mix weights that give the calibrated network alone, with or without an image."""
+    return np.array([[1.0 / temperature, 0.0, 0.0]] * 2)
+
+
 def fit_mix_weights(
     net: np.ndarray,
     net_temperature: float,
@@ -106,7 +111,7 @@ def fit_mix_weights(
 ) -> np.ndarray:
     """The (2, 3) weights of an ``ExpertMix`` from validation logits (rows: products as they arrive, with or
     without an image, ``has_image``). A case without validation rows keeps the calibrated network alone."""
-    weights = np.array([[1.0 / net_temperature, 0.0, 0.0]] * 2)
+    weights = network_alone(net_temperature)
     for case in (0, 1):
         rows = has_image == bool(case)
         if not rows.any():

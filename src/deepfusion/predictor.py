@@ -38,7 +38,7 @@ from .config import (
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import ClassIndex, MetadataEncoder, TitleEncoder, clean_title
 from .missing import without_modalities
-from .mixing import ExpertMix, fit_mix_weights
+from .mixing import ExpertMix, fit_mix_weights, network_alone
 from .model_files import ModelLoadError
 from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
 from .split import duplicate_groups
@@ -332,6 +332,7 @@ class Predictor:
         train, val = self._fit_taxonomy(*self._as_catalog(train, val, image_column))
         cfg = self.config_
         val = self._fit_pass(train, val, cfg.head, finetune=cfg.image.finetune_blocks > 0)
+        self._build_mixes()
         self.review_threshold_ = self._review_threshold(val)
         self.refit_: dict[str, Any] | None = None
         if cfg.refit and val is not None and len(val):
@@ -345,7 +346,7 @@ class Predictor:
             self.refit_ = {"products": len(full), "epochs": head.epochs, "train_seconds": self.train_seconds_}
             self.train_seconds_ += kept.pop("train_seconds_")
             self.__dict__.update(kept)
-        self._build_mixes()
+            self._build_mixes()  # the refitted networks with the first pass's mix weights
         return self
 
     def _as_catalog(
@@ -393,7 +394,6 @@ class Predictor:
         data every prediction needs review (t = 1)."""
         if val is None or not len(val):
             return 1.0
-        self._build_mixes()
         proba, _ = self._proba(val)
         confidence = proba.max(axis=1)
         right = self.labels_.inverse_transform(proba.argmax(axis=1)) == val[TARGET].to_numpy()
@@ -462,7 +462,7 @@ class Predictor:
         if cfg.uses_stacking and val_data is not None and y_val is not None and len(y_val):
             self.main_mix_weights_ = heads.fit_main_mix(self.net_, self.temperature_, val_data, y_val)
         elif not hasattr(self, "main_mix_weights_"):  # a refit keeps the first pass's weights
-            self.main_mix_weights_ = heads.network_alone(self.temperature_)
+            self.main_mix_weights_ = network_alone(self.temperature_)
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.member_best_epochs_ = heads.best_epochs(result)
@@ -550,7 +550,7 @@ class Predictor:
         if val is not None and len(val):
             self._fit_no_metadata_mix(val)
         elif not hasattr(self, "no_metadata_mix_weights_"):
-            self.no_metadata_mix_weights_ = heads.network_alone(self.no_metadata_temperature_)
+            self.no_metadata_mix_weights_ = network_alone(self.no_metadata_temperature_)
 
     def _fit_image_expert(self, n_train: int, train_data: ModalityData, y_train: np.ndarray, n_val: int,
                           val_data: ModalityData | None, y_val: np.ndarray | None, n_classes: int,
