@@ -23,8 +23,11 @@ The title fallback and no-metadata networks of the tree model are turned off: th
 without a title or without any attribute, which the test products here all have, and they triple the fit time.
 
 Usage: ``PYTHONPATH=src python benchmarks/category_tree.py [--sections amazon,fashion] [--variants text,fusion]
-[--preset regularized]`` prints a markdown table and writes ``benchmarks/results/category_tree-<date>.json``
-(a variant not run keeps its figures from that day's file).
+[--preset regularized] [--min-class-size N] [--no-flat] [--results FILE]`` prints a markdown table and writes
+``benchmarks/results/category_tree-<date>.json`` (or ``--results``; a variant not run keeps its figures from that
+file). ``--min-class-size`` other than the default stores the tree run under its own key (``tree_fusion_min2``), so
+the default run's figures stay beside it. ``--no-flat`` (fashion) fits only the tree variants and reuses the SVM
+rows already in the results file, after checking that the split's sizes are the ones they were measured on.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from sklearn.model_selection import train_test_split
 from deepfusion import Predictor
 from deepfusion.baselines import TextSVMBaseline
 from deepfusion.catalog import TARGET, load_catalog
+from deepfusion.config import DEFAULT_MIN_CLASS_SIZE
 from deepfusion.schema import CatalogSchema
 from deepfusion.split import split_by_duplicate_groups
 from deepfusion.taxonomy import Taxonomy, level_metrics
@@ -57,6 +61,11 @@ FASHION = SHARED / "fashion-product-images-small"
 FASHION_LEVELS = ["masterCategory", "subCategory", "articleType"]
 # Tree model variants: the result key and the inputs.
 VARIANTS = {"text": ("tree", ("metadata", "title")), "fusion": ("tree_fusion", ("metadata", "title", "image"))}
+
+
+def variant_key(key: str, min_class_size: int) -> str:
+    """The results key of a tree run: the variant's key, with the min class size when it is not the default."""
+    return key if min_class_size == DEFAULT_MIN_CLASS_SIZE else f"{key}_min{min_class_size}"
 
 
 def _level_values(paths: Sequence[tuple[str, ...]], k: int) -> list[str | None]:
@@ -122,17 +131,23 @@ def tree_model(
     seed: int,
     refit: bool,
     modalities: Sequence[str] = ("metadata", "title"),
+    min_class_size: int = DEFAULT_MIN_CLASS_SIZE,
 ) -> dict[str, Any]:
     """The tree model's per-level figures under both decodings, and a check that every predicted path is one of
     the training taxonomy's."""
     predictor = Predictor(
         modalities, preset=preset, seed=seed, schema=schema, depth=depth, refit=refit,
-        title_fallback=False, metadata_fallback=False, progress=False,
+        title_fallback=False, metadata_fallback=False, progress=False, min_class_size=min_class_size,
     )
     start = time.perf_counter()
     predictor.fit(train, val)
-    out: dict[str, Any] = {"fit_seconds": time.perf_counter() - start, "paths": len(predictor.taxonomy.paths),
-                           "merged": predictor.taxonomy.merged, "modalities": list(predictor.modalities)}
+    tax = predictor.taxonomy
+    # Test products whose true path is not one of the model's classes (backed off): wrong at the deeper levels.
+    test_backed_off = sum(c != k for c, k in zip(tax.canonical(test[TARGET]), tax.to_known(test[TARGET]),
+                                                 strict=True))
+    out: dict[str, Any] = {"fit_seconds": time.perf_counter() - start, "paths": len(tax.paths),
+                           "merged": tax.merged, "modalities": list(predictor.modalities),
+                           "min_class_size": min_class_size, "test_products_backed_off": int(test_backed_off)}
     for decode in ("path", "top_down"):
         predictor.decode = decode
         metrics = predictor.evaluate(test)
@@ -184,7 +199,11 @@ def fashion(
     tree: bool = True,
     variants: Sequence[str] = ("text", "fusion"),
     flat: bool = True,
+    min_class_size: int = DEFAULT_MIN_CLASS_SIZE,
+    expect_split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``expect_split``: sizes the split must have (those the reused SVM rows were measured on), checked before
+    any fitting."""
     # The photos are checked (decoded within the pixel budget) only when a variant reads them.
     images = tree and "fusion" in variants
     catalog = load_catalog(data, label=FASHION_LEVELS, progress=False, check_image_files=images)
@@ -196,10 +215,16 @@ def fashion(
                            "val": len(val), "test": len(test), "inputs": _inputs(schema)}
     if images:
         out["test_with_image"] = int(test["image_path"].notna().sum())
+    if expect_split is not None:
+        differ = {k: (out.get(k), v) for k, v in expect_split.items() if out.get(k) != v}
+        if differ:
+            raise SystemExit(f"the split differs from the one the stored SVM rows were measured on: {differ}")
     for variant in variants if tree else ():
         key, modalities = VARIANTS[variant]
-        out[key] = tree_model(train, val, test, schema, depth=None, preset=preset, seed=seed, refit=False,
-                              modalities=modalities)
+        out[variant_key(key, min_class_size)] = tree_model(
+            train, val, test, schema, depth=None, preset=preset, seed=seed, refit=False, modalities=modalities,
+            min_class_size=min_class_size,
+        )
     if flat:
         tax = Taxonomy.fit(list(train[TARGET]), columns=schema.levels, min_count=1)
         out["flat"] = flat_per_level(train, test, tax, schema, seed)
@@ -214,8 +239,12 @@ def _inputs(schema: CatalogSchema) -> str:
 def markdown(name: str, result: dict[str, Any]) -> str:
     """One row per level: flat SVM, each tree model run (path and top-down decoding), the path SVM."""
     flat, svm = result["flat"], result["flat"].get("path_svm")
-    trees = [(label, result[key]) for label, key in (("tree", "tree"), ("fusion tree", "tree_fusion"))
-             if result.get(key)]
+    trees = []
+    for label, base in (("tree", "tree"), ("fusion tree", "tree_fusion")):
+        for key in sorted(k for k in result if k == base or k.startswith(base + "_min")):
+            if result.get(key):
+                size = result[key].get("min_class_size", DEFAULT_MIN_CLASS_SIZE)
+                trees.append((label if key == base else f"{label} (min {size})", result[key]))
     header = "| level | flat SVM accuracy | flat SVM macro-F1 |"
     for label, _ in trees:
         header += f" {label} (path) accuracy | {label} (path) macro-F1 | {label} (top-down) accuracy |"
@@ -260,29 +289,70 @@ def main() -> None:
                         help="fashion's tree models, comma-separated: text (title + attributes), fusion (+ photo)")
     parser.add_argument("--no-tree", action="store_true",
                         help="only the SVMs; the tree model's figures are kept from the day's results file")
+    parser.add_argument("--min-class-size", type=int, default=DEFAULT_MIN_CLASS_SIZE,
+                        help="the tree model's back-off: paths with fewer training products go to their parent; "
+                             "other than the default, the run is stored under its own key (tree_fusion_min2)")
+    parser.add_argument("--no-flat", action="store_true",
+                        help="fashion: only the tree variants; the SVM rows are kept from the results file "
+                             "(which must hold them, measured on a split of the same sizes)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the results file to update (default benchmarks/results/category_tree-<date>.json)")
     args = parser.parse_args()
+    if args.no_flat and args.no_tree:
+        parser.error("--no-flat and --no-tree leave nothing to run")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     date = time.strftime("%Y-%m-%d")
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"category_tree-{date}.json"
-    # Sections run on their own keep the day's other sections.
+    out = args.results or out_dir / f"category_tree-{date}.json"
+    # Sections run on their own keep the file's other sections.
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    results.update({"date": date, "preset": args.preset})
+    if args.no_flat and not results.get("fashion", {}).get("flat"):
+        parser.error(f"--no-flat: {out} holds no fashion SVM rows to reuse")
+    # A file of another day keeps its date; each run records its own.
+    results.setdefault("date", date)
+    results.setdefault("preset", args.preset)
     for section in args.sections.split(","):
         # fashion's variants run one at a time (the SVMs with the first), each written as soon as it is measured.
         runs: list[dict[str, Any]] = [{"preset": args.preset, "tree": not args.no_tree}]
         if section == "fashion" and not args.no_tree:
             variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-            runs = [{**runs[0], "variants": [v], "flat": i == 0} for i, v in enumerate(variants)] or runs
+            runs = [{**runs[0], "variants": [v], "flat": i == 0 and not args.no_flat,
+                     "min_class_size": args.min_class_size} for i, v in enumerate(variants)] or runs
+        elif section == "amazon" and args.min_class_size != DEFAULT_MIN_CLASS_SIZE:
+            parser.error("--min-class-size is only wired to the fashion section")
         for options in runs:
             start = time.perf_counter()
             command = f"PYTHONPATH=src python benchmarks/category_tree.py --sections {section}"
             command += f" --variants {','.join(options['variants'])}" if "variants" in options else ""
+            if args.min_class_size != DEFAULT_MIN_CLASS_SIZE:
+                command += f" --min-class-size {args.min_class_size}"
+            if args.no_flat:
+                command += " --no-flat"
+            if args.results is not None:
+                command += f" --results {args.results}"
+            if args.no_flat and section == "fashion":
+                stored = results["fashion"]
+                options["expect_split"] = {k: stored[k] for k in ("products", "train", "val", "test", "test_with_image")
+                                           if k in stored}
             result = {"amazon": amazon, "fashion": fashion}[section](**options)
-            for key, _ in VARIANTS.values():
+            keys = [k for k in result if k in {v for v, _ in VARIANTS.values()} or "_min" in k]
+            for key in keys:
                 if result.get(key):
                     result[key]["command"] = command
+                    result[key]["date"] = date
+                    result[key]["seconds"] = time.perf_counter() - start
+            if args.no_flat:
+                # Only the tree runs are new: the section's split description and SVM rows stay as they were,
+                # which is right only if the split is the same one.
+                old = results[section]
+                same = {k: (result[k], old.get(k)) for k in ("products", "train", "val", "test", "test_with_image")}
+                if any(a != b for a, b in same.values()):
+                    raise SystemExit(f"--no-flat: the split differs from the stored one's {same}; not written")
+                results[section] = {**old, **{k: result[k] for k in keys}}
+                out.write_text(json.dumps(results, indent=2, default=str))
+                print(markdown(section, results[section]), flush=True)
+                continue
             if args.no_tree:
                 result["tree"] = results.get(section, {}).get("tree")
                 result["svm_command"] = command + " --no-tree"
