@@ -25,9 +25,10 @@ without a title or without any attribute, which the test products here all have,
 Usage: ``PYTHONPATH=src python benchmarks/category_tree.py [--sections amazon,fashion] [--variants text,fusion]
 [--preset regularized] [--min-class-size N] [--no-flat] [--results FILE]`` prints a markdown table and writes
 ``benchmarks/results/category_tree-<date>.json`` (or ``--results``; a variant not run keeps its figures from that
-file). ``--min-class-size`` other than the default stores the tree run under its own key (``tree_fusion_min2``), so
-the default run's figures stay beside it. ``--no-flat`` (fashion) fits only the tree variants and reuses the SVM
-rows already in the results file, after checking that the split's sizes are the ones they were measured on.
+file). ``--min-class-size`` other than 5 (the default until 2026-12-05) stores the tree run under its own key
+(``tree_fusion_min2``), so the earlier runs' figures stay beside it. ``--no-flat`` (fashion) fits only the tree
+variants and reuses the SVM rows already in the results file, after checking that the split's sizes are the ones
+they were measured on.
 """
 
 from __future__ import annotations
@@ -63,9 +64,13 @@ FASHION_LEVELS = ["masterCategory", "subCategory", "articleType"]
 VARIANTS = {"text": ("tree", ("metadata", "title")), "fusion": ("tree_fusion", ("metadata", "title", "image"))}
 
 
+# The plain keys ("tree", "tree_fusion") hold runs with the min class size of 5, the default until 2026-12-05.
+PLAIN_KEY_MIN_CLASS_SIZE = 5
+
+
 def variant_key(key: str, min_class_size: int) -> str:
-    """The results key of a tree run: the variant's key, with the min class size when it is not the default."""
-    return key if min_class_size == DEFAULT_MIN_CLASS_SIZE else f"{key}_min{min_class_size}"
+    """The results key of a tree run: the variant's key, with the min class size when it is not 5."""
+    return key if min_class_size == PLAIN_KEY_MIN_CLASS_SIZE else f"{key}_min{min_class_size}"
 
 
 def _level_values(paths: Sequence[tuple[str, ...]], k: int) -> list[str | None]:
@@ -243,7 +248,7 @@ def markdown(name: str, result: dict[str, Any]) -> str:
     for label, base in (("tree", "tree"), ("fusion tree", "tree_fusion")):
         for key in sorted(k for k in result if k == base or k.startswith(base + "_min")):
             if result.get(key):
-                size = result[key].get("min_class_size", DEFAULT_MIN_CLASS_SIZE)
+                size = result[key].get("min_class_size", PLAIN_KEY_MIN_CLASS_SIZE)
                 trees.append((label if key == base else f"{label} (min {size})", result[key]))
     header = "| level | flat SVM accuracy | flat SVM macro-F1 |"
     for label, _ in trees:

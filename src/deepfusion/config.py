@@ -26,7 +26,9 @@ DECODERS = ("path", "top_down")  # taxonomy.py: the most probable whole path, or
 COMBINERS = ("concat", "gated")
 BALANCES = ("none", "sqrt", "inverse", "sampler")
 DEFAULT_BACKBONE = "efficientnet_lite0"
-DEFAULT_MIN_CLASS_SIZE = 5  # a category path with fewer training products backs off to its parent
+DEFAULT_MIN_CLASS_SIZE = 2  # a category path with fewer training products backs off to its parent
+# (2, not 5, since 2026-12-05: benchmarks/category_tree.md "min class size 2"; models saved before record theirs)
+FORMAT1_MIN_CLASS_SIZE = 5  # what format-1 code backed off below, for a format-1 folder that does not say
 
 
 class ConfigError(ValueError):

@@ -65,7 +65,7 @@ def migrate(config: dict[str, Any], prep: dict[str, Any]) -> dict[str, Any]:
     are returned as they are, for the checks to judge. Nothing is validated here."""
     if config.get("format_version") != 1:
         return config
-    from .config import DEFAULT_BACKBONE, DEFAULT_MIN_CLASS_SIZE
+    from .config import DEFAULT_BACKBONE, FORMAT1_MIN_CLASS_SIZE
 
     old = dict(config)
     taxonomy = old.get("taxonomy") if isinstance(old.get("taxonomy"), dict) else {}
@@ -83,7 +83,7 @@ def migrate(config: dict[str, Any], prep: dict[str, Any]) -> dict[str, Any]:
         },
         "tree": {
             "depth": taxonomy.get("depth"),
-            "min_class_size": taxonomy.get("min_count", DEFAULT_MIN_CLASS_SIZE),
+            "min_class_size": taxonomy.get("min_count", FORMAT1_MIN_CLASS_SIZE),
             "decode": old.pop("decode", "path"),
         },
         "stacking": "text_scores" in prep,

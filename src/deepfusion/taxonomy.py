@@ -39,7 +39,7 @@ PATH_SEPARATORS = (">>", ">", "|", "/")
 DETECT_SHARE = 0.5
 # Spellings tried for the joined path of several label columns, the first whose separator no value holds.
 DISPLAY_CHOICES = (" > ", " | ", " / ", " >> ")
-from .config import DEFAULT_MIN_CLASS_SIZE  # noqa: E402 - one default, beside the rest of the configuration
+from .config import DEFAULT_MIN_CLASS_SIZE, FORMAT1_MIN_CLASS_SIZE  # noqa: E402 - one default, beside the rest of the configuration
 
 Path = tuple[str, ...]
 
@@ -263,7 +263,7 @@ class Taxonomy:
             sep=data.get("sep"),
             display=str(data.get("display") or " > "),
             depth=data.get("depth"),
-            min_count=int(data.get("min_count", DEFAULT_MIN_CLASS_SIZE)),
+            min_count=int(data.get("min_count", FORMAT1_MIN_CLASS_SIZE)),  # saved ones always say
             paths=[str(p) for p in data.get("paths", [])],
             merged=dict(data.get("merged") or {}),
         )
