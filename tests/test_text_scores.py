@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 
 from deepfusion.catalog import load_catalog
 from deepfusion.predictor import Predictor
-from deepfusion.text_scores import TextScoreModel
+from deepfusion.text_scores import TextScoreModel, fit_title_image_model, title_image_scores
 
 
 def _random_text(n_groups: int, copies: int, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -92,3 +92,23 @@ def test_text_scores_can_be_switched_off(clean_catalog_dir: Path, tmp_path: Path
     assert not (tmp_path / "model" / "text_scores.safetensors").exists()
     assert "text_scores" not in json.loads((tmp_path / "model" / "config.json").read_text())["input_dims"]
     assert not Predictor.load(tmp_path / "model").config_.uses_stacking
+
+
+def test_title_image_model_reads_the_photo_where_the_title_is_silent() -> None:
+    """Four classes, two title words: the title tells {0, 1} from {2, 3}, the image features tell the pairs apart.
+    The title + image model separates all four; the title alone cannot, and its folded weights score the raw
+    image features exactly as the projected model it was fitted as."""
+    rng = np.random.default_rng(0)
+    n, dim = 800, 64
+    y = rng.integers(0, 4, n)
+    title = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), y // 2)), shape=(n, 2))
+    image = rng.normal(size=(n, dim)).astype(np.float32)
+    image[:, 0] += 3.0 * (y % 2) - 1.5  # the photo's one informative direction
+    train, test = np.arange(600), np.arange(600, n)
+    joint = fit_title_image_model(title[train], image[train], y[train], 4, seed=0, chunk_rows=128)
+    alone = TextScoreModel(folds=1, seed=0).fit(title[train], y[train], 4)
+    assert joint.coef_.shape == (4, 2 + dim)
+    scores = title_image_scores(joint, title[test], image[test])
+    np.testing.assert_allclose(scores, joint.scores(sp.hstack([title[test], sp.csr_matrix(image[test])])), atol=1e-4)
+    assert (scores.argmax(axis=1) == y[test]).mean() > 0.8  # the pairs overlap: at best 93%
+    assert (alone.scores(title[test]).argmax(axis=1) == y[test]).mean() < 0.6

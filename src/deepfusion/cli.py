@@ -55,6 +55,7 @@ MODEL_FILES = frozenset(
         "text_scores.safetensors",
         "no_metadata.safetensors",
         "title_scores.safetensors",
+        "title_image_scores.safetensors",
         "image_expert.safetensors",
         "backbone.safetensors",
         "config.json",

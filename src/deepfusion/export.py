@@ -93,6 +93,8 @@ def _padded_copy(net: FusionNet | FusionEnsemble | ExpertMix) -> FusionNet | Fus
     if isinstance(net, ExpertMix):  # the mix's network reads the title; its image expert has no sparse input
         mix = copy.deepcopy(net).eval()
         mix.net = _padded_copy(net.net)
+        if mix.image_text is not None:  # the title + image linear model reads the title as a bag too
+            mix.image_text.title = _PaddedBag(mix.image_text.title.weight)
         return mix
     net = copy.deepcopy(net).eval()
     members = list(net.members) if isinstance(net, FusionEnsemble) else [net]

@@ -7,7 +7,10 @@ title, and an image-only network the best reader of a photo. ``ExpertMix`` adds 
 
     logits = w_net * network(x) + w_text * text_scores(x) + w_image * image_expert(x)
 
-with one weight triple for products with an image and one for products without (then w_image is 0). The weights
+with one weight triple for products with an image and one for products without (then w_image is 0). For products
+with an image the text term can be a title + image linear model instead of the title-only SVM (``LinearScores``,
+text_scores.fit_title_image_model): one linear model reading both, which the late sum of two single-input
+experts does not replace. The weights
 are chosen on the validation products with the product's inputs withheld as they arrive (``fit_mix_weights``:
 a small grid, then temperature scaling of the mixed logits, folded into the weights), so the mixed logits are
 calibrated as they are. A grid point of (1, 0, 0) is the network alone: the mix only departs from it where
@@ -35,17 +38,41 @@ TEXT_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 IMAGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+class LinearScores(nn.Module):
+    """A ``TextScoreModel`` over (title TF-IDF, image features) as a module over a ``Batch``: its scores, computed
+    as ``text_scores.title_image_scores`` computes them."""
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray, scale: float, title_dim: int) -> None:
+        super().__init__()
+        weight = torch.from_numpy(np.ascontiguousarray(np.asarray(coef, dtype=np.float32).T))  # (features, classes)
+        self.title = nn.EmbeddingBag.from_pretrained(weight[:title_dim].clone(), freeze=True, mode="sum")
+        self.image = nn.Parameter(weight[title_dim:].clone(), requires_grad=False)
+        self.intercept = nn.Parameter(torch.from_numpy(np.asarray(intercept, dtype=np.float32)), requires_grad=False)
+        self.scale = float(scale)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        title = batch.inputs["title"]
+        raw = self.title(title.indices, title.offsets, per_sample_weights=title.weights)
+        return (raw + batch.inputs["image"] @ self.image + self.intercept) / self.scale
+
+
 class ExpertMix(nn.Module):
-    """``weights[case] · (network, text scores, image expert)`` where case 1 is "the product has an image".
+    """``weights[case] · (network, text scores, image expert)`` where case 1 is "the product has an image"; with
+    ``image_text``, a product with an image has that model's scores as its text term.
 
     ``weights`` (2, 3) are effective multipliers of the raw logits and scores (calibration included)."""
 
     def __init__(
-        self, net: FusionNet | FusionEnsemble, image_expert: FusionNet | FusionEnsemble | None, weights: np.ndarray
+        self,
+        net: FusionNet | FusionEnsemble,
+        image_expert: FusionNet | FusionEnsemble | None,
+        weights: np.ndarray,
+        image_text: LinearScores | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.image_expert = image_expert
+        self.image_text = image_text
         self.n_classes = net.n_classes
         self.input_specs = net.input_specs
         self.register_buffer("weights", torch.as_tensor(np.asarray(weights, dtype=np.float32)))
@@ -57,7 +84,10 @@ class ExpertMix(nn.Module):
         w = self.weights[has_image.long()]  # (B, 3)
         out = w[:, 0:1] * logits
         if "text_scores" in batch.inputs:
-            out = out + w[:, 1:2] * batch.inputs["text_scores"]
+            text = batch.inputs["text_scores"]
+            if self.image_text is not None:
+                text = torch.where(has_image.bool().unsqueeze(1), self.image_text(batch), text)
+            out = out + w[:, 1:2] * text
         if self.image_expert is not None:
             # Products without an image have w_image = 0; their expert output is finite (the missing encoding).
             out = out + w[:, 2:3] * self.image_expert(batch)

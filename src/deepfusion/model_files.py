@@ -658,6 +658,13 @@ class _Checker:
                 self.fail("image_expert.safetensors", "is missing (the image-only network that config.json "
                                                       "'no_metadata.image_expert' names)")
             self.network("image_expert.safetensors", expert, n_classes, head, "no_metadata.image_expert.")
+        if "title_image_scores" in saved:
+            self.need("image" in modalities, file, "no_metadata.title_image_scores reads the image, but the model "
+                                                   f"reads no image (modalities {_show(modalities)})")
+            state = self.obj(saved["title_image_scores"], "no_metadata.title_image_scores", file)
+            self.score_model(state, file, "no_metadata.title_image_scores", "title_image_scores.safetensors",
+                             "the title + image linear model that config.json 'no_metadata' names", n_classes,
+                             widths["title"] + widths.get("image", 0), "title + image")
         state = self.obj(self.get(saved, "text_scores", "'no_metadata'", file), "no_metadata.text_scores", file)
         self.score_model(state, file, "no_metadata.text_scores", "title_scores.safetensors",
                          "the title-only text model that config.json 'no_metadata' names", n_classes,

@@ -7,6 +7,7 @@
       preprocessing.json   the encoders: class names, metadata and title encoders, image statistics, stacked SVM
       model.safetensors    the main network; fallback / no_metadata / image_expert.safetensors the others
       text_scores.safetensors, title_scores.safetensors   the stacked SVMs' weights
+      title_image_scores.safetensors   the no-metadata mix's title + image linear model
       backbone.safetensors the backbone's weights when they are not the packaged ones (fine-tuned or --weights)
 
 ``load_model`` checks the whole folder first (model_files.validate_model_folder, which also ``migrate``s a
@@ -90,6 +91,9 @@ def save_model(p: Predictor, path: Path) -> Path:
             "text_scores": p.title_text_model_.to_json(),
             "mix_weights": np.asarray(p.no_metadata_mix_weights_).tolist(),
         }
+        if getattr(p, "title_image_model_", None) is not None:
+            save_numpy(p.title_image_model_.tensors(), str(path / "title_image_scores.safetensors"))
+            config["no_metadata"]["title_image_scores"] = p.title_image_model_.to_json()
         if getattr(p, "image_expert_", None) is not None:
             config["no_metadata"]["image_expert"] = {
                 **_save_network(p.image_expert_, path / "image_expert.safetensors"),
@@ -191,9 +195,15 @@ def _load_no_metadata(self: Predictor, path: Path, saved: dict[str, Any], n_clas
             self.image_expert_temperature_ = float(expert["temperature"])
             self.image_expert_best_epochs_ = expert.get("member_best_epochs", [])
         self.no_metadata_mix_weights_ = np.asarray(saved["mix_weights"], dtype=np.float64)
+        self.title_image_model_ = None  # models saved before 2026-12-05 mix the title-only SVM for every product
+        if "title_image_scores" in saved:
+            self.title_image_model_ = TextScoreModel.from_state(
+                saved["title_image_scores"], load_numpy(str(path / "title_image_scores.safetensors"))
+            )
     except Exception as exc:  # safetensors, torch and KeyError all mean the same thing to a user here
         raise ModelLoadError(
-            f"{path}: the no-metadata network (no_metadata.safetensors, title_scores.safetensors, config.json "
+            f"{path}: the no-metadata network (no_metadata.safetensors, title_scores.safetensors, "
+            "title_image_scores.safetensors, config.json "
             f"'no_metadata') cannot be loaded ({type(exc).__name__}: {exc}). Restore the folder or train the "
             "model again."
         ) from None

@@ -38,12 +38,12 @@ from .config import (
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import ClassIndex, MetadataEncoder, TitleEncoder, clean_title
 from .missing import without_modalities
-from .mixing import ExpertMix, fit_mix_weights, network_alone
+from .mixing import ExpertMix, LinearScores, fit_mix_weights, network_alone
 from .model_files import ModelLoadError
 from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
 from .split import duplicate_groups
 from .taxonomy import Taxonomy, level_metrics, level_probabilities, top_down
-from .text_scores import TextScoreModel
+from .text_scores import TextScoreModel, fit_title_image_model, title_image_scores
 from .training import ModalityData, one_version_each, predict_logits, softmax
 
 log = logging.getLogger(__name__)
@@ -547,6 +547,11 @@ class Predictor:
         if "image" in self.config_.modalities:
             self._fit_image_expert(len(train), train_data, y_train, len(val) if val is not None else 0,
                                    val_data, y_val, n_classes, head)
+            with_image = np.flatnonzero(train_data.present["image"][: len(train)])
+            self.title_image_model_ = fit_title_image_model(
+                train_data.features["title"][with_image], train_data.features["image"][with_image],
+                y_train[with_image], n_classes, seed=self.config_.seed,
+            ) if len(with_image) else None
         if val is not None and len(val):
             self._fit_no_metadata_mix(val)
         elif not hasattr(self, "no_metadata_mix_weights_"):
@@ -580,7 +585,14 @@ class Predictor:
             data = self._no_metadata_inputs(self._encode(titled, absent=absent), np.arange(len(titled)))
             image = predict_logits(self.image_expert_, data) if has_image else None
             has = data.present["image"] if "image" in data.present else np.zeros(len(titled), dtype=bool)
-            parts.append((predict_logits(self.no_metadata_net_, data), data.features["text_scores"], image, has))
+            text = data.features["text_scores"]
+            if has_image and self.title_image_model_ is not None and has.any():
+                # Products with an image: the title + image linear model is their text term (mixing.ExpertMix).
+                text, rows = text.copy(), np.flatnonzero(has)
+                text[rows] = title_image_scores(
+                    self.title_image_model_, data.features["title"][rows], np.asarray(data.features["image"][rows])
+                )
+            parts.append((predict_logits(self.no_metadata_net_, data), text, image, has))
         net, text, image, has = (np.concatenate([p[i] for p in parts]) if parts[0][i] is not None else None
                                  for i in range(4))
         self.no_metadata_mix_weights_ = fit_mix_weights(
@@ -592,8 +604,12 @@ class Predictor:
         """The torch modules that compute the mixed answers (mixing.ExpertMix), from the networks and weights."""
         self.main_mix_ = ExpertMix(self.net_, None, self.main_mix_weights_)
         if self.config_.uses_metadata_fallback:
+            joint = getattr(self, "title_image_model_", None)
+            image_text = None if joint is None else LinearScores(
+                joint.coef_, joint.intercept_, joint.scale_, self.title_encoder_.n_features
+            )
             self.no_metadata_mix_ = ExpertMix(
-                self.no_metadata_net_, getattr(self, "image_expert_", None), self.no_metadata_mix_weights_
+                self.no_metadata_net_, getattr(self, "image_expert_", None), self.no_metadata_mix_weights_, image_text
             ).eval()
 
     def _finetune(self, train: pd.DataFrame) -> None:

@@ -114,3 +114,51 @@ class TextScoreModel:
         model.intercept_ = np.asarray(tensors["intercept"], dtype=np.float32)
         model.scale_ = float(state["scale"])
         return model
+
+
+# The title + image linear model (``fit_title_image_model``): how many principal directions of the image features it
+# learns from, and the length of an average product's projected image beside its TF-IDF row (one unit per
+# vectorizer). Chosen on validation products, docs/experiments.md 2026-12-05 "title + image without attributes".
+IMAGE_COMPONENTS = 128
+IMAGE_WEIGHT = 1.0
+
+
+def fit_title_image_model(
+    title: sp.csr_matrix, image: Any, y: np.ndarray, n_classes: int, *, seed: int, chunk_rows: int = 4096
+) -> TextScoreModel:
+    """A linear SVM on a product's title TF-IDF and its (standardised) image features at once: where the title
+    leaves two classes open, the photo's direction decides, inside one model. A linear SVM on all 1,904 image values
+    beside a sparse title is slow to fit and overfits, so it learns from the image's first ``IMAGE_COMPONENTS``
+    principal directions (their second moments accumulated ``chunk_rows`` at a time: ``image`` may be the
+    memory-mapped cache's rows); the fitted weights are then folded back onto the image features, so the model
+    is a plain ``TextScoreModel`` over (title TF-IDF, image features): nothing to project at prediction time.
+    Fitted once on every row given (no out-of-fold scores: nothing is trained on its scores)."""
+    n, dim = image.shape
+    moments = np.zeros((dim, dim), dtype=np.float64)
+    for start in range(0, n, chunk_rows):
+        x = np.asarray(image[start : start + chunk_rows], dtype=np.float64)
+        moments += x.T @ x
+    k = min(IMAGE_COMPONENTS, dim, max(n, 1))
+    directions = np.linalg.eigh(moments / max(n, 1))[1][:, ::-1][:, :k]  # (dim, k), largest first
+    projected = np.concatenate(
+        [np.asarray(image[s : s + chunk_rows], dtype=np.float64) @ directions for s in range(0, n, chunk_rows)]
+    ) if n else np.zeros((0, k))
+    length = float(np.linalg.norm(projected, axis=1).mean()) if n else 1.0
+    directions *= IMAGE_WEIGHT / max(length, 1e-6)
+    projected *= IMAGE_WEIGHT / max(length, 1e-6)
+    features = sp.hstack([title, sp.csr_matrix(projected.astype(np.float32))], format="csr", dtype=np.float32)
+    model = TextScoreModel(folds=1, seed=seed).fit(features, y, n_classes)
+    n_title = title.shape[1]
+    image_coef = (directions @ model.coef_[:, n_title:].T.astype(np.float64)).T  # (classes, dim)
+    model.coef_ = np.hstack([model.coef_[:, :n_title], image_coef.astype(np.float32)])
+    model._coef_t = None
+    del model.oof_scores_  # in-sample scores of the projected model: not for anyone to use
+    return model
+
+
+def title_image_scores(model: TextScoreModel, title: sp.csr_matrix, image: np.ndarray) -> np.ndarray:
+    """``model.scores`` of (title TF-IDF, image features) without stacking a dense block into a sparse matrix."""
+    n_title = title.shape[1]
+    raw = sp.csr_matrix(title, dtype=np.float32) @ model.coef_[:, :n_title].T
+    raw = np.asarray(raw) + np.asarray(image, dtype=np.float32) @ model.coef_[:, n_title:].T + model.intercept_
+    return (raw / model.scale_).astype(np.float32)
