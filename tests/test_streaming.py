@@ -295,3 +295,35 @@ def test_mean_std_are_numpy_figures_bit_for_bit(tmp_path: Path) -> None:
     for chunk_rows in (1, 7, 256, 5000):
         mean, std = rows.mean_std(chunk_rows)
         assert (mean == full.mean(axis=0)).all() and (std == full.std(axis=0)).all()
+
+
+def test_no_metadata_view_shares_the_first_rows() -> None:
+    """The no-metadata network's inputs for the first rows (the products before their blanked copies) are views of
+    the training inputs, a sparse title included, and batch exactly as a copy of those rows would."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from deepfusion.inputs import no_metadata_view
+    from deepfusion.training import ModalityData
+
+    rng = np.random.default_rng(0)
+    n, rows = 30, 12  # fewer than half of the rows: scipy's constructor would copy such a slice
+    title = sp.random(n, 50, density=0.1, format="csr", dtype=np.float32, random_state=1)
+    image = rng.normal(size=(n, 8)).astype(np.float32)
+    present = {m: rng.random(n) < 0.8 for m in ("metadata", "title", "image")}
+    data = ModalityData({"metadata": image[:, :3].copy(), "title": title, "image": image}, present)
+    scores = rng.normal(size=(rows, 4)).astype(np.float32)
+    view = no_metadata_view(data, np.arange(rows), ("title", "image"), scores)
+    assert np.shares_memory(view.features["title"].data, title.data)
+    assert np.shares_memory(view.features["image"], image)
+    copied = no_metadata_view(data, np.arange(rows)[::-1].copy(), ("title", "image"), scores)  # fancy index: a copy
+    idx = np.array([5, 0, 11, 3])
+    got, want = view.batch(idx), copied.batch(rows - 1 - idx)
+    for name in ("title", "image", "text_scores"):
+        a, b = got.inputs[name], want.inputs[name]
+        if name == "title":
+            assert all(bool((x == y).all()) for x, y in zip(
+                (a.indices, a.offsets, a.weights), (b.indices, b.offsets, b.weights), strict=True))
+        elif name == "image":
+            assert bool((a == b).all())
+        assert bool((got.present[name] == want.present[name]).all())

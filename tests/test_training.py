@@ -7,7 +7,7 @@ import torch
 
 from deepfusion.model_files import migrate
 from deepfusion.models import HeadConfig, make_config
-from deepfusion.training import ModalityData, predict_logits, train_network
+from deepfusion.training import ModalityData, predict_logits, return_large_blocks, train_network
 
 
 def _noise(n: int, seed: int) -> tuple[ModalityData, np.ndarray]:
@@ -72,3 +72,11 @@ def test_configs_saved_before_ensembles_still_load() -> None:
     loaded = HeadConfig.from_json(migrated["config"]["head"])
     assert loaded.members == 1 and loaded.wide == ("title",)
     assert migrated["main_mix_weights"] == [[1 / 1.5, 0.0, 0.0]] * 2 and migrated["review_threshold"] == 1.0
+
+
+def test_large_blocks_go_back_to_the_system_on_glibc() -> None:
+    """``fit`` fixes glibc's mmap threshold (training.return_large_blocks); elsewhere the call does nothing."""
+    import platform
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert return_large_blocks() is expected

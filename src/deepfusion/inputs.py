@@ -111,11 +111,24 @@ def no_metadata_view(
     # The first rows in order (training: the products before their blanked copies) are a slice: views of the
     # image features instead of a copy of them.
     pick: np.ndarray | slice = slice(0, len(rows)) if np.array_equal(rows, np.arange(len(rows))) else rows
-    features = {m: data.features[m][pick] for m in names}
+    features = {m: _first_rows(data.features[m], len(rows)) if isinstance(pick, slice) else data.features[m][pick]
+                for m in names}
     present = {m: data.present[m][pick] for m in names}
     features["text_scores"] = scores
     present["text_scores"] = present["title"].copy()
     return ModalityData(features, present, {"text_scores": "title"})
+
+
+def _first_rows(feats: np.ndarray | sp.csr_matrix, n: int) -> np.ndarray | sp.csr_matrix:
+    """The first ``n`` rows of ``feats`` without copying them: a slice of a dense array or of what the rows are made
+    of in a CSR matrix (scipy's row slicing copies them)."""
+    if not (sp.issparse(feats) and feats.format == "csr"):
+        return feats[:n]
+    end = feats.indptr[n]
+    out = sp.csr_matrix((n, feats.shape[1]), dtype=feats.dtype)
+    # Set, not passed to the constructor: its check copies a slice that is less than half of the array it views.
+    out.data, out.indices, out.indptr = feats.data[:end], feats.indices[:end], feats.indptr[: n + 1]
+    return out
 
 
 def image_only(data: ModalityData, n: int) -> tuple[ModalityData, np.ndarray]:

@@ -44,7 +44,7 @@ from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
 from .split import duplicate_groups
 from .taxonomy import Taxonomy, level_metrics, level_probabilities, top_down
 from .text_scores import TextScoreModel, fit_title_image_model, title_image_scores
-from .training import ModalityData, one_version_each, predict_logits, softmax
+from .training import ModalityData, one_version_each, predict_logits, return_large_blocks, softmax
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,8 @@ class Predictor:
         out = inputs.without_title(data)
         if "metadata" in out.features:
             untitled = self.metadata_encoder_.transform(products.assign(**{TITLE: None}))
-            out.features["metadata"] = np.tile(untitled, (len(data) // len(products), 1))
+            repeats = len(data) // len(products)  # 1 unless augmented image views tiled the rows
+            out.features["metadata"] = untitled if repeats == 1 else np.tile(untitled, (repeats, 1))
         return out
 
     # ----------------------------------------------------------------- fit
@@ -320,6 +321,7 @@ class Predictor:
         Predictor was given a ``schema``). With ``refit`` the encoders and networks are then fitted again on
         ``train`` + ``val`` for the configuration's full number of epochs, keeping the temperatures calibrated on
         ``val``."""
+        return_large_blocks()  # or peak memory grows with every array the fit ever freed (training.py)
         self.config_ = self.model_config()
         self._embedder_obj = None
         self.finetuned_weights_ = None

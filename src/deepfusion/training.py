@@ -5,6 +5,7 @@ validation, and temperature scaling for calibrated confidences.
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import os
 import time
@@ -23,6 +24,26 @@ from tqdm.auto import tqdm
 from .models import Batch, FusionEnsemble, FusionNet, HeadConfig, ModalitySpec, SeededDropout, SparseBatch
 
 log = logging.getLogger(__name__)
+
+
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc, malloc.h)
+
+
+def return_large_blocks(threshold: int = 128 * 1024) -> bool:
+    """Have glibc give every freed block of ``threshold`` bytes or more back to the system at once.
+
+    glibc serves such a block with a mapping of its own and unmaps it when freed, but after each such free it raises
+    the threshold to that block's size (up to 32 MiB): later arrays of that size (a batch of image vectors, the
+    stacked SVM's copies of its folds, scipy's and liblinear's temporaries) then come from the heap, which keeps the
+    freed space, fragmented, so the fit's resident memory grows with the arrays it has freed. Setting the threshold
+    with ``mallopt`` turns that adjustment off for the process (docs/experiments.md, "2026-12-05: the fusion fit's
+    memory per training product, measured"). Changes no value computed; False where the C library has no
+    ``mallopt`` (not glibc)."""
+    try:
+        libc = ctypes.CDLL(None)  # the C library the process runs on
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) if hasattr(libc, "mallopt") else False
+    except (OSError, TypeError):  # TypeError: Windows has no process-wide C library to open this way
+        return False
 
 
 @dataclass
