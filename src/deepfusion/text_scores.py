@@ -86,9 +86,9 @@ class TextScoreModel:
         # One scale for all classes, so the network's inputs sit near unit variance.
         self.scale_ = float(max(raw.std(), 1e-3))
         log.info(
-            "text scores: linear SVM on %d features, %d out-of-fold groups, out-of-fold accuracy %.4f",
+            "text scores: linear SVM on %d features, %s accuracy %.4f",
             X.shape[1],
-            n_folds,
+            f"{n_folds} out-of-fold groups, out-of-fold" if splits else "no held-out folds, training",
             float((raw.argmax(axis=1) == y).mean()) if len(y) else 0.0,
         )
         self.oof_scores_ = (raw / self.scale_).astype(np.float32)
