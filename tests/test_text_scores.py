@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 
 from deepfusion.catalog import load_catalog
 from deepfusion.predictor import Predictor
-from deepfusion.text_scores import TextScoreModel, fit_title_image_model, title_image_scores
+from deepfusion.text_scores import TextScoreModel, fit_title_image_model
 
 
 def _random_text(n_groups: int, copies: int, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -108,7 +108,7 @@ def test_title_image_model_reads_the_photo_where_the_title_is_silent() -> None:
     joint = fit_title_image_model(title[train], image[train], y[train], 4, seed=0, chunk_rows=128)
     alone = TextScoreModel(folds=1, seed=0).fit(title[train], y[train], 4)
     assert joint.coef_.shape == (4, 2 + dim)
-    scores = title_image_scores(joint, title[test], image[test])
+    scores = joint.scores(title[test], image[test])
     np.testing.assert_allclose(scores, joint.scores(sp.hstack([title[test], sp.csr_matrix(image[test])])), atol=1e-4)
     assert (scores.argmax(axis=1) == y[test]).mean() > 0.8  # the pairs overlap: at best 93%
     assert (alone.scores(title[test]).argmax(axis=1) == y[test]).mean() < 0.6

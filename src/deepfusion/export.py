@@ -47,10 +47,11 @@ from torch import nn
 from . import __version__
 from .catalog import ID, TITLE
 from .inputs import IMAGE_CLIP, stacking_features
-from .mixing import ExpertMix
+from .mixing import ExpertMix, LinearScores
 from .model_files import read_config, validate_model_folder
 from .models import Batch, FusionEnsemble, FusionNet, ModalitySpec, SparseBatch
 from .predictor import Predictor
+from .text_scores import TextScoreModel
 
 log = logging.getLogger(__name__)
 
@@ -88,57 +89,36 @@ class _PaddedBag(nn.Module):
         return (self.weight[indices] * per_sample_weights.unsqueeze(-1)).sum(dim=1)
 
 
+def _pad_bags(module: nn.Module) -> nn.Module:
+    """``module`` with every EmbeddingBag in it (sparse encoders, wide paths, linear text scores) replaced, in
+    place, by a ``_PaddedBag`` over the same weights: the export feeds every sparse input as padded pairs."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.EmbeddingBag):
+                setattr(parent, name, _PaddedBag(child.weight))
+    return module
+
+
 def _padded_copy(net: FusionNet | FusionEnsemble | ExpertMix) -> FusionNet | FusionEnsemble | ExpertMix:
-    """A copy of ``net`` whose EmbeddingBags (sparse encoders and wide paths) take padded index / value pairs."""
-    if isinstance(net, ExpertMix):  # the mix's network reads the title; its image expert has no sparse input
-        mix = copy.deepcopy(net).eval()
-        mix.net = _padded_copy(net.net)
-        if mix.image_text is not None:  # the title + image linear model reads the title as a bag too
-            mix.image_text.title = _PaddedBag(mix.image_text.title.weight)
-        return mix
-    net = copy.deepcopy(net).eval()
-    members = list(net.members) if isinstance(net, FusionEnsemble) else [net]
-    for member in members:
-        for spec in member.input_specs:
-            if not spec.sparse:
-                continue
-            encoder = member.encoders[spec.name]
-            encoder.project = _PaddedBag(encoder.project.weight)
-            if spec.name in member.wide:
-                member.wide[spec.name] = _PaddedBag(member.wide[spec.name].weight)
-    return net
+    """A copy of ``net`` whose EmbeddingBags take padded index / value pairs."""
+    return _pad_bags(copy.deepcopy(net).eval())
 
 
-class _TextScores(nn.Module):
-    """A stacked SVM (text_scores.py) as a graph: (title TF-IDF, then the metadata encoding if it reads it) @
-    coef.T + intercept, divided by its scale, as ``TextScoreModel.scores`` computes it. The main network's SVM
-    reads title + metadata; the no-metadata network's reads the title alone."""
-
-    def __init__(self, coef: np.ndarray, intercept: np.ndarray, scale: float, title_dim: int, metadata_dim: int):
-        super().__init__()
-        coef = np.asarray(coef, np.float32)
-        if coef.ndim != 2 or coef.shape[1] != title_dim + metadata_dim:
-            raise ExportError(
-                f"a text-score model reads {coef.shape[-1]} features, but the title encoder has {title_dim}"
-                + (f" and the metadata encoder {metadata_dim}" if metadata_dim else "")
-            )
-        coef_t = torch.from_numpy(np.ascontiguousarray(coef.T))  # (features, classes)
-        self.title = _PaddedBag(coef_t[:title_dim])
-        self.metadata = nn.Parameter(coef_t[title_dim:].clone(), requires_grad=False) if metadata_dim else None
-        self.intercept = nn.Parameter(torch.from_numpy(np.asarray(intercept, np.float32)), requires_grad=False)
-        self.scale = float(scale)
-
-    def forward(self, indices: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor | None) -> torch.Tensor:
-        raw = self.title(indices, None, per_sample_weights=values) + self.intercept
-        if self.metadata is not None and metadata is not None:
-            raw = raw + metadata @ self.metadata
-        return raw / self.scale
+def _text_scores(model: TextScoreModel, title_dim: int, metadata_dim: int) -> LinearScores:
+    """A stacked SVM (text_scores.py) as a graph: (title TF-IDF, then the metadata encoding if it reads it). The
+    main network's SVM reads title + metadata; the no-metadata network's reads the title alone."""
+    if model.coef_.ndim != 2 or model.coef_.shape[1] != title_dim + metadata_dim:
+        raise ExportError(
+            f"a text-score model reads {model.coef_.shape[-1]} features, but the title encoder has {title_dim}"
+            + (f" and the metadata encoder {metadata_dim}" if metadata_dim else "")
+        )
+    return _pad_bags(LinearScores(model.coef_, model.intercept_, model.scale_, title_dim, "metadata"))
 
 
 class _ExportGraph(nn.Module):
     """Flat named tensors in, logits out: what an ONNX graph needs. Builds the ``Batch`` the network reads."""
 
-    def __init__(self, net: FusionNet | FusionEnsemble | ExpertMix, text_scores: _TextScores | None) -> None:
+    def __init__(self, net: FusionNet | FusionEnsemble | ExpertMix, text_scores: LinearScores | None) -> None:
         super().__init__()
         self.net = _padded_copy(net)
         self.text_scores = text_scores
@@ -161,9 +141,7 @@ class _ExportGraph(nn.Module):
                 inputs[spec.name] = given[spec.name]
             present[spec.name] = given[f"present_{spec.name}"]
         if self.text_scores is not None and any(s.name == "text_scores" for s in self.specs):
-            inputs["text_scores"] = self.text_scores(
-                given["title_indices"], given["title_values"], given.get("metadata")
-            )
+            inputs["text_scores"] = self.text_scores(Batch(inputs, present))
             present["text_scores"] = present["title"]  # without a title its scores are not trusted (predictor)
         return self.net(Batch(inputs, present))
 
@@ -237,7 +215,7 @@ def _reference_logits(
 
 def _export_graph(
     net: FusionNet | FusionEnsemble | ExpertMix,
-    text_scores: _TextScores | None,
+    text_scores: LinearScores | None,
     file: Path,
     scores: ScoreFn | None = None,
 ) -> list[str]:
@@ -371,8 +349,7 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
     n_metadata = predictor.metadata_encoder_.n_features if "metadata" in cfg.modalities else 0
     text = main_scores = None
     if cfg.uses_stacking:
-        model = predictor.text_model_
-        text = _TextScores(model.coef_, model.intercept_, model.scale_, n_title, n_metadata)
+        text = _text_scores(predictor.text_model_, n_title, n_metadata)
 
         def main_scores(title: sp.csr_matrix, metadata: np.ndarray | None) -> np.ndarray:
             return predictor.text_model_.scores(stacking_features(title, metadata))
@@ -401,8 +378,7 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
         }
     if cfg.uses_metadata_fallback:
         # Products with a title and no attribute (Predictor._logits): title (+ image) and the title-only SVM.
-        svm = predictor.title_text_model_
-        title_only = _TextScores(svm.coef_, svm.intercept_, svm.scale_, n_title, 0)
+        title_only = _text_scores(predictor.title_text_model_, n_title, 0)
 
         def title_scores(title: sp.csr_matrix, metadata: np.ndarray | None) -> np.ndarray:
             return predictor.title_text_model_.scores(title)

@@ -39,21 +39,27 @@ IMAGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 class LinearScores(nn.Module):
-    """A ``TextScoreModel`` over (title TF-IDF, image features) as a module over a ``Batch``: its scores, computed
-    as ``text_scores.title_image_scores`` computes them."""
+    """A ``TextScoreModel`` as a module over a ``Batch``: (title TF-IDF, then the dense input named ``dense`` if
+    any) @ coef.T + intercept, divided by its scale, as ``TextScoreModel.scores`` computes it. The no-metadata mix's
+    title + image model reads the image; the export's stacked SVMs read the metadata, or the title alone."""
 
-    def __init__(self, coef: np.ndarray, intercept: np.ndarray, scale: float, title_dim: int) -> None:
+    def __init__(
+        self, coef: np.ndarray, intercept: np.ndarray, scale: float, title_dim: int, dense: str | None = None
+    ) -> None:
         super().__init__()
         weight = torch.from_numpy(np.ascontiguousarray(np.asarray(coef, dtype=np.float32).T))  # (features, classes)
         self.title = nn.EmbeddingBag.from_pretrained(weight[:title_dim].clone(), freeze=True, mode="sum")
-        self.image = nn.Parameter(weight[title_dim:].clone(), requires_grad=False)
+        self.dense = dense if len(weight) > title_dim else None
+        self.dense_weight = nn.Parameter(weight[title_dim:].clone(), requires_grad=False)
         self.intercept = nn.Parameter(torch.from_numpy(np.asarray(intercept, dtype=np.float32)), requires_grad=False)
         self.scale = float(scale)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         title = batch.inputs["title"]
-        raw = self.title(title.indices, title.offsets, per_sample_weights=title.weights)
-        return (raw + batch.inputs["image"] @ self.image + self.intercept) / self.scale
+        raw = self.title(title.indices, title.offsets, per_sample_weights=title.weights) + self.intercept
+        if self.dense is not None and self.dense in batch.inputs:
+            raw = raw + batch.inputs[self.dense] @ self.dense_weight
+        return raw / self.scale
 
 
 class ExpertMix(nn.Module):

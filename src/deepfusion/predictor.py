@@ -43,7 +43,7 @@ from .model_files import ModelLoadError
 from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
 from .split import duplicate_groups
 from .taxonomy import Taxonomy, level_metrics, level_probabilities, top_down
-from .text_scores import TextScoreModel, fit_title_image_model, title_image_scores
+from .text_scores import TextScoreModel, fit_title_image_model
 from .training import ModalityData, one_version_each, predict_logits, return_large_blocks, softmax
 
 log = logging.getLogger(__name__)
@@ -591,9 +591,7 @@ class Predictor:
             if has_image and self.title_image_model_ is not None and has.any():
                 # Products with an image: the title + image linear model is their text term (mixing.ExpertMix).
                 text, rows = text.copy(), np.flatnonzero(has)
-                text[rows] = title_image_scores(
-                    self.title_image_model_, data.features["title"][rows], np.asarray(data.features["image"][rows])
-                )
+                text[rows] = self.title_image_model_.scores(data.features["title"][rows], data.features["image"][rows])
             parts.append((predict_logits(self.no_metadata_net_, data), text, image, has))
         net, text, image, has = (np.concatenate([p[i] for p in parts]) if parts[0][i] is not None else None
                                  for i in range(4))
@@ -608,7 +606,7 @@ class Predictor:
         if self.config_.uses_metadata_fallback:
             joint = getattr(self, "title_image_model_", None)
             image_text = None if joint is None else LinearScores(
-                joint.coef_, joint.intercept_, joint.scale_, self.title_encoder_.n_features
+                joint.coef_, joint.intercept_, joint.scale_, self.title_encoder_.n_features, "image"
             )
             self.no_metadata_mix_ = ExpertMix(
                 self.no_metadata_net_, getattr(self, "image_expert_", None), self.no_metadata_mix_weights_, image_text

@@ -94,12 +94,17 @@ class TextScoreModel:
         self.oof_scores_ = (raw / self.scale_).astype(np.float32)
         return self
 
-    def scores(self, X: sp.csr_matrix) -> np.ndarray:
+    def scores(self, X: sp.csr_matrix, dense: np.ndarray | None = None) -> np.ndarray:
+        """Scores of the rows of ``X``, or of (``X``, ``dense``) side by side for a model over both (the title +
+        image model): the dense block is never copied into a sparse matrix."""
         if self._coef_t is None:
             # Contiguous once: a sparse row times a transposed view would copy all the weights on every call.
             self._coef_t = np.ascontiguousarray(self.coef_.T)
-        raw = sp.csr_matrix(X, dtype=np.float32) @ self._coef_t + self.intercept_
-        return (np.asarray(raw) / self.scale_).astype(np.float32)
+        n_sparse = X.shape[1]
+        raw = np.asarray(sp.csr_matrix(X, dtype=np.float32) @ self._coef_t[:n_sparse]) + self.intercept_
+        if dense is not None:
+            raw = raw + np.asarray(dense, dtype=np.float32) @ self._coef_t[n_sparse:]
+        return (raw / self.scale_).astype(np.float32)
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"coef": self.coef_, "intercept": self.intercept_}
@@ -132,20 +137,19 @@ def fit_title_image_model(
     principal directions (their second moments accumulated ``chunk_rows`` at a time: ``image`` may be the
     memory-mapped cache's rows); the fitted weights are then folded back onto the image features, so the model
     is a plain ``TextScoreModel`` over (title TF-IDF, image features): nothing to project at prediction time.
-    Fitted once on every row given (no out-of-fold scores: nothing is trained on its scores)."""
+    Fitted once on every row given, at least one (no out-of-fold scores: nothing is trained on its scores)."""
     n, dim = image.shape
     moments = np.zeros((dim, dim), dtype=np.float64)
     for start in range(0, n, chunk_rows):
         x = np.asarray(image[start : start + chunk_rows], dtype=np.float64)
         moments += x.T @ x
-    k = min(IMAGE_COMPONENTS, dim, max(n, 1))
-    directions = np.linalg.eigh(moments / max(n, 1))[1][:, ::-1][:, :k]  # (dim, k), largest first
+    directions = np.linalg.eigh(moments / n)[1][:, ::-1][:, : min(IMAGE_COMPONENTS, dim, n)]  # largest first
     projected = np.concatenate(
         [np.asarray(image[s : s + chunk_rows], dtype=np.float64) @ directions for s in range(0, n, chunk_rows)]
-    ) if n else np.zeros((0, k))
-    length = float(np.linalg.norm(projected, axis=1).mean()) if n else 1.0
-    directions *= IMAGE_WEIGHT / max(length, 1e-6)
-    projected *= IMAGE_WEIGHT / max(length, 1e-6)
+    )
+    length = max(float(np.linalg.norm(projected, axis=1).mean()), 1e-6)
+    directions *= IMAGE_WEIGHT / length
+    projected *= IMAGE_WEIGHT / length
     features = sp.hstack([title, sp.csr_matrix(projected.astype(np.float32))], format="csr", dtype=np.float32)
     model = TextScoreModel(folds=1, seed=seed).fit(features, y, n_classes)
     n_title = title.shape[1]
@@ -155,10 +159,3 @@ def fit_title_image_model(
     del model.oof_scores_  # in-sample scores of the projected model: not for anyone to use
     return model
 
-
-def title_image_scores(model: TextScoreModel, title: sp.csr_matrix, image: np.ndarray) -> np.ndarray:
-    """``model.scores`` of (title TF-IDF, image features) without stacking a dense block into a sparse matrix."""
-    n_title = title.shape[1]
-    raw = sp.csr_matrix(title, dtype=np.float32) @ model.coef_[:, :n_title].T
-    raw = np.asarray(raw) + np.asarray(image, dtype=np.float32) @ model.coef_[:, n_title:].T + model.intercept_
-    return (raw / model.scale_).astype(np.float32)
