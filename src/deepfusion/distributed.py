@@ -351,34 +351,54 @@ def _blocks(products: pd.DataFrame, columns: Sequence[str], rows_per_block: int)
     return [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)]
 
 
-def _shard_order(shards: list[Path]) -> tuple[list[Path], bool]:
-    """Shards sorted by their first row, and whether their row ranges are disjoint (each then merges as a whole)."""
+def _shard_order(shards: list[Path]) -> tuple[list[tuple[Path, bool]], bool]:
+    """Shards sorted by their first row, each with whether its rows are already in catalog order, and whether the
+    shards' row ranges are disjoint (each then merges on its own). Reads the row column a batch at a time."""
     spans = []
     for shard in shards:
-        rows = pq.read_table(shard, columns=[ROW]).column(ROW).to_numpy()
-        if len(rows):
-            spans.append((int(rows.min()), int(rows.max()), shard))
+        low = high = previous = None
+        ordered = True
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=CHUNK_ROWS, columns=[ROW]):
+            rows = batch.column(0).to_numpy()
+            if not len(rows):
+                continue
+            ordered = ordered and bool((np.diff(rows) > 0).all()) and (previous is None or rows[0] > previous)
+            previous = int(rows[-1])
+            low = int(rows.min()) if low is None else min(low, int(rows.min()))
+            high = int(rows.max()) if high is None else max(high, int(rows.max()))
+        if low is not None and high is not None:
+            spans.append((low, high, shard, ordered))
     spans.sort(key=lambda s: s[0])
     disjoint = all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))
-    return [s[2] for s in spans], disjoint
+    return [(s[2], s[3]) for s in spans], disjoint
 
 
 def _tables_in_order(shards: list[Path]) -> Iterator[pa.Table]:
+    """The shards' rows in catalog order, a batch of at most ``CHUNK_ROWS`` rows at a time where the shards allow:
+    Ray may write every block into one file, so a shard is as large as the catalog and is never read whole unless
+    its rows are out of order."""
     ordered, disjoint = _shard_order(shards)
-    if disjoint:
-        for shard in ordered:  # one shard in memory at a time
-            yield pq.read_table(shard).sort_by(ROW)
-    elif ordered:
+    if not disjoint:
         log.debug("prediction shards overlap in catalog order; merging them in memory")
-        yield pa.concat_tables([pq.read_table(s) for s in ordered]).sort_by(ROW)
+        yield pa.concat_tables([pq.read_table(s) for s, _ in ordered]).sort_by(ROW)
+        return
+    for shard, in_order in ordered:
+        if not in_order:
+            log.debug("prediction shard %s is not in catalog order; sorting it in memory", shard.name)
+            yield pq.read_table(shard).sort_by(ROW)
+            continue
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=CHUNK_ROWS):
+            yield pa.Table.from_batches([batch])
 
 
 def merge_shards(parts: Path, out: Path, n_products: int) -> int:
     """Write the shards of ``parts`` into ``out`` (.csv or .parquet) in catalog order, without ``_row``, as
-    ``runs.predict_catalog`` writes its file; returns the number of rows. Every catalog row must be there once."""
+    ``runs.predict_catalog`` writes its file; returns the number of rows. Every catalog row must be there once.
+    Memory holds one batch of rows, not the catalog."""
     shards = sorted(p for p in parts.iterdir() if p.name.endswith(SHARD_SUFFIX))
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = None
+    schema = None
     n = 0
     expected = 0
     try:
@@ -389,7 +409,12 @@ def merge_shards(parts: Path, out: Path, n_products: int) -> int:
             expected += len(rows)
             preds = table.drop_columns([ROW]).to_pandas()
             if out.suffix.lower() == ".parquet":
-                chunk = pa.Table.from_pandas(preds, preserve_index=False)
+                if schema is None:
+                    # One schema for every batch: a column that is empty in one batch is typed by the others.
+                    unified = pa.unify_schemas([pq.read_schema(s) for s in shards])
+                    schema = pa.Table.from_pandas(preds.iloc[:0], preserve_index=False).schema
+                    schema = pa.schema([f.with_type(unified.field(f.name).type) for f in schema])
+                chunk = pa.Table.from_pandas(preds, schema=schema, preserve_index=False)
                 writer = writer or pq.ParquetWriter(out, chunk.schema)
                 writer.write_table(chunk)
             else:
