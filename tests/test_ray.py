@@ -391,18 +391,20 @@ def test_exported_tree_model_writes_the_local_engines_level_columns(ray_running:
 
 
 def test_merge_streams_a_shard_as_large_as_the_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ray may write every block into one shard: the merge reads an in-order shard a batch at a time (never whole),
-    sorts only a shard whose rows are out of order, and a column empty in one batch keeps the others' type."""
+    """Ray may write every block of a catalog into one shard, a row group per block and not always in catalog order:
+    the merge reads a row group at a time (never a shard whole), restores the order, and a column empty in one
+    part keeps the others' type."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     parts = tmp_path / "preds.parquet.parts"
     parts.mkdir()
-    big = pd.DataFrame({dist.ROW: np.arange(10), "id": [f"p{i}" for i in range(10)],
-                        "prediction": ["Shirts"] * 10, "level_2": [None] * 6 + ["Tops"] * 4})
-    pq.write_table(pa.Table.from_pandas(big, preserve_index=False), parts / "a.parquet", row_group_size=3)
-    shuffled = pd.DataFrame({dist.ROW: [12, 10, 11], "id": ["p12", "p10", "p11"], "prediction": ["Watches"] * 3,
-                             "level_2": ["Watches"] * 3})
+    frame = pd.DataFrame({dist.ROW: np.arange(13), "id": [f"p{i}" for i in range(13)],
+                          "prediction": ["Shirts"] * 13, "level_2": [None] * 6 + ["Tops"] * 7})
+    with pq.ParquetWriter(parts / "a.parquet", pa.Table.from_pandas(frame, preserve_index=False).schema) as writer:
+        for rows in ([3, 4, 5], [0, 1, 2], [9, 10, 11], [6, 7, 8]):  # blocks in the order Ray finished them
+            writer.write_table(pa.Table.from_pandas(frame.iloc[rows], preserve_index=False))
+    shuffled = frame.iloc[[12]]
     pq.write_table(pa.Table.from_pandas(shuffled, preserve_index=False), parts / "b.parquet")
     read_whole: list[str] = []
     real_read_table = dist.pq.read_table
@@ -415,9 +417,9 @@ def test_merge_streams_a_shard_as_large_as_the_catalog(tmp_path: Path, monkeypat
         got = pd.read_parquet(out) if name.endswith(".parquet") else pd.read_csv(out)
         assert list(got["id"]) == [f"p{i}" for i in range(13)]
         assert list(got["level_2"].isna()) == [True] * 6 + [False] * 7
-    assert [n for n in read_whole if n != "merged.parquet"] == ["b.parquet", "b.parquet"]  # a.parquet: by batch
+    assert [n for n in read_whole if n != "merged.parquet"] == []
     with pytest.raises(dist.DistributedError, match="run the prediction again"):
         dist.merge_shards(parts, tmp_path / "short.csv", 14)
-    (parts / "c.parquet").write_bytes((parts / "b.parquet").read_bytes())  # rows 10-12 twice
+    (parts / "c.parquet").write_bytes((parts / "b.parquet").read_bytes())  # row 12 twice
     with pytest.raises(dist.DistributedError, match="each catalog row once"):
-        dist.merge_shards(parts, tmp_path / "twice.csv", 16)
+        dist.merge_shards(parts, tmp_path / "twice.csv", 14)

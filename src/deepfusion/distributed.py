@@ -351,44 +351,48 @@ def _blocks(products: pd.DataFrame, columns: Sequence[str], rows_per_block: int)
     return [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)]
 
 
-def _shard_order(shards: list[Path]) -> tuple[list[tuple[Path, bool]], bool]:
-    """Shards sorted by their first row, each with whether its rows are already in catalog order, and whether the
-    shards' row ranges are disjoint (each then merges on its own). Reads the row column a batch at a time."""
+def _row_groups(shards: list[Path]) -> tuple[list[tuple[Path, int]], bool]:
+    """Every row group of the shards, sorted by its first catalog row, and whether their row ranges are disjoint
+    (each row group then merges on its own). Ray writes one row group per block, but not always in catalog order,
+    and may write every block of a catalog into one shard; a row group is one block. The ranges come from the
+    row groups' statistics where they have them, else from reading the row column of that group."""
     spans = []
     for shard in shards:
-        low = high = previous = None
-        ordered = True
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=CHUNK_ROWS, columns=[ROW]):
-            rows = batch.column(0).to_numpy()
-            if not len(rows):
+        meta = pq.ParquetFile(shard)
+        column = meta.schema_arrow.get_field_index(ROW)
+        for group in range(meta.metadata.num_row_groups):
+            stats = meta.metadata.row_group(group).column(column).statistics
+            if meta.metadata.row_group(group).num_rows == 0:
                 continue
-            ordered = ordered and bool((np.diff(rows) > 0).all()) and (previous is None or rows[0] > previous)
-            previous = int(rows[-1])
-            low = int(rows.min()) if low is None else min(low, int(rows.min()))
-            high = int(rows.max()) if high is None else max(high, int(rows.max()))
-        if low is not None and high is not None:
-            spans.append((low, high, shard, ordered))
+            if stats is not None and stats.has_min_max:
+                low, high = int(stats.min), int(stats.max)
+            else:
+                rows = meta.read_row_group(group, columns=[ROW]).column(0).to_numpy()
+                low, high = int(rows.min()), int(rows.max())
+            spans.append((low, high, shard, group))
     spans.sort(key=lambda s: s[0])
     disjoint = all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))
     return [(s[2], s[3]) for s in spans], disjoint
 
 
 def _tables_in_order(shards: list[Path]) -> Iterator[pa.Table]:
-    """The shards' rows in catalog order, a batch of at most ``CHUNK_ROWS`` rows at a time where the shards allow:
-    Ray may write every block into one file, so a shard is as large as the catalog and is never read whole unless
-    its rows are out of order."""
-    ordered, disjoint = _shard_order(shards)
+    """The shards' rows in catalog order, about ``CHUNK_ROWS`` rows at a time: one row group is read at a time,
+    so memory holds a batch, not the catalog (unless row groups overlap, which Ray does not write)."""
+    groups, disjoint = _row_groups(shards)
     if not disjoint:
         log.debug("prediction shards overlap in catalog order; merging them in memory")
-        yield pa.concat_tables([pq.read_table(s) for s, _ in ordered]).sort_by(ROW)
+        yield pa.concat_tables([pq.read_table(s) for s in sorted({s for s, _ in groups})]).sort_by(ROW)
         return
-    for shard, in_order in ordered:
-        if not in_order:
-            log.debug("prediction shard %s is not in catalog order; sorting it in memory", shard.name)
-            yield pq.read_table(shard).sort_by(ROW)
-            continue
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=CHUNK_ROWS):
-            yield pa.Table.from_batches([batch])
+    files: dict[Path, pq.ParquetFile] = {}
+    batch: list[pa.Table] = []
+    for shard, group in groups:
+        reader = files.setdefault(shard, pq.ParquetFile(shard))
+        batch.append(reader.read_row_group(group).sort_by(ROW))
+        if sum(len(t) for t in batch) >= CHUNK_ROWS:
+            yield pa.concat_tables(batch)
+            batch = []
+    if batch:
+        yield pa.concat_tables(batch)
 
 
 def merge_shards(parts: Path, out: Path, n_products: int) -> int:
