@@ -7,6 +7,7 @@ catalogs and a local Ray of two CPUs."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -404,19 +405,19 @@ def test_merge_streams_a_shard_as_large_as_the_catalog(tmp_path: Path, monkeypat
     with pq.ParquetWriter(parts / "a.parquet", pa.Table.from_pandas(frame, preserve_index=False).schema) as writer:
         for rows in ([3, 4, 5], [0, 1, 2], [9, 10, 11], [6, 7, 8]):  # blocks in the order Ray finished them
             writer.write_table(pa.Table.from_pandas(frame.iloc[rows], preserve_index=False))
-    shuffled = frame.iloc[[12]]
-    pq.write_table(pa.Table.from_pandas(shuffled, preserve_index=False), parts / "b.parquet")
+    last = frame.iloc[[12]].assign(level_2=None)  # a shard whose column is all empty: Arrow's null type
+    pq.write_table(pa.Table.from_pandas(last, preserve_index=False), parts / "b.parquet")
     read_whole: list[str] = []
     real_read_table = dist.pq.read_table
     monkeypatch.setattr(dist.pq, "read_table", lambda path, *a, **k: read_whole.append(Path(path).name)
                         or real_read_table(path, *a, **k))
-    monkeypatch.setattr(dist, "CHUNK_ROWS", 4)
-    for name in ("merged.parquet", "merged.csv"):
+    for rows, name in itertools.product((4, 100), ("merged.parquet", "merged.csv")):  # batches within / across shards
+        monkeypatch.setattr(dist, "CHUNK_ROWS", rows)
         out = tmp_path / name
         assert dist.merge_shards(parts, out, 13) == 13
         got = pd.read_parquet(out) if name.endswith(".parquet") else pd.read_csv(out)
         assert list(got["id"]) == [f"p{i}" for i in range(13)]
-        assert list(got["level_2"].isna()) == [True] * 6 + [False] * 7
+        assert list(got["level_2"].isna()) == [True] * 6 + [False] * 6 + [True]
     assert [n for n in read_whole if n != "merged.parquet"] == []
     with pytest.raises(dist.DistributedError, match="run the prediction again"):
         dist.merge_shards(parts, tmp_path / "short.csv", 14)

@@ -361,9 +361,9 @@ def _row_groups(shards: list[Path]) -> tuple[list[tuple[Path, int]], bool]:
         meta = pq.ParquetFile(shard)
         column = meta.schema_arrow.get_field_index(ROW)
         for group in range(meta.metadata.num_row_groups):
-            stats = meta.metadata.row_group(group).column(column).statistics
             if meta.metadata.row_group(group).num_rows == 0:
                 continue
+            stats = meta.metadata.row_group(group).column(column).statistics
             if stats is not None and stats.has_min_max:
                 low, high = int(stats.min), int(stats.max)
             else:
@@ -381,7 +381,8 @@ def _tables_in_order(shards: list[Path]) -> Iterator[pa.Table]:
     groups, disjoint = _row_groups(shards)
     if not disjoint:
         log.debug("prediction shards overlap in catalog order; merging them in memory")
-        yield pa.concat_tables([pq.read_table(s) for s in sorted({s for s, _ in groups})]).sort_by(ROW)
+        tables = [pq.read_table(s) for s in sorted({s for s, _ in groups})]
+        yield pa.concat_tables(tables, promote_options="default").sort_by(ROW)
         return
     files: dict[Path, pq.ParquetFile] = {}
     batch: list[pa.Table] = []
@@ -389,10 +390,22 @@ def _tables_in_order(shards: list[Path]) -> Iterator[pa.Table]:
         reader = files.setdefault(shard, pq.ParquetFile(shard))
         batch.append(reader.read_row_group(group).sort_by(ROW))
         if sum(len(t) for t in batch) >= CHUNK_ROWS:
-            yield pa.concat_tables(batch)
+            yield pa.concat_tables(batch, promote_options="default")  # a column of nulls in one block is typed
             batch = []
     if batch:
-        yield pa.concat_tables(batch)
+        yield pa.concat_tables(batch, promote_options="default")
+
+
+def _output_schema(first: pd.DataFrame, shards: list[Path]) -> pa.Schema:
+    """The merged Parquet file's schema: the one the first batch of predictions gets from pandas (as the local
+    engine's file), where a column that is empty in that batch takes its type from the shards, so every batch is
+    written with one schema."""
+    unified = pa.unify_schemas([pq.read_schema(s) for s in shards], promote_options="default")
+    inferred = pa.Table.from_pandas(first, preserve_index=False).schema
+    return pa.schema([
+        f.with_type(unified.field(f.name).type) if pa.types.is_null(f.type) and f.name in unified.names else f
+        for f in inferred
+    ], metadata=inferred.metadata)
 
 
 def merge_shards(parts: Path, out: Path, n_products: int) -> int:
@@ -413,11 +426,7 @@ def merge_shards(parts: Path, out: Path, n_products: int) -> int:
             expected += len(rows)
             preds = table.drop_columns([ROW]).to_pandas()
             if out.suffix.lower() == ".parquet":
-                if schema is None:
-                    # One schema for every batch: a column that is empty in one batch is typed by the others.
-                    unified = pa.unify_schemas([pq.read_schema(s) for s in shards])
-                    schema = pa.Table.from_pandas(preds.iloc[:0], preserve_index=False).schema
-                    schema = pa.schema([f.with_type(unified.field(f.name).type) for f in schema])
+                schema = schema or _output_schema(preds, shards)
                 chunk = pa.Table.from_pandas(preds, schema=schema, preserve_index=False)
                 writer = writer or pq.ParquetWriter(out, chunk.schema)
                 writer.write_table(chunk)
