@@ -351,23 +351,22 @@ def _blocks(products: pd.DataFrame, columns: Sequence[str], rows_per_block: int)
     return [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)]
 
 
-def _row_groups(shards: list[Path]) -> tuple[list[tuple[Path, int]], bool]:
+def _row_groups(files: dict[Path, pq.ParquetFile]) -> tuple[list[tuple[Path, int]], bool]:
     """Every row group of the shards, sorted by its first catalog row, and whether their row ranges are disjoint
     (each row group then merges on its own). Ray writes one row group per block, but not always in catalog order,
     and may write every block of a catalog into one shard; a row group is one block. The ranges come from the
     row groups' statistics where they have them, else from reading the row column of that group."""
     spans = []
-    for shard in shards:
-        meta = pq.ParquetFile(shard)
-        column = meta.schema_arrow.get_field_index(ROW)
-        for group in range(meta.metadata.num_row_groups):
-            if meta.metadata.row_group(group).num_rows == 0:
+    for shard, reader in files.items():
+        column = reader.schema_arrow.get_field_index(ROW)
+        for group in range(reader.metadata.num_row_groups):
+            if reader.metadata.row_group(group).num_rows == 0:
                 continue
-            stats = meta.metadata.row_group(group).column(column).statistics
+            stats = reader.metadata.row_group(group).column(column).statistics
             if stats is not None and stats.has_min_max:
                 low, high = int(stats.min), int(stats.max)
             else:
-                rows = meta.read_row_group(group, columns=[ROW]).column(0).to_numpy()
+                rows = reader.read_row_group(group, columns=[ROW]).column(0).to_numpy()
                 low, high = int(rows.min()), int(rows.max())
             spans.append((low, high, shard, group))
     spans.sort(key=lambda s: s[0])
@@ -375,32 +374,32 @@ def _row_groups(shards: list[Path]) -> tuple[list[tuple[Path, int]], bool]:
     return [(s[2], s[3]) for s in spans], disjoint
 
 
-def _tables_in_order(shards: list[Path]) -> Iterator[pa.Table]:
+def _tables_in_order(files: dict[Path, pq.ParquetFile]) -> Iterator[pa.Table]:
     """The shards' rows in catalog order, about ``CHUNK_ROWS`` rows at a time: one row group is read at a time,
     so memory holds a batch, not the catalog (unless row groups overlap, which Ray does not write)."""
-    groups, disjoint = _row_groups(shards)
+    groups, disjoint = _row_groups(files)
     if not disjoint:
         log.debug("prediction shards overlap in catalog order; merging them in memory")
         tables = [pq.read_table(s) for s in sorted({s for s, _ in groups})]
         yield pa.concat_tables(tables, promote_options="default").sort_by(ROW)
         return
-    files: dict[Path, pq.ParquetFile] = {}
     batch: list[pa.Table] = []
+    rows = 0
     for shard, group in groups:
-        reader = files.setdefault(shard, pq.ParquetFile(shard))
-        batch.append(reader.read_row_group(group).sort_by(ROW))
-        if sum(len(t) for t in batch) >= CHUNK_ROWS:
+        batch.append(files[shard].read_row_group(group).sort_by(ROW))
+        rows += len(batch[-1])
+        if rows >= CHUNK_ROWS:
             yield pa.concat_tables(batch, promote_options="default")  # a column of nulls in one block is typed
-            batch = []
+            batch, rows = [], 0
     if batch:
         yield pa.concat_tables(batch, promote_options="default")
 
 
-def _output_schema(first: pd.DataFrame, shards: list[Path]) -> pa.Schema:
+def _output_schema(first: pd.DataFrame, files: dict[Path, pq.ParquetFile]) -> pa.Schema:
     """The merged Parquet file's schema: the one the first batch of predictions gets from pandas (as the local
     engine's file), where a column that is empty in that batch takes its type from the shards, so every batch is
     written with one schema."""
-    unified = pa.unify_schemas([pq.read_schema(s) for s in shards], promote_options="default")
+    unified = pa.unify_schemas([f.schema_arrow for f in files.values()], promote_options="default")
     inferred = pa.Table.from_pandas(first, preserve_index=False).schema
     return pa.schema([
         f.with_type(unified.field(f.name).type) if pa.types.is_null(f.type) and f.name in unified.names else f
@@ -414,19 +413,20 @@ def merge_shards(parts: Path, out: Path, n_products: int) -> int:
     Memory holds one batch of rows, not the catalog."""
     shards = sorted(p for p in parts.iterdir() if p.name.endswith(SHARD_SUFFIX))
     out.parent.mkdir(parents=True, exist_ok=True)
+    files = {shard: pq.ParquetFile(shard) for shard in shards}  # each opened once: footer, row groups, schema
     writer = None
     schema = None
     n = 0
     expected = 0
     try:
-        for table in _tables_in_order(shards):
+        for table in _tables_in_order(files):
             rows = table.column(ROW).to_numpy()
             if not np.array_equal(rows, np.arange(expected, expected + len(rows))):
                 raise DistributedError(f"the prediction shards in {parts} do not hold each catalog row once")
             expected += len(rows)
             preds = table.drop_columns([ROW]).to_pandas()
             if out.suffix.lower() == ".parquet":
-                schema = schema or _output_schema(preds, shards)
+                schema = schema or _output_schema(preds, files)
                 chunk = pa.Table.from_pandas(preds, schema=schema, preserve_index=False)
                 writer = writer or pq.ParquetWriter(out, chunk.schema)
                 writer.write_table(chunk)
@@ -436,6 +436,8 @@ def merge_shards(parts: Path, out: Path, n_products: int) -> int:
     finally:
         if writer is not None:
             writer.close()
+        for reader in files.values():
+            reader.close()
     if n != n_products:
         raise DistributedError(f"{n} predictions in {parts} for {n_products} products; run the prediction again")
     return n

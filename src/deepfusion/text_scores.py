@@ -158,4 +158,3 @@ def fit_title_image_model(
     model._coef_t = None
     del model.oof_scores_  # in-sample scores of the projected model: not for anyone to use
     return model
-
