@@ -100,6 +100,10 @@ def test_text_helpers_clean_and_balance() -> None:
     assert parse_number("£1,299.99") == pytest.approx(1299.99)
     assert parse_number("$ 12") == 12
     assert pd.isna(parse_number("twelve")) and pd.isna(parse_number(""))
+    # A unit after the number: one scale per family, so a column mixing pounds and ounces compares as it should.
+    assert parse_number("1 pound") == pytest.approx(16 * parse_number("1 oz"))
+    assert parse_number("2.5 kg") == pytest.approx(2500) and parse_number("12 inches") == pytest.approx(30.48)
+    assert pd.isna(parse_number("5 new")) and pd.isna(parse_number("3 x 4 inches"))
 
 
 @pytest.mark.parametrize("name", ["products.csv", "products.tsv", "products.parquet", "products.jsonl"])
@@ -134,6 +138,14 @@ def test_schema_inference_and_errors(tmp_path: Path) -> None:
     assert moved.text == ("title", "brand") and moved.categorical == ()
     with pytest.raises(SchemaError, match="brand"):
         inferred.with_roles(text=("title", "brand"), categorical=("brand",))
+    # A weight written with its unit is a number (pounds and ounces on one scale), not a category of strings; a
+    # count followed by another word stays a string.
+    rng = np.random.default_rng(0)
+    pounds = rng.uniform(1, 9, len(table))
+    weights = [f"{w:.1f} pounds" if i % 2 else f"{16 * w:.1f} ounces" for i, w in enumerate(pounds)]
+    stock = [f"{i % 7} new" for i in range(len(table))]
+    with_units = infer_schema(table.assign(shipping_weight=weights, stock=stock), label="category_path")
+    assert "shipping_weight" in with_units.numeric and "stock" in with_units.categorical
     path = write_table(table, tmp_path / "p.csv")
     with pytest.raises(Exception, match="nope"):
         load_catalog(path, label="nope", progress=False)
@@ -279,7 +291,7 @@ def test_service_and_export_follow_the_schema(tmp_path: Path) -> None:
     # The lean runtime's copies of the text and number rules agree with the package's.
     for values in (["<b>Soft</b>&nbsp;toy", " ".join(["w"] * 80)], [None, "x\ufffd"], ["", ""]):
         assert lean_combine(values) == combine_text(values)
-    for value in ("£1,299.99", "$ 12", "twelve", "", None, 3.5, "1,2"):
+    for value in ("£1,299.99", "$ 12", "twelve", "", None, 3.5, "1,2", "10.7 pounds", "4.8 Ounces", "5 new"):
         assert (pd.isna(lean_number(value)) and pd.isna(parse_number(value))) or lean_number(value) == parse_number(
             value)
 

@@ -197,8 +197,8 @@ CategoricalOpt = Annotated[
 ]
 NumericOpt = Annotated[
     str | None,
-    typer.Option("--numeric", callback=_columns, help="Number columns such as price or year (currency signs are fine), "
-                 "comma-separated [default: inferred]."),
+    typer.Option("--numeric", callback=_columns, help="Number columns such as price, weight or year (currency signs "
+                 "and units such as 4.8 ounces are fine), comma-separated [default: inferred]."),
 ]
 ImageOpt = Annotated[
     str | None,

@@ -130,7 +130,27 @@ def field_number(value: object) -> float:
 EXTRA_TEXT_WORDS = 48
 _TAG = re.compile(r"<[^>]{0,500}>")
 _SPACE = re.compile(r"\s+")
-_CATALOG_NUMBER = re.compile(r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*$")
+_CATALOG_NUMBER = re.compile(
+    r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*(?:([a-z]+)\.?)?\s*$", re.IGNORECASE
+)
+# A unit after the number ("10.7 pounds", "12.8 oz", "30 cm"): the number in that family's base unit (grams,
+# centimetres, millilitres), so a column that mixes pounds and ounces reads as one scale. Any other word after the
+# number ("5 new") leaves the value a string.
+_UNITS = {
+    **dict.fromkeys(("g", "gr", "gram", "grams"), 1.0),
+    **dict.fromkeys(("kg", "kgs", "kilo", "kilos", "kilogram", "kilograms"), 1000.0),
+    **dict.fromkeys(("mg", "milligram", "milligrams"), 0.001),
+    **dict.fromkeys(("lb", "lbs", "pound", "pounds"), 453.59237),
+    **dict.fromkeys(("oz", "ounce", "ounces"), 28.349523125),
+    **dict.fromkeys(("mm", "millimetre", "millimetres", "millimeter", "millimeters"), 0.1),
+    **dict.fromkeys(("cm", "centimetre", "centimetres", "centimeter", "centimeters"), 1.0),
+    **dict.fromkeys(("m", "metre", "metres", "meter", "meters"), 100.0),
+    **dict.fromkeys(("in", "inch", "inches"), 2.54),
+    **dict.fromkeys(("ft", "foot", "feet"), 30.48),
+    **dict.fromkeys(("ml", "millilitre", "millilitres", "milliliter", "milliliters"), 1.0),
+    **dict.fromkeys(("l", "litre", "litres", "liter", "liters"), 1000.0),
+}
+
 
 
 def clean_text(value: object) -> str:
@@ -161,7 +181,10 @@ def parse_number(value: object) -> float:
     match = _CATALOG_NUMBER.match(str(value).strip())
     if not match or not any(ch.isdigit() for ch in match.group(1)):
         return math.nan
-    number = float(match.group(1).replace(",", ""))
+    unit = match.group(2)
+    if unit is not None and unit.lower() not in _UNITS:
+        return math.nan
+    number = float(match.group(1).replace(",", "")) * (_UNITS[unit.lower()] if unit else 1.0)
     return number if math.isfinite(number) else math.nan
 
 

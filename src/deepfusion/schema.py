@@ -48,8 +48,28 @@ EXTRA_TEXT_WORDS = 48
 _TAG = re.compile(r"<[^>]{0,500}>")
 _SPACE = re.compile(r"\s+")
 # A number as exports write them: an optional currency sign or code before it, thousands separators, a decimal
-# point ("£3.42", "$1,299.00", "12", "-0.5").
-_NUMBER = re.compile(r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*$")
+# point, an optional unit after it ("£3.42", "$1,299.00", "12", "-0.5", "10.7 pounds").
+_NUMBER = re.compile(
+    r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*(?:([a-z]+)\.?)?\s*$", re.IGNORECASE
+)
+# A unit after the number ("10.7 pounds", "12.8 oz", "30 cm"): the number in that family's base unit (grams,
+# centimetres, millilitres), so a column that mixes pounds and ounces reads as one scale. Any other word after the
+# number ("5 new") leaves the value a string.
+_UNITS = {
+    **dict.fromkeys(("g", "gr", "gram", "grams"), 1.0),
+    **dict.fromkeys(("kg", "kgs", "kilo", "kilos", "kilogram", "kilograms"), 1000.0),
+    **dict.fromkeys(("mg", "milligram", "milligrams"), 0.001),
+    **dict.fromkeys(("lb", "lbs", "pound", "pounds"), 453.59237),
+    **dict.fromkeys(("oz", "ounce", "ounces"), 28.349523125),
+    **dict.fromkeys(("mm", "millimetre", "millimetres", "millimeter", "millimeters"), 0.1),
+    **dict.fromkeys(("cm", "centimetre", "centimetres", "centimeter", "centimeters"), 1.0),
+    **dict.fromkeys(("m", "metre", "metres", "meter", "meters"), 100.0),
+    **dict.fromkeys(("in", "inch", "inches"), 2.54),
+    **dict.fromkeys(("ft", "foot", "feet"), 30.48),
+    **dict.fromkeys(("ml", "millilitre", "millilitres", "milliliter", "milliliters"), 1.0),
+    **dict.fromkeys(("l", "litre", "litres", "liter", "liters"), 1000.0),
+}
+
 _ID_NAMES = {"id", "sku", "uniqid", "productid", "itemid", "asin", "articleid", "styleid", "productcode"}
 _IMAGE_WORDS = ("image", "img", "photo", "picture")
 _IMAGE_VALUE = re.compile(r"(?:^https?://)|(?:\.(?:jpe?g|png|webp|gif|bmp)(?:\?.*)?$)", re.IGNORECASE)
@@ -271,7 +291,8 @@ def combine_text(values: Sequence[object], extra_words: int = EXTRA_TEXT_WORDS) 
 
 
 def parse_number(value: object) -> float:
-    """A number as catalogs write one ("£3.42", "1,299", "12"); NaN when missing or not a number."""
+    """A number as catalogs write one ("£3.42", "1,299", "12", "4.8 ounces": 136.08 grams, see ``_UNITS``); NaN when
+    missing or not a number."""
     if value is None:
         return math.nan
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -280,7 +301,10 @@ def parse_number(value: object) -> float:
     match = _NUMBER.match(str(value).strip())
     if not match or not any(ch.isdigit() for ch in match.group(1)):
         return math.nan
-    number = float(match.group(1).replace(",", ""))
+    unit = match.group(2)
+    if unit is not None and unit.lower() not in _UNITS:
+        return math.nan
+    number = float(match.group(1).replace(",", "")) * (_UNITS[unit.lower()] if unit else 1.0)
     return number if math.isfinite(number) else math.nan
 
 
