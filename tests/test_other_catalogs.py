@@ -77,6 +77,8 @@ def test_us_catalog_with_long_text_and_unreachable_image_links(tmp_path: Path) -
     schema = json.loads((out / "schema.json").read_text())
     assert schema["id"] == "Uniq Id" and schema["text"][0] == "Product Name"
     assert schema["image"] == "Image"
+    # "10.7 pounds", "12.8 ounces": a number on one scale, not a category of a few hundred strings.
+    assert "Shipping Weight" in schema["numeric"] and "Selling Price" in schema["numeric"]
     config = json.loads((out / "fusion" / "config.json").read_text())
     assert "image" not in config["config"]["modalities"]  # no link can be reached here: the model reads the text
     preds_path = tmp_path / "preds.csv"
