@@ -4,6 +4,7 @@
     python benchmarks/run.py --sections metadata  # one part only
     python benchmarks/run.py --sections finetune --finetune-configs 2x3,4x6  # opt-in: backbone fine-tuning
     python benchmarks/run.py --sections refit --refit-splits 42,7,11,19,23  # opt-in: fusion with --refit
+    python benchmarks/run.py --sections missing_inputs --missing-splits 42,7,11  # empty fields, three splits
     python benchmarks/run.py --sections scaling                             # opt-in: cost growth to 400k, Ray
     python benchmarks/run.py --sections scaling_memory                      # opt-in: flat predict, fit B/product
     python benchmarks/run.py --sections serving --serve-model RUN/fusion    # opt-in: server latency, throughput
@@ -49,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reuse-refit", action="store_true",
                         help="refit section: reuse models already trained under OUT/refit/")
     parser.add_argument("--reuse-missing", action="store_true",
-                        help="missing_inputs section: reuse OUT/missing/fusion if trained")
+                        help="missing_inputs section: reuse OUT/missing/fusion and OUT/missing/seedN/fusion if trained")
+    parser.add_argument("--missing-splits", default="42",
+                        help="missing_inputs section: split seeds (42: the quick start's split)")
     parser.add_argument("--serve-model", type=Path, default=None, help="serving section: the model folder served")
     parser.add_argument("--scaling-workdir", type=Path, default=None,
                         help="scaling section: keep its catalogs and caches here")
@@ -67,6 +70,7 @@ def section_options(args: argparse.Namespace) -> dict:
         "refit_splits": [int(x) for x in args.refit_splits.split(",")],
         "reuse_refit": args.reuse_refit,
         "reuse_missing": args.reuse_missing,
+        "missing_splits": [int(x) for x in args.missing_splits.split(",")],
         "serve_model": args.serve_model,
         "scaling_workdir": args.scaling_workdir,
         "links_n": args.links_n,

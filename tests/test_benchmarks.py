@@ -63,6 +63,31 @@ def test_render_takes_the_latest_file_of_each_section(tmp_path: Path) -> None:
     assert "| toys | 1 | 5 | 100 | 90.00% / 0.500 |" in page and "10.00%" not in page
     assert "| us | 1 | 5 | 100 | 80.00% / 0.500 |" in page
     assert "## Serving" not in page  # never measured: no section
+    assert "## Missing inputs on other splits" not in page
+
+
+def test_render_missing_inputs_on_several_splits(tmp_path: Path) -> None:
+    def ablation(title_image: float, random: float) -> list[dict]:
+        row = {"macro_f1": 0.9}
+        return [
+            {**row, "modalities": ["title", "image"], "withheld": ["metadata"], "accuracy": title_image,
+             "baseline_accuracy": 0.97},
+            {**row, "modalities": ["metadata", "title", "image"], "withheld": ["each metadata field with chance 0.3"],
+             "accuracy": random, "baseline_accuracy": None},
+        ]
+    splits = [{"split_seed": 42, "ablation": ablation(0.9727, 0.9785), "fusion_trained": "2026-12-05"},
+              {"split_seed": 7, "ablation": ablation(0.9801, 0.9833), "fusion_trained": "2026-12-05"}]
+    _write(tmp_path, "2026-12-05T0900-aaaaaaa-missing_inputs.json", models={}, **splits[0], splits=splits)
+    out = tmp_path / "RESULTS.md"
+
+    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "| title + image | metadata | 97.27% |" in page  # the first split's table, as before
+    assert "| inputs | emptied | split 42 | split 7 |" in page
+    assert "| title + image | metadata | 97.27% (97.00%) | 98.01% (97.00%) |" in page
+    assert "| metadata + title + image | each metadata field with chance 0.3 | 97.85% | 98.33% |" in page
 
 
 def test_results_md_is_rendered_from_the_results_files(tmp_path: Path) -> None:
