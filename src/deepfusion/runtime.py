@@ -152,7 +152,6 @@ _UNITS = {
 }
 
 
-
 def clean_text(value: object) -> str:
     if _is_missing(value):
         return ""
