@@ -39,15 +39,11 @@ def _missing_inputs_by_split(splits: list[dict]) -> str:
     """The same rows on several leakage-safe splits (``--missing-splits``), fusion (baseline) per split; "" for one."""
     if len(splits) < 2:
         return ""
-    first = splits[0]["ablation"]
     rows = []
-    for i, r in enumerate(first):
-        cells = []
-        for split in splits:
-            row = split["ablation"][i]
-            baseline = row["baseline_accuracy"]
-            cells.append(pct(row["accuracy"]) + (f" ({pct(baseline)})" if baseline is not None else ""))
-        rows.append([" + ".join(r["modalities"]), ", ".join(r["withheld"]) or "nothing", *cells])
+    for same in zip(*(s["ablation"] for s in splits), strict=True):  # one ablation row, as measured on each split
+        cells = [pct(r["accuracy"]) + (f" ({pct(r['baseline_accuracy'])})" if r["baseline_accuracy"] is not None
+                                       else "") for r in same]
+        rows.append([" + ".join(same[0]["modalities"]), ", ".join(same[0]["withheld"]) or "nothing", *cells])
     return md_table(
         "Missing inputs on other splits",
         "The same rows for the default fusion model trained on other leakage-safe splits (split seed; 42 is the table "

@@ -360,9 +360,10 @@ def _row_groups(files: dict[Path, pq.ParquetFile]) -> tuple[list[tuple[Path, int
     for shard, reader in files.items():
         column = reader.schema_arrow.get_field_index(ROW)
         for group in range(reader.metadata.num_row_groups):
-            if reader.metadata.row_group(group).num_rows == 0:
+            meta = reader.metadata.row_group(group)
+            if meta.num_rows == 0:
                 continue
-            stats = reader.metadata.row_group(group).column(column).statistics
+            stats = meta.column(column).statistics
             if stats is not None and stats.has_min_max:
                 low, high = int(stats.min), int(stats.max)
             else:
@@ -380,8 +381,7 @@ def _tables_in_order(files: dict[Path, pq.ParquetFile]) -> Iterator[pa.Table]:
     groups, disjoint = _row_groups(files)
     if not disjoint:
         log.debug("prediction shards overlap in catalog order; merging them in memory")
-        tables = [pq.read_table(s) for s in sorted({s for s, _ in groups})]
-        yield pa.concat_tables(tables, promote_options="default").sort_by(ROW)
+        yield pa.concat_tables([f.read() for f in files.values()], promote_options="default").sort_by(ROW)
         return
     batch: list[pa.Table] = []
     rows = 0
@@ -426,7 +426,8 @@ def merge_shards(parts: Path, out: Path, n_products: int) -> int:
             expected += len(rows)
             preds = table.drop_columns([ROW]).to_pandas()
             if out.suffix.lower() == ".parquet":
-                schema = schema or _output_schema(preds, files)
+                if schema is None:
+                    schema = _output_schema(preds, files)
                 chunk = pa.Table.from_pandas(preds, schema=schema, preserve_index=False)
                 writer = writer or pq.ParquetWriter(out, chunk.schema)
                 writer.write_table(chunk)

@@ -180,10 +180,10 @@ def parse_number(value: object) -> float:
     match = _CATALOG_NUMBER.match(str(value).strip())
     if not match or not any(ch.isdigit() for ch in match.group(1)):
         return math.nan
-    unit = match.group(2)
-    if unit is not None and unit.lower() not in _UNITS:
+    unit = (match.group(2) or "").lower()
+    if unit and unit not in _UNITS:
         return math.nan
-    number = float(match.group(1).replace(",", "")) * (_UNITS[unit.lower()] if unit else 1.0)
+    number = float(match.group(1).replace(",", "")) * _UNITS.get(unit, 1.0)
     return number if math.isfinite(number) else math.nan
 
 
