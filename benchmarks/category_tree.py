@@ -19,8 +19,8 @@ Catalogs:
   SVMs' inputs) and "fusion" (the product's photo as well: DeepFusion's fusion model; the photos are embedded once
   into the embedding cache, a few minutes on 2 cores the first time). ``--variants`` picks them.
 
-The title fallback and no-metadata networks of the tree model are turned off: they answer only for products
-without a title or without any attribute, which the test products here all have, and they triple the fit time.
+The title fallback network and the no-metadata route of the tree model are turned off: they answer only for
+products without a title or without any attribute, which the test products here all have, and they add fit time.
 
 Usage: ``PYTHONPATH=src python benchmarks/category_tree.py [--sections amazon,fashion] [--variants text,fusion]
 [--preset regularized] [--min-class-size N] [--no-flat] [--results FILE]`` prints a markdown table and writes

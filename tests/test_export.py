@@ -301,8 +301,13 @@ def test_export_folder_is_self_contained(image_model: tuple[Path, Path]) -> None
     no_metadata = manifest["networks"]["no_metadata"]
     assert no_metadata["file"] == "no_metadata.onnx" and no_metadata["modalities"] == ["title", "image"]
     assert no_metadata["temperature"] == 1.0  # the mix's weights hold the calibration (mixing.py)
-    assert len(config["no_metadata"]["mix_weights"]) == 2 and "image_expert" in config["no_metadata"]
-    assert no_metadata["inputs"] == ["title_indices", "title_values", "image", "present_title", "present_image"]
+    # The route is linear (no network, no image expert): only the text term has weight.
+    saved = config["no_metadata"]
+    assert "input_dims" not in saved and "image_expert" not in saved and "title_image_scores" in saved
+    weights = np.array(saved["mix_weights"])
+    assert weights.shape == (2, 3) and not weights[:, [0, 2]].any() and (weights[:, 1] > 0).all()
+    # The linear models never read the title's mask, so the graph does not take it.
+    assert no_metadata["inputs"] == ["title_indices", "title_values", "image", "present_image"]
     assert no_metadata["text_scores"] == "title" and manifest["networks"]["main"]["text_scores"] == "title+metadata"
     assert manifest["image"]["size"] == list(SMALL) and manifest["image"]["file"] == "backbone.onnx"
     assert manifest["fields"]["categorical"] == CATEGORICAL

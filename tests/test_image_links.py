@@ -183,7 +183,10 @@ def test_is_url_and_policy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fetcher_faults_each_get_their_reason(server: ImageServer, tmp_path: Path) -> None:
-    options = LinkOptions(cache_dir=tmp_path / "cache", max_bytes=100_000, max_redirects=3, max_pixels=50_000, **FAST)
+    # A connect timeout above FAST's: on a loaded machine the local server's accept can take over 0.5 s, and this
+    # test is about each fault's reason, not about connect timeouts.
+    options = LinkOptions(cache_dir=tmp_path / "cache", max_bytes=100_000, max_redirects=3, max_pixels=50_000,
+                          **{**FAST, "connect_timeout": 3.0, "total_timeout": 5.0})
     cases = {
         "/img/a.png": (FETCHED, ""),
         "/missing.jpg": (BROKEN, "HTTP 404"),

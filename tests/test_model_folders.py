@@ -25,16 +25,27 @@ REMEDIES = ("train the model again", "Train the model again", "restore the folde
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fusion model (metadata + title + image, stacked text scores, no-title fallback, no-metadata network with
-    its title-only SVM) on the tiny catalog, so every file a model folder can have is there."""
+    """A fusion model (metadata + title + image, stacked text scores, no-title fallback, the no-metadata route's
+    title-only and title + image linear models) on the tiny catalog, so every file this version writes is there."""
     root = tmp_path_factory.mktemp("model_folders")
     frame = load_catalog(make_catalog(root / "catalog", messy=False), progress=False).products
     predictor = Predictor(["metadata", "title", "image"], preset="small", image_size=SMALL, progress=False,
                           cache_dir=root / "cache")
     predictor.fit(frame.iloc[::2], frame.iloc[1::2])
     model = predictor.save(root / "model")
-    assert (model / "no_metadata.safetensors").is_file() and (model / "title_scores.safetensors").is_file()
-    assert (model / "image_expert.safetensors").is_file()
+    assert (model / "title_scores.safetensors").is_file() and (model / "title_image_scores.safetensors").is_file()
+    assert not (model / "no_metadata.safetensors").exists() and not (model / "image_expert.safetensors").exists()
+    return model
+
+
+@pytest.fixture(scope="module")
+def older_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose no-metadata route has a network and an image expert, as models saved by earlier versions have
+    (the format-1 fixture, loaded and saved again in this version's format)."""
+    root = tmp_path_factory.mktemp("older_model")
+    fixture = Path(__file__).parent / "data" / "format1" / "fusion"
+    model = Predictor.load(fixture, cache_dir=root / "cache", progress=False).save(root / "model")
+    assert (model / "no_metadata.safetensors").is_file() and (model / "image_expert.safetensors").is_file()
     return model
 
 
@@ -42,6 +53,13 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def folder(saved_model: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "model"
     shutil.copytree(saved_model, copy)
+    return copy
+
+
+@pytest.fixture
+def older_folder(older_model: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "older"
+    shutil.copytree(older_model, copy)
     return copy
 
 
@@ -217,38 +235,14 @@ VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
     ("no_metadata not an object", _config(lambda c: c.update(no_metadata=[])), ["'no_metadata'", "JSON object"]),
     ("no_metadata modalities", _no_metadata(lambda n: n.update(modalities=["metadata", "title"])),
      ["no_metadata.modalities", "other than the metadata"]),
-    ("no_metadata temperature zero", _no_metadata(lambda n: n.update(temperature=0)),
-     ["no_metadata.temperature", "positive finite", "got 0"]),
-    ("no_metadata temperature NaN", _no_metadata(lambda n: n.update(temperature=float("nan"))),
-     ["no_metadata.temperature", "got NaN"]),
-    ("no_metadata temperature missing", _no_metadata(lambda n: n.pop("temperature")),
-     ["'no_metadata'", "no 'temperature'"]),
-    ("no_metadata input dim title", _no_metadata(lambda n: n["input_dims"].update(title=n["input_dims"]["title"] + 1)),
-     ["no_metadata.input_dims.title", "title encoder"]),
-    ("no_metadata input dim text scores", _no_metadata(lambda n: n["input_dims"].update(text_scores=3)),
-     ["no_metadata.input_dims.text_scores is 3", "4 labels"]),
-    ("no_metadata reads metadata", _no_metadata(lambda n: n["input_dims"].update(metadata=5)),
-     ["no_metadata.input_dims lists the inputs"]),
-    ("no_metadata weights missing", lambda f: (f / "no_metadata.safetensors").unlink(),
-     ["no_metadata.safetensors", "missing"]),
-    ("no_metadata weights truncated", _truncate("no_metadata.safetensors"), ["no_metadata.safetensors", "truncated"]),
-    ("no_metadata weights of another network",
-     lambda f: (f / "no_metadata.safetensors").write_bytes((f / "model.safetensors").read_bytes()),
-     ["no_metadata.safetensors", "encoders.metadata", "does not describe"]),
-    ("no_metadata weights NaN", _tensors("no_metadata.safetensors", _nan_weight), ["no_metadata.safetensors", "NaN"]),
     ("mix weights not 2x3", _no_metadata(lambda n: n.update(mix_weights=[[1.0, 0.0]])),
      ["no_metadata.mix_weights", "2 rows of 3"]),
     ("mix weight NaN", _no_metadata(lambda n: n["mix_weights"][1].__setitem__(2, float("nan"))),
      ["no_metadata.mix_weights", "finite"]),
-    ("image expert weights missing", lambda f: (f / "image_expert.safetensors").unlink(),
-     ["image_expert.safetensors", "missing"]),
-    ("image expert weights of another network",
-     lambda f: (f / "image_expert.safetensors").write_bytes((f / "no_metadata.safetensors").read_bytes()),
-     ["image_expert.safetensors", "does not describe"]),
-    ("image expert temperature zero", _no_metadata(lambda n: n["image_expert"].update(temperature=0)),
-     ["no_metadata.image_expert.temperature"]),
-    ("image expert input dim", _no_metadata(lambda n: n["image_expert"]["input_dims"].update(image=7)),
-     ["no_metadata.image_expert.input_dims.image"]),
+    ("mix weighs a network it lacks", _no_metadata(lambda n: n["mix_weights"][0].__setitem__(0, 1.0)),
+     ["no_metadata.mix_weights weigh a network"]),
+    ("mix weighs an image expert it lacks", _no_metadata(lambda n: n["mix_weights"][1].__setitem__(2, 0.5)),
+     ["no_metadata.mix_weights weigh an image expert"]),
     ("title scores missing", lambda f: (f / "title_scores.safetensors").unlink(),
      ["title_scores.safetensors", "missing", "title-only"]),
     ("title scores truncated", _truncate("title_scores.safetensors"), ["title_scores.safetensors", "truncated"]),
@@ -274,6 +268,39 @@ VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
 ]
 
 
+# The network and image expert of an older model's no-metadata route (id, tampering, words).
+OLDER_VARIANTS: list[tuple[str, Callable[[Path], None], list[str]]] = [
+    ("no_metadata temperature zero", _no_metadata(lambda n: n.update(temperature=0)),
+     ["no_metadata.temperature", "positive finite", "got 0"]),
+    ("no_metadata temperature NaN", _no_metadata(lambda n: n.update(temperature=float("nan"))),
+     ["no_metadata.temperature", "got NaN"]),
+    ("no_metadata temperature missing", _no_metadata(lambda n: n.pop("temperature")),
+     ["'no_metadata'", "no 'temperature'"]),
+    ("no_metadata input dim title", _no_metadata(lambda n: n["input_dims"].update(title=n["input_dims"]["title"] + 1)),
+     ["no_metadata.input_dims.title", "title encoder"]),
+    ("no_metadata input dim text scores", _no_metadata(lambda n: n["input_dims"].update(text_scores=3)),
+     ["no_metadata.input_dims.text_scores is 3", "4 labels"]),
+    ("no_metadata reads metadata", _no_metadata(lambda n: n["input_dims"].update(metadata=5)),
+     ["no_metadata.input_dims lists the inputs"]),
+    ("no_metadata weights missing", lambda f: (f / "no_metadata.safetensors").unlink(),
+     ["no_metadata.safetensors", "missing"]),
+    ("no_metadata weights truncated", _truncate("no_metadata.safetensors"), ["no_metadata.safetensors", "truncated"]),
+    ("no_metadata weights of another network",
+     lambda f: (f / "no_metadata.safetensors").write_bytes((f / "model.safetensors").read_bytes()),
+     ["no_metadata.safetensors", "encoders.metadata", "does not describe"]),
+    ("no_metadata weights NaN", _tensors("no_metadata.safetensors", _nan_weight), ["no_metadata.safetensors", "NaN"]),
+    ("image expert weights missing", lambda f: (f / "image_expert.safetensors").unlink(),
+     ["image_expert.safetensors", "missing"]),
+    ("image expert weights of another network",
+     lambda f: (f / "image_expert.safetensors").write_bytes((f / "no_metadata.safetensors").read_bytes()),
+     ["image_expert.safetensors", "does not describe"]),
+    ("image expert temperature zero", _no_metadata(lambda n: n["image_expert"].update(temperature=0)),
+     ["no_metadata.image_expert.temperature"]),
+    ("image expert input dim", _no_metadata(lambda n: n["image_expert"]["input_dims"].update(image=7)),
+     ["no_metadata.image_expert.input_dims.image"]),
+]
+
+
 @pytest.mark.parametrize("tamper,words", [v[1:] for v in VARIANTS], ids=[v[0] for v in VARIANTS])
 def test_tampered_folder_is_refused_with_a_helpful_message(folder: Path, tamper: Callable[[Path], None],
                                                            words: list[str]) -> None:
@@ -286,6 +313,13 @@ def test_tampered_folder_is_refused_with_a_helpful_message(folder: Path, tamper:
         assert word in message, message
     assert any(remedy in message for remedy in REMEDIES), message  # says what to do
     assert "Traceback" not in message and len(message) < 600, message
+
+
+@pytest.mark.parametrize("tamper,words", [v[1:] for v in OLDER_VARIANTS], ids=[v[0] for v in OLDER_VARIANTS])
+def test_tampered_older_route_is_refused_with_a_helpful_message(older_folder: Path, tamper: Callable[[Path], None],
+                                                                words: list[str]) -> None:
+    validate_model_folder(older_folder)  # intact, it passes
+    test_tampered_folder_is_refused_with_a_helpful_message(older_folder, tamper, words)
 
 
 def _fallback_as_main(folder: Path) -> None:
@@ -306,8 +340,8 @@ def test_label_count_mismatch_names_the_labels(saved_model: Path, tmp_path: Path
     folder = tmp_path / "model"
     shutil.copytree(saved_model, folder)
     _fallback_as_main(folder)
-    # The no-metadata network scores titled products: a metadata + image model cannot have one.
-    with pytest.raises(ModelLoadError, match=r"'no_metadata' describes the network for titled products"):
+    # The no-metadata route scores titled products: a metadata + image model cannot have one.
+    with pytest.raises(ModelLoadError, match=r"'no_metadata' describes the route for titled products"):
         validate_model_folder(folder)
     _config(lambda c: c.pop("no_metadata"))(folder)
     config, prep = validate_model_folder(folder)  # now a valid metadata + image model

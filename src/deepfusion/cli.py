@@ -554,8 +554,8 @@ MetadataFallbackOpt = Annotated[
     bool,
     typer.Option(
         "--metadata-fallback/--no-metadata-fallback",
-        help="Also train a network on the title (and image) alone, which answers for products that have a "
-        "title but no attributes.",
+        help="Also fit linear models on the title (a title-only SVM, and a title + image SVM when the model "
+        "reads images), which answer for products that have a title but no attributes.",
     ),
 ]
 

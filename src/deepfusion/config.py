@@ -156,7 +156,7 @@ class ModelConfig:
     tree: TreeConfig = field(default_factory=TreeConfig)
     stacking: bool = True  # a linear SVM's class scores on title + metadata as one more network input
     title_fallback: bool = True  # a second network for products without a title
-    metadata_fallback: bool = True  # a third one (with a title-only SVM and an image expert) for no attributes
+    metadata_fallback: bool = True  # linear models (title SVM, title + image SVM) for products without attributes
     refit: bool = False  # after early stopping and calibration, train again on train + validation
     field_blanking: float = 0.5  # blanked training copies per product (missing.py); 0 turns them off
     review_precision: float = 0.98  # needs_review below the confidence validation products were right this often
@@ -181,7 +181,7 @@ class ModelConfig:
 
     @property
     def no_metadata_modalities(self) -> tuple[str, ...]:
-        """The no-metadata network's inputs."""
+        """The no-metadata route's inputs."""
         return tuple(m for m in self.modalities if m != "metadata")
 
     @property

@@ -12,8 +12,9 @@ onnxruntime, numpy and Pillow to predict (``deepfusion.runtime``). It holds:
   touches, not products with the whole (vocabulary x width) weight matrices. The stacked SVM's scores are
   computed inside the graph, so its inputs are only the modalities and one ``present_<modality>`` mask each.
 * ``fallback.onnx``: the no-title network (when the model has one), fed the same way without the title.
-* ``no_metadata.onnx``: the network for products with a title but no attribute at all (when the model has one):
-  the title, the image if the model has one, and its own title-only SVM folded in as the main graph's SVM is.
+* ``no_metadata.onnx``: the route for products with a title but no attribute at all (when the model has one):
+  its title-only SVM and, for products with an image, its title + image linear model, calibrated (mixing.py); a
+  model saved by an earlier version also has its network and image expert in this graph.
 * ``backbone.onnx``: the image backbone, the very file the training embedder runs (image models only).
 * ``preprocessing.json``: the model folder's own (labels, metadata encoder, title vocabularies and idfs, image
   scaling), copied unchanged; ``runtime.py`` reimplements the encoders in numpy from it.
@@ -106,7 +107,7 @@ def _padded_copy(net: FusionNet | FusionEnsemble | ExpertMix) -> FusionNet | Fus
 
 def _text_scores(model: TextScoreModel, title_dim: int, metadata_dim: int) -> LinearScores:
     """A stacked SVM (text_scores.py) as a graph: (title TF-IDF, then the metadata encoding if it reads it). The
-    main network's SVM reads title + metadata; the no-metadata network's reads the title alone."""
+    main network's SVM reads title + metadata; the no-metadata route's reads the title alone."""
     if model.coef_.ndim != 2 or model.coef_.shape[1] != title_dim + metadata_dim:
         raise ExportError(
             f"a text-score model reads {model.coef_.shape[-1]} features, but the title encoder has {title_dim}"
@@ -243,13 +244,16 @@ def _export_graph(
             dynamo=False,
         )
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    got = session.run(["logits"], sample)[0]
+    # The exporter drops an input the graph never reads (the no-metadata route's linear models ignore the title's
+    # mask): the manifest lists what the graph takes, and the runtime feeds exactly that.
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(["logits"], {name: sample[name] for name in names})[0]
     expected = _reference_logits(net, sample, scores)
     diff = float(np.abs(got - expected).max()) if got.size else 0.0
     if not diff <= CHECK_ATOL * max(1.0, float(np.abs(expected).max())):
         raise ExportError(f"{file.name}: the ONNX graph differs from the torch network by {diff:.2e}")
     log.info("%s matches the torch network (max abs diff %.2e)", file.name, diff)
-    return graph.input_names
+    return names
 
 
 # ---------------------------------------------------------------------------------------------- folder
@@ -386,7 +390,7 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
         networks["no_metadata"] = {
             "file": "no_metadata.onnx",
             "modalities": list(cfg.no_metadata_modalities),
-            # The mix (mixing.py): the network with the title SVM and the image expert, calibration included.
+            # The route's mix (mixing.py): its linear models (and an older model's networks), calibration included.
             "inputs": _export_graph(predictor.no_metadata_mix_, title_only, folder / "no_metadata.onnx", title_scores),
             "output": "logits",
             "temperature": 1.0,

@@ -1,16 +1,14 @@
 """The networks of a model and how their answers are combined.
 
-A fitted model has up to four networks (models.py), each trained by ``train_head`` with early stopping and a
+A fitted model has up to two networks (models.py), each trained by ``train_head`` with early stopping and a
 calibration temperature on validation:
 
 * the main network, over every modality the model reads (its answer mixed with the stacked SVM's scores,
   ``fit_main_mix``);
-* the no-title network, for products without a title (``inputs.without_title``);
-* the no-metadata network, for products with a title and no attribute, mixed with a title-only SVM's scores and
-  an image-only expert network (mixing.py);
-* the image expert itself.
+* the no-title network, for products without a title (``inputs.without_title``).
 
-``Predictor._logits`` routes each product to the network for the inputs it has. Mix weights are a 2x3 array:
+Products with a title and no attribute are answered by linear models (predictor.py, mixing.py), not a network.
+``Predictor._logits`` routes each product to the model for the inputs it has. Mix weights are a 2x3 array:
 (with / without an image) x (network, SVM scores, image expert), the calibration folded in (mixing.py).
 """
 

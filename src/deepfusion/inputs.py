@@ -8,8 +8,8 @@
 * stacking: what the stacked SVM reads (``stacking_features``: the title's TF-IDF beside the metadata encoding);
 * training rows: blanked copies of each product (``with_blanked_copies``, missing.py) and augmented image views
   (``with_augmented_views``);
-* the inputs of the networks that answer for partial products: without the title (``without_title``), without
-  metadata (``no_metadata_view``), image only (``image_only``);
+* the inputs of the models that answer for partial products: without the title (``without_title``), without
+  metadata (``no_metadata_view``);
 * ``inputs_used``: per product, the inputs it had ("title+image"), as predictions report them.
 """
 
@@ -105,7 +105,7 @@ def without_title(data: ModalityData, rows: np.ndarray | None = None) -> Modalit
 def no_metadata_view(
     data: ModalityData, rows: np.ndarray, modalities: Sequence[str], scores: np.ndarray
 ) -> ModalityData:
-    """The no-metadata network's inputs for ``rows`` of ``data``: its ``modalities`` (title, and image if the model
+    """The no-metadata route's inputs for ``rows`` of ``data``: its ``modalities`` (title, and image if the model
     has one) and the title-only SVM's ``scores`` for those rows."""
     names = [m for m in modalities if m in data.features]
     # The first rows in order (training: the products before their blanked copies) are a slice: views of the
@@ -129,13 +129,6 @@ def _first_rows(feats: np.ndarray | sp.csr_matrix, n: int) -> np.ndarray | sp.cs
     # Set, not passed to the constructor: its check copies a slice that is less than half of the array it views.
     out.data, out.indices, out.indptr = feats.data[:end], feats.indices[:end], feats.indptr[: n + 1]
     return out
-
-
-def image_only(data: ModalityData, n: int) -> tuple[ModalityData, np.ndarray]:
-    """The image expert's inputs: the first ``n`` rows of ``data`` (the products, not their blanked copies) that
-    have an image, and which rows they are."""
-    rows = np.flatnonzero(data.present["image"][:n])
-    return ModalityData({"image": data.features["image"][rows]}, {"image": data.present["image"][rows]}), rows
 
 
 def inputs_used(present: dict[str, np.ndarray], n: int) -> list[str]:

@@ -1,21 +1,20 @@
 """Late mixing: a network's logits plus weighted scores of single-input experts, for products missing inputs.
 
-A product that arrives with a title and a photo but no attributes is answered by the no-metadata network
-(predictor.py). That network learns from title, image and the title-only SVM's scores at once, and on its own
-it does not quite reach what its parts say together: the title-only SVM is the strongest single reader of a
-title, and an image-only network the best reader of a photo. ``ExpertMix`` adds them back after the network:
-
     logits = w_net * network(x) + w_text * text_scores(x) + w_image * image_expert(x)
 
 with one weight triple for products with an image and one for products without (then w_image is 0). For products
 with an image the text term can be a title + image linear model instead of the title-only SVM (``LinearScores``,
-text_scores.fit_title_image_model): one linear model reading both, which the late sum of two single-input
-experts does not replace. The weights
-are chosen on the validation products with the product's inputs withheld as they arrive (``fit_mix_weights``:
-a small grid, then temperature scaling of the mixed logits, folded into the weights), so the mixed logits are
-calibrated as they are. A grid point of (1, 0, 0) is the network alone: the mix only departs from it where
-validation says it helps. The mix is a torch module over the same inputs as the network, so prediction,
-the service and the ONNX export run one and the same computation.
+text_scores.fit_title_image_model): one linear model reading both. Two mixes use it (predictor.py):
+
+* the main mix, the main network with its stacked SVM's scores (``fit_mix_weights``: a small grid chosen on the
+  validation products, then temperature scaling of the mixed logits, folded into the weights; a grid point of
+  (1, 0, 0) is the network alone, and the mix only departs from it where validation says it helps);
+* the no-metadata route, for products with a title but no attribute: the title + image linear model for products
+  with a photo, the title-only SVM for the others, each calibrated on validation (``linear_alone``), with no
+  network term. Models saved by earlier versions have a network and an image expert in it (loaded as they were).
+
+The mix is a torch module over the same inputs as the network, so prediction, the service and the ONNX export run
+one and the same computation.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import Batch, FusionEnsemble, FusionNet
+from .models import Batch, FusionEnsemble, FusionNet, ModalitySpec
 from .training import fit_temperature
 
 log = logging.getLogger(__name__)
@@ -70,34 +69,47 @@ class ExpertMix(nn.Module):
 
     def __init__(
         self,
-        net: FusionNet | FusionEnsemble,
+        net: FusionNet | FusionEnsemble | None,
         image_expert: FusionNet | FusionEnsemble | None,
         weights: np.ndarray,
         image_text: LinearScores | None = None,
+        *,
+        input_specs: list[ModalitySpec] | None = None,
+        n_classes: int | None = None,
     ) -> None:
+        """``net`` None: no network term (the no-metadata route); ``input_specs`` and ``n_classes`` then say what
+        the mix reads and answers, and the weights of the network term must be 0."""
         super().__init__()
+        weights = np.asarray(weights, dtype=np.float32)
+        if net is None and (input_specs is None or n_classes is None or weights[:, 0].any()):
+            raise ValueError("a mix without a network needs its input_specs, n_classes and network weights of 0")
+        if image_expert is None and weights[:, 2].any():
+            raise ValueError("the mix weighs an image expert it does not have")
         self.net = net
         self.image_expert = image_expert
         self.image_text = image_text
-        self.n_classes = net.n_classes
-        self.input_specs = net.input_specs
-        self.register_buffer("weights", torch.as_tensor(np.asarray(weights, dtype=np.float32)))
+        self.n_classes = net.n_classes if net is not None else int(n_classes)  # type: ignore[arg-type]
+        self.input_specs = net.input_specs if net is not None else list(input_specs)  # type: ignore[arg-type]
+        self.register_buffer("weights", torch.as_tensor(weights))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        logits = self.net(batch)
         first = next(iter(batch.present.values()))
         has_image = batch.present.get("image", torch.zeros_like(first, dtype=torch.bool))
         w = self.weights[has_image.long()]  # (B, 3)
-        out = w[:, 0:1] * logits
+        terms = []
+        if self.net is not None:
+            terms.append(w[:, 0:1] * self.net(batch))
         if "text_scores" in batch.inputs:
             text = batch.inputs["text_scores"]
             if self.image_text is not None:
                 text = torch.where(has_image.bool().unsqueeze(1), self.image_text(batch), text)
-            out = out + w[:, 1:2] * text
+            terms.append(w[:, 1:2] * text)
         if self.image_expert is not None:
             # Products without an image have w_image = 0; their expert output is finite (the missing encoding).
-            out = out + w[:, 2:3] * self.image_expert(batch)
-        return out
+            terms.append(w[:, 2:3] * self.image_expert(batch))
+        if not terms:
+            raise ValueError("this mix has no network and its batch no text scores: nothing to answer with")
+        return sum(terms[1:], terms[0])
 
 
 def _accuracy(z: np.ndarray, y: np.ndarray) -> float:
@@ -128,6 +140,21 @@ def fit_case_weights(
     temperature = fit_temperature(np.asarray(z, dtype=np.float32), y) if len(y) else 1.0
     scale = np.array([1.0 / net_temperature, 1.0, 1.0 / image_temperature]) / temperature
     return best * scale, alone, best_key[0]
+
+
+def linear_alone(text: np.ndarray, has_image: np.ndarray, y: np.ndarray, what: str) -> np.ndarray:
+    """The (2, 3) weights of an ``ExpertMix`` with no network and no image expert: the text term alone (the
+    title-only SVM without an image, the title + image model with one), scaled by the temperature that calibrates
+    it on the validation rows of that case (1 for a case without rows)."""
+    weights = np.zeros((2, 3))
+    for case in (0, 1):
+        rows = has_image == bool(case)
+        temperature = fit_temperature(np.asarray(text[rows], dtype=np.float32), y[rows]) if rows.any() else 1.0
+        weights[case, 1] = 1.0 / temperature
+        if rows.any():
+            log.info("%s, products %s an image: validation accuracy %.4f (%d products; temperature %.3f)", what,
+                     "with" if case else "without", _accuracy(text[rows], y[rows]), int(rows.sum()), temperature)
+    return weights
 
 
 def network_alone(temperature: float) -> np.ndarray:

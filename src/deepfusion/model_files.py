@@ -624,29 +624,37 @@ class _Checker:
 
     def no_metadata(self, config: dict[str, Any], modalities: list[str], widths: dict[str, int], n_classes: int,
                     head: Any) -> None:
-        """The network for products with a title but no attribute (no_metadata.safetensors) and its title-only
-        SVM (title_scores.safetensors), as ``Predictor.save`` writes them under config.json 'no_metadata'."""
+        """The route for products with a title but no attribute, as ``Predictor.save`` writes it under config.json
+        'no_metadata': its title-only SVM (title_scores.safetensors), title + image model and calibration, and in
+        models saved by earlier versions a network (no_metadata.safetensors) and an image expert."""
         file = "config.json"
         saved = self.obj(config["no_metadata"], "'no_metadata'", file)
         self.need("metadata" in modalities and "title" in modalities, file,
-                  "'no_metadata' describes the network for titled products without metadata, but the model's "
+                  "'no_metadata' describes the route for titled products without metadata, but the model's "
                   f"modalities are {_show(modalities)}")
         names = self.str_list(self.get(saved, "modalities", "'no_metadata'", file), "no_metadata.modalities", file,
                               unique=True)
         ok = "title" in names and "metadata" not in names and set(names) <= set(modalities)
         self.need(ok, file, "no_metadata.modalities must be the model's modalities other than the metadata, got "
                             f"{_show(names)}")
-        self.positive_finite(self.get(saved, "temperature", "'no_metadata'", file), "no_metadata.temperature", file)
-        if "member_best_epochs" in saved:
-            self.need(isinstance(saved["member_best_epochs"], list), file,
-                      "no_metadata.member_best_epochs must be a list")
-        # Its text scores are the title-only SVM's: one per label, whether or not the main network stacks an SVM.
-        self.inputs(saved, file, "no_metadata.", [*names, "text_scores"], {**widths, "text_scores": n_classes})
-        if not (self.folder / "no_metadata.safetensors").is_file():
-            self.fail("no_metadata.safetensors", "is missing (the network for products with a title but no "
-                                                 "metadata, named by config.json 'no_metadata')")
-        self.network("no_metadata.safetensors", saved, n_classes, head, "no_metadata.")
-        self.mix_weights(self.get(saved, "mix_weights", "'no_metadata'", file), file, "no_metadata.mix_weights")
+        weights = self.get(saved, "mix_weights", "'no_metadata'", file)
+        self.mix_weights(weights, file, "no_metadata.mix_weights")
+        has_network = "input_dims" in saved
+        if has_network:
+            self.positive_finite(self.get(saved, "temperature", "'no_metadata'", file), "no_metadata.temperature",
+                                 file)
+            if "member_best_epochs" in saved:
+                self.need(isinstance(saved["member_best_epochs"], list), file,
+                          "no_metadata.member_best_epochs must be a list")
+            # Its text scores are the title-only SVM's: one per label, whether or not the main network stacks one.
+            self.inputs(saved, file, "no_metadata.", [*names, "text_scores"], {**widths, "text_scores": n_classes})
+            if not (self.folder / "no_metadata.safetensors").is_file():
+                self.fail("no_metadata.safetensors", "is missing (the network for products with a title but no "
+                                                     "metadata, named by config.json 'no_metadata')")
+            self.network("no_metadata.safetensors", saved, n_classes, head, "no_metadata.")
+        for column, name, present in ((0, "a network", has_network), (2, "an image expert", "image_expert" in saved)):
+            self.need(present or not any(row[column] for row in weights), file,
+                      f"no_metadata.mix_weights weigh {name} that config.json 'no_metadata' does not describe")
         if "image_expert" in saved:
             expert = self.obj(saved["image_expert"], "'no_metadata.image_expert'", file)
             self.need("image" in modalities, file, "no_metadata.image_expert is an image network, but the model "

@@ -5,9 +5,11 @@
                            taxonomy; what fitting found (temperatures, mix weights, epochs, training counts,
                            history); each network's input widths; the fallback networks' entries
       preprocessing.json   the encoders: class names, metadata and title encoders, image statistics, stacked SVM
-      model.safetensors    the main network; fallback / no_metadata / image_expert.safetensors the others
-      text_scores.safetensors, title_scores.safetensors   the stacked SVMs' weights
-      title_image_scores.safetensors   the no-metadata mix's title + image linear model
+      model.safetensors    the main network; fallback.safetensors the no-title network (models saved by
+                           earlier versions also have no_metadata / image_expert.safetensors, read as they were)
+      text_scores.safetensors   the stacked SVM's weights
+      title_scores.safetensors, title_image_scores.safetensors   the no-metadata route's title-only and title +
+                           image linear models
       backbone.safetensors the backbone's weights when they are not the packaged ones (fine-tuned or --weights)
 
 ``load_model`` checks the whole folder first (model_files.validate_model_folder, which also ``migrate``s a
@@ -85,15 +87,18 @@ def save_model(p: Predictor, path: Path) -> Path:
         save_numpy(p.title_text_model_.tensors(), str(path / "title_scores.safetensors"))
         config["no_metadata"] = {
             "modalities": list(cfg.no_metadata_modalities),
-            **_save_network(p.no_metadata_net_, path / "no_metadata.safetensors"),
-            "temperature": p.no_metadata_temperature_,
-            "member_best_epochs": p.no_metadata_best_epochs_,
             "text_scores": p.title_text_model_.to_json(),
             "mix_weights": np.asarray(p.no_metadata_mix_weights_).tolist(),
         }
         if getattr(p, "title_image_model_", None) is not None:
             save_numpy(p.title_image_model_.tensors(), str(path / "title_image_scores.safetensors"))
             config["no_metadata"]["title_image_scores"] = p.title_image_model_.to_json()
+        if getattr(p, "no_metadata_net_", None) is not None:  # a model saved by an earlier version keeps its network
+            config["no_metadata"].update(
+                _save_network(p.no_metadata_net_, path / "no_metadata.safetensors"),
+                temperature=p.no_metadata_temperature_,
+                member_best_epochs=p.no_metadata_best_epochs_,
+            )
         if getattr(p, "image_expert_", None) is not None:
             config["no_metadata"]["image_expert"] = {
                 **_save_network(p.image_expert_, path / "image_expert.safetensors"),
@@ -181,14 +186,17 @@ def _load_fallback(self: Predictor, path: Path, config: dict[str, Any], n_classe
 
 
 def _load_no_metadata(self: Predictor, path: Path, saved: dict[str, Any], n_classes: int, head: HeadConfig) -> None:
-    """The no-metadata network and its title-only SVM (model_files does not check these two files yet, so a
-    damaged one is turned into a ModelLoadError here)."""
+    """The no-metadata route: its title-only SVM, the title + image model, their calibration, and for a model
+    saved by an earlier version its network and image expert (damaged files become a ModelLoadError here)."""
+    self.no_metadata_net_ = self.image_expert_ = None
     try:
         self.title_text_model_ = TextScoreModel.from_state(
             saved["text_scores"], load_numpy(str(path / "title_scores.safetensors"))
         )
-        self.no_metadata_net_ = _load_network(path / "no_metadata.safetensors", saved, n_classes, head)
-        self.no_metadata_temperature_ = float(saved["temperature"])
+        if "input_dims" in saved:
+            self.no_metadata_net_ = _load_network(path / "no_metadata.safetensors", saved, n_classes, head)
+            self.no_metadata_temperature_ = float(saved["temperature"])
+            self.no_metadata_best_epochs_ = saved.get("member_best_epochs", [])
         if "image_expert" in saved:
             expert = saved["image_expert"]
             self.image_expert_ = _load_network(path / "image_expert.safetensors", expert, n_classes, head)
@@ -202,14 +210,10 @@ def _load_no_metadata(self: Predictor, path: Path, saved: dict[str, Any], n_clas
             )
     except Exception as exc:  # safetensors, torch and KeyError all mean the same thing to a user here
         raise ModelLoadError(
-            f"{path}: the no-metadata network (no_metadata.safetensors, title_scores.safetensors, "
-            "title_image_scores.safetensors, config.json "
-            f"'no_metadata') cannot be loaded ({type(exc).__name__}: {exc}). Restore the folder or train the "
-            "model again."
+            f"{path}: the no-metadata route (title_scores.safetensors, title_image_scores.safetensors, "
+            f"no_metadata.safetensors, config.json 'no_metadata') cannot be loaded ({type(exc).__name__}: {exc}). "
+            "Restore the folder or train the model again."
         ) from None
-    if not (np.isfinite(self.no_metadata_temperature_) and self.no_metadata_temperature_ > 0):
-        raise ModelLoadError(f"{path}/config.json: no_metadata temperature must be positive and finite.")
-    self.no_metadata_best_epochs_ = saved.get("member_best_epochs", [])
 
 
 def _save_backbone_weights(source: Path, target: Path) -> None:

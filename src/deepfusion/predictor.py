@@ -38,8 +38,9 @@ from .config import (
 from .evaluation import evaluate_predictions, expected_calibration_error
 from .features import ClassIndex, MetadataEncoder, TitleEncoder, clean_title
 from .missing import without_modalities
-from .mixing import ExpertMix, LinearScores, fit_mix_weights, network_alone
+from .mixing import ExpertMix, LinearScores, linear_alone, network_alone
 from .model_files import ModelLoadError
+from .models import ModalitySpec
 from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
 from .split import duplicate_groups
 from .taxonomy import Taxonomy, level_metrics, level_probabilities, top_down
@@ -64,12 +65,8 @@ _FIRST_PASS = (
     "best_epoch_",
     "member_best_epochs_",
     "fallback_best_epochs_",
-    "no_metadata_temperature_",
-    "no_metadata_best_epochs_",
     "no_metadata_mix_weights_",
     "main_mix_weights_",
-    "image_expert_temperature_",
-    "image_expert_best_epochs_",
     "train_seconds_",
 )
 
@@ -88,8 +85,8 @@ class Predictor:
         finetune_blocks, finetune_epochs: fine-tune the backbone's last blocks for that many epochs first (0: frozen).
         stacking: feed a linear SVM's class scores on title + metadata to the network (text_scores.py).
         title_fallback: also train a network without the title, for products that have none.
-        metadata_fallback: also train a network (and its title SVM and image expert, mixing.py) for products with a
-            title and no attribute.
+        metadata_fallback: also fit linear models for products with a title and no attribute (a title-only SVM,
+            and with images a title + image SVM; mixing.py).
         refit: after early stopping and calibration on validation, train again on train + validation.
         field_blanking: blanked training copies per product (missing.py); 0 turns them off.
         review_precision: ``needs_review`` marks predictions below the confidence at which validation products
@@ -279,7 +276,7 @@ class Predictor:
     def _no_metadata_inputs(
         self, data: ModalityData, rows: np.ndarray, scores: np.ndarray | None = None
     ) -> ModalityData:
-        """The no-metadata network's inputs for ``rows`` of ``data``, with the title-only SVM's ``scores``
+        """The no-metadata route's inputs for ``rows`` of ``data``, with the title-only SVM's ``scores``
         (default: the fitted SVM's on those rows' titles)."""
         if scores is None:
             scores = self.title_text_model_.scores(data.features["title"][rows])
@@ -292,7 +289,7 @@ class Predictor:
             share=cfg.field_blanking if "metadata" in cfg.modalities else 0.0,
             fields=self.metadata_fields,
             seed=cfg.seed if seed is None else seed,
-            # Products without any attribute go to the no-metadata network when the model has one.
+            # Products without any attribute go to the no-metadata route when the model has one.
             allow_all=len(cfg.modalities) > 1 and not cfg.uses_metadata_fallback,
         )
 
@@ -470,7 +467,7 @@ class Predictor:
         self.member_best_epochs_ = heads.best_epochs(result)
         self.train_seconds_ = result.seconds
         if cfg.uses_metadata_fallback:
-            self._fit_no_metadata(train, train_data, y_train, val, val_data, y_val, n_classes, head)
+            self._fit_no_metadata(train, train_data, y_train, val, n_classes)
         if cfg.uses_title_fallback:
             fallback, self.fallback_temperature_ = self._train_head(
                 self._fallback_inputs(train_data, products),
@@ -515,89 +512,52 @@ class Predictor:
                                 seed=self.config_.seed, progress=self.progress)
 
     def _fit_no_metadata(
-        self,
-        train: pd.DataFrame,
-        train_data: ModalityData,
-        y_train: np.ndarray,
-        val: pd.DataFrame | None,
-        val_data: ModalityData | None,
-        y_val: np.ndarray | None,
+        self, train: pd.DataFrame, train_data: ModalityData, y_train: np.ndarray, val: pd.DataFrame | None,
         n_classes: int,
-        head: HeadConfig,
     ) -> None:
-        """The network for products without attributes, trained on the training products as they are (the first
-        ``len(train)`` rows: no blanked copies) with a title-only SVM's out-of-fold scores; with images, also the
-        image expert; then their mix, chosen on validation."""
+        """The route for products with a title but no attribute: a title-only linear SVM, and with images a title +
+        image linear SVM, fitted on the training products as they are (the first ``len(train)`` rows: no blanked
+        copies), then calibrated on the validation products without their attributes. No network and no image
+        expert: early-stopped on the validation products, they were ahead there and behind on test, and the mix
+        chosen on those products trusted them (docs/experiments.md, 2026-12-05 "the no-metadata route, linear")."""
+        self.no_metadata_net_ = self.image_expert_ = None  # a model loaded from an older folder may have had them
         rows = np.arange(len(train))
-        self.title_text_model_ = TextScoreModel(seed=self.config_.seed).fit(
-            train_data.features["title"][rows], y_train[rows], n_classes, groups=duplicate_groups(train),
-            progress=self.progress,
+        self.title_text_model_ = TextScoreModel(folds=1, seed=self.config_.seed).fit(
+            train_data.features["title"][rows], y_train[rows], n_classes
         )
-        val_inputs = self._no_metadata_inputs(val_data, np.arange(len(val))) if val_data is not None else None
-        result, self.no_metadata_temperature_ = self._train_head(
-            self._no_metadata_inputs(train_data, rows, self.title_text_model_.oof_scores_),
-            y_train[rows],
-            val_inputs,
-            y_val[: len(val)] if val_inputs is not None and val is not None and y_val is not None else None,
-            n_classes,
-            f"the no-metadata network ({'+'.join(self.config_.no_metadata_modalities)})",
-            head,
-        )
-        self.no_metadata_net_ = result.net
-        self.no_metadata_best_epochs_ = heads.best_epochs(result)
-        self.train_seconds_ += result.seconds
+        del self.title_text_model_.oof_scores_  # in-sample: nothing is trained on them
+        self.title_image_model_ = None
         if "image" in self.config_.modalities:
-            self._fit_image_expert(len(train), train_data, y_train, len(val) if val is not None else 0,
-                                   val_data, y_val, n_classes, head)
             with_image = np.flatnonzero(train_data.present["image"][: len(train)])
-            self.title_image_model_ = fit_title_image_model(
-                train_data.features["title"][with_image], train_data.features["image"][with_image],
-                y_train[with_image], n_classes, seed=self.config_.seed,
-            ) if len(with_image) else None
+            if len(with_image):
+                self.title_image_model_ = fit_title_image_model(
+                    train_data.features["title"][with_image], train_data.features["image"][with_image],
+                    y_train[with_image], n_classes, seed=self.config_.seed,
+                )
         if val is not None and len(val):
             self._fit_no_metadata_mix(val)
         elif not hasattr(self, "no_metadata_mix_weights_"):
-            self.no_metadata_mix_weights_ = network_alone(self.no_metadata_temperature_)
-
-    def _fit_image_expert(self, n_train: int, train_data: ModalityData, y_train: np.ndarray, n_val: int,
-                          val_data: ModalityData | None, y_val: np.ndarray | None, n_classes: int,
-                          head: HeadConfig) -> None:
-        """The image-only expert of the no-metadata mix, trained on the training products that have an image (no
-        blanked copies: they share the image)."""
-        train_inputs, rows = inputs.image_only(train_data, n_train)
-        val_inputs = y = None
-        if val_data is not None and y_val is not None and n_val:
-            val_inputs, val_rows = inputs.image_only(val_data, n_val)
-            y = y_val[val_rows]
-        result, self.image_expert_temperature_ = self._train_head(
-            train_inputs, y_train[rows], val_inputs, y, n_classes, "the image expert (image only)", head
-        )
-        self.image_expert_ = result.net
-        self.image_expert_best_epochs_ = heads.best_epochs(result)
-        self.train_seconds_ += result.seconds
+            self.no_metadata_mix_weights_ = np.array([[0.0, 1.0, 0.0]] * 2)  # uncalibrated: nothing to calibrate on
 
     def _fit_no_metadata_mix(self, val: pd.DataFrame) -> None:
-        """The no-metadata network's mix weights (mixing.py), chosen on the validation products as they would
+        """The no-metadata route's calibration (mixing.linear_alone), on the validation products as they would
         arrive without attributes: with their image, and once more without it (title only)."""
         titled = val[[bool(clean_title(t)) for t in val[TITLE]]].reset_index(drop=True)
         y = self.labels_.transform(titled[TARGET])
-        has_image = "image" in self.config_.modalities
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] = []
-        for absent in [("metadata",), ("metadata", "image")] if has_image else [("metadata",)]:
+        cases = [("metadata",), ("metadata", "image")] if "image" in self.config_.modalities else [("metadata",)]
+        texts, has_image = [], []
+        for absent in cases:
             data = self._no_metadata_inputs(self._encode(titled, absent=absent), np.arange(len(titled)))
-            image = predict_logits(self.image_expert_, data) if has_image else None
             has = data.present["image"] if "image" in data.present else np.zeros(len(titled), dtype=bool)
             text = data.features["text_scores"]
-            if has_image and self.title_image_model_ is not None and has.any():
+            if self.title_image_model_ is not None and has.any():
                 # Products with an image: the title + image linear model is their text term (mixing.ExpertMix).
                 text, rows = text.copy(), np.flatnonzero(has)
                 text[rows] = self.title_image_model_.scores(data.features["title"][rows], data.features["image"][rows])
-            parts.append((predict_logits(self.no_metadata_net_, data), text, image, has))
-        net, text, image, has = (np.concatenate([p[i] for p in parts]) if parts[0][i] is not None else None
-                                 for i in range(4))
-        self.no_metadata_mix_weights_ = fit_mix_weights(
-            net, self.no_metadata_temperature_, text, image, getattr(self, "image_expert_temperature_", 1.0),
-            has, np.tile(y, len(parts)), "no-metadata mix",
+            texts.append(text)
+            has_image.append(has)
+        self.no_metadata_mix_weights_ = linear_alone(
+            np.concatenate(texts), np.concatenate(has_image), np.tile(y, len(cases)), "no-metadata route"
         )
 
     def _build_mixes(self) -> None:
@@ -608,8 +568,14 @@ class Predictor:
             image_text = None if joint is None else LinearScores(
                 joint.coef_, joint.intercept_, joint.scale_, self.title_encoder_.n_features, "image"
             )
+            # Inputs in the order a network's would be: the modalities, then the title-only SVM's scores.
+            specs = [ModalitySpec("title", self.title_encoder_.n_features, True)]
+            if "image" in self.config_.no_metadata_modalities:
+                specs.append(ModalitySpec("image", len(self.image_mean_), False))
+            specs.append(ModalitySpec("text_scores", len(self.labels_.classes_), False))
             self.no_metadata_mix_ = ExpertMix(
-                self.no_metadata_net_, getattr(self, "image_expert_", None), self.no_metadata_mix_weights_, image_text
+                getattr(self, "no_metadata_net_", None), getattr(self, "image_expert_", None),
+                self.no_metadata_mix_weights_, image_text, input_specs=specs, n_classes=len(self.labels_.classes_),
             ).eval()
 
     def _finetune(self, train: pd.DataFrame) -> None:

@@ -13,7 +13,7 @@ clean-up of ``catalog.catalog_from_frame``, ``features.clean_title``, the title'
 encoding (``MetadataEncoder``: one-hot, medians, missing indicators, scaler), and the image preprocessing of
 ``embeddings.ImageEmbedder`` (decoding within a pixel budget, RGB, bilinear resize, normalisation, float16
 rounding of the backbone's features). Products are routed as in ``Predictor._logits``: without a title to the
-no-title network, with a title but no attribute at all to the no-metadata network (when the model has them).
+no-title network, with a title but no attribute at all to the no-metadata route (when the model has them).
 A category-tree label's per-level answers are ``Predictor.level_columns``' (``CategoryTree``: the taxonomy's
 level probabilities and top-down decoding, in numpy).
 """
@@ -869,7 +869,7 @@ class ExportedModel:
 
     def _routes(self, present: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         """Which rows each network scores, as Predictor._logits routes them: a product without a title goes to the
-        no-title network, one with a title but no attribute at all to the no-metadata network (each when the
+        no-title network, one with a title but no attribute at all to the no-metadata route (each when the
         model has it), every other product to the main network."""
         network = np.full(n, "main", dtype=object)
         if "fallback" in self.networks:
