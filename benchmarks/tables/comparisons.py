@@ -17,8 +17,8 @@ def missing_inputs(runs: Runs) -> str | None:
         "The default fusion model on the test products with the fields of the withheld inputs emptied in the data "
         "(what `predict` and the service see), and once with each metadata field empty with chance 0.3. A product "
         "without a title is answered by the no-title network, one with a title but no attribute by the "
-        "title + image linear SVM (without a photo: the title SVM; models trained before the fourth session of "
-        "2026-12-05 mixed a network and an image expert in, mixing.py). Baseline: TF-IDF + linear "
+        "title + image linear SVM (without a photo: the title SVM; models saved by earlier versions also mix in a "
+        "network and an image expert, mixing.py). Baseline: TF-IDF + linear "
         "SVM fitted on the same text inputs and tested on the same "
         f"products. Fusion model trained on {f.get('fusion_trained') or 'an earlier day'}.",
         ["inputs", "emptied", "accuracy", "macro-F1", "TF-IDF + SVM baseline"],
