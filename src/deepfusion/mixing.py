@@ -78,19 +78,17 @@ class ExpertMix(nn.Module):
         n_classes: int | None = None,
     ) -> None:
         """``net`` None: no network term (the no-metadata route); ``input_specs`` and ``n_classes`` then say what
-        the mix reads and answers, and the weights of the network term must be 0."""
+        the mix reads and answers. A term the mix lacks adds nothing, whatever its weight (model_files refuses a
+        saved folder whose weights name a network it does not have)."""
         super().__init__()
-        weights = np.asarray(weights, dtype=np.float32)
-        if net is None and (input_specs is None or n_classes is None or weights[:, 0].any()):
-            raise ValueError("a mix without a network needs its input_specs, n_classes and network weights of 0")
-        if image_expert is None and weights[:, 2].any():
-            raise ValueError("the mix weighs an image expert it does not have")
+        if net is None and (input_specs is None or n_classes is None):
+            raise ValueError("a mix without a network needs its input_specs and n_classes")
         self.net = net
         self.image_expert = image_expert
         self.image_text = image_text
         self.n_classes = net.n_classes if net is not None else int(n_classes)  # type: ignore[arg-type]
         self.input_specs = net.input_specs if net is not None else list(input_specs)  # type: ignore[arg-type]
-        self.register_buffer("weights", torch.as_tensor(weights))
+        self.register_buffer("weights", torch.as_tensor(np.asarray(weights, dtype=np.float32)))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         first = next(iter(batch.present.values()))

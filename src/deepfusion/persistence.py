@@ -90,16 +90,16 @@ def save_model(p: Predictor, path: Path) -> Path:
             "text_scores": p.title_text_model_.to_json(),
             "mix_weights": np.asarray(p.no_metadata_mix_weights_).tolist(),
         }
-        if getattr(p, "title_image_model_", None) is not None:
+        if p.title_image_model_ is not None:
             save_numpy(p.title_image_model_.tensors(), str(path / "title_image_scores.safetensors"))
             config["no_metadata"]["title_image_scores"] = p.title_image_model_.to_json()
-        if getattr(p, "no_metadata_net_", None) is not None:  # a model saved by an earlier version keeps its network
+        if p.no_metadata_net_ is not None:  # a model saved by an earlier version keeps its network
             config["no_metadata"].update(
                 _save_network(p.no_metadata_net_, path / "no_metadata.safetensors"),
                 temperature=p.no_metadata_temperature_,
                 member_best_epochs=p.no_metadata_best_epochs_,
             )
-        if getattr(p, "image_expert_", None) is not None:
+        if p.image_expert_ is not None:
             config["no_metadata"]["image_expert"] = {
                 **_save_network(p.image_expert_, path / "image_expert.safetensors"),
                 "temperature": p.image_expert_temperature_,

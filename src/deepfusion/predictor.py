@@ -525,7 +525,6 @@ class Predictor:
         self.title_text_model_ = TextScoreModel(folds=1, seed=self.config_.seed).fit(
             train_data.features["title"][rows], y_train[rows], n_classes
         )
-        del self.title_text_model_.oof_scores_  # in-sample: nothing is trained on them
         self.title_image_model_ = None
         if "image" in self.config_.modalities:
             with_image = np.flatnonzero(train_data.present["image"][: len(train)])
@@ -564,7 +563,7 @@ class Predictor:
         """The torch modules that compute the mixed answers (mixing.ExpertMix), from the networks and weights."""
         self.main_mix_ = ExpertMix(self.net_, None, self.main_mix_weights_)
         if self.config_.uses_metadata_fallback:
-            joint = getattr(self, "title_image_model_", None)
+            joint = self.title_image_model_
             image_text = None if joint is None else LinearScores(
                 joint.coef_, joint.intercept_, joint.scale_, self.title_encoder_.n_features, "image"
             )
@@ -574,7 +573,7 @@ class Predictor:
                 specs.append(ModalitySpec("image", len(self.image_mean_), False))
             specs.append(ModalitySpec("text_scores", len(self.labels_.classes_), False))
             self.no_metadata_mix_ = ExpertMix(
-                getattr(self, "no_metadata_net_", None), getattr(self, "image_expert_", None),
+                self.no_metadata_net_, self.image_expert_,
                 self.no_metadata_mix_weights_, image_text, input_specs=specs, n_classes=len(self.labels_.classes_),
             ).eval()
 

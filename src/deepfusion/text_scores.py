@@ -63,12 +63,12 @@ class TextScoreModel:
         fit_rows: np.ndarray | None = None,
         progress: bool = False,
     ) -> TextScoreModel:
-        """Fit on (X, y); ``oof_scores_`` then holds out-of-fold scores for these same rows (``groups``:
-        duplicate-product groups, kept within one fold). ``fit_rows`` (bool) limits the SVMs' fitting to those
-        rows while every row is scored, each by the SVM fitted without its group: blanked copies of a product are
-        scored like the product without making the fits larger. The fits run one after another: liblinear draws from one
-        process-wide random generator, so SVMs fitted on parallel threads would interleave its draws and stop
-        being reproducible."""
+        """Fit on (X, y); with ``folds`` > 1, ``oof_scores_`` then holds out-of-fold scores for these same rows
+        (``groups``: duplicate-product groups, kept within one fold). ``fit_rows`` (bool) limits the SVMs'
+        fitting to those rows while every row is scored, each by the SVM fitted without its group: blanked
+        copies of a product are scored like the product without making the fits larger. The fits run one after
+        another: liblinear draws from one process-wide random generator, so SVMs fitted on parallel threads
+        would interleave its draws and stop being reproducible."""
         X = sp.csr_matrix(X, dtype=np.float32)
         groups = np.arange(len(y)) if groups is None else groups
         fit_rows = np.ones(len(y), dtype=bool) if fit_rows is None else np.asarray(fit_rows, dtype=bool)
@@ -91,7 +91,8 @@ class TextScoreModel:
             f"{n_folds} out-of-fold groups, out-of-fold" if splits else "no held-out folds, training",
             float((raw.argmax(axis=1) == y).mean()) if len(y) else 0.0,
         )
-        self.oof_scores_ = (raw / self.scale_).astype(np.float32)
+        if self.folds > 1:  # folds=1 asks for one fit: in-sample scores are for nobody to train on
+            self.oof_scores_ = (raw / self.scale_).astype(np.float32)
         return self
 
     def scores(self, X: sp.csr_matrix, dense: np.ndarray | None = None) -> np.ndarray:
@@ -156,5 +157,4 @@ def fit_title_image_model(
     image_coef = (directions @ model.coef_[:, n_title:].T.astype(np.float64)).T  # (classes, dim)
     model.coef_ = np.hstack([model.coef_[:, :n_title], image_coef.astype(np.float32)])
     model._coef_t = None
-    del model.oof_scores_  # in-sample scores of the projected model: not for anyone to use
     return model
