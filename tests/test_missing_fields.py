@@ -105,6 +105,29 @@ def test_withholding_a_modality_is_blanking_its_fields(model: Path, parts: tuple
         )
 
 
+def test_no_metadata_route_learns_from_validation_products_too(parts: tuple[pd.DataFrame, ...]) -> None:
+    """The route for products without attributes is linear, so validation only calibrates it; its SVMs then learn
+    from the validation products as well. A title word that training files twice under one class and validation
+    eight times under another is answered with the validation's class."""
+    train, val, _ = parts
+    first, second = list(CLASSES)[:2]
+    word = "Zorblatt Quix"
+
+    def retitle(frame: pd.DataFrame, article: str, n: int) -> pd.DataFrame:
+        frame = frame.copy()
+        rows = frame.index[frame["articleType"] == article][:n]
+        frame.loc[rows, "productDisplayName"] = word
+        return frame
+
+    train, val = retitle(train, first, 2), retitle(val, second, 8)
+    predictor = Predictor(["metadata", "title"], preset="small", head={"epochs": 5}, progress=False, seed=0)
+    predictor.fit(train, val)
+    product = pd.DataFrame({"id": ["new"], "productDisplayName": [word]})
+    out = predictor.predict_frame(product)
+    assert out["inputs"].tolist() == ["title"]
+    assert out["prediction"].tolist() == [second]
+
+
 def test_blanked_copies_are_saved_in_the_config_and_reproducible(
     parts: tuple[pd.DataFrame, ...], tmp_path: Path
 ) -> None:

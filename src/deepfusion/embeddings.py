@@ -31,6 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -367,6 +368,23 @@ class EmbeddingRows:
     def _chunks(self, chunk_rows: int) -> Iterator[EmbeddingRows]:
         for start in range(0, len(self), chunk_rows):
             yield self[start : start + chunk_rows]
+
+
+def concatenate_rows(parts: Sequence[Any]) -> Any:
+    """``parts`` (image features: EmbeddingRows or arrays) one after the other. EmbeddingRows of one cache read
+    through one transform stay unread (the training set may be larger than memory); anything else is read."""
+    first = parts[0]
+    if all(
+        isinstance(p, EmbeddingRows) and p.store is first.store and p.transform == first.transform for p in parts
+    ):
+        return EmbeddingRows(
+            first.store,
+            np.concatenate([p.shard for p in parts]),
+            np.concatenate([p.row for p in parts]),
+            first.dim,
+            first.transform,
+        )
+    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
 
 
 def _running_sum(chunks: Iterable[np.ndarray]) -> np.ndarray:

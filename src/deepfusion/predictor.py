@@ -467,7 +467,7 @@ class Predictor:
         self.member_best_epochs_ = heads.best_epochs(result)
         self.train_seconds_ = result.seconds
         if cfg.uses_metadata_fallback:
-            self._fit_no_metadata(train, train_data, y_train, val, n_classes)
+            self._fit_no_metadata(train, train_data, y_train, val, val_data, y_val, n_classes)
         if cfg.uses_title_fallback:
             fallback, self.fallback_temperature_ = self._train_head(
                 self._fallback_inputs(train_data, products),
@@ -513,30 +513,58 @@ class Predictor:
 
     def _fit_no_metadata(
         self, train: pd.DataFrame, train_data: ModalityData, y_train: np.ndarray, val: pd.DataFrame | None,
-        n_classes: int,
+        val_data: ModalityData | None, y_val: np.ndarray | None, n_classes: int,
     ) -> None:
         """The route for products with a title but no attribute: a title-only linear SVM, and with images a title +
         image linear SVM, fitted on the training products as they are (the first ``len(train)`` rows: no blanked
-        copies), then calibrated on the validation products without their attributes. No network and no image
-        expert: early-stopped on the validation products, they were ahead there and behind on test, and the mix
-        chosen on those products trusted them (docs/experiments.md, 2026-12-05 "the no-metadata route, linear")."""
+        copies) and calibrated on the validation products without their attributes; then fitted again on the
+        training and validation products (``val_data``'s first ``len(val)`` rows), keeping that calibration.
+        No network and no image expert: early-stopped on the validation products, they were ahead there and
+        behind on test, and the mix chosen on those products trusted them (docs/experiments.md, 2026-12-05 "the
+        no-metadata route, linear"). With no network left on the route, the validation products are only
+        needed for the temperature, so the SVMs may learn from them too (docs/experiments.md, 2026-12-05 fifth)."""
         self.no_metadata_net_ = self.image_expert_ = None  # a model loaded from an older folder may have had them
-        rows = np.arange(len(train))
+        self._fit_no_metadata_svms(train_data, y_train, len(train), n_classes)
+        if val is None or not len(val) or val_data is None or y_val is None:
+            if not hasattr(self, "no_metadata_mix_weights_"):
+                self.no_metadata_mix_weights_ = np.array([[0.0, 1.0, 0.0]] * 2)  # uncalibrated: nothing to calibrate on
+            return
+        self._fit_no_metadata_mix(val)
+        from .embeddings import concatenate_rows  # embeddings is imported lazily (image_embedder)
+
+        # The linear models' scores keep their scale when fitted on 20% more products (the refit's argument,
+        # config.refit), so the temperature calibrated above stays theirs.
+        both = ModalityData(
+            {
+                k: sp.vstack([train_data.features[k][: len(train)], val_data.features[k][: len(val)]], format="csr")
+                if k == "title"
+                else concatenate_rows([train_data.features[k][: len(train)], val_data.features[k][: len(val)]])
+                for k in ("title", "image")
+                if k in train_data.features
+            },
+            {
+                k: np.concatenate([train_data.present[k][: len(train)], val_data.present[k][: len(val)]])
+                for k in ("title", "image")
+                if k in train_data.present
+            },
+        )
+        self._fit_no_metadata_svms(both, np.concatenate([y_train[: len(train)], y_val[: len(val)]]), len(both),
+                                   n_classes)
+
+    def _fit_no_metadata_svms(self, data: ModalityData, y: np.ndarray, n: int, n_classes: int) -> None:
+        """The route's title-only and title + image linear SVMs, on the first ``n`` rows of ``data``."""
+        rows = np.arange(n)
         self.title_text_model_ = TextScoreModel(folds=1, seed=self.config_.seed).fit(
-            train_data.features["title"][rows], y_train[rows], n_classes
+            data.features["title"][rows], y[rows], n_classes
         )
         self.title_image_model_ = None
         if "image" in self.config_.modalities:
-            with_image = np.flatnonzero(train_data.present["image"][: len(train)])
+            with_image = np.flatnonzero(data.present["image"][:n])
             if len(with_image):
                 self.title_image_model_ = fit_title_image_model(
-                    train_data.features["title"][with_image], train_data.features["image"][with_image],
-                    y_train[with_image], n_classes, seed=self.config_.seed,
+                    data.features["title"][with_image], data.features["image"][with_image],
+                    y[with_image], n_classes, seed=self.config_.seed,
                 )
-        if val is not None and len(val):
-            self._fit_no_metadata_mix(val)
-        elif not hasattr(self, "no_metadata_mix_weights_"):
-            self.no_metadata_mix_weights_ = np.array([[0.0, 1.0, 0.0]] * 2)  # uncalibrated: nothing to calibrate on
 
     def _fit_no_metadata_mix(self, val: pd.DataFrame) -> None:
         """The no-metadata route's calibration (mixing.linear_alone), on the validation products as they would
