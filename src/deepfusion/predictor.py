@@ -522,7 +522,8 @@ class Predictor:
         No network and no image expert: early-stopped on the validation products, they were ahead there and
         behind on test, and the mix chosen on those products trusted them (docs/experiments.md, 2026-12-05 "the
         no-metadata route, linear"). With no network left on the route, the validation products are only
-        needed for the temperature, so the SVMs may learn from them too (docs/experiments.md, 2026-12-05 fifth)."""
+        needed for the temperature, so the SVMs learn from them too (the entry "the route's SVMs on train +
+        validation")."""
         self.no_metadata_net_ = self.image_expert_ = None  # a model loaded from an older folder may have had them
         self._fit_no_metadata_svms(train_data, y_train, len(train), n_classes)
         if val is None or not len(val) or val_data is None or y_val is None:
@@ -532,8 +533,8 @@ class Predictor:
         self._fit_no_metadata_mix(val)
         from .embeddings import concatenate_rows  # embeddings is imported lazily (image_embedder)
 
-        # The linear models' scores keep their scale when fitted on 20% more products (the refit's argument,
-        # config.refit), so the temperature calibrated above stays theirs.
+        # Fitted on a few more products a linear model's scores keep their scale (each model's scores are divided
+        # by their own spread), so the temperature calibrated above stays theirs, as in ``config.refit``.
         both = ModalityData(
             {
                 k: sp.vstack([train_data.features[k][: len(train)], val_data.features[k][: len(val)]], format="csr")
