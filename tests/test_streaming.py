@@ -260,7 +260,7 @@ def test_embedding_rows_read_what_embed_returns(clean_catalog_dir: Path, tmp_pat
     for a product without a usable image; ``image_scaling`` gives the array's figures from them."""
     import numpy as np
 
-    from deepfusion.embeddings import ImageEmbedder
+    from deepfusion.embeddings import EmbeddingRows, ImageEmbedder, concatenate_rows
     from deepfusion.inputs import image_scaling
 
     paths = [*sorted(map(str, (clean_catalog_dir / "images").glob("*.jpg"))), None, str(tmp_path / "gone.jpg")]
@@ -274,6 +274,11 @@ def test_embedding_rows_read_what_embed_returns(clean_catalog_dir: Path, tmp_pat
     # What training.ModalityData.batch does with a batch of rows.
     assert (np.ascontiguousarray(doubled[pick], dtype=np.float32) == array[pick] * 2).all()
     assert doubled.astype("float32") is doubled
+    # Joined rows (training + validation products) stay unread when they share the cache and the transform.
+    joined = concatenate_rows([doubled[pick], doubled[2:5]])
+    assert isinstance(joined, EmbeddingRows) and (joined.read() == np.concatenate([array[pick], array[2:5]]) * 2).all()
+    mixed = concatenate_rows([doubled[pick], rows[2:5]])  # another transform: read
+    assert isinstance(mixed, np.ndarray) and (mixed == np.concatenate([array[pick] * 2, array[2:5]])).all()
     for got, expected in zip(image_scaling(rows[ok], rows.dim), image_scaling(array[ok], rows.dim), strict=True):
         assert got.dtype == expected.dtype and (got == expected).all()
 
