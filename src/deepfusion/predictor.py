@@ -525,8 +525,16 @@ class Predictor:
         needed for the temperature, so the SVMs learn from them too (the entry "the route's SVMs on train +
         validation")."""
         self.no_metadata_net_ = self.image_expert_ = None  # a model loaded from an older folder may have had them
-        self._fit_no_metadata_svms(train_data, y_train, len(train), n_classes)
-        if val is None or not len(val) or val_data is None or y_val is None:
+        with_image = "image" in self.config_.modalities
+
+        def as_they_are(data: ModalityData, y: np.ndarray, n: int) -> tuple[Any, ...]:
+            # The first n rows: the products themselves, before their blanked copies and augmented views.
+            image = (data.features["image"][:n], data.present["image"][:n]) if with_image else (None, None)
+            return data.features["title"][:n], *image, y[:n]
+
+        fit = as_they_are(train_data, y_train, len(train))
+        self._fit_no_metadata_svms(*fit, n_classes)
+        if val is None or val_data is None or y_val is None:
             if not hasattr(self, "no_metadata_mix_weights_"):
                 self.no_metadata_mix_weights_ = np.array([[0.0, 1.0, 0.0]] * 2)  # uncalibrated: nothing to calibrate on
             return
@@ -535,37 +543,27 @@ class Predictor:
 
         # Fitted on a few more products a linear model's scores keep their scale (each model's scores are divided
         # by their own spread), so the temperature calibrated above stays theirs, as in ``config.refit``.
-        both = ModalityData(
-            {
-                k: sp.vstack([train_data.features[k][: len(train)], val_data.features[k][: len(val)]], format="csr")
-                if k == "title"
-                else concatenate_rows([train_data.features[k][: len(train)], val_data.features[k][: len(val)]])
-                for k in ("title", "image")
-                if k in train_data.features
-            },
-            {
-                k: np.concatenate([train_data.present[k][: len(train)], val_data.present[k][: len(val)]])
-                for k in ("title", "image")
-                if k in train_data.present
-            },
+        (title, image, has_image, y), (title_v, image_v, has_image_v, y_v) = fit, as_they_are(val_data, y_val, len(val))
+        self._fit_no_metadata_svms(
+            sp.vstack([title, title_v], format="csr"),
+            None if image is None else concatenate_rows([image, image_v]),
+            None if has_image is None else np.concatenate([has_image, has_image_v]),
+            np.concatenate([y, y_v]),
+            n_classes,
         )
-        self._fit_no_metadata_svms(both, np.concatenate([y_train[: len(train)], y_val[: len(val)]]), len(both),
-                                   n_classes)
 
-    def _fit_no_metadata_svms(self, data: ModalityData, y: np.ndarray, n: int, n_classes: int) -> None:
-        """The route's title-only and title + image linear SVMs, on the first ``n`` rows of ``data``."""
-        rows = np.arange(n)
-        self.title_text_model_ = TextScoreModel(folds=1, seed=self.config_.seed).fit(
-            data.features["title"][rows], y[rows], n_classes
-        )
+    def _fit_no_metadata_svms(
+        self, title: sp.csr_matrix, image: Any, has_image: np.ndarray | None, y: np.ndarray, n_classes: int
+    ) -> None:
+        """The route's title-only SVM, and with ``image`` (a model that reads images) its title + image linear
+        SVM on the products that have one."""
+        self.title_text_model_ = TextScoreModel(folds=1, seed=self.config_.seed).fit(title, y, n_classes)
         self.title_image_model_ = None
-        if "image" in self.config_.modalities:
-            with_image = np.flatnonzero(data.present["image"][:n])
-            if len(with_image):
-                self.title_image_model_ = fit_title_image_model(
-                    data.features["title"][with_image], data.features["image"][with_image],
-                    y[with_image], n_classes, seed=self.config_.seed,
-                )
+        if image is not None and has_image is not None and has_image.any():
+            rows = np.flatnonzero(has_image)
+            self.title_image_model_ = fit_title_image_model(
+                title[rows], image[rows], y[rows], n_classes, seed=self.config_.seed
+            )
 
     def _fit_no_metadata_mix(self, val: pd.DataFrame) -> None:
         """The no-metadata route's calibration (mixing.linear_alone), on the validation products as they would
