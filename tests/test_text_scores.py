@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from safetensors.numpy import load_file
 
@@ -83,6 +84,28 @@ def test_fusion_model_saves_its_text_model_and_withholds_it_with_the_title(
     )
     # Compared as log-probabilities: a confident model's probabilities sit within 1e-6 of 0 and 1 either way.
     assert not np.allclose(np.log(loaded.predict_proba(shuffled)), np.log(loaded.predict_proba(val)), atol=1e-3)
+
+
+def test_stacked_svm_learns_from_validation_products_once_the_mix_is_chosen(clean_catalog_dir: Path) -> None:
+    """Validation chooses the network's epochs, the mix and the review threshold; then the stacked SVM is fitted
+    again with the validation products. A title word that training files twice under one class and validation
+    eight times under another scores highest for the validation's class."""
+    frame = load_catalog(clean_catalog_dir, progress=False).products
+    train, val = frame.iloc[::2].copy(), frame.iloc[1::2].copy()
+    first, second = sorted(frame["articleType"].unique())[:2]
+    word = "Zorblatt Quix"
+    train.loc[train.index[train["articleType"] == first][:2], "productDisplayName"] = word
+    val.loc[val.index[val["articleType"] == second][:8], "productDisplayName"] = word
+    product = pd.DataFrame({"productDisplayName": [word]})
+
+    def svm_answer(predictor: Predictor) -> str:
+        scores = predictor.text_model_.scores(predictor.title_encoder_.transform(product))
+        return str(predictor.labels_.classes_[int(scores.argmax())])
+
+    options = {"preset": "small", "progress": False, "head": {"epochs": 3}}
+    assert svm_answer(Predictor(["title"], **options).fit(train, val)) == second
+    # A model without validation products has nothing more to learn from: its SVM is the one fitted on train.
+    assert svm_answer(Predictor(["title"], **options).fit(train)) == first
 
 
 def test_text_scores_can_be_switched_off(clean_catalog_dir: Path, tmp_path: Path) -> None:

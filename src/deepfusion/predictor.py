@@ -346,7 +346,23 @@ class Predictor:
             self.train_seconds_ += kept.pop("train_seconds_")
             self.__dict__.update(kept)
             self._build_mixes()  # the refitted networks with the first pass's mix weights
+        elif cfg.uses_stacking and val is not None and len(val):
+            self._refit_text_model(train, val)
         return self
+
+    def _refit_text_model(self, train: pd.DataFrame, val: pd.DataFrame) -> None:
+        """The stacked SVM fitted again on the training and validation products (one version of each, itself or a
+        blanked copy, as in its first fit), once the network, the mix weights and the review threshold are chosen
+        on validation: the SVM that scores new products then learns from every labelled product, as the
+        no-metadata route's SVMs do (docs/experiments.md, 2026-12-05 "the stacked SVM on train + validation")."""
+        seed = self.config_.seed
+        source, products = self._with_blanked_copies(pd.concat([train, val], ignore_index=True))
+        products = products.iloc[one_version_each(np.random.default_rng(seed), source)]
+        title = self.title_encoder_.transform(products)
+        metadata = self.metadata_encoder_.transform(products) if "metadata" in self.config_.modalities else None
+        y = self.labels_.transform(products[TARGET])
+        log.info("stacked SVM fitted again on %d training + validation products", len(products))
+        self.text_model_.refit(inputs.stacking_features(title, metadata), y, len(self.labels_.classes_))
 
     def _as_catalog(
         self, train: pd.DataFrame, val: pd.DataFrame | None, image_column: str | None

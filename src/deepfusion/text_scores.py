@@ -95,6 +95,14 @@ class TextScoreModel:
             self.oof_scores_ = (raw / self.scale_).astype(np.float32)
         return self
 
+    def refit(self, X: sp.csr_matrix, y: np.ndarray, n_classes: int) -> TextScoreModel:
+        """The full model fitted again on (X, y), e.g. with the validation products added once everything chosen on
+        them is fixed. ``scale_`` stays: it is what the network and the mixes were fitted with, and a linear SVM
+        fitted on a few more products keeps the spread of its scores."""
+        self.coef_, self.intercept_ = self._fit_svm(sp.csr_matrix(X, dtype=np.float32), y, n_classes)
+        self._coef_t = None
+        return self
+
     def scores(self, X: sp.csr_matrix, dense: np.ndarray | None = None) -> np.ndarray:
         """Scores of the rows of ``X``, or of (``X``, ``dense``) side by side for a model over both (the title +
         image model): the dense block is never copied into a sparse matrix."""
