@@ -8,7 +8,8 @@ where the image should overrule it (Wolpert's stacked generalisation).
 The network must see training-set scores that look like the scores of unseen products, or it learns to trust
 them blindly: on the training split they are *out-of-fold* scores (each product scored by an SVM fitted on the
 other folds, duplicate products kept in one fold); on new products they come from an SVM fitted on the whole
-training split. The fitted weights are plain arrays saved as safetensors; nothing is pickled.
+training split and, once validation has chosen the network, its mix and its review threshold, fitted again on the
+training and validation products. The fitted weights are plain arrays saved as safetensors; nothing is pickled.
 """
 
 from __future__ import annotations
