@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="missing_inputs section: reuse OUT/missing/fusion and OUT/missing/seedN/fusion if trained")
     parser.add_argument("--missing-splits", default="42",
                         help="missing_inputs section: split seeds (42: the quick start's split)")
+    parser.add_argument("--catalog-seeds", default="0",
+                        help="other_catalogs section: split seeds (each catalog's 80/20 split drawn with each)")
     parser.add_argument("--serve-model", type=Path, default=None, help="serving section: the model folder served")
     parser.add_argument("--scaling-workdir", type=Path, default=None,
                         help="scaling section: keep its catalogs and caches here")
@@ -71,6 +73,7 @@ def section_options(args: argparse.Namespace) -> dict:
         "reuse_refit": args.reuse_refit,
         "reuse_missing": args.reuse_missing,
         "missing_splits": [int(x) for x in args.missing_splits.split(",")],
+        "catalog_seeds": [int(x) for x in args.catalog_seeds.split(",")],
         "serve_model": args.serve_model,
         "scaling_workdir": args.scaling_workdir,
         "links_n": args.links_n,

@@ -66,6 +66,19 @@ def test_render_takes_the_latest_file_of_each_section(tmp_path: Path) -> None:
     assert "## Missing inputs on other splits" not in page
 
 
+def test_render_other_catalogs_on_several_split_seeds(tmp_path: Path) -> None:
+    rows = [{**_catalog_row("toys", acc), "split_seed": seed} for seed, acc in ((0, 0.90), (1, 0.80), (2, 0.70))]
+    _write(tmp_path, "2026-12-05T1500-aaaaaaa-other_catalogs.json", split_seeds=[0, 1, 2], rows=rows)
+    out = tmp_path / "RESULTS.md"
+    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    # One row per catalog level: the mean over the seeds, each seed's accuracy, and the mean lead over the SVM.
+    fusion, svm = "80.00% / 0.500 (90.00 / 80.00 / 70.00)", "50.00% / 0.500 (50.00 / 50.00 / 50.00)"
+    assert f"| toys | 1 | 5 | 100 | {fusion} | {svm} | +30.00 |" in page
+    assert "seeds 0, 1, 2" in page
+
+
 def test_render_missing_inputs_on_several_splits(tmp_path: Path) -> None:
     def ablation(title_image: float, random: float) -> list[dict]:
         row = {"macro_f1": 0.9}

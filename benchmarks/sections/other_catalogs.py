@@ -1,5 +1,5 @@
 """The catalogs in other schemas (benchmarks/other_catalogs.py): fusion against the TF-IDF + SVM reference, for
-each catalog found under the shared data folder."""
+each catalog found under the shared data folder, on each split seed of ``--catalog-seeds``."""
 
 from __future__ import annotations
 
@@ -15,4 +15,6 @@ def measure(b: Bench) -> dict[str, Any] | None:
     names = [n for n in oc.CATALOGS if (oc.SHARED / oc.CATALOGS[n]["file"]).exists()]
     if not names:
         return None
-    return {"cpus": os.cpu_count(), "rows": [row for name in names for row in oc.measure(name)]}
+    seeds = b.options.get("catalog_seeds") or [0]
+    rows = [row for name in names for seed in seeds for row in oc.measure(name, seed)]
+    return {"cpus": os.cpu_count(), "split_seeds": seeds, "rows": rows}

@@ -54,32 +54,53 @@ def _latest_per_catalog(runs: list[Run]) -> list[tuple[Run, dict]]:
     return [(chosen[c], row) for c in order for row in chosen[c].figures["rows"] if row["catalog"] == c]
 
 
+def _accuracy_cell(rows: list[dict], model: str) -> str:
+    """Accuracy / macro-F1 of one model over a catalog level's split seeds: the value, or with several seeds their
+    mean and each seed's accuracy."""
+    acc = [100 * r[f"{model}_accuracy"] for r in rows]
+    f1 = [r[f"{model}_macro_f1"] for r in rows]
+    if len(rows) == 1:
+        return f"{acc[0]:.2f}% / {f1[0]:.3f}"
+    return f"{sum(acc) / len(acc):.2f}% / {sum(f1) / len(f1):.3f} ({' / '.join(f'{a:.2f}' for a in acc)})"
+
+
 def other_catalogs(runs: Runs) -> str | None:
     if not runs.all("other_catalogs"):
         return None
     rows = _latest_per_catalog(runs.all("other_catalogs"))
     used = list(dict.fromkeys(run for run, _ in rows))
+    levels: dict[tuple[str, int], list[dict]] = {}
+    for _, r in rows:
+        levels.setdefault((r["catalog"], r["level"]), []).append(r)
+    seeds = sorted({r.get("split_seed", 0) for _, r in rows})
     table = [
         [
-            r["catalog"],
-            str(r["level"]),
-            str(r["classes"]),
-            f"{r['test']:,}",
-            f"{100 * r['fusion_accuracy']:.2f}% / {r['fusion_macro_f1']:.3f}",
-            f"{100 * r['svm_accuracy']:.2f}% / {r['svm_macro_f1']:.3f}",
+            catalog,
+            str(level),
+            str(group[0]["classes"]),
+            f"{group[0]['test']:,}",
+            _accuracy_cell(group, "fusion"),
+            _accuracy_cell(group, "svm"),
+            f"{sum(100 * (r['fusion_accuracy'] - r['svm_accuracy']) for r in group) / len(group):+.2f}",
         ]
-        for _, r in rows
+        for (catalog, level), group in levels.items()
     ]
+    split = f"seed {seeds[0]}"
+    if len(seeds) > 1:
+        split = (f"seeds {', '.join(map(str, seeds))}: mean, then each seed's accuracy; classes and test products "
+                 f"of seed {seeds[0]}")
     return md_table(
         "Catalogs in other schemas",
-        "`python benchmarks/run.py --sections other_catalogs` (or `python benchmarks/other_catalogs.py`; each "
-        "catalog's rows from the latest run that measured it): only `--label` given, every other column's role "
-        "inferred; the label cut to level k of its category path, classes with at least 10 products (5 for the "
-        "1,000 US products), stratified 80/20 split (seed 0). The fusion model reads the text, attributes and "
+        "`python benchmarks/run.py --sections other_catalogs [--catalog-seeds 0,1,2]` (or `python "
+        "benchmarks/other_catalogs.py [--seeds 0,1,2]`; each catalog's rows from the latest run that measured it): "
+        "only `--label` given, every other column's role inferred; the label cut to level k of its category path, "
+        "classes with at least 10 products (5 for the 1,000 US products), stratified 80/20 split "
+        f"({split}). The fusion model reads the text, attributes and "
         "numbers (no images: none are reachable here) and holds out 10% of its 80% for early stopping and "
-        "calibration; the baseline is the any-catalog issue's reference, TF-IDF (word 1-2 + character 2-5 grams) "
-        "of name + manufacturer (US: name + about) and a linear SVM, fitted on the whole 80%.",
+        "calibration (since a124117 its stacked SVM is then fitted again on the whole 80%); the baseline is the "
+        "any-catalog issue's reference, TF-IDF (word 1-2 + character 2-5 grams) of name + manufacturer (US: name + "
+        "about) and a linear SVM, fitted on the whole 80%.",
         ["catalog", "level", "classes", "test products", "fusion accuracy / macro-F1",
-         "TF-IDF + SVM accuracy / macro-F1"],
+         "TF-IDF + SVM accuracy / macro-F1", "fusion - SVM (points)"],
         table,
     ) + "\n\n" + source(*used)
