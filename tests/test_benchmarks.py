@@ -102,6 +102,16 @@ def test_render_missing_inputs_on_several_splits(tmp_path: Path) -> None:
     assert "| title + image | metadata | 97.27% (97.00%) | 98.01% (97.00%) |" in page
     assert "| metadata + title + image | each metadata field with chance 0.3 | 97.85% | 98.33% |" in page
 
+    # A later run of split 42 alone: its table on top, the other splits still shown from the run that measured them.
+    later = {"split_seed": 42, "ablation": ablation(0.9740, 0.9795), "fusion_trained": "2026-12-06"}
+    _write(tmp_path, "2026-12-06T0900-bbbbbbb-missing_inputs.json", models={}, **later, splits=[later])
+    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "| title + image | metadata | 97.40% |" in page
+    assert "| title + image | metadata | 97.27% (97.00%) | 98.01% (97.00%) |" in page
+    assert "an earlier model than the table above" in page and "2026-12-05T0900-aaaaaaa-missing_inputs.json" in page
+
 
 def test_results_md_is_rendered_from_the_results_files(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
