@@ -34,8 +34,9 @@ def test_refit_learns_from_validation_and_keeps_its_calibration(tmp_path: Path) 
     train, val, test = _shoes(0, 40, 0, seed=0), _shoes(1, 20, 1000, seed=1), _shoes(1, 20, 2000, seed=2)
     plain = Predictor(["title"], **OPTIONS).fit(train, val)
     refit = Predictor(["title"], refit=True, **OPTIONS).fit(train, val)
-    # Words seen only in validation: the plain model guesses, the refit model learned them.
-    assert plain.evaluate(test)["accuracy"] < 0.8
+    # Words seen only in validation: the refit model learned them everywhere; the plain model only in its stacked SVM
+    # (fitted again on train + validation once the mix is chosen), not in its network, which decides with it.
+    assert plain.evaluate(test)["accuracy"] < 0.9
     assert refit.evaluate(test)["accuracy"] == 1.0
     # The first pass is the plain model's: same calibration and validation curve, kept by the refit model.
     assert refit.temperature_ == plain.temperature_ != 1.0
