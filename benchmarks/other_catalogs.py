@@ -146,14 +146,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="split seeds, comma-separated: each catalog is measured on each")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for name in args.catalogs.split(","):
         if not (SHARED / CATALOGS[name]["file"]).exists():
             log.warning("%s not found under %s: skipped", name, SHARED)
             continue
-        rows += [row for seed in args.seeds.split(",") for row in measure(name, int(seed))]
+        rows += [row for seed in seeds for row in measure(name, seed)]
     # One file per run (date, time and commit): a run of one catalog does not replace another run's rows.
-    seeds = [int(s) for s in args.seeds.split(",")]
     out = result_files.write("other_catalogs", {"cpus": os.cpu_count(), "split_seeds": seeds, "rows": rows})
     print(json.dumps([{k: v for k, v in r.items() if k != "schema"} for r in rows], indent=2))
     print(f"-> {out}; python benchmarks/render.py renders RESULTS.md")
