@@ -64,20 +64,3 @@ def test_label_encoder() -> None:
     assert list(enc.transform(pd.Series(["b", "zzz"]))) == [1, -1]
     assert list(enc.inverse_transform(np.array([0, 1]))) == ["a", "b"]
     assert ClassIndex.from_json(enc.to_json()).classes_ == enc.classes_
-
-
-def test_a_word_one_training_product_carries_files_its_siblings() -> None:
-    """A catalog of many small product families: each training product's only clue is its own model code (seen
-    once), the rest of its title is shared by every class. A sibling sent with that code must be filed with it."""
-    from deepfusion.baselines import TextSVMBaseline
-    from deepfusion.catalog import TARGET, TITLE
-
-    rng = np.random.default_rng(0)
-    codes = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(160)]
-    labels = np.array(["Trains", "Dolls"])[rng.integers(0, 2, len(codes))]
-    train = pd.DataFrame({TITLE: [f"{c} toy gift set" for c in codes], TARGET: labels})
-    siblings = pd.DataFrame({TITLE: [f"boxed gift {c}" for c in codes]})
-    encoder = TitleEncoder().fit(train)
-    assert codes[0] in encoder.vectorizers_[0].vocabulary_
-    predicted = TextSVMBaseline(inputs=("title",)).fit(train).predict(siblings)
-    assert (predicted == labels).mean() > 0.95

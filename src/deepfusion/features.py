@@ -167,20 +167,17 @@ class MetadataEncoder:
 class TitleEncoder:
     """Product title -> sparse TF-IDF of word uni/bi-grams and character 2-4 grams of the cleaned title.
 
-    Character n-grams make the encoder robust to typos and brand-glued words (``tshirt`` vs ``t shirt``). Words
-    seen once in training are kept: in a catalog of many small product families a model number or a maker's
-    name that one training product carries is what files its siblings (docs/experiments.md, 2026-12-05
-    "words seen once"); the cap keeps the most frequent when a catalog has more.
+    Character n-grams make the encoder robust to typos and brand-glued words (``tshirt`` vs ``t shirt``).
     """
 
-    def __init__(self, max_word_features: int = 50000, max_char_features: int = 30000) -> None:
+    def __init__(self, max_word_features: int = 20000, max_char_features: int = 30000) -> None:
         self.max_word_features = max_word_features
         self.max_char_features = max_char_features
 
     def _vectorizers(self) -> list[TfidfVectorizer]:
         return [
             TfidfVectorizer(
-                ngram_range=(1, 2), min_df=1, max_features=self.max_word_features, sublinear_tf=True, dtype=np.float32
+                ngram_range=(1, 2), min_df=2, max_features=self.max_word_features, sublinear_tf=True, dtype=np.float32
             ),
             TfidfVectorizer(
                 analyzer="char_wb",
