@@ -2,6 +2,7 @@
 
     python benchmarks/other_catalogs.py            # both catalogs, prints the rows and writes a dated results file
     python benchmarks/other_catalogs.py --seeds 0,1,2   # the same on three 80/20 splits
+    python benchmarks/other_catalogs.py --sentence-model all-MiniLM-L6-v2   # fusion also reads a sentence model
     python benchmarks/run.py --sections other_catalogs   # the same, and RESULTS.md rendered
 
 amazon-toys-uk: the label is level k of the category path (``Hobbies > Model Trains & Railway Sets > ...`` cut
@@ -92,21 +93,27 @@ def text_svm(train: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> np.
     return svm.predict(x_test)
 
 
-def fusion(train: pd.DataFrame, test: pd.DataFrame, schema: Any, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """The default model on every input the schema names but images: fit on 90% of ``train``, calibrated on 10%."""
+def fusion(
+    train: pd.DataFrame, test: pd.DataFrame, schema: Any, seed: int = 0, sentence_model: str | None = None
+) -> tuple[np.ndarray, dict]:
+    """The default model on every input the schema names but images: fit on 90% of ``train``, calibrated on 10%;
+    ``sentence_model``: also read the title with that sentence model (Predictor's option)."""
     fit, val = train_test_split(train, test_size=0.1, random_state=seed, stratify=train["level_label"])
     schema = schema.with_roles(label="level_label")
     modalities = tuple(m for m in ("metadata", "title") if (schema.metadata if m == "metadata" else schema.text))
     start = time.perf_counter()
     # min_class_size=1: the classes are the level's labels, as the SVM's (no back-off of a level-2 path with 5 to 9
     # products to its level-1 parent, which would make its products wrong at level 2 by construction).
-    predictor = Predictor(modalities, schema=schema, progress=False, min_class_size=1).fit(fit, val)
+    predictor = Predictor(
+        modalities, schema=schema, progress=False, min_class_size=1, sentence_model=sentence_model
+    ).fit(fit, val)
     seconds = time.perf_counter() - start
     predicted = predictor.predict(test)
-    return np.asarray(predicted), {"modalities": list(modalities), "fit_seconds": round(seconds, 1)}
+    info = {"modalities": list(modalities), "sentence_model": sentence_model, "fit_seconds": round(seconds, 1)}
+    return np.asarray(predicted), info
 
 
-def measure(name: str, seed: int = 0) -> list[dict[str, Any]]:
+def measure(name: str, seed: int = 0, sentence_model: str | None = None) -> list[dict[str, Any]]:
     spec = CATALOGS[name]
     path = SHARED / spec["file"]
     catalog = load_catalog(path, label=spec["label"], progress=False)
@@ -120,7 +127,7 @@ def measure(name: str, seed: int = 0) -> list[dict[str, Any]]:
         truth = test["level_label"].to_numpy()
         baseline = text_svm(train, test, spec["baseline_text"])
         predicted, info = fusion(train.drop(columns=[TARGET]), test.drop(columns=[TARGET, "level_label"]),
-                                 schema.with_roles(image=None) if schema.image else schema, seed)
+                                 schema.with_roles(image=None) if schema.image else schema, seed, sentence_model)
         rows.append({
             "catalog": name,
             "level": level,
@@ -144,6 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalogs", default=",".join(CATALOGS), help="comma-separated: " + ", ".join(CATALOGS))
     parser.add_argument("--seeds", default="0", help="split seeds, comma-separated: each catalog is measured on each")
+    parser.add_argument("--sentence-model", default=None,
+                        help="the fusion model also reads the title with this sentence model (e.g. all-MiniLM-L6-v2)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -152,7 +161,7 @@ def main() -> None:
         if not (SHARED / CATALOGS[name]["file"]).exists():
             log.warning("%s not found under %s: skipped", name, SHARED)
             continue
-        rows += [row for seed in seeds for row in measure(name, seed)]
+        rows += [row for seed in seeds for row in measure(name, seed, args.sentence_model)]
     # One file per run (date, time and commit): a run of one catalog does not replace another run's rows.
     out = result_files.write("other_catalogs", {"cpus": os.cpu_count(), "split_seeds": seeds, "rows": rows})
     print(json.dumps([{k: v for k, v in r.items() if k != "schema"} for r in rows], indent=2))

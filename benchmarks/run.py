@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="missing_inputs section: split seeds (42: the quick start's split)")
     parser.add_argument("--catalog-seeds", default="0",
                         help="other_catalogs section: split seeds (each catalog's 80/20 split drawn with each)")
+    parser.add_argument("--sentence-model", default=None,
+                        help="other_catalogs section: the fusion model also reads titles with this sentence model")
     parser.add_argument("--serve-model", type=Path, default=None, help="serving section: the model folder served")
     parser.add_argument("--scaling-workdir", type=Path, default=None,
                         help="scaling section: keep its catalogs and caches here")
@@ -74,6 +76,7 @@ def section_options(args: argparse.Namespace) -> dict:
         "reuse_missing": args.reuse_missing,
         "missing_splits": [int(x) for x in args.missing_splits.split(",")],
         "catalog_seeds": [int(x) for x in args.catalog_seeds.split(",")],
+        "sentence_model": args.sentence_model,
         "serve_model": args.serve_model,
         "scaling_workdir": args.scaling_workdir,
         "links_n": args.links_n,

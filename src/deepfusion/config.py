@@ -160,6 +160,9 @@ class ModelConfig:
     refit: bool = False  # after early stopping and calibration, train again on train + validation
     field_blanking: float = 0.5  # blanked training copies per product (missing.py); 0 turns them off
     review_precision: float = 0.98  # needs_review below the confidence validation products were right this often
+    # A pretrained sentence model whose embedding of the title joins its TF-IDF (sentence.py): a folder, or a name
+    # (all-MiniLM-L6-v2 from the `sentence` extra); None: TF-IDF only. A saved model names its own copy.
+    sentence_model: str | None = None
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -286,6 +289,8 @@ def _check(config: ModelConfig) -> None:
         raise ConfigError(f"field_blanking must be between 0 and 4 copies per product, got {config.field_blanking}")
     if not 0 <= config.review_precision <= 1:
         raise ConfigError(f"review_precision must be between 0 and 1, got {config.review_precision}")
+    if config.sentence_model is not None and (not isinstance(config.sentence_model, str) or not config.sentence_model):
+        raise ConfigError(f"sentence_model must be a model name or folder, got {config.sentence_model!r}")
     image = config.image
     if image.size is not None and (len(image.size) != 2 or not all(1 <= int(s) <= 4096 for s in image.size)):
         raise ConfigError(f"image size must be (height, width) in pixels, got {image.size!r}")

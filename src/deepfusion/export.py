@@ -299,6 +299,12 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, cache_dir: str |
     validate_model_folder(model_dir)
     _check_out_dir(out_dir, model_dir)
     predictor = Predictor.load(model_dir, cache_dir=cache_dir, progress=False)
+    if predictor.config_.sentence_model is not None:
+        # The lean runtime computes the title's TF-IDF in numpy; it has no sentence model (it would need torch).
+        raise ExportError(
+            f"{model_dir} reads titles with a sentence model, which the exported runtime cannot run yet. Serve the "
+            "model folder itself (deepfusion serve MODEL), or train without --sentence-model to export."
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Not mkdtemp: its folder is private (0700), and the export should get the usual permissions.
     tmp = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:12]}"

@@ -165,14 +165,19 @@ class MetadataEncoder:
 
 
 class TitleEncoder:
-    """Product title -> sparse TF-IDF of word uni/bi-grams and character 2-4 grams of the cleaned title.
+    """Product title -> sparse TF-IDF of word uni/bi-grams and character 2-4 grams of the cleaned title, and with a
+    ``sentence`` encoder (sentence.py) the title's sentence embedding after them, as dense columns of the same row.
 
-    Character n-grams make the encoder robust to typos and brand-glued words (``tshirt`` vs ``t shirt``).
+    Character n-grams make the encoder robust to typos and brand-glued words (``tshirt`` vs ``t shirt``); the
+    sentence embedding places words never seen in training near the words they are used like.
     """
 
-    def __init__(self, max_word_features: int = 20000, max_char_features: int = 30000) -> None:
+    def __init__(
+        self, max_word_features: int = 20000, max_char_features: int = 30000, sentence: Any | None = None
+    ) -> None:
         self.max_word_features = max_word_features
         self.max_char_features = max_char_features
+        self.sentence = sentence
 
     def _vectorizers(self) -> list[TfidfVectorizer]:
         return [
@@ -196,23 +201,35 @@ class TitleEncoder:
 
     def transform(self, frame: pd.DataFrame) -> sp.csr_matrix:
         titles = [clean_title(t) for t in frame[TITLE]]
-        return sp.hstack([v.transform(titles) for v in self.vectorizers_], format="csr", dtype=np.float32)
+        parts = [v.transform(titles) for v in self.vectorizers_]
+        if self.sentence is not None:
+            # The model reads the title as written (case, punctuation); a title that cleans to nothing is absent.
+            raw = [str(t) if clean else "" for t, clean in zip(frame[TITLE], titles, strict=True)]
+            parts.append(sp.csr_matrix(self.sentence.encode(raw)))
+        return sp.hstack(parts, format="csr", dtype=np.float32)
+
+    @property
+    def n_tfidf_features(self) -> int:
+        return sum(len(v.vocabulary_) for v in self.vectorizers_)
 
     @property
     def n_features(self) -> int:
-        return sum(len(v.vocabulary_) for v in self.vectorizers_)
+        return self.n_tfidf_features + (self.sentence.dim if self.sentence is not None else 0)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        state = {
             "max_word_features": self.max_word_features,
             "max_char_features": self.max_char_features,
             "vocabularies": [{k: int(i) for k, i in v.vocabulary_.items()} for v in self.vectorizers_],
             "idfs": [v.idf_.tolist() for v in self.vectorizers_],
         }
+        if self.sentence is not None:
+            state["sentence"] = {"dim": self.sentence.dim, "weight": self.sentence.weight}
+        return state
 
     @classmethod
-    def from_json(cls, state: dict[str, Any]) -> TitleEncoder:
-        enc = cls(state["max_word_features"], state["max_char_features"])
+    def from_json(cls, state: dict[str, Any], sentence: Any | None = None) -> TitleEncoder:
+        enc = cls(state["max_word_features"], state["max_char_features"], sentence)
         enc.vectorizers_ = []
         for template, vocab, idf in zip(enc._vectorizers(), state["vocabularies"], state["idfs"], strict=True):
             vec = TfidfVectorizer(**{**template.get_params(), "vocabulary": vocab, "max_features": None})

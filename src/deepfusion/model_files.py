@@ -529,6 +529,18 @@ class _Checker:
                           f"title.vocabularies[{i}] must number its n-grams 0, 1, 2, ... without gaps")
                 self.numbers(idf, f"title.idfs[{i}]", file, length=len(vocab), positive=True)
             widths["title"] = sum(len(v) for v in vocabularies)
+            sentence = t.get("sentence")
+            named = config["config"].get("sentence_model")
+            self.need((sentence is None) == (named is None), file,
+                      "title.sentence and config.sentence_model must be given together (the title's sentence model)")
+            if sentence is not None:
+                self.obj(sentence, "title.sentence", file)
+                dim = self.int_at(self.get(sentence, "dim", "title.sentence", file), "title.sentence.dim", file,
+                                  low=1)
+                self.need(_is_finite(sentence.get("weight")) and sentence["weight"] > 0, file,
+                          f"title.sentence.weight must be a positive number, got {_show(sentence.get('weight'))}")
+                self.inside("config.sentence_model", f"{named}/modules.json")
+                widths["title"] += dim
         if "image" in modalities:
             from .backbones import get_backbone
 

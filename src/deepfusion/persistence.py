@@ -11,6 +11,7 @@
       title_scores.safetensors, title_image_scores.safetensors   the no-metadata route's title-only and title +
                            image linear models
       backbone.safetensors the backbone's weights when they are not the packaged ones (fine-tuned or --weights)
+      sentence_model/      with ``sentence_model``: a copy of the sentence model (safetensors + JSON, sentence.py)
 
 ``load_model`` checks the whole folder first (model_files.validate_model_folder, which also ``migrate``s a
 format-1 config.json), so a damaged or hostile folder is a ModelLoadError that says what to do.
@@ -34,6 +35,7 @@ from .features import ClassIndex, MetadataEncoder, TitleEncoder
 from .model_files import FORMAT_VERSION, ModelLoadError, validate_model_folder
 from .models import FusionEnsemble, FusionNet, ModalitySpec, build_network
 from .schema import CatalogSchema
+from .sentence import FOLDER as SENTENCE_FOLDER
 from .taxonomy import Taxonomy
 from .text_scores import TextScoreModel
 
@@ -52,10 +54,14 @@ def save_model(p: Predictor, path: Path) -> Path:
         _save_backbone_weights(Path(weights), path / BACKBONE_FILE)
     # The configuration as fitted, with the two values that are the folder's own: its backbone file, and the
     # decoding in use (a prediction-time choice, Predictor.decode).
+    sentence = p.title_encoder_.sentence if "title" in cfg.modalities else None
+    if sentence is not None:
+        sentence.save(path / SENTENCE_FOLDER)  # the model reads its own copy, wherever it is moved
     saved_cfg = replace(
         cfg,
         image=replace(cfg.image, weights=BACKBONE_FILE if weights is not None else None),
         tree=replace(cfg.tree, decode=p.decode),
+        sentence_model=SENTENCE_FOLDER if sentence is not None else None,
     )
     config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -134,8 +140,18 @@ def load_model(
     _load_taxonomy(self, path, config)
     if "metadata" in prep:
         self.metadata_encoder_ = MetadataEncoder.from_json(prep["metadata"])
+    if cfg.sentence_model is not None:  # the folder's own copy (model_files checked it is inside)
+        cfg = replace(cfg, sentence_model=str(path / cfg.sentence_model))
+        self.config_ = cfg
+        self.sentence_model = cfg.sentence_model
     if "title" in prep:
-        self.title_encoder_ = TitleEncoder.from_json(prep["title"])
+        sentence = None
+        if "sentence" in prep["title"]:
+            from .sentence import SentenceEncoder
+
+            sentence = SentenceEncoder(cfg.sentence_model, weight=float(prep["title"]["sentence"]["weight"]),
+                                       progress=progress)
+        self.title_encoder_ = TitleEncoder.from_json(prep["title"], sentence)
     if "image" in prep:
         self.image_mean_ = np.array(prep["image"]["mean"], dtype=np.float32)
         self.image_std_ = np.array(prep["image"]["std"], dtype=np.float32)

@@ -91,6 +91,8 @@ class Predictor:
         field_blanking: blanked training copies per product (missing.py); 0 turns them off.
         review_precision: ``needs_review`` marks predictions below the confidence at which validation products
             were right this often.
+        sentence_model: a pretrained sentence model whose embedding of the title joins its TF-IDF (sentence.py): a
+            sentence-transformers folder or ``"all-MiniLM-L6-v2"`` (the ``sentence`` extra); None: TF-IDF only.
         depth, min_class_size, decode: a label that is a category path (taxonomy.py): train on its first ``depth``
             levels (None: all); a path with fewer training products than ``min_class_size`` backs off to its
             parent; ``decode`` "path" predicts the most probable whole path, "top_down" the most probable node
@@ -123,6 +125,7 @@ class Predictor:
         refit: bool = False,
         field_blanking: float = 0.5,
         review_precision: float = 0.98,
+        sentence_model: str | Path | None = None,
         depth: int | None = None,
         min_class_size: int = DEFAULT_MIN_CLASS_SIZE,
         decode: str = "path",
@@ -147,6 +150,7 @@ class Predictor:
         self.refit = refit
         self.field_blanking = field_blanking
         self.review_precision = review_precision
+        self.sentence_model = sentence_model
         self.depth = depth
         self.min_class_size = min_class_size
         self.decode = decode
@@ -167,6 +171,7 @@ class Predictor:
             decode=self.decode, stacking=self.stacking, title_fallback=self.title_fallback,
             metadata_fallback=self.metadata_fallback, refit=self.refit, field_blanking=self.field_blanking,
             review_precision=self.review_precision, seed=self.seed,
+            sentence_model=None if self.sentence_model is None else str(self.sentence_model),
         )
 
     @classmethod
@@ -187,7 +192,8 @@ class Predictor:
             backbone=image.backbone, weights=image.weights, image_size=image.size, augment_views=image.views,
             finetune_blocks=image.finetune_blocks, finetune_epochs=image.finetune_epochs, stacking=config.stacking,
             title_fallback=config.title_fallback, metadata_fallback=config.metadata_fallback, refit=config.refit,
-            field_blanking=config.field_blanking, review_precision=config.review_precision, depth=tree.depth,
+            field_blanking=config.field_blanking, review_precision=config.review_precision,
+            sentence_model=config.sentence_model, depth=tree.depth,
             min_class_size=tree.min_class_size, decode=tree.decode, schema=schema, embedder=embedder,
             cache_dir=cache_dir, progress=progress,
         )
@@ -235,6 +241,18 @@ class Predictor:
 
     def _scale_image(self, emb: np.ndarray) -> np.ndarray:
         return inputs.scale_image(emb, self.image_mean_, self.image_std_)
+
+    def sentence_encoder(self):  # noqa: ANN201 - sentence.SentenceEncoder or None, imported lazily
+        """The sentence model the title encoder embeds with (None without one); loaded once per Predictor."""
+        name = self.config_.sentence_model if hasattr(self, "config_") else self.sentence_model
+        if name is None or "title" not in self.config_.modalities:
+            return None
+        cached = getattr(self, "_sentence_obj", None)
+        if cached is None or cached.name != str(name):
+            from .sentence import SentenceEncoder
+
+            cached = self._sentence_obj = SentenceEncoder(str(name), cache_dir=self.cache_dir, progress=self.progress)
+        return cached
 
     # ----------------------------------------------------------------- products -> network inputs
     def _encode(
@@ -427,7 +445,7 @@ class Predictor:
                 list(schema.categorical), list(schema.numeric), title_length=schema.is_fashion
             ).fit(train)
         if "title" in mods:
-            self.title_encoder_ = TitleEncoder().fit(train)
+            self.title_encoder_ = TitleEncoder(sentence=self.sentence_encoder()).fit(train)
 
     def _fit_pass(
         self, train: pd.DataFrame, val: pd.DataFrame | None, head: HeadConfig, *, finetune: bool

@@ -1,0 +1,111 @@
+"""A sentence model beside the title's TF-IDF (``sentence_model``): what it adds, how it is saved, where it stops.
+
+Uses the packaged all-MiniLM-L6-v2 (the ``sentence`` extra, installed with ``.[test]``): no download."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from deepfusion import Predictor
+from deepfusion.cli import app
+
+if importlib.util.find_spec("sentence_transformers") is None or importlib.util.find_spec("all_minilm_l6_v2") is None:
+    pytest.skip("the sentence extra is not installed: pip install '.[sentence]'", allow_module_level=True)
+
+runner = CliRunner()
+
+# Four kinds of product, 24 words each: a model trains on the first 18 (each word in one title) and is asked about
+# the other 6, words no training title has, so TF-IDF has nothing to go on and only a model that knows what words
+# mean can file them.
+WORDS = {
+    "Fruit": "apple banana cherry grape mango orange peach pear plum lemon lime kiwi melon papaya apricot fig guava "
+    "lychee pineapple coconut raspberry strawberry blueberry nectarine",
+    "Instruments": "guitar violin piano drum flute trumpet saxophone cello harp clarinet trombone banjo ukulele "
+    "accordion harmonica oboe tuba xylophone mandolin bassoon viola keyboard tambourine bagpipes",
+    "Railway": "locomotive railway carriage train wagon tram monorail subway metro railroad station platform signal "
+    "track sleeper diesel freight caboose coach shunter turntable viaduct depot junction",
+    "Animals": "lion tiger elephant giraffe zebra monkey kangaroo panda bear wolf fox rabbit deer horse cow sheep goat "
+    "pig camel hippo rhino leopard cheetah squirrel",
+}
+# The network alone (no stacked SVM: on 72 products with one title per word its out-of-fold scores say nothing),
+# trained long enough for a catalog this small.
+OPTIONS = {"stacking": False, "head": {"epochs": 200, "min_epochs": 5, "members": 1}, "progress": False}
+
+
+def products(first: int, last: int, prefix: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"sku": f"{prefix}{label[:2]}{i}", "name": f"{word} by Maker{i % 5}", "category": label}
+         for label, words in WORDS.items() for i, word in enumerate(words.split()[first:last])]
+    )
+
+
+@pytest.fixture(scope="module")
+def catalogs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training products, and new products named by words no training title has."""
+    return products(0, 18, "S"), products(18, 24, "U")
+
+
+@pytest.fixture(scope="module")
+def fitted(catalogs: tuple[pd.DataFrame, pd.DataFrame]) -> Predictor:
+    train, _ = catalogs
+    return Predictor("title", sentence_model="all-MiniLM-L6-v2", **OPTIONS).fit(train, label="category")
+
+
+def test_words_never_seen_in_training_are_filed_by_their_meaning(
+    catalogs: tuple[pd.DataFrame, pd.DataFrame], fitted: Predictor
+) -> None:
+    train, unseen = catalogs
+    truth = unseen["category"].to_numpy()
+    tfidf_only = Predictor("title", **OPTIONS).fit(train, label="category")
+    plain = float((tfidf_only.predict(unseen) == truth).mean())
+    with_sentence = float((fitted.predict(unseen) == truth).mean())
+    assert plain <= 0.35, plain  # about chance (4 classes): TF-IDF cannot read words it never saw
+    assert with_sentence >= 0.5, (with_sentence, plain)
+    # Words seen in training stay right.
+    assert (fitted.predict(train) == train["category"].to_numpy()).mean() >= 0.95
+
+
+def test_the_model_folder_keeps_its_own_copy_of_the_sentence_model(
+    tmp_path: Path, catalogs: tuple[pd.DataFrame, pd.DataFrame], fitted: Predictor
+) -> None:
+    _, unseen = catalogs
+    fitted.save(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["config"]["sentence_model"] == "sentence_model"  # a path inside the folder, not the cache
+    copied = {p.name for p in (tmp_path / "model" / "sentence_model").rglob("*") if p.is_file()}
+    assert {"model.safetensors", "modules.json", "tokenizer.json"} <= copied
+    assert not any(name.endswith((".bin", ".pkl", ".pt")) for name in copied)
+    shutil.move(tmp_path / "model", tmp_path / "moved")  # the folder works wherever it goes
+    loaded = Predictor.load(tmp_path / "moved", progress=False)
+    np.testing.assert_allclose(loaded.predict_proba(unseen), fitted.predict_proba(unseen), atol=1e-5)
+    loaded.save(tmp_path / "moved")  # saved again into its own folder: its copy stays
+    again = Predictor.load(tmp_path / "moved", progress=False)
+    assert again.predict(unseen).tolist() == fitted.predict(unseen).tolist()
+
+
+def test_a_model_with_a_sentence_model_says_it_cannot_be_exported(tmp_path: Path, fitted: Predictor) -> None:
+    fitted.save(tmp_path / "model")
+    result = runner.invoke(app, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "export")])
+    assert result.exit_code == 2, result.output
+    assert "sentence model" in result.output and "deepfusion serve" in result.output
+
+
+def test_train_names_a_missing_sentence_model_folder_with_exit_code_2(
+    tmp_path: Path, catalogs: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    train, _ = catalogs
+    train.to_csv(tmp_path / "products.csv", index=False)
+    missing = tmp_path / "no-such-model"
+    missing.mkdir()
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "products.csv"), "--label", "category",
+                                 "--model", "fusion", "--sentence-model", str(missing), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "sentence-transformers model folder" in result.output
