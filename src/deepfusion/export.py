@@ -16,6 +16,9 @@ onnxruntime, numpy and Pillow to predict (``deepfusion.runtime``). It holds:
   its title-only SVM and, for products with an image, its title + image linear model, calibrated (mixing.py); a
   model saved by an earlier version also has its network and image expert in this graph.
 * ``backbone.onnx``: the image backbone, the very file the training embedder runs (image models only).
+* ``sentence.onnx`` + ``sentence_tokenizer.json``: with a sentence model (sentence.py), its transformer with mean
+  pooling and unit length, and its tokenizer, run by onnxruntime and the ``tokenizers`` package; the embedding
+  joins the title's (index, value) pairs after its TF-IDF columns, so the networks' graphs are unchanged.
 * ``preprocessing.json``: the model folder's own (labels, metadata encoder, title vocabularies and idfs, image
   scaling), copied unchanged; ``runtime.py`` reimplements the encoders in numpy from it.
 * ``manifest.json``: format, classes, the catalog fields, per network its file, inputs and temperature, the
@@ -63,7 +66,8 @@ OPSET = 17
 MANIFEST = "manifest.json"
 # What an export folder may hold: an existing folder with anything else in it is refused, never cleaned.
 EXPORT_FILES = frozenset(
-    {MANIFEST, "main.onnx", "fallback.onnx", "no_metadata.onnx", "backbone.onnx", "preprocessing.json", "metrics.json"}
+    {MANIFEST, "main.onnx", "fallback.onnx", "no_metadata.onnx", "backbone.onnx", "preprocessing.json", "metrics.json",
+     "sentence.onnx", "sentence_tokenizer.json"}
 )
 # ONNX against torch on the sample batch; float32 sums in another order differ by far less.
 CHECK_ATOL = 1e-4
@@ -299,12 +303,6 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, cache_dir: str |
     validate_model_folder(model_dir)
     _check_out_dir(out_dir, model_dir)
     predictor = Predictor.load(model_dir, cache_dir=cache_dir, progress=False)
-    if predictor.config_.sentence_model is not None:
-        # The lean runtime computes the title's TF-IDF in numpy; it has no sentence model (it would need torch).
-        raise ExportError(
-            f"{model_dir} reads titles with a sentence model, which the exported runtime cannot run yet. Serve the "
-            "model folder itself (deepfusion serve MODEL), or train without --sentence-model to export."
-        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Not mkdtemp: its folder is private (0700), and the export should get the usual permissions.
     tmp = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:12]}"
@@ -350,6 +348,91 @@ def tfidf_settings(vectorizers: Sequence[Any]) -> list[dict[str, Any]]:
     return settings
 
 
+class _SentenceGraph(nn.Module):
+    """A sentence-transformers model as one graph: token ids and mask in, the mean of the token embeddings over the
+    mask, at unit length, out (what SentenceEncoder computes)."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.transformer(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return mean / mean.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+# Titles the exported sentence model is checked on: short, long (truncated), with symbols and accents.
+_SENTENCE_CHECK = [
+    "Hornby 00 Gauge Steam Locomotive",
+    "FunkyBuys® Large Christmas Holiday Express Festive Train Set (SI-TY1017) Toy Light / Sounds",
+    "Café crème — élégant " * 60,
+    "x",
+]
+
+
+def _export_sentence(sentence: Any, folder: Path) -> dict[str, Any]:
+    """Write the sentence model as sentence.onnx and its tokenizer; check the runtime's embedding (tokenizers +
+    onnxruntime) against the model's own on sample titles."""
+    import onnxruntime as ort
+
+    from .runtime import SentenceRuntime
+    from .sentence import MAX_CHARS
+
+    model = sentence.model
+    modules = list(model)
+    pooling = modules[1] if len(modules) > 1 else None
+    mode = (pooling.get_config_dict() if hasattr(pooling, "get_config_dict") else {}).get("pooling_mode")
+    if (
+        len(modules) < 2
+        or not hasattr(modules[0], "auto_model")
+        or mode != "mean"
+        or any(type(m).__name__ != "Normalize" for m in modules[2:])
+    ):
+        raise ExportError(
+            f"the sentence model {sentence.name!r} is not a transformer with mean pooling, the only kind the runtime "
+            "runs; serve the model folder itself (deepfusion serve MODEL)."
+        )
+    tokenizer = Path(str(sentence.source)) / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ExportError(f"the sentence model {sentence.name!r} has no tokenizer.json (a fast tokenizer) to export.")
+    shutil.copyfile(tokenizer, folder / "sentence_tokenizer.json")
+    spec = {
+        "file": "sentence.onnx",
+        "tokenizer": "sentence_tokenizer.json",
+        "max_length": int(model.max_seq_length),
+        "dim": int(sentence.dim),
+        "weight": float(sentence.weight),
+        "max_chars": MAX_CHARS,
+    }
+    ids = torch.ones((2, 8), dtype=torch.int64)
+    graph = _SentenceGraph(modules[0].auto_model).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            (ids, torch.ones_like(ids)),
+            str(folder / "sentence.onnx"),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                          "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    session = ort.InferenceSession(str(folder / "sentence.onnx"), providers=["CPUExecutionProvider"])
+    runtime = SentenceRuntime(session, folder / "sentence_tokenizer.json", spec)
+    got, want = runtime.embed(_SENTENCE_CHECK), sentence.encode(_SENTENCE_CHECK)
+    if not np.allclose(got, want, atol=CHECK_ATOL, rtol=0):
+        raise ExportError(
+            f"the exported sentence model differs from {sentence.name!r} by up to {np.abs(got - want).max():.2e}"
+        )
+    return spec
+
+
 def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[str, Any]:
     """Write the graphs and JSON of ``predictor`` into ``folder``; returns the manifest (without ``files``)."""
     config = read_config(model_dir)
@@ -365,6 +448,8 @@ def _write_export(predictor: Predictor, model_dir: Path, folder: Path) -> dict[s
             return predictor.text_model_.scores(stacking_features(title, metadata))
 
     title = {"vectorizers": tfidf_settings(predictor.title_encoder_.vectorizers_)} if has_title else None
+    if has_title and predictor.title_encoder_.sentence is not None:
+        title["sentence"] = _export_sentence(predictor.title_encoder_.sentence, folder)
     networks: dict[str, Any] = {
         "main": {
             "file": "main.onnx",

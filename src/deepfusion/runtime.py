@@ -303,12 +303,59 @@ class TfidfAnalyzer:
         return rows
 
 
-class TitleVectorizer:
-    """features.TitleEncoder in numpy: the analyzers' TF-IDF rows side by side (word features first)."""
+class SentenceRuntime:
+    """sentence.SentenceEncoder in onnxruntime: the exported sentence model (token ids and mask in, the mean-pooled,
+    unit-length embedding out) behind the model's own tokenizer (the ``tokenizers`` package, no torch)."""
 
-    def __init__(self, analyzers: list[TfidfAnalyzer]) -> None:
+    def __init__(self, session: ort.InferenceSession, tokenizer_file: Path, spec: Mapping[str, Any]) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise ExportLoadError(
+                "This export reads titles with a sentence model, which needs the tokenizers package: "
+                "pip install 'deepfusion[serve]'."
+            ) from None
+        self.session = session
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.enable_truncation(int(spec["max_length"]))
+        self.tokenizer.enable_padding()
+        self.dim = int(spec["dim"])
+        self.weight = np.float32(spec["weight"])
+        self.max_chars = int(spec["max_chars"])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) embeddings times the model's weight; an empty text gets zeros."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        todo = [i for i, t in enumerate(texts) if t]
+        if todo:
+            encoded = self.tokenizer.encode_batch([texts[i][: self.max_chars] for i in todo])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            out[todo] = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+        return out * self.weight
+
+
+class TitleVectorizer:
+    """features.TitleEncoder in numpy: the analyzers' TF-IDF rows side by side (word features first), then the
+    title's sentence embedding when the model has a sentence model."""
+
+    def __init__(self, analyzers: list[TfidfAnalyzer], sentence: SentenceRuntime | None = None) -> None:
         self.analyzers = analyzers
         self.offsets = np.cumsum([0, *(len(a) for a in analyzers)])[:-1]
+        self.sentence = sentence
+
+    def rows(self, cleaned: Sequence[str], raw: Sequence[str | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per title, its whole row as (indices, values): the TF-IDF of the cleaned title, and the sentence
+        embedding of the title as written (a title that cleans to nothing is absent: no embedding)."""
+        tfidf = self.transform(cleaned)
+        if self.sentence is None:
+            return tfidf
+        emb = self.sentence.embed([str(r) if c else "" for c, r in zip(cleaned, raw, strict=True)])
+        columns = np.arange(self.n_features, self.n_features + self.sentence.dim, dtype=np.int64)
+        return [
+            (np.concatenate([idx, columns]), np.concatenate([values, e])) if c else (idx, values)
+            for (idx, values), e, c in zip(tfidf, emb, cleaned, strict=True)
+        ]
 
     @classmethod
     def from_state(cls, settings: Sequence[Mapping[str, Any]], state: Mapping[str, Any]) -> TitleVectorizer:
@@ -745,6 +792,13 @@ class ExportedModel:
             if "title" in modalities
             else None
         )
+        spec = (manifest.get("title") or {}).get("sentence")
+        if title is not None and spec is not None:
+            title.sentence = SentenceRuntime(
+                session(listed(spec["file"], "sentence model"), ["input_ids", "attention_mask"]),
+                listed(spec["tokenizer"], "sentence tokenizer"),
+                spec,
+            )
         image = backbone = None
         if "image" in modalities:
             spec = manifest["image"]
@@ -834,6 +888,7 @@ class ExportedModel:
         features: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
         cleaned: list[str] = []
+        raw_titles: list[str | None] = []
         if self.metadata is not None:
             features["metadata"] = self.metadata.transform(rows)
             present["metadata"] = np.array(
@@ -844,7 +899,8 @@ class ExportedModel:
                 dtype=bool,
             ).reshape(n)
         if self.title is not None:
-            cleaned = [clean_title(r.title) for r in rows]
+            raw_titles = [r.title for r in rows]
+            cleaned = [clean_title(t) for t in raw_titles]
             present["title"] = np.array([bool(t) for t in cleaned], dtype=bool).reshape(n)
         if self.image is not None:
             if image_embeddings is not None:
@@ -862,7 +918,7 @@ class ExportedModel:
             net = self.networks[key]
             for start in range(0, len(which), batch_size):
                 chunk = which[start : start + batch_size]
-                feed = self._feed(net, chunk, features, present, cleaned)
+                feed = self._feed(net, chunk, features, present, cleaned, raw_titles)
                 logits[chunk] = net.session.run(["logits"], feed)[0]
                 temperature[chunk] = net.temperature
         return [r.id for r in rows], logits, temperature, {m: present[m] for m in self.modalities}
@@ -885,6 +941,7 @@ class ExportedModel:
         features: dict[str, np.ndarray],
         present: dict[str, np.ndarray],
         cleaned: list[str],
+        raw_titles: list[str | None],
     ) -> dict[str, np.ndarray]:
         feed: dict[str, np.ndarray] = {}
         for name in net.inputs:
@@ -896,8 +953,8 @@ class ExportedModel:
                 feed[name] = features[name][rows]
         if "title_indices" in net.inputs:
             assert self.title is not None
-            tfidf = self.title.transform([cleaned[i] for i in rows])
-            feed["title_indices"], feed["title_values"] = self.title.padded(tfidf)
+            title_rows = self.title.rows([cleaned[i] for i in rows], [raw_titles[i] for i in rows])
+            feed["title_indices"], feed["title_values"] = self.title.padded(title_rows)
         return feed
 
     def predict_proba(
