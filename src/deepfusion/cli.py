@@ -11,6 +11,7 @@ them at module level (tests/test_cli_help.py checks that in a fresh interpreter)
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import sys
 import warnings
@@ -354,11 +355,14 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 def _echo_levels(metrics: dict[str, Any]) -> None:
     """A tree label's accuracy per level, under the model's line."""
     for level in (metrics.get("levels") or {}).get("levels", []):
+        if level["accuracy"] is None or math.isnan(level["accuracy"]):  # no test product's path is that deep
+            typer.echo(f"  {level['name']:20s} no test product reaches this level")
+            continue
         typer.echo(f"  {level['name']:20s} accuracy {_pct(level['accuracy'])}  macro-F1 {level['macro_f1']:.4f}")
 
 
 def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}%"
+    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}%"
 
 
 def _foreign_entries(out: Path) -> list[str]:
