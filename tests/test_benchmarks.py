@@ -60,8 +60,8 @@ def test_render_takes_the_latest_file_of_each_section(tmp_path: Path) -> None:
     assert all(f"| {v} |" not in page for v in (111, 222, 444))
     assert "commit bbbbbbb" in page and "2026-12-01T0900-bbbbbbb-prediction.json" in page
     assert "77.77%" in page and "66.66%" not in page
-    assert "| toys | 1 | 5 | 100 | 90.00% / 0.500 |" in page and "10.00%" not in page
-    assert "| us | 1 | 5 | 100 | 80.00% / 0.500 |" in page
+    assert "| toys | TF-IDF | 1 | 5 | 100 | 90.00% / 0.500 |" in page and "10.00%" not in page
+    assert "| us | TF-IDF | 1 | 5 | 100 | 80.00% / 0.500 |" in page
     assert "## Serving" not in page  # never measured: no section
     assert "## Missing inputs on other splits" not in page
 
@@ -75,8 +75,22 @@ def test_render_other_catalogs_on_several_split_seeds(tmp_path: Path) -> None:
     page = out.read_text()
     # One row per catalog level: the mean over the seeds, each seed's accuracy, and the mean lead over the SVM.
     fusion, svm = "80.00% / 0.500 (90.00 / 80.00 / 70.00)", "50.00% / 0.500 (50.00 / 50.00 / 50.00)"
-    assert f"| toys | 1 | 5 | 100 | {fusion} | {svm} | +30.00 |" in page
+    assert f"| toys | TF-IDF | 1 | 5 | 100 | {fusion} | {svm} | +30.00 |" in page
     assert "seeds 0, 1, 2" in page
+
+
+def test_render_other_catalogs_keeps_the_plain_run_beside_a_sentence_model_run(tmp_path: Path) -> None:
+    """A later run with --sentence-model adds its rows; it does not replace the plain model's."""
+    _write(tmp_path, "2026-12-05T1500-aaaaaaa-other_catalogs.json", rows=[_catalog_row("toys", 0.81)])
+    _write(tmp_path, "2026-12-06T0100-bbbbbbb-other_catalogs.json",
+           rows=[{**_catalog_row("toys", 0.83), "sentence_model": "all-MiniLM-L6-v2"}])
+    out = tmp_path / "RESULTS.md"
+    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "| toys | TF-IDF | 1 | 5 | 100 | 81.00% / 0.500 |" in page
+    assert "| toys | TF-IDF + all-MiniLM-L6-v2 | 1 | 5 | 100 | 83.00% / 0.500 |" in page
+    assert "aaaaaaa" in page and "bbbbbbb" in page
 
 
 def test_render_missing_inputs_on_several_splits(tmp_path: Path) -> None:

@@ -44,14 +44,22 @@ def label_noise(runs: Runs) -> str | None:
     return md + "\n\n" + source(run)
 
 
+def _variant(row: dict) -> tuple[str, str]:
+    """A row's catalog and how its fusion model read titles (runs with ``--sentence-model`` are their own rows)."""
+    return row["catalog"], row.get("sentence_model") or ""
+
+
 def _latest_per_catalog(runs: list[Run]) -> list[tuple[Run, dict]]:
-    """A run may cover some catalogs only: each catalog's rows come from the newest run that measured it."""
-    chosen: dict[str, Run] = {}
+    """A run may cover some catalogs only: each catalog's rows (per title reading: TF-IDF, or with a sentence
+    model) come from the newest run that measured it."""
+    chosen: dict[tuple[str, str], Run] = {}
     for run in runs:  # newest first
         for row in run.figures["rows"]:
-            chosen.setdefault(row["catalog"], run)
-    order = list(dict.fromkeys(row["catalog"] for run in reversed(runs) for row in run.figures["rows"]))
-    return [(chosen[c], row) for c in order for row in chosen[c].figures["rows"] if row["catalog"] == c]
+            chosen.setdefault(_variant(row), run)
+    order = list(dict.fromkeys(_variant(row) for run in reversed(runs) for row in run.figures["rows"]))
+    catalogs = list(dict.fromkeys(c for c, _ in order))
+    order.sort(key=lambda v: catalogs.index(v[0]))  # a catalog's variants side by side (the sort is stable)
+    return [(chosen[v], row) for v in order for row in chosen[v].figures["rows"] if _variant(row) == v]
 
 
 def _accuracy_cell(rows: list[dict], model: str) -> str:
@@ -69,13 +77,14 @@ def other_catalogs(runs: Runs) -> str | None:
         return None
     rows = _latest_per_catalog(runs.all("other_catalogs"))
     used = list(dict.fromkeys(run for run, _ in rows))
-    levels: dict[tuple[str, int], list[dict]] = {}
+    levels: dict[tuple[str, str, int], list[dict]] = {}
     for _, r in rows:
-        levels.setdefault((r["catalog"], r["level"]), []).append(r)
+        levels.setdefault((*_variant(r), r["level"]), []).append(r)
     seeds = sorted({r.get("split_seed", 0) for _, r in rows})
     table = [
         [
             catalog,
+            f"TF-IDF + {sentence}" if sentence else "TF-IDF",
             str(level),
             str(group[0]["classes"]),
             f"{group[0]['test']:,}",
@@ -83,11 +92,10 @@ def other_catalogs(runs: Runs) -> str | None:
             _accuracy_cell(group, "svm"),
             f"{sum(100 * (r['fusion_accuracy'] - r['svm_accuracy']) for r in group) / len(group):+.2f}",
         ]
-        for (catalog, level), group in levels.items()
+        for (catalog, sentence, level), group in levels.items()
     ]
-    sentence = sorted({r["sentence_model"] for _, r in rows if r.get("sentence_model")})
-    reads = (f" With `--sentence-model {', '.join(sentence)}` the fusion model also reads the title with that "
-             "sentence model." if sentence else "")
+    reads = (" Rows whose fusion reads the title with TF-IDF + a sentence model come from runs with "
+             "`--sentence-model NAME` (the Predictor's `sentence_model`).")
     split = f"seed {seeds[0]}"
     if len(seeds) > 1:
         split = (f"seeds {', '.join(map(str, seeds))}: mean, then each seed's accuracy; classes and test products "
@@ -103,7 +111,7 @@ def other_catalogs(runs: Runs) -> str | None:
         "calibration (since a124117 its stacked SVM is then fitted again on the whole 80%); the baseline is the "
         "any-catalog issue's reference, TF-IDF (word 1-2 + character 2-5 grams) of name + manufacturer (US: name + "
         "about) and a linear SVM, fitted on the whole 80%." + reads,
-        ["catalog", "level", "classes", "test products", "fusion accuracy / macro-F1",
+        ["catalog", "fusion reads the title with", "level", "classes", "test products", "fusion accuracy / macro-F1",
          "TF-IDF + SVM accuracy / macro-F1", "fusion - SVM (points)"],
         table,
     ) + "\n\n" + source(*used)
