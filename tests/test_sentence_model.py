@@ -124,3 +124,23 @@ def test_train_names_a_missing_sentence_model_folder_with_exit_code_2(
                                  "--model", "fusion", "--sentence-model", str(missing), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert "sentence-transformers model folder" in result.output
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01."), "pickled"),
+        (lambda f: (f / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", "type": "os.system"}]'),
+         "other than sentence-transformers"),
+        (lambda f: (f / "model.safetensors").unlink(), "model.safetensors"),
+    ],
+)
+def test_a_tampered_sentence_model_copy_is_refused_before_loading(
+    tmp_path: Path, fitted: Predictor, damage: object, message: str
+) -> None:
+    from deepfusion.model_files import ModelLoadError
+
+    fitted.save(tmp_path / "model")
+    damage(tmp_path / "model" / "sentence_model")  # type: ignore[operator]
+    with pytest.raises(ModelLoadError, match=message):
+        Predictor.load(tmp_path / "model", progress=False)

@@ -227,6 +227,24 @@ class _Checker:
         self.need(target.is_file(), "config.json", f"'{key}' names {value!r}, which is not a file in the folder")
         return target
 
+    def sentence_folder(self, named: Any) -> None:
+        """The model's copy of its sentence model (sentence.py): inside the folder, weights as safetensors, no file
+        that loading could unpickle, and only sentence-transformers' own modules named in modules.json."""
+        modules_file = self.inside("config.sentence_model", f"{named}/modules.json")
+        folder = modules_file.parent
+        self.inside("config.sentence_model", f"{named}/model.safetensors")
+        pickled = sorted(p.name for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        self.need(not pickled, str(named), f"holds {', '.join(pickled)}: a model folder never holds pickled files")
+        try:
+            modules = json.loads(modules_file.read_text())
+        except (OSError, ValueError) as exc:
+            self.fail(f"{named}/modules.json", f"cannot be read as JSON ({exc})")
+        self.need(isinstance(modules, list) and all(isinstance(m, dict) for m in modules), f"{named}/modules.json",
+                  "must be a list of modules")
+        kinds = [m.get("type") for m in modules]
+        self.need(all(isinstance(k, str) and k.startswith("sentence_transformers.") for k in kinds),
+                  f"{named}/modules.json", f"names modules other than sentence-transformers' own: {kinds}")
+
     def tensor_header(self, name: str, file: Path | None = None) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Name -> (dtype, shape) from a safetensors header; the tensors themselves are not read."""
         from safetensors import SafetensorError, safe_open
@@ -539,7 +557,7 @@ class _Checker:
                                   low=1)
                 self.need(_is_finite(sentence.get("weight")) and sentence["weight"] > 0, file,
                           f"title.sentence.weight must be a positive number, got {_show(sentence.get('weight'))}")
-                self.inside("config.sentence_model", f"{named}/modules.json")
+                self.sentence_folder(named)
                 widths["title"] += dim
         if "image" in modalities:
             from .backbones import get_backbone

@@ -244,7 +244,7 @@ class Predictor:
 
     def sentence_encoder(self):  # noqa: ANN201 - sentence.SentenceEncoder or None, imported lazily
         """The sentence model the title encoder embeds with (None without one); loaded once per Predictor."""
-        name = self.config_.sentence_model if hasattr(self, "config_") else self.sentence_model
+        name = self.config_.sentence_model
         if name is None or "title" not in self.config_.modalities:
             return None
         cached = getattr(self, "_sentence_obj", None)
