@@ -144,3 +144,15 @@ def test_a_tampered_sentence_model_copy_is_refused_before_loading(
     damage(tmp_path / "model" / "sentence_model")  # type: ignore[operator]
     with pytest.raises(ModelLoadError, match=message):
         Predictor.load(tmp_path / "model", progress=False)
+
+
+def test_the_encoder_remembers_a_bounded_number_of_texts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfusion import sentence
+
+    encoder = sentence.SentenceEncoder("all-MiniLM-L6-v2")
+    first = encoder.encode(["steam locomotive", "", "rag doll"])
+    assert not first[1].any() and np.allclose(np.linalg.norm(first[[0, 2]], axis=1), sentence.SENTENCE_WEIGHT)
+    monkeypatch.setattr(sentence, "MEMO_TEXTS", 3)
+    again = encoder.encode(["rag doll", "jigsaw puzzle", "volleyball", "steam locomotive"])
+    assert len(encoder._memo) <= 3
+    np.testing.assert_allclose(again[[3, 0]], first[[0, 2]], atol=1e-6)

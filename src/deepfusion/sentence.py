@@ -40,6 +40,9 @@ FOLDER = "sentence_model"
 PACKAGED = {"all-MiniLM-L6-v2": ("all_minilm_l6_v2", "model.zip")}
 # A long description is cut to its first characters: the model reads at most 256 word pieces anyway.
 MAX_CHARS = 2000
+# How many distinct texts an encoder remembers (a fit reads its titles several times: blanked copies, refits);
+# 1.5 KB each for 384 values.
+MEMO_TEXTS = 200_000
 # The files a sentence-transformers folder needs; nothing else is copied into a saved model.
 _SUFFIXES = (".json", ".safetensors", ".txt", ".model")
 
@@ -124,18 +127,24 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """One row per text: its embedding times ``weight`` (zeros for an empty text)."""
-        todo = sorted({t[:MAX_CHARS] for t in texts if t} - self._memo.keys())
+        wanted = [t[:MAX_CHARS] for t in texts]
+        fresh: dict[str, np.ndarray] = {}
+        todo = sorted({t for t in wanted if t} - self._memo.keys())
         if todo:
             batches = range(0, len(todo), self.batch_size * 16)
             for start in tqdm(batches, desc="sentence embeddings", disable=not self.progress, leave=False):
                 chunk = todo[start : start + self.batch_size * 16]
                 emb = self.model.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True,
                                         show_progress_bar=False, convert_to_numpy=True)
-                self._memo.update(zip(chunk, emb.astype(np.float32), strict=True))
+                fresh.update(zip(chunk, emb.astype(np.float32), strict=True))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
+        for i, t in enumerate(wanted):
             if t:
-                out[i] = self._memo[t[:MAX_CHARS]]
+                out[i] = fresh[t] if t in fresh else self._memo[t]
+        if len(self._memo) + len(fresh) > MEMO_TEXTS:  # a server or a huge catalog: memory stays bounded
+            self._memo.clear()
+        if len(fresh) <= MEMO_TEXTS:
+            self._memo.update(fresh)
         return out * np.float32(self.weight)
 
     def save(self, folder: Path) -> None:
