@@ -32,6 +32,14 @@ def _catalog_row(catalog: str, accuracy: float) -> dict:
             "fusion_macro_f1": 0.5, "svm_accuracy": 0.5, "svm_macro_f1": 0.5}
 
 
+def _render(results: Path) -> str:
+    """RESULTS.md rendered from the results files in ``results`` (written beside them), as text."""
+    out = results / "RESULTS.md"
+    result = _python(str(BENCH / "render.py"), "--results", str(results), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out.read_text()
+
+
 def test_run_help() -> None:
     result = _python(str(BENCH / "run.py"), "--help")
     assert result.returncode == 0, result.stderr
@@ -50,12 +58,7 @@ def test_render_takes_the_latest_file_of_each_section(tmp_path: Path) -> None:
     _write(tmp_path, "2026-12-04T2300-fffffff-other_catalogs.json", rows=[_catalog_row("toys", 0.9)])
     _write(tmp_path, "2026-12-04T2200-fffffff-other_catalogs.json",
            rows=[_catalog_row("toys", 0.1), _catalog_row("us", 0.8)])
-    out = tmp_path / "RESULTS.md"
-
-    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
-
-    assert result.returncode == 0, result.stderr
-    page = out.read_text()
+    page = _render(tmp_path)
     assert "| metadata-only model | 333 |" in page
     assert all(f"| {v} |" not in page for v in (111, 222, 444))
     assert "commit bbbbbbb" in page and "2026-12-01T0900-bbbbbbb-prediction.json" in page
@@ -69,10 +72,7 @@ def test_render_takes_the_latest_file_of_each_section(tmp_path: Path) -> None:
 def test_render_other_catalogs_on_several_split_seeds(tmp_path: Path) -> None:
     rows = [{**_catalog_row("toys", acc), "split_seed": seed} for seed, acc in ((0, 0.90), (1, 0.80), (2, 0.70))]
     _write(tmp_path, "2026-12-05T1500-aaaaaaa-other_catalogs.json", split_seeds=[0, 1, 2], rows=rows)
-    out = tmp_path / "RESULTS.md"
-    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    page = out.read_text()
+    page = _render(tmp_path)
     # One row per catalog level: the mean over the seeds, each seed's accuracy, and the mean lead over the SVM.
     fusion, svm = "80.00% / 0.500 (90.00 / 80.00 / 70.00)", "50.00% / 0.500 (50.00 / 50.00 / 50.00)"
     assert f"| toys | TF-IDF | 1 | 5 | 100 | {fusion} | {svm} | +30.00 |" in page
@@ -84,10 +84,7 @@ def test_render_other_catalogs_keeps_the_plain_run_beside_a_sentence_model_run(t
     _write(tmp_path, "2026-12-05T1500-aaaaaaa-other_catalogs.json", rows=[_catalog_row("toys", 0.81)])
     _write(tmp_path, "2026-12-06T0100-bbbbbbb-other_catalogs.json",
            rows=[{**_catalog_row("toys", 0.83), "sentence_model": "all-MiniLM-L6-v2"}])
-    out = tmp_path / "RESULTS.md"
-    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    page = out.read_text()
+    page = _render(tmp_path)
     assert "| toys | TF-IDF | 1 | 5 | 100 | 81.00% / 0.500 |" in page
     assert "| toys | TF-IDF + all-MiniLM-L6-v2 | 1 | 5 | 100 | 83.00% / 0.500 |" in page
     assert "aaaaaaa" in page and "bbbbbbb" in page
@@ -105,12 +102,7 @@ def test_render_missing_inputs_on_several_splits(tmp_path: Path) -> None:
     splits = [{"split_seed": 42, "ablation": ablation(0.9727, 0.9785), "fusion_trained": "2026-12-05"},
               {"split_seed": 7, "ablation": ablation(0.9801, 0.9833), "fusion_trained": "2026-12-05"}]
     _write(tmp_path, "2026-12-05T0900-aaaaaaa-missing_inputs.json", models={}, **splits[0], splits=splits)
-    out = tmp_path / "RESULTS.md"
-
-    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
-
-    assert result.returncode == 0, result.stderr
-    page = out.read_text()
+    page = _render(tmp_path)
     assert "| title + image | metadata | 97.27% |" in page  # the first split's table, as before
     assert "| inputs | emptied | split 42 | split 7 |" in page
     assert "| title + image | metadata | 97.27% (97.00%) | 98.01% (97.00%) |" in page
@@ -119,9 +111,7 @@ def test_render_missing_inputs_on_several_splits(tmp_path: Path) -> None:
     # A later run of split 42 alone: its table on top, the other splits still shown from the run that measured them.
     later = {"split_seed": 42, "ablation": ablation(0.9740, 0.9795), "fusion_trained": "2026-12-06"}
     _write(tmp_path, "2026-12-06T0900-bbbbbbb-missing_inputs.json", models={}, **later, splits=[later])
-    result = _python(str(BENCH / "render.py"), "--results", str(tmp_path), "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    page = out.read_text()
+    page = _render(tmp_path)
     assert "| title + image | metadata | 97.40% |" in page
     assert "| title + image | metadata | 97.27% (97.00%) | 98.01% (97.00%) |" in page
     assert "an earlier model than the table above" in page and "2026-12-05T0900-aaaaaaa-missing_inputs.json" in page

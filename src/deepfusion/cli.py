@@ -362,7 +362,7 @@ def _echo_levels(metrics: dict[str, Any]) -> None:
 
 
 def _pct(v: float | None) -> str:
-    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}%"
+    return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
 def _foreign_entries(out: Path) -> list[str]:

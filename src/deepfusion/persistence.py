@@ -151,6 +151,7 @@ def load_model(
 
             sentence = SentenceEncoder(cfg.sentence_model, weight=float(prep["title"]["sentence"]["weight"]),
                                        progress=progress)
+            self._sentence_obj = sentence  # what sentence_encoder() hands a later fit: one copy in memory
         self.title_encoder_ = TitleEncoder.from_json(prep["title"], sentence)
     if "image" in prep:
         self.image_mean_ = np.array(prep["image"]["mean"], dtype=np.float32)
