@@ -48,6 +48,30 @@ def test_a_network_that_is_already_best_is_left_alone() -> None:
     assert np.allclose(w[1], [0.5, 0.0, 0.0])  # no product with an image: the calibrated network alone
 
 
+def test_a_network_that_adds_nothing_gets_no_weight() -> None:
+    # A text-only catalog's case: the SVM reads the text, the network knows nothing the SVM does not. Whatever weight
+    # the network would draw could only be chance on these validation products, so the SVM stays alone.
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 8, 1500)
+    text = _noisy_logits(y, 8, 0.85, rng)
+    for seed in range(5):
+        net = np.random.default_rng(10 + seed).normal(size=(1500, 8)).astype(np.float32)
+        w = fit_mix_weights(net, 1.0, text, None, 1.0, np.zeros(1500, dtype=bool), y, "test")
+        assert w[0, 0] == 0.0 and w[0, 1] > 0
+
+
+def test_a_network_that_helps_is_mixed_in() -> None:
+    # Two experts with independent errors: together they are right more often than either, beyond chance.
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 8, 1500)
+    # Graded evidence: the true class's logit raised above Gaussian noise, independently in each expert.
+    net, text = (rng.normal(size=(1500, 8)).astype(np.float32) + 1.5 * np.eye(8, dtype=np.float32)[y] for _ in "ab")
+    w = fit_mix_weights(net, 1.0, text, None, 1.0, np.zeros(1500, dtype=bool), y, "test")
+    assert w[0, 0] > 0 and w[0, 1] > 0
+    mixed = (w[0, 0] * net + w[0, 1] * text).argmax(1) == y
+    assert mixed.mean() > max((text.argmax(1) == y).mean(), (net.argmax(1) == y).mean()) + 0.02
+
+
 def test_expert_mix_is_the_weighted_sum_per_case() -> None:
     torch.manual_seed(0)
     cfg = HeadConfig(preset="small", encoder_dim=8, hidden=(8,), dropout=0.0, input_dropout=0.0, batch_norm=False,
