@@ -64,8 +64,8 @@ def best_epochs(result: TrainResult) -> list[int]:
 
 def fit_main_mix(net: Any, temperature: float, val_data: ModalityData, y_val: np.ndarray) -> np.ndarray:
     """The main network's mix with the stacked SVM's scores, chosen on the validation products (and their
-    blanked copies). It starts from the better of the two alone on validation (ties: the network) and mixes them
-    only where validation shows a gain beyond chance (mixing.fit_case_weights)."""
+    blanked copies). It starts from the SVM alone and gives the network weight only where validation shows a gain
+    beyond chance (mixing.fit_case_weights)."""
     has_image = val_data.present.get("image", np.zeros(len(y_val), dtype=bool))
     return fit_mix_weights(
         predict_logits(net, val_data), temperature, val_data.features["text_scores"], None, 1.0,
