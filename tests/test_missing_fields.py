@@ -142,10 +142,10 @@ def test_blanked_copies_are_saved_in_the_config_and_reproducible(
 
 
 def test_training_on_blanked_copies_helps_products_without_attributes(parts: tuple[pd.DataFrame, ...]) -> None:
-    """The reason blanking exists: a model trained only on complete products leans on the attributes, which a new
-    product often lacks. With training titles that name the wrong article a third of the time, the attributes are
-    the surer clue, and a model that never saw them missing (no blanked copies, no no-metadata network) does
-    worse on products without them."""
+    """The reason blanking exists: a network trained only on complete products leans on the attributes, which a new
+    product often lacks. With titles that name the wrong article a third of the time, the attributes are the surer
+    clue, and a model that never saw them missing (no blanked copies, no no-metadata route) does worse on products
+    without them."""
     train, val, test = parts
     words = [a.rstrip("s") for a in CLASSES]
 
@@ -159,12 +159,14 @@ def test_training_on_blanked_copies_helps_products_without_attributes(parts: tup
             titles.append(title)
         return frame.assign(productDisplayName=titles)
 
-    train, val = noisy(train, 1), noisy(val, 2)
+    train, val, test = noisy(train, 1), noisy(val, 2), noisy(test, 3)
     no_attrs = without_modalities(test, ["metadata"])
-    options = {"preset": "small", "head": {"epochs": 30}, "progress": False, "seed": 0}
+    # Without the stacked SVM: a linear SVM on title + attributes already degrades gently when the attributes are
+    # empty, and the main mix would let it answer for both models; the question is what the network learns.
+    options = {"preset": "small", "head": {"epochs": 30}, "progress": False, "seed": 0, "stacking": False}
     blanked = Predictor(["metadata", "title"], **options).fit(train, val)
     plain = Predictor(["metadata", "title"], field_blanking=0.0, metadata_fallback=False, **options).fit(train, val)
-    assert blanked.evaluate(test)["accuracy"] >= 0.95
+    assert blanked.evaluate(test)["accuracy"] >= 0.85  # the titles mislead a third of the time
     assert blanked.evaluate(no_attrs)["accuracy"] > plain.evaluate(no_attrs)["accuracy"]
 
 
