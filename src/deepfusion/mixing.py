@@ -135,9 +135,11 @@ def fit_case_weights(
     parts = [net / net_temperature, text, None if image is None else image / image_temperature]
     grids = [NET_GRID, TEXT_GRID if text is not None else (0.0,), IMAGE_GRID if image is not None else (0.0,)]
 
+    def mixed_logits(w: np.ndarray) -> np.ndarray:
+        return np.asarray(sum(wi * p for wi, p in zip(w, parts, strict=True) if wi))
+
     def right(w: np.ndarray) -> np.ndarray:
-        z = sum(wi * p for wi, p in zip(w, parts, strict=True) if wi)
-        return np.asarray(z).argmax(axis=1) == y
+        return mixed_logits(w).argmax(axis=1) == y
 
     alone = float(right(np.array([1.0, 0.0, 0.0])).mean()) if len(y) else 0.0
     base = np.array([0.0, 1.0, 0.0] if text is not None else [1.0, 0.0, 0.0])
@@ -156,8 +158,7 @@ def fit_case_weights(
         if key > best_key:
             best, best_key = w, key
     mixed = float(right(best).mean()) if len(y) else 0.0
-    z = sum(wi * p for wi, p in zip(best, parts, strict=True) if wi)
-    temperature = fit_temperature(np.asarray(z, dtype=np.float32), y) if len(y) else 1.0
+    temperature = fit_temperature(mixed_logits(best).astype(np.float32), y) if len(y) else 1.0
     scale = np.array([1.0 / net_temperature, 1.0, 1.0 / image_temperature]) / temperature
     return best * scale, alone, mixed
 
