@@ -141,7 +141,7 @@ def fit_case_weights(
     def right(w: np.ndarray) -> np.ndarray:
         return mixed_logits(w).argmax(axis=1) == y
 
-    alone = float(right(np.array([1.0, 0.0, 0.0])).mean()) if len(y) else 0.0
+    alone = _accuracy(mixed_logits(np.array([1.0, 0.0, 0.0])), y)
     base = np.array([0.0, 1.0, 0.0] if text is not None else [1.0, 0.0, 0.0])
     base_right = right(base)
     best, best_key = base, (0, 0.0)
@@ -157,7 +157,7 @@ def fit_case_weights(
         key = (gain, -float(np.abs(w - base).sum()))
         if key > best_key:
             best, best_key = w, key
-    mixed = float(right(best).mean()) if len(y) else 0.0
+    mixed = _accuracy(mixed_logits(best), y)
     temperature = fit_temperature(mixed_logits(best).astype(np.float32), y) if len(y) else 1.0
     scale = np.array([1.0 / net_temperature, 1.0, 1.0 / image_temperature]) / temperature
     return best * scale, alone, mixed
