@@ -521,6 +521,7 @@ def test_metadata_transform_matches_the_encoder(indicators: bool) -> None:
         {"gender": " Women ", "year": " 2014 ", "usage": "", "baseColour": "  "},
         {"year": "1e3", "productDisplayName": "--"},
         {"year": True, "subCategory": 7},
+        {"year": 20120, "productDisplayName": " ".join(["word"] * 40)},  # numbers beyond the training range
         {},
     ]
     expected = encoder.transform(catalog_from_frame(pd.DataFrame(queries)))

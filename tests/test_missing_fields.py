@@ -93,6 +93,27 @@ def test_title_only_and_partial_products_through_predict(
     assert set(Predictor.load(model).predict_frame(no_attrs_no_title)["inputs"]) == {"none"}
 
 
+def test_a_number_beyond_the_training_range_does_not_outweigh_the_title(
+    model: Path, parts: tuple[pd.DataFrame, ...], tmp_path: Path
+) -> None:
+    """A typo in a number (year 20120, or 1000) is read as the nearest year seen in training, not extrapolated
+    hundreds of standard deviations out, where it would outweigh the title and be answered with full confidence."""
+    train, _, test = parts
+    years = pd.to_numeric(train["year"], errors="coerce")
+    typo_high = _predict_cli(model, _write_csv(test.assign(year=20120), tmp_path / "high"), tmp_path / "high.csv")
+    at_max = _predict_cli(model, _write_csv(test.assign(year=years.max()), tmp_path / "max"), tmp_path / "max.csv")
+    typo_low = _predict_cli(model, _write_csv(test.assign(year=1000), tmp_path / "low"), tmp_path / "low.csv")
+    at_min = _predict_cli(model, _write_csv(test.assign(year=years.min()), tmp_path / "min"), tmp_path / "min.csv")
+    pd.testing.assert_frame_equal(typo_high, at_max)
+    pd.testing.assert_frame_equal(typo_low, at_min)
+    truth = test.set_index("id")["articleType"]
+    full = _predict_cli(model, _write_csv(test, tmp_path / "full"), tmp_path / "full.csv")
+    for pred in (full, typo_high, typo_low):
+        pred["right"] = pred["prediction"].to_numpy() == truth.loc[pred["id"]].to_numpy()
+    assert typo_high["right"].mean() >= full["right"].mean() - 0.05
+    assert typo_low["right"].mean() >= full["right"].mean() - 0.05
+
+
 def test_withholding_a_modality_is_blanking_its_fields(model: Path, parts: tuple[pd.DataFrame, ...]) -> None:
     """One code path: the ablation's withheld input and a product that arrives without it get the same answer."""
     predictor = Predictor.load(model)

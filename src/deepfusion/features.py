@@ -39,7 +39,9 @@ class MetadataEncoder:
     Year is median-imputed with a 0/1 "missing" column beside it, missing categoricals become "Unknown",
     ``name_length`` is the title's word count (median-imputed too when the title is missing: "no title" is not
     "a title of no words"); categoricals are one-hot encoded (a value unseen in training encodes as all zeros)
-    and numerics scaled.
+    and numerics clipped to the range seen in training, then scaled. Clipped, because a linear layer extrapolates:
+    a typo such as year 20120 or a price a hundred times the training prices would otherwise become a feature
+    value hundreds of standard deviations out, outweigh a clear title and be answered with full confidence.
     """
 
     def __init__(
@@ -74,6 +76,9 @@ class MetadataEncoder:
         values = np.column_stack([*cols, *lengths, *flags]) if len(frame) and width else np.zeros((len(frame), width))
         for j, c in enumerate(self.numeric):
             values[np.isnan(values[:, j]), j] = self.medians_[c]
+        for j, name in enumerate(self.numeric_features):
+            if name in self.ranges_:  # models saved before the ranges existed are not clipped
+                np.clip(values[:, j], *self.ranges_[name], out=values[:, j])
         return values
 
     def _categorical_frame(self, frame: pd.DataFrame) -> np.ndarray:
@@ -82,12 +87,18 @@ class MetadataEncoder:
 
     def fit(self, frame: pd.DataFrame) -> MetadataEncoder:
         self.medians_ = {}
+        self.ranges_: dict[str, tuple[float, float]] = {}
         for c in self.numeric:
-            median = pd.to_numeric(frame[c], errors="coerce").median()
+            column = pd.to_numeric(frame[c], errors="coerce")
+            median = column.median()
             self.medians_[c] = float(median) if pd.notna(median) else 0.0
+            if column.notna().any():
+                self.ranges_[c] = (float(column.min()), float(column.max()))
         if self.title_length:
             lengths = name_length(frame[TITLE])
             self.medians_["name_length"] = float(np.median(lengths[lengths > 0])) if (lengths > 0).any() else 0.0
+            if (lengths > 0).any():
+                self.ranges_["name_length"] = (float(lengths[lengths > 0].min()), float(lengths.max()))
         # A catalog may have numbers but no categorical attribute: scikit-learn's encoder refuses zero columns.
         self.onehot_ = None
         if self.categorical:
@@ -134,6 +145,7 @@ class MetadataEncoder:
             "missing_indicators": self.missing_indicators,
             "title_length": self.title_length,
             "medians": self.medians_,
+            "ranges": {k: list(v) for k, v in self.ranges_.items()},
             "categories": [list(map(str, c)) for c in self.categories],
             "scaler_mean": self.scaler_.mean_.tolist(),
             "scaler_scale": self.scaler_.scale_.tolist(),
@@ -146,6 +158,7 @@ class MetadataEncoder:
         enc = cls(state["categorical"], state["numeric"], state.get("missing_indicators", False),
                   state.get("title_length", True))
         enc.medians_ = {k: float(v) for k, v in state["medians"].items()}
+        enc.ranges_ = {k: (float(lo), float(hi)) for k, (lo, hi) in state.get("ranges", {}).items()}
         cats = [np.array(c, dtype=object) for c in state["categories"]]
         enc.onehot_ = None
         if cats:

@@ -410,6 +410,8 @@ class MetadataTransform:
         self.missing_indicators = bool(state.get("missing_indicators", False))
         self.title_length = bool(state.get("title_length", True))  # False: no title word count (other schemas)
         self.medians = {str(k): float(v) for k, v in state["medians"].items()}
+        # The training range of each number (clipped to it, as MetadataEncoder does); older models have none.
+        self.ranges = {str(k): (float(lo), float(hi)) for k, (lo, hi) in state.get("ranges", {}).items()}
         self.categories = [{str(v): j for j, v in enumerate(cats)} for cats in state["categories"]]
         self.offsets = np.cumsum([0, *(len(c) for c in self.categories)])
         self.mean = np.asarray(state["scaler_mean"], dtype=np.float64)
@@ -443,6 +445,10 @@ class MetadataTransform:
         for j, column in enumerate(self.numeric):
             cols[np.isnan(cols[:, j]), j] = self.medians[column]
         values = np.column_stack([cols, *lengths, *flags])
+        clipped = [*self.numeric, *(["name_length"] if self.title_length else [])]
+        for j, name in enumerate(clipped):
+            if name in self.ranges:
+                np.clip(values[:, j], *self.ranges[name], out=values[:, j])
         numeric = ((values - self.mean) / self.scale).astype(np.float32)
         return np.hstack([onehot, numeric]).astype(np.float32)
 
