@@ -322,6 +322,15 @@ def test_missing_inputs_still_predicted(client: TestClient) -> None:
                          files={"image": ("", b"")})  # a browser's "no file chosen"
     assert upload.status_code == 200, upload.text
     assert upload.json()["predictions"][0]["inputs"] == "metadata"
+    # A blank year or id is an absent one, as an empty cell in a CSV: predicted without it, the id by position.
+    blank = client.post("/v1/predict", json={"products": [{"id": " ", "gender": "Men", "year": ""},
+                                                          {"id": "", "gender": "Men", "year": "  "}]})
+    absent = client.post("/v1/predict", json={"products": [{"gender": "Men"}, {"gender": "Men"}]})
+    assert blank.status_code == 200, blank.text
+    assert blank.json()["predictions"] == absent.json()["predictions"]
+    assert [p["id"] for p in blank.json()["predictions"]] == ["0", "1"]
+    form = client.post("/v1/predict/upload", data={"gender": "Women", "year": " "})
+    assert form.status_code == 200, form.text
 
 
 NO_INPUT = [{}, {"id": "only-an-id"}, {"productDisplayName": ""}, {"gender": "   ", "season": ""},

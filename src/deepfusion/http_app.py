@@ -104,11 +104,19 @@ def _unicode_text(value: str) -> str:
     return value
 
 
+def _blank_is_absent(value: Any) -> Any:
+    """A blank or whitespace-only value is an absent field, as an empty cell is in a CSV (a blank year or id is
+    not a validation error: the product is predicted without it, and a product without an id gets its position)."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 IdText = Annotated[str, BeforeValidator(_id_text), StringConstraints(max_length=MAX_FIELD_CHARS),
                    AfterValidator(_unicode_text)]
 ShortText = Annotated[str, StringConstraints(max_length=MAX_FIELD_CHARS), AfterValidator(_unicode_text)]
 TitleText = Annotated[str, StringConstraints(max_length=MAX_TITLE_CHARS), AfterValidator(_unicode_text)]
 Year = Annotated[int, Field(ge=1000, le=3000)]
+OptionalId = Annotated[IdText | None, BeforeValidator(_blank_is_absent)]
+OptionalYear = Annotated[Year | None, BeforeValidator(_blank_is_absent)]
 
 _EXAMPLE_PRODUCT = {
     "id": "15970", "gender": "Men", "masterCategory": "Apparel", "subCategory": "Topwear",
@@ -145,14 +153,14 @@ class ProductFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: IdText | None = Field(None, description="Product id (text or integer), echoed back; defaults to the "
+    id: OptionalId = Field(None, description="Product id (text or integer), echoed back; defaults to the "
                               "product's position in the request.")
     gender: ShortText | None = Field(None, description="Metadata, e.g. 'Men', 'Women', 'Boys', 'Unisex'.")
     masterCategory: ShortText | None = Field(None, description="Metadata, e.g. 'Apparel', 'Accessories'.")
     subCategory: ShortText | None = Field(None, description="Metadata, e.g. 'Topwear', 'Shoes'.")
     baseColour: ShortText | None = Field(None, description="Metadata, e.g. 'Navy Blue'.")
     season: ShortText | None = Field(None, description="Metadata, e.g. 'Summer'.")
-    year: Year | None = Field(None, description="Metadata: the catalog year, 1000 to 3000.")
+    year: OptionalYear = Field(None, description="Metadata: the catalog year, 1000 to 3000.")
     usage: ShortText | None = Field(None, description="Metadata, e.g. 'Casual', 'Sports'.")
     productDisplayName: TitleText | None = Field(None, description="The product title.")
 
@@ -226,7 +234,8 @@ def request_models(schema: CatalogSchema) -> RequestModels:
                       "writes it.")
     attributes = {col: f"field_{i}" for i, col in enumerate(specs)}
     definitions = {
-        attributes[col]: (kind | None, Field(None, alias=col, description=text))
+        attributes[col]: (Annotated[kind | None, BeforeValidator(_blank_is_absent)],
+                          Field(None, alias=col, description=text))
         for col, (_, kind, text) in specs.items()
     }
     example = {col: _example_value(role, col) for col, (role, _, _) in specs.items()}
