@@ -6,6 +6,7 @@ a dropped reject (``rows_in == len(products) + len(dropped)``), and a broken row
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 import resource
@@ -113,6 +114,25 @@ def test_legitimate_multiline_quoted_title_is_one_row(tmp_path: Path) -> None:
     assert cat.continuation_lines == 1 and cat.rows_in == 13
     title = cat.products.set_index("id").loc["9001", "productDisplayName"]
     assert title == "First line of the title\nsecond line"
+
+
+def test_line_breaks_inside_a_middle_column_keep_every_row(tmp_path: Path) -> None:
+    """RFC 4180: a quoted description with line breaks (and a separator, and doubled quotes) in the middle of the
+    row, as Shopify's and spreadsheet exports write them; the lines after the break hold the rest of the row."""
+    rows = [["sku", "name", "description", "brand", "price", "category"]]
+    for i in range(30):
+        category = ("Toys", "Books", "Garden")[i % 3]
+        text = f'"Top" quality;\nsecond line\r\nand {category.lower()} words' if i % 2 else "one line"
+        rows.append([f"P{i}", f"{category} item {i}", text, f"Maker{i % 4}", f"{i}.99", category])
+    path = tmp_path / "export.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f, delimiter=";").writerows(rows)
+    cat = load_catalog(path, label="category", progress=False)
+    assert len(cat.products) == 30 and cat.dropped.empty
+    assert cat.continuation_lines == 2 * 15
+    products = cat.products.set_index("sku")
+    assert products.loc["P1", "description"] == '"Top" quality;\nsecond line\nand books words'
+    assert products.loc["P1", "price"] == 1.99 and products.loc["P1", "category"] == "Books"
 
 
 def test_over_long_field_is_a_reject_not_a_crash(tmp_path: Path) -> None:

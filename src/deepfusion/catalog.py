@@ -444,11 +444,26 @@ def _record_span(lines: Sequence[str], i: int, n_columns: int, sep: str = ",") -
     span = 1
     while in_quotes:
         j = i + span
-        if span >= MAX_RECORD_LINES or j >= len(lines) or _looks_like_row(lines[j], n_columns, sep):
+        if span >= MAX_RECORD_LINES or j >= len(lines):
             return None
         in_quotes = _ends_in_quotes(lines[j], True, sep)
+        if _looks_like_row(lines[j], n_columns, sep) and not (
+            not in_quotes and _completes_record(lines[i : j + 1], lines[j], n_columns, sep)
+        ):
+            return None
         span += 1
     return span
+
+
+def _completes_record(lines: Sequence[str], last: str, n_columns: int, sep: str) -> bool:
+    """Whether ``last``, a line with many separators that closes the quoted field opened above it, is the end of
+    that field and the rest of its row (a line break inside a description in the middle of the row): the lines
+    read as exactly one row of ``n_columns`` fields, and ``last`` alone has too few fields to be a row of its own
+    (a stray quote never takes a separator away, so a whole row after one keeps all of its fields)."""
+    if last.count(sep) + 1 >= n_columns:
+        return False
+    fields = _parse_lines(lines, sep)
+    return fields is not None and len(fields) == n_columns
 
 
 def _ends_in_quotes(line: str, in_quotes: bool, sep: str = ",") -> bool:
