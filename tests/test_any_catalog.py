@@ -91,6 +91,8 @@ def fails(*args: str) -> str:
 
 def test_text_helpers_clean_and_balance() -> None:
     assert clean_text("<p>Soft&nbsp;toy&amp;co</p>\ufffd\u00a0 ") == "Soft toy&co"
+    # A style sheet or script is no product text (it would fill the words a description may add).
+    assert clean_text("<style>p { color: red }</style><script>var x=1;</script><p>Real</p>") == "Real"
     long = " ".join(f"w{i}" for i in range(500))
     combined = combine_text(["Short title", long])
     # The title comes whole and first; the description adds a bounded number of words, not 500.
@@ -104,6 +106,12 @@ def test_text_helpers_clean_and_balance() -> None:
     assert parse_number("1 pound") == pytest.approx(16 * parse_number("1 oz"))
     assert parse_number("2.5 kg") == pytest.approx(2500) and parse_number("12 inches") == pytest.approx(30.48)
     assert pd.isna(parse_number("5 new")) and pd.isna(parse_number("3 x 4 inches"))
+    # Either decimal convention, currency codes and signs on either side, percentages, a few technical units.
+    assert parse_number("1.816,55 €") == pytest.approx(1816.55) and parse_number("€ 12,99") == pytest.approx(12.99)
+    assert parse_number("12.99 EUR") == pytest.approx(12.99) and parse_number("US$ 5") == 5
+    assert parse_number("1.816.000") == 1816000 and parse_number("10%") == 10 and parse_number("2 TB") == 2000
+    # A letter before the digits is a code, not a currency: "B0" stays a string.
+    assert pd.isna(parse_number("B0")) and pd.isna(parse_number("A4 paper")) and pd.isna(parse_number("1,2,3"))
 
 
 @pytest.mark.parametrize("name", ["products.csv", "products.tsv", "products.parquet", "products.jsonl"])
@@ -289,9 +297,11 @@ def test_service_and_export_follow_the_schema(tmp_path: Path) -> None:
     truth = list(table["category_path"].head(12)) + [PATHS["Watches"]]
     assert sum(p["prediction"] == t for p, t in zip(model_answers, truth, strict=True)) >= 12
     # The lean runtime's copies of the text and number rules agree with the package's.
-    for values in (["<b>Soft</b>&nbsp;toy", " ".join(["w"] * 80)], [None, "x\ufffd"], ["", ""]):
+    for values in (["<b>Soft</b>&nbsp;toy", " ".join(["w"] * 80)], [None, "x\ufffd"], ["", ""],
+                   ["Mug", "<style>p { color: red }</style><SCRIPT type='a'>var x=1;</SCRIPT><p>Real</p>"]):
         assert lean_combine(values) == combine_text(values)
-    for value in ("£1,299.99", "$ 12", "twelve", "", None, 3.5, "1,2", "10.7 pounds", "4.8 Ounces", "5 new"):
+    for value in ("£1,299.99", "$ 12", "twelve", "", None, 3.5, "1,2", "10.7 pounds", "4.8 Ounces", "5 new",
+                  "1.816,55 €", "12.99 EUR", "10%", "B0", "1.816.000", "1,2,3", "65 W"):
         assert (pd.isna(lean_number(value)) and pd.isna(parse_number(value))) or lean_number(value) == parse_number(
             value)
 

@@ -46,11 +46,19 @@ DERIVED_COLUMNS = ("image_path", "image_sha1", "image_status", "image_width", "i
 EXTRA_TEXT_WORDS = 48
 
 _TAG = re.compile(r"<[^>]{0,500}>")
+# What a browser never shows: a style sheet or script inside a description (Shopify's "Body (HTML)").
+_HIDDEN = re.compile(r"<(script|style)\b[^>]{0,500}>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _SPACE = re.compile(r"\s+")
-# A number as exports write them: an optional currency sign or code before it, thousands separators, a decimal
-# point, an optional unit after it ("£3.42", "$1,299.00", "12", "-0.5", "10.7 pounds").
+# A number as exports write them: an optional currency sign or code before it ("£", "US$", "EUR"), digits with
+# thousands and decimal marks in either convention (``_decimal``), an optional unit, currency or "%" after it
+# ("£3.42", "$1,299.00", "1.816,55 €", "12", "-0.5", "10.7 pounds", "10%"). A letter before the digits is no
+# currency ("B0", "A4"): the value stays a string.
+_CURRENCIES = ("usd", "eur", "gbp", "chf", "jpy", "cny", "inr", "cad", "aud", "nzd", "sek", "nok", "dkk", "pln",
+               "brl", "mxn", "zar", "hkd", "sgd", "try", "krw")
 _NUMBER = re.compile(
-    r"^[^\d\s.,+-]{0,3}\s?([+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?)\s*(?:([a-z]+)\.?)?\s*$", re.IGNORECASE
+    r"^(?:[^\w\s.,+-]{1,3}|[a-z]{0,2}\$|(?:" + "|".join(_CURRENCIES) + r"))?\s?([+-]?[\d.,]*\d)"
+    r"\s*(?:([a-z]+|[^\w\s.,+-]{1,3})\.?)?\s*$",
+    re.IGNORECASE,
 )
 # A unit after the number ("10.7 pounds", "12.8 oz", "30 cm"): the number in that family's base unit (grams,
 # centimetres, millilitres), so a column that mixes pounds and ounces reads as one scale. Any other word after the
@@ -68,9 +76,43 @@ _UNITS = {
     **dict.fromkeys(("ft", "foot", "feet"), 30.48),
     **dict.fromkeys(("ml", "millilitre", "millilitres", "milliliter", "milliliters"), 1.0),
     **dict.fromkeys(("l", "litre", "litres", "liter", "liters"), 1000.0),
+    **dict.fromkeys(("w", "watt", "watts"), 1.0),
+    **dict.fromkeys(("kw", "kilowatt", "kilowatts"), 1000.0),
+    **dict.fromkeys(("v", "volt", "volts", "mah"), 1.0),
+    **dict.fromkeys(("mb", "megabyte", "megabytes"), 0.001),
+    **dict.fromkeys(("gb", "gigabyte", "gigabytes"), 1.0),
+    **dict.fromkeys(("tb", "terabyte", "terabytes"), 1000.0),
+    **dict.fromkeys(_CURRENCIES, 1.0),  # "12.99 EUR": a price
 }
 
+
+def _decimal(body: str) -> float:
+    """The number in ``body`` (digits, "," and "."), whichever of the two marks a catalog uses for decimals:
+    both marks, the last one is the decimal ("1,299.00", "1.816,55"); one "," before exactly three digits
+    groups thousands ("1,299"), otherwise it is a decimal comma ("12,99"); "." is a decimal point unless it
+    groups thousands more than once ("1.816.000"). NaN for anything else ("1,2,3")."""
+    sign, body = (body[0], body[1:]) if body[0] in "+-" else ("", body)
+    if "," in body and "." in body:
+        point = "," if body.rfind(",") > body.rfind(".") else "."
+        whole, frac = body.rsplit(point, 1)
+        group = "." if point == "," else ","
+        if not frac.isdigit() or not re.fullmatch(r"\d{1,3}(?:" + re.escape(group) + r"\d{3})*", whole):
+            return math.nan
+        return float(sign + whole.replace(group, "") + "." + frac)
+    for mark in (",", "."):
+        if mark in body:
+            grouped = re.fullmatch(r"\d{1,3}(?:" + re.escape(mark) + r"\d{3})+", body)
+            if grouped and (mark == "," or body.count(".") > 1):
+                return float(sign + body.replace(mark, ""))
+            whole, _, frac = body.partition(mark)
+            if (whole.isdigit() or not whole) and frac.isdigit():
+                return float(f"{sign}{whole or 0}.{frac}")
+            return math.nan
+    return float(sign + body) if body.isdigit() else math.nan
+
 _ID_NAMES = {"id", "sku", "uniqid", "productid", "itemid", "asin", "articleid", "styleid", "productcode"}
+_ID_ENDINGS = ("id", "sku", "nr", "no", "number", "code", "ean", "gtin", "upc")
+_EMPTY_WORDS = {"n/a", "na", "null", "none", "nan", "-", "--", "#n/a", "<na>"}
 _IMAGE_WORDS = ("image", "img", "photo", "picture")
 _IMAGE_VALUE = re.compile(r"(?:^https?://)|(?:\.(?:jpe?g|png|webp|gif|bmp)(?:\?.*)?$)", re.IGNORECASE)
 _TITLE_WORDS = ("title", "name")
@@ -267,13 +309,13 @@ def read_schema_file(path: str | Path) -> CatalogSchema:
 
 # ---------------------------------------------------------------------------------------------- values
 def clean_text(value: object) -> str:
-    """A text field as a person reads it: HTML tags and entities, non-breaking spaces and replacement characters
-    removed, white space collapsed. Missing values become ''."""
+    """A text field as a person reads it: HTML tags and entities, style sheets and scripts, non-breaking spaces and
+    replacement characters removed, white space collapsed. Missing values become ''."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     text = str(value)
     if "<" in text or "&" in text:
-        text = html.unescape(_TAG.sub(" ", text))
+        text = html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", text)))
     text = text.replace("\ufffd", " ").replace("\xa0", " ")
     return _SPACE.sub(" ", text).strip()
 
@@ -302,9 +344,9 @@ def parse_number(value: object) -> float:
     if not match or not any(ch.isdigit() for ch in match.group(1)):
         return math.nan
     unit = (match.group(2) or "").lower()
-    if unit and unit not in _UNITS:
+    if unit and unit not in _UNITS and unit.isalpha():  # a currency sign or "%" after the number is no unit
         return math.nan
-    number = float(match.group(1).replace(",", "")) * _UNITS.get(unit, 1.0)
+    number = _decimal(match.group(1)) * _UNITS.get(unit, 1.0)
     return number if math.isfinite(number) else math.nan
 
 
@@ -353,15 +395,22 @@ def infer_schema(
         raise SchemaError(f"No label column '{label}' in the catalog. Its columns: {', '.join(table.columns)}.")
 
     def filled(col: str) -> pd.Series:
+        # What exports write for an empty cell ("N/A", "null", "-") is no value: a price column with some "N/A"
+        # is still a number column.
         values = table[col].fillna("").astype(str).str.strip()
-        return values[values != ""]
+        return values[(values != "") & ~values.str.lower().isin(_EMPTY_WORDS)]
 
     taken = {label, image, id, *fixed} - {None}
     if id is None:
-        for col in table.columns:
-            values = filled(col)
-            if col not in taken and _norm(col) in _ID_NAMES and len(values) == n and values.is_unique:
-                id = col
+        # A column named as ids are ("sku", "product_id"), else one whose name ends like one ("Artikel-Nr.",
+        # "Item No", "EAN code"), each only with a value for every row, all different.
+        for named in (lambda c: _norm(c) in _ID_NAMES, lambda c: _norm(c).endswith(_ID_ENDINGS)):
+            for col in table.columns:
+                values = filled(col)
+                if col not in taken and named(col) and len(values) == n and values.is_unique:
+                    id = col
+                    break
+            if id is not None:
                 break
     if image is None:
         for col in table.columns:
