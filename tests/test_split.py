@@ -59,6 +59,23 @@ def test_duplicates_form_groups() -> None:
     assert groups["0-3"] != groups["0-4"]
 
 
+def test_placeholder_and_broken_images_tie_no_products_together() -> None:
+    """One "no photo yet" file behind 60 products of every class is no duplicate: grouping by it would send all of
+    them to one split. Nor are byte-identical files that do not decode."""
+    frame = products()
+    frame["image_status"] = "ok"
+    placeholder = frame.index[frame["id"].str.endswith(("-1", "-2", "-3", "-4", "-5", "-6", "-7", "-8", "-9", "-10"))]
+    frame.loc[placeholder, "image_sha1"] = "placeholder"
+    broken = frame.index[frame["id"].str.endswith(("-20", "-21", "-22"))]
+    frame.loc[broken, ["image_sha1", "image_status"]] = ["same-broken-bytes", "corrupt"]
+    groups = pd.Series(duplicate_groups(frame), index=frame["id"])
+    assert groups[frame.loc[placeholder, "id"]].nunique() == len(placeholder) > 60
+    assert groups[frame.loc[broken, "id"]].nunique() == len(broken)
+    assignment = split_by_duplicate_groups(frame, seed=0).assignment
+    share = assignment[frame.loc[placeholder, "id"]].value_counts(normalize=True)
+    assert share["train"] > 0.5 and share.get("test", 0) < 0.3  # spread as the catalog is, not all in one split
+
+
 def test_split_keeps_duplicate_groups_together_and_is_deterministic() -> None:
     frame = products()
     a = split_by_duplicate_groups(frame, seed=7)

@@ -2,7 +2,9 @@
 
 Products that are the same item (a byte-identical image, or the same title and attributes under another id)
 form one duplicate group, and a group never straddles two splits: otherwise the test set would contain
-products the model has effectively seen.
+products the model has effectively seen. An image file shared by more than ``PLACEHOLDER_PRODUCTS`` products is a
+placeholder ("no photo yet"), not a photo of one item, and a file that does not decode shows no item at all: neither
+ties products together.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from .taxonomy import JOIN
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# The same item is listed a few times at most (4 in the fashion catalog); a file behind more products than this is a
+# placeholder, and grouping by it would send every product that lacks a real photo to one split.
+PLACEHOLDER_PRODUCTS = 10
 
 
 def duplicate_groups(products: pd.DataFrame) -> np.ndarray:
@@ -43,7 +48,18 @@ def duplicate_groups(products: pd.DataFrame) -> np.ndarray:
 
     frame = products.reset_index(drop=True)
     if "image_sha1" in frame.columns:
-        union_by(frame["image_sha1"])
+        images = frame["image_sha1"].astype(object)
+        if "image_status" in frame.columns:
+            images = images.where(frame["image_status"] == "ok")
+        counts = images.map(images.value_counts())
+        placeholders = images[counts > PLACEHOLDER_PRODUCTS]
+        if len(placeholders):
+            log.warning(
+                "%d products share %d image file(s), each behind more than %d products (placeholders): not grouped "
+                "by image",
+                len(placeholders), placeholders.nunique(), PLACEHOLDER_PRODUCTS,
+            )
+        union_by(images.where(counts <= PLACEHOLDER_PRODUCTS))
     if TITLE in frame.columns:
         union_by(same_item_key(frame))
     return np.array([find(i) for i in range(n)])
