@@ -194,6 +194,10 @@ def test_audit_flags_tree_breaks_of_a_tree_label() -> None:
     breaks = hierarchy_breaks(products, 0.1, tax)
     assert list(breaks.index) == [10]
     assert breaks.loc[10, "expected_masterCategory"] == "A" and "usually A" in breaks.loc[10, "reason"]
+    # The usual parent path in the catalog's own spelling of its paths.
+    products = pd.DataFrame({"articleType": ["X / A / B"] * 10 + ["X / C / B", "X / C / D"]})
+    tax = Taxonomy.fit(list(products["articleType"]), min_count=1)
+    assert hierarchy_breaks(products, 0.1, tax).loc[10, "expected_masterCategory"] == "X / A"
 
 
 def test_fashion_label_columns_and_the_service_backend(clean_catalog_dir: Path, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .catalog import ID, TARGET, TITLE, load_catalog
 from .config import ModelConfig, config_from_options
 from .features import clean_title
-from .hierarchy import MAX_SHARE, breaks_frame, catalog_hierarchy
+from .hierarchy import MAX_SHARE, SEP, breaks_frame, catalog_hierarchy
 from .html_page import Markup, escape, page, pct, thumbnail_uri
 from .predictor import Predictor, parse_modalities
 from .runs import shared_embedder, write_json
@@ -303,8 +303,9 @@ def hierarchy_breaks(
     found = breaks_frame(tree, products.index, max_share)
     if tree.fashion:
         master, sub = [e[0] for e in found["expected"]], [e[1] for e in found["expected"]]
-    else:
-        master, sub = list(found["usual_parent"]), [""] * len(found)
+    else:  # the usual parent path, spelled as the catalog spells its paths
+        display = taxonomy.display if taxonomy is not None else SEP
+        master, sub = [display.join(p.split(SEP)) if p else p for p in found["usual_parent"]], [""] * len(found)
     return pd.DataFrame(
         {
             "expected_masterCategory": master,
@@ -401,6 +402,20 @@ def build_queue(products: pd.DataFrame, judged: np.ndarray, issues: pd.DataFrame
     queue = queue.drop(columns="_self_confidence").reset_index(drop=True)
     queue.insert(0, "rank", np.arange(1, len(queue) + 1))
     return queue
+
+
+def user_queue(queue: pd.DataFrame, schema: CatalogSchema, taxonomy: Taxonomy) -> pd.DataFrame:
+    """The queue as ``audit.csv`` writes it, in the catalog's own terms: the fashion layout keeps its columns; a
+    catalog in another schema gets its id column's name, ``text`` for the text the models read, and for a tree label
+    ``expected_parent`` (the usual parent path, in the catalog's spelling) instead of the fashion hierarchy's
+    columns, which it does not have."""
+    if schema.is_fashion:
+        return queue
+    fashion = ["masterCategory", "subCategory", "expected_masterCategory", "expected_subCategory"]
+    out = queue.drop(columns=fashion)
+    if taxonomy.is_tree:
+        out.insert(out.columns.get_loc(TITLE), "expected_parent", queue["expected_masterCategory"].fillna(""))
+    return out.rename(columns={ID: schema.id or ID, TITLE: "text"})
 
 
 # --------------------------------------------------------------------------------------------------- html
@@ -617,7 +632,7 @@ def audit_catalog(
         proba, fold_stats = out_of_fold_probabilities(products, plan, classes, **fold_args)
     issues = _judged_issues(products, plan, proba, classes, min_class_groups)
     queue = build_queue(products, plan.judged, issues, breaks)
-    queue.to_csv(out / "audit.csv", index=False)
+    user_queue(queue, schema, taxonomy).to_csv(out / "audit.csv", index=False)
     summary: dict[str, Any] = {
         "data": str(data),
         "catalog": catalog.summary(),
