@@ -271,6 +271,8 @@ def test_service_and_export_follow_the_schema(tmp_path: Path) -> None:
         for row in table.head(12).itertuples()
     ]
     products.append({"title": WORDS["Watches"]})  # no id: its position
+    # A description as long as catalogs write them (5,000 characters): taken, only its first words read.
+    products.append({"sku": "long", "title": WORDS["Heels"], "description": "<p>" + "lorem ipsum " * 420 + "</p>"})
     answers = []
     for folder in (out / "fusion", exported):
         with TestClient(create_app(folder)) as client:
@@ -290,12 +292,12 @@ def test_service_and_export_follow_the_schema(tmp_path: Path) -> None:
             assert form.json()["predictions"][0]["id"] == "f1"
             assert form.json()["predictions"][0]["prediction"] == PATHS["Jeans"]
     model_answers, export_answers = answers
-    assert [p["id"] for p in model_answers] == [*table["sku"].head(12), "12"]
+    assert [p["id"] for p in model_answers] == [*table["sku"].head(12), "12", "long"]
     assert [p["prediction"] for p in model_answers] == [p["prediction"] for p in export_answers]
     for a, b in zip(model_answers, export_answers, strict=True):
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-4)
-    truth = list(table["category_path"].head(12)) + [PATHS["Watches"]]
-    assert sum(p["prediction"] == t for p, t in zip(model_answers, truth, strict=True)) >= 12
+    truth = list(table["category_path"].head(12)) + [PATHS["Watches"], PATHS["Heels"]]
+    assert sum(p["prediction"] == t for p, t in zip(model_answers, truth, strict=True)) >= 13
     # The lean runtime's copies of the text and number rules agree with the package's.
     for values in (["<b>Soft</b>&nbsp;toy", " ".join(["w"] * 80)], [None, "x\ufffd"], ["", ""],
                    ["Mug", "<style>p { color: red }</style><SCRIPT type='a'>var x=1;</SCRIPT><p>Real</p>"]):

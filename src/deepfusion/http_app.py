@@ -67,6 +67,7 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 
 MAX_FIELD_CHARS = 200  # a categorical value or an id
 MAX_TITLE_CHARS = 2_000
+MAX_DESCRIPTION_CHARS = 100_000  # a further text column: a catalog's own descriptions, as long as the loader takes
 MAX_ITEMS = 256
 MAX_IMAGE_BYTES = 5_000_000
 MAX_BODY_BYTES = 50_000_000
@@ -114,6 +115,7 @@ IdText = Annotated[str, BeforeValidator(_id_text), StringConstraints(max_length=
                    AfterValidator(_unicode_text)]
 ShortText = Annotated[str, StringConstraints(max_length=MAX_FIELD_CHARS), AfterValidator(_unicode_text)]
 TitleText = Annotated[str, StringConstraints(max_length=MAX_TITLE_CHARS), AfterValidator(_unicode_text)]
+DescriptionText = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARS), AfterValidator(_unicode_text)]
 Year = Annotated[int, Field(ge=1000, le=3000)]
 OptionalId = Annotated[IdText | None, BeforeValidator(_blank_is_absent)]
 OptionalYear = Annotated[Year | None, BeforeValidator(_blank_is_absent)]
@@ -226,7 +228,7 @@ def request_models(schema: CatalogSchema) -> RequestModels:
     }
     for k, col in enumerate(schema.text):
         role = "The product title." if k == 0 else "More product text (only its first words are read)."
-        specs[col] = ("text", TitleText, role)
+        specs[col] = ("text", TitleText if k == 0 else DescriptionText, role)
     for col in schema.categorical:
         specs[col] = ("categorical", ShortText, "An attribute (text).")
     for col in schema.numeric:
