@@ -359,3 +359,14 @@ def test_images_of_any_shape_keep_their_aspect_ratio() -> None:
     assert np.array_equal(np.asarray(letterbox(same_shape, size)), np.asarray(same_shape.resize(size, Image.BILINEAR)))
     for image in (wide, tall, same_shape):
         assert np.array_equal(np.asarray(letterbox(image, size)), np.asarray(lean_letterbox(image, size)))
+
+
+def test_excel_unicode_text_export_loads(tmp_path: Path) -> None:
+    # Excel's "Unicode Text" export: UTF-16 with its byte-order mark, tab-separated; it used to be read as Latin-1.
+    table = toy_table(tmp_path, images=False).assign(brand=lambda t: t["brand"] + " Café")
+    path = tmp_path / "export.txt"
+    path.write_bytes(table.to_csv(sep="\t", index=False).encode("utf-16"))
+    catalog = load_catalog(path, label="category_path", progress=False)
+    assert len(catalog.products) == len(table)
+    assert set(catalog.products["articleType"]) == set(PATHS.values())
+    assert catalog.products["brand"].str.endswith(" Café").all()

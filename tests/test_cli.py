@@ -210,3 +210,15 @@ def test_least_populated_class_warning_is_silenced(tmp_path: Path) -> None:
         warnings.warn("some other warning", UserWarning, stacklevel=1)
     messages = [str(w.message) for w in caught]
     assert messages == ["some other warning"], messages
+
+
+def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["serve", str(tmp_path), "--port", str(port)])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert f"Cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output

@@ -365,11 +365,17 @@ def _json_value(value: object) -> str:
     return str(value)
 
 
+# A UTF-16 file starts with its byte-order mark (Excel's "Unicode Text" export); without one a file is UTF-8 or Latin-1.
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
 def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise CatalogError(f"Cannot read {path}: {exc}.") from exc
+    if raw.startswith(_UTF16_BOMS):
+        return raw.decode("utf-16")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -1295,11 +1301,15 @@ class _SeenIds:
 
 def _text_encoding(path: Path) -> tuple[str, int]:
     """The encoding a delimited or JSON Lines file is read with, as ``_read_text`` decides it for the whole file
-    (UTF-8 with or without a BOM, else Latin-1), found by decoding it once block by block; and its size in bytes."""
+    (UTF-16 with its BOM, UTF-8 with or without a BOM, else Latin-1), found by decoding it once block by block; and
+    its size in bytes."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     size = 0
     try:
         with path.open("rb") as f:
+            if f.read(2).startswith(_UTF16_BOMS):  # Excel's "Unicode Text" export
+                return "utf-16", path.stat().st_size
+            f.seek(0)
             while block := f.read(1 << 22):
                 size += len(block)
                 decoder.decode(block)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -283,11 +284,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """A ValueError that says what to do when ``host:port`` cannot be listened on (in use, or not this machine's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no clash
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(
+                f"Cannot listen on {host}:{port} ({exc.strerror or exc}): another program uses the port, or the "
+                "address is not this machine's. Pick a free one with --port (or --host)."
+            ) from None
+
+
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, **limits: Any) -> None:
     """Serve the model at ``http://host:port`` until interrupted (``limits``: the keyword arguments of
     ``create_app``)."""
     import uvicorn
 
+    _check_port_free(host, port)  # before the model loads: a clear message, not uvicorn's exit 3 after it
     app = create_app(model_dir, **limits)
     if not _is_loopback(host):
         log.warning("serving on %s: the service has no authentication, so anyone who can reach this address "
