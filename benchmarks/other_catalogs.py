@@ -2,7 +2,7 @@
 
     python benchmarks/other_catalogs.py            # both catalogs, prints the rows and writes a dated results file
     python benchmarks/other_catalogs.py --seeds 0,1,2   # the same on three 80/20 splits
-    python benchmarks/other_catalogs.py --sentence-model all-MiniLM-L6-v2   # fusion also reads a sentence model
+    python benchmarks/other_catalogs.py --sentence-model none   # fusion reads titles with TF-IDF alone
     python benchmarks/run.py --sections other_catalogs   # the same, and RESULTS.md rendered
 
 amazon-toys-uk: the label is level k of the category path (``Hobbies > Model Trains & Railway Sets > ...`` cut
@@ -94,10 +94,11 @@ def text_svm(train: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> np.
 
 
 def fusion(
-    train: pd.DataFrame, test: pd.DataFrame, schema: Any, seed: int = 0, sentence_model: str | None = None
+    train: pd.DataFrame, test: pd.DataFrame, schema: Any, seed: int = 0, sentence_model: str | None = "auto"
 ) -> tuple[np.ndarray, dict]:
     """The default model on every input the schema names but images: fit on 90% of ``train``, calibrated on 10%;
-    ``sentence_model``: also read the title with that sentence model (Predictor's option)."""
+    ``sentence_model``: the Predictor's option ("auto", its default: the packaged sentence model where installed;
+    None: TF-IDF alone)."""
     fit, val = train_test_split(train, test_size=0.1, random_state=seed, stratify=train["level_label"])
     schema = schema.with_roles(label="level_label")
     modalities = tuple(m for m in ("metadata", "title") if (schema.metadata if m == "metadata" else schema.text))
@@ -109,11 +110,12 @@ def fusion(
     ).fit(fit, val)
     seconds = time.perf_counter() - start
     predicted = predictor.predict(test)
-    info = {"modalities": list(modalities), "sentence_model": sentence_model, "fit_seconds": round(seconds, 1)}
+    info = {"modalities": list(modalities), "sentence_model": predictor.config_.sentence_model,
+            "fit_seconds": round(seconds, 1)}
     return np.asarray(predicted), info
 
 
-def measure(name: str, seed: int = 0, sentence_model: str | None = None) -> list[dict[str, Any]]:
+def measure(name: str, seed: int = 0, sentence_model: str | None = "auto") -> list[dict[str, Any]]:
     spec = CATALOGS[name]
     path = SHARED / spec["file"]
     catalog = load_catalog(path, label=spec["label"], progress=False)
@@ -151,8 +153,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalogs", default=",".join(CATALOGS), help="comma-separated: " + ", ".join(CATALOGS))
     parser.add_argument("--seeds", default="0", help="split seeds, comma-separated: each catalog is measured on each")
-    parser.add_argument("--sentence-model", default=None,
-                        help="the fusion model also reads the title with this sentence model (e.g. all-MiniLM-L6-v2)")
+    parser.add_argument("--sentence-model", default="auto",
+                        help="the fusion model's sentence_model: auto (the default model's choice), a name or "
+                        "folder, or none (TF-IDF alone)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]

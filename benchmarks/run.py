@@ -55,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="missing_inputs section: split seeds (42: the quick start's split)")
     parser.add_argument("--catalog-seeds", default="0",
                         help="other_catalogs section: split seeds (each catalog's 80/20 split drawn with each)")
-    parser.add_argument("--sentence-model", default=None,
-                        help="other_catalogs section: the fusion model also reads titles with this sentence model")
+    parser.add_argument("--sentence-model", default="auto",
+                        help="other_catalogs section: the fusion model's sentence_model (auto: the default "
+                        "model's choice; none: TF-IDF alone; or a name or folder)")
     parser.add_argument("--serve-model", type=Path, default=None, help="serving section: the model folder served")
     parser.add_argument("--scaling-workdir", type=Path, default=None,
                         help="scaling section: keep its catalogs and caches here")

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from deepfusion import Predictor
 from deepfusion.cli import app
 from deepfusion.runtime import ExportedModel
+from deepfusion.sentence import choose
 
 if importlib.util.find_spec("sentence_transformers") is None or importlib.util.find_spec("all_minilm_l6_v2") is None:
     pytest.skip("the sentence extra is not installed: pip install '.[sentence]'", allow_module_level=True)
@@ -65,7 +66,7 @@ def test_words_never_seen_in_training_are_filed_by_their_meaning(
 ) -> None:
     train, unseen = catalogs
     truth = unseen["category"].to_numpy()
-    tfidf_only = Predictor("title", **OPTIONS).fit(train, label="category")
+    tfidf_only = Predictor("title", sentence_model=None, **OPTIONS).fit(train, label="category")
     plain = float((tfidf_only.predict(unseen) == truth).mean())
     with_sentence = float((fitted.predict(unseen) == truth).mean())
     assert plain <= 0.35, plain  # about chance (4 classes): TF-IDF cannot read words it never saw
@@ -156,3 +157,17 @@ def test_the_encoder_remembers_a_bounded_number_of_texts(monkeypatch: pytest.Mon
     again = encoder.encode(["rag doll", "jigsaw puzzle", "volleyball", "steam locomotive"])
     assert len(encoder._memo) <= 3
     np.testing.assert_allclose(again[[3, 0]], first[[0, 2]], atol=1e-6)
+
+
+def test_auto_reads_text_only_models_with_the_packaged_model(catalogs: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, unseen = catalogs
+    # The default ("auto") on a text-only model: the packaged sentence model, recorded in the fitted config.
+    default = Predictor("title", **OPTIONS).fit(train, label="category")
+    assert Predictor().sentence_model == "auto" and default.config_.sentence_model == "all-MiniLM-L6-v2"
+    assert (default.predict(unseen) == unseen["category"].to_numpy()).mean() >= 0.5
+    # "none" (the CLI's word) and None: TF-IDF alone.
+    for off in ("none", None):
+        assert Predictor("title", sentence_model=off, **OPTIONS).model_config().sentence_model is None
+    # A model that reads photos keeps TF-IDF alone unless asked; so does one that reads no title.
+    assert choose("auto", ("metadata", "title", "image")) is None and choose("auto", ("metadata",)) is None
+    assert choose("auto", ("metadata", "title")) == "all-MiniLM-L6-v2" and choose("x", ("image",)) == "x"

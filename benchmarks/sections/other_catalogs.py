@@ -1,6 +1,6 @@
 """The catalogs in other schemas (benchmarks/other_catalogs.py): fusion against the TF-IDF + SVM reference, for
 each catalog found under the shared data folder, on each split seed of ``--catalog-seeds``; with
-``--sentence-model`` the fusion model also reads the title with that sentence model."""
+``--sentence-model`` (auto by default, as the product's) the fusion model's sentence model is that one."""
 
 from __future__ import annotations
 
@@ -17,6 +17,6 @@ def measure(b: Bench) -> dict[str, Any] | None:
     if not names:
         return None
     seeds = b.options.get("catalog_seeds") or [0]
-    sentence = b.options.get("sentence_model")
+    sentence = b.options.get("sentence_model", "auto")
     rows = [row for name in names for seed in seeds for row in oc.measure(name, seed, sentence)]
     return {"cpus": os.cpu_count(), "split_seeds": seeds, "rows": rows}

@@ -94,8 +94,9 @@ def other_catalogs(runs: Runs) -> str | None:
         ]
         for (catalog, sentence, level), group in levels.items()
     ]
-    reads = (" Rows whose fusion reads the title with TF-IDF + a sentence model come from runs with "
-             "`--sentence-model NAME` (the Predictor's `sentence_model`).")
+    reads = (" Rows whose fusion reads the title with TF-IDF + a sentence model come from the default model "
+             "(`sentence_model=\"auto\"`: a text-only model with the `sentence` extra installed) or from runs with "
+             "`--sentence-model NAME`; TF-IDF rows from `--sentence-model none` or runs before the default.")
     split = f"seed {seeds[0]}"
     if len(seeds) > 1:
         split = (f"seeds {', '.join(map(str, seeds))}: mean, then each seed's accuracy; classes and test products "

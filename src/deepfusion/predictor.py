@@ -42,6 +42,7 @@ from .mixing import ExpertMix, LinearScores, linear_alone, network_alone
 from .model_files import ModelLoadError
 from .models import ModalitySpec
 from .schema import FASHION, CatalogSchema, SchemaError, resolve_schema
+from .sentence import choose as choose_sentence_model
 from .split import duplicate_groups
 from .taxonomy import Taxonomy, level_metrics, level_probabilities, top_down
 from .text_scores import TextScoreModel, fit_title_image_model
@@ -92,7 +93,9 @@ class Predictor:
         review_precision: ``needs_review`` marks predictions below the confidence at which validation products
             were right this often.
         sentence_model: a pretrained sentence model whose embedding of the title joins its TF-IDF (sentence.py): a
-            sentence-transformers folder or ``"all-MiniLM-L6-v2"`` (the ``sentence`` extra); None: TF-IDF only.
+            sentence-transformers folder or ``"all-MiniLM-L6-v2"`` (the ``sentence`` extra); None: TF-IDF only;
+            ``"auto"``: all-MiniLM-L6-v2 for a model that reads the title and no image, where it is installed
+            (``config_.sentence_model`` says what a fit chose).
         depth, min_class_size, decode: a label that is a category path (taxonomy.py): train on its first ``depth``
             levels (None: all); a path with fewer training products than ``min_class_size`` backs off to its
             parent; ``decode`` "path" predicts the most probable whole path, "top_down" the most probable node
@@ -125,7 +128,7 @@ class Predictor:
         refit: bool = False,
         field_blanking: float = 0.5,
         review_precision: float = 0.98,
-        sentence_model: str | Path | None = None,
+        sentence_model: str | Path | None = "auto",
         depth: int | None = None,
         min_class_size: int = DEFAULT_MIN_CLASS_SIZE,
         decode: str = "path",
@@ -338,6 +341,8 @@ class Predictor:
         ``val``."""
         return_large_blocks()  # or peak memory grows with every array the fit ever freed (training.py)
         self.config_ = self.model_config()
+        self.config_ = replace(self.config_, sentence_model=choose_sentence_model(
+            self.config_.sentence_model, self.config_.modalities))
         self._embedder_obj = None
         self.finetuned_weights_ = None
         self.schema_ = self._fit_schema(train, label)
