@@ -340,9 +340,8 @@ class Predictor:
         ``train`` + ``val`` for the configuration's full number of epochs, keeping the temperatures calibrated on
         ``val``."""
         return_large_blocks()  # or peak memory grows with every array the fit ever freed (training.py)
-        self.config_ = self.model_config()
-        self.config_ = replace(self.config_, sentence_model=choose_sentence_model(
-            self.config_.sentence_model, self.config_.modalities))
+        chosen = self.model_config()  # "auto" becomes the sentence model this fit uses (or None)
+        self.config_ = replace(chosen, sentence_model=choose_sentence_model(chosen.sentence_model, chosen.modalities))
         self._embedder_obj = None
         self.finetuned_weights_ = None
         self.schema_ = self._fit_schema(train, label)
