@@ -370,3 +370,25 @@ def test_excel_unicode_text_export_loads(tmp_path: Path) -> None:
     assert len(catalog.products) == len(table)
     assert set(catalog.products["articleType"]) == set(PATHS.values())
     assert catalog.products["brand"].str.endswith(" Café").all()
+
+
+def test_a_title_column_with_repeated_values_is_read_as_text(tmp_path: Path) -> None:
+    # A small catalog with templated titles: few distinct, short values, which alone would look like a category.
+    rng = random.Random(0)
+    words = {"Kitchen > Knives": ["knife", "blade"], "Kitchen > Pans": ["pan", "wok"],
+             "Garden > Hoses": ["hose", "reel"]}
+    rows = []
+    for i in range(300):
+        label = rng.choice(list(words))
+        rows.append({"sku": f"{i:06d}", "Item Title": f"{words[label][i % 2].title()} {rng.choice(['pro', 'mini'])}",
+                     "Marke": f"Brand{rng.randint(1, 5)}", "Kategorie": label})
+    path = tmp_path / "cat.csv"
+    pd.DataFrame(rows).to_csv(path, sep=";", index=False)
+    inferred = infer_schema(pd.read_csv(path, sep=";", dtype=str), label="Kategorie")
+    assert inferred.text == ("Item Title",) and inferred.categorical == ("Marke",)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(path), "--label", "Kategorie", "--model", "fusion",
+                                 "--preset", "small", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "schema.json").read_text())["text"] == ["Item Title"]
+    assert json.loads((out / "fusion" / "metrics.json").read_text())["accuracy"] >= 0.9

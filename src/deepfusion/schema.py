@@ -386,8 +386,8 @@ def infer_schema(
     long, mostly unique or very varied (over MAX_CATEGORIES values) strings are text (the shortest first: the
     title), the rest categorical; empty columns and
     columns of one value are ignored, and so is a column of single words nearly always different (a model number, a
-    code); a text column named like a title (title, name) is the title. ``fixed``: columns already given a role
-    (left out)."""
+    code); a column named like a title (title, name) is text whatever its values, and the title. ``fixed``:
+    columns already given a role (left out)."""
     n = len(table)
     fixed = {c for c in fixed if c}
     ignored: dict[str, str] = {}
@@ -451,7 +451,10 @@ def infer_schema(
             continue
         # Many distinct values (a brand or manufacturer column): their words generalise across spellings and rare
         # values, which a one-hot column per value cannot.
-        if words.median() >= 4 or n_unique / len(values) > 0.5 or n_unique > MAX_CATEGORIES:
+        # A column named as a title is ("Item Title", "product_name") is read as words even when its values repeat:
+        # a small catalog with templated titles would otherwise lose its title to a one-hot column.
+        titled = any(w in _norm(col) for w in _TITLE_WORDS) and not _norm(col).endswith(("id", "code"))
+        if titled or words.median() >= 4 or n_unique / len(values) > 0.5 or n_unique > MAX_CATEGORIES:
             text.append((float(sample.str.len().median()), col))
         else:
             categorical.append(col)
