@@ -355,6 +355,12 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+def _named_like_title(column: str) -> bool:
+    """A column whose name says it is the title ("Item Title", "product_name"; not "title_id" or "name_code")."""
+    name = _norm(column)
+    return any(w in name for w in _TITLE_WORDS) and not name.endswith(("id", "code"))
+
+
 def looks_like_fashion(columns: Iterable[str]) -> bool:
     cols = set(columns)
     return {ID_COLUMN, LABEL_COLUMN, TEXT_COLUMN} <= cols
@@ -451,16 +457,15 @@ def infer_schema(
             continue
         # Many distinct values (a brand or manufacturer column): their words generalise across spellings and rare
         # values, which a one-hot column per value cannot.
-        # A column named as a title is ("Item Title", "product_name") is read as words even when its values repeat:
-        # a small catalog with templated titles would otherwise lose its title to a one-hot column.
-        titled = any(w in _norm(col) for w in _TITLE_WORDS) and not _norm(col).endswith(("id", "code"))
-        if titled or words.median() >= 4 or n_unique / len(values) > 0.5 or n_unique > MAX_CATEGORIES:
+        # A column named like a title ("Item Title", "product_name") is words even when its values repeat: a small
+        # catalog with templated titles would otherwise lose its title to a one-hot column.
+        if _named_like_title(col) or words.median() >= 4 or n_unique / len(values) > 0.5 or n_unique > MAX_CATEGORIES:
             text.append((float(sample.str.len().median()), col))
         else:
             categorical.append(col)
     # The title first (a column named like one, else the shortest text), then the longer texts.
     text_cols = tuple(col for _, col in sorted(
-        text, key=lambda t: (not any(w in t[1].lower() for w in _TITLE_WORDS), t[0])))
+        text, key=lambda t: (not _named_like_title(t[1]), t[0])))
     return CatalogSchema(
         id=id,
         label=label,
